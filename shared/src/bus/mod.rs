@@ -1,0 +1,3 @@
+//! RabbitMQ: topology, the confirmed publisher, the event envelope and the consumer runtime.
+
+pub mod topology;

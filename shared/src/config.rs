@@ -1,0 +1,1082 @@
+//! Configuration: one TOML file, overridable by environment variables, validated at start.
+//!
+//! Every validation error names the field it is about (`tenants[1].exact.division: …`) so an operator
+//! can fix the file without reading code. Secrets may be written inline or as `env:NAME`; they are
+//! resolved at load and never logged (their `Debug` prints `[REDACTED]`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::ids::{Division, TenantId};
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "PRECORO_EXACT_CONFIG";
+/// Overrides `broker.url`.
+pub const BROKER_URL_ENV: &str = "PRECORO_EXACT_BROKER_URL";
+/// Overrides `redis.url`.
+pub const REDIS_URL_ENV: &str = "PRECORO_EXACT_REDIS_URL";
+/// Overrides `ingress.listen`.
+pub const LISTEN_ENV: &str = "PRECORO_EXACT_LISTEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Parse(String),
+    #[error("{field}: {message}")]
+    Field { field: String, message: String },
+}
+
+fn field_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A secret value. In the file: the value itself, or `env:NAME` to read it from the environment.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// A duration written as `500ms`, `30s`, `15m`, `2h` or `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("'{s}' has no unit (use ms, s, m, h or d)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' does not start with a whole number"))?;
+        let d = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" | "min" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86_400),
+            other => {
+                return Err(format!(
+                    "unknown unit '{other}' in '{s}' (use ms, s, m, h or d)"
+                ));
+            }
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HumanDuration::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written (raw), then the validated form.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    broker: RawBroker,
+    #[serde(default)]
+    redis: RawRedis,
+    #[serde(default)]
+    ingress: RawIngress,
+    #[serde(default)]
+    worker: RawWorker,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    url: Option<String>,
+    prefix: Option<String>,
+    confirm_channels: Option<usize>,
+    confirm_timeout: Option<HumanDuration>,
+    delivery_limit: Option<u32>,
+    retry_tiers: Option<Vec<HumanDuration>>,
+    max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<String>,
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIngress {
+    listen: Option<String>,
+    public_url: Option<String>,
+    body_limit_bytes: Option<usize>,
+    oauth_state_secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    prefetch: Option<u16>,
+    #[serde(default)]
+    prefetch_per_flow: BTreeMap<String, u16>,
+    idempotency_lease: Option<HumanDuration>,
+    idempotency_ttl: Option<HumanDuration>,
+    entity_lease: Option<HumanDuration>,
+    scheduler_tick: Option<HumanDuration>,
+    shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    json_logs: Option<bool>,
+    log_filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+    name: Option<String>,
+    precoro: RawPrecoro,
+    exact: RawExact,
+    #[serde(default)]
+    flows: RawFlows,
+    #[serde(default)]
+    custom_fields: CustomFields,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrecoro {
+    base_url: Option<String>,
+    token: String,
+    email: String,
+    webhook_token: String,
+    signature_secret: Option<String>,
+    requests_per_second: Option<u32>,
+    hourly_limit: Option<u32>,
+    daily_limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExact {
+    host: Option<String>,
+    client_id: String,
+    client_secret: String,
+    webhook_secret: String,
+    redirect_uri: Option<String>,
+    division: i64,
+    journal: String,
+    minutely_limit: Option<u32>,
+    daily_limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFlows {
+    #[serde(default)]
+    invoices: RawInvoiceFlow,
+    #[serde(default)]
+    payments: RawPaymentFlow,
+    #[serde(default)]
+    suppliers: RawScheduledFlow,
+    #[serde(default)]
+    reference: RawReferenceFlow,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInvoiceFlow {
+    enabled: Option<bool>,
+    poll_every: Option<HumanDuration>,
+    attachments: Option<bool>,
+    export_condition: Option<ExportCondition>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPaymentFlow {
+    enabled: Option<bool>,
+    poll_every: Option<HumanDuration>,
+    initial_window: Option<HumanDuration>,
+    debounce: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawScheduledFlow {
+    enabled: Option<bool>,
+    every: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReferenceFlow {
+    enabled: Option<bool>,
+    every: Option<HumanDuration>,
+    full_every: Option<HumanDuration>,
+    kinds: Option<Vec<ReferenceKind>>,
+    #[serde(default)]
+    every_per_kind: BTreeMap<String, HumanDuration>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub redis: RedisConfig,
+    pub ingress: IngressConfig,
+    pub worker: WorkerConfig,
+    pub telemetry: TelemetryConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub url: String,
+    /// Prefix for every exchange and queue name; tests use a unique one each.
+    pub prefix: String,
+    pub confirm_channels: usize,
+    pub confirm_timeout: Duration,
+    /// Quorum-queue `x-delivery-limit`: the crash net for poison messages.
+    pub delivery_limit: u32,
+    /// Delays of the wait queues, shortest first.
+    pub retry_tiers: Vec<Duration>,
+    /// Transient failures counted before a message is dead-lettered.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix for every key; tests use a unique one each.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    pub listen: String,
+    /// The externally reachable base URL (for webhook callbacks and the OAuth redirect).
+    pub public_url: String,
+    pub body_limit_bytes: usize,
+    /// Signs the OAuth `state` parameter.
+    pub oauth_state_secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub prefetch: u16,
+    pub prefetch_per_flow: BTreeMap<String, u16>,
+    pub idempotency_lease: Duration,
+    pub idempotency_ttl: Duration,
+    pub entity_lease: Duration,
+    pub scheduler_tick: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    pub fn prefetch_for(&self, flow: &str) -> u16 {
+        self.prefetch_per_flow
+            .get(flow)
+            .copied()
+            .unwrap_or(self.prefetch)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub json_logs: bool,
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    pub name: String,
+    pub precoro: PrecoroConfig,
+    pub exact: ExactConfig,
+    pub flows: FlowsConfig,
+    pub custom_fields: CustomFields,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrecoroConfig {
+    /// `https://api.precoro.com` or `https://api.precoro.us` (specs/precoro.md §1).
+    pub base_url: String,
+    pub token: Secret,
+    pub email: String,
+    /// The random secret in the webhook URL; Precoro does not sign webhooks.
+    pub webhook_token: Secret,
+    /// If Precoro ever signs webhooks for this company, verify that too (fail closed).
+    pub signature_secret: Option<Secret>,
+    pub requests_per_second: u32,
+    pub hourly_limit: u32,
+    pub daily_limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExactConfig {
+    /// Country host, e.g. `https://start.exactonline.nl`.
+    pub host: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// The app's webhook secret (separate from the OAuth client secret).
+    pub webhook_secret: Secret,
+    pub redirect_uri: String,
+    pub division: Division,
+    /// Purchase journal code, e.g. "70".
+    pub journal: String,
+    pub minutely_limit: u32,
+    pub daily_limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowsConfig {
+    pub invoices: InvoiceFlow,
+    pub payments: PaymentFlow,
+    pub suppliers: ScheduledFlow,
+    pub reference: ReferenceFlow,
+}
+
+#[derive(Debug, Clone)]
+pub struct InvoiceFlow {
+    pub enabled: bool,
+    /// Backstop poll for approved, not yet exported invoices.
+    pub poll_every: Duration,
+    pub attachments: bool,
+    pub export_condition: Option<ExportCondition>,
+}
+
+/// Export only invoices whose document custom field `field_id` has value `value` (e.g. "Send to
+/// Exact Online" = "Yes"; specs/precoro.md §5).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportCondition {
+    pub field_id: i64,
+    pub value: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentFlow {
+    pub enabled: bool,
+    pub poll_every: Duration,
+    /// The first poll starts this far back, not at the beginning of time.
+    pub initial_window: Duration,
+    /// A burst of Exact webhooks costs one poll within this window.
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduledFlow {
+    pub enabled: bool,
+    pub every: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReferenceFlow {
+    pub enabled: bool,
+    pub kinds: Vec<ReferenceKind>,
+    /// Incremental sync interval per kind.
+    pub every: BTreeMap<ReferenceKind, Duration>,
+    /// Full reconciliation interval.
+    pub full_every: Duration,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceKind {
+    Taxes,
+    PaymentTerms,
+    GlAccounts,
+    CostCenters,
+    CostUnits,
+    Projects,
+}
+
+impl ReferenceKind {
+    pub const ALL: [ReferenceKind; 6] = [
+        ReferenceKind::Taxes,
+        ReferenceKind::PaymentTerms,
+        ReferenceKind::GlAccounts,
+        ReferenceKind::CostCenters,
+        ReferenceKind::CostUnits,
+        ReferenceKind::Projects,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReferenceKind::Taxes => "taxes",
+            ReferenceKind::PaymentTerms => "payment_terms",
+            ReferenceKind::GlAccounts => "gl_accounts",
+            ReferenceKind::CostCenters => "cost_centers",
+            ReferenceKind::CostUnits => "cost_units",
+            ReferenceKind::Projects => "projects",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Which Precoro custom fields carry the Exact dimensions (specs/precoro.md §3 "Accounting
+/// dimensions"): GL account, cost center and cost unit are item (line) fields; project is a
+/// document (header) field.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CustomFields {
+    pub gl_account: Option<i64>,
+    pub cost_center: Option<i64>,
+    pub cost_unit: Option<i64>,
+    pub project: Option<i64>,
+}
+
+impl Config {
+    /// Load from `path`, or from the file named by `PRECORO_EXACT_CONFIG`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => std::env::var_os(CONFIG_ENV)
+                .map(Into::into)
+                .ok_or_else(|| {
+                    field_err(
+                        "--config",
+                        format!("no config file given (use --config PATH or set {CONFIG_ENV})"),
+                    )
+                })?,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse and validate. `env` resolves `env:NAME` secrets and the URL overrides.
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        validate(raw, env)
+    }
+}
+
+fn secret(
+    field: &str,
+    value: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    let resolved = match value.strip_prefix("env:") {
+        Some(name) => env(name)
+            .ok_or_else(|| field_err(field, format!("environment variable {name} is not set")))?,
+        None => value.to_string(),
+    };
+    if resolved.is_empty() {
+        return Err(field_err(field, "must not be empty"));
+    }
+    Ok(Secret::new(resolved))
+}
+
+fn http_url(field: &str, value: &str) -> Result<String, ConfigError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| field_err(field, format!("'{value}' is not a URL: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(field_err(
+            field,
+            format!("'{value}' must be an http(s) URL"),
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+fn positive(field: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(field_err(field, "must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let broker_url = env(BROKER_URL_ENV)
+        .or(raw.broker.url)
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    if !broker_url.starts_with("amqp://") && !broker_url.starts_with("amqps://") {
+        return Err(field_err(
+            "broker.url",
+            format!("'{broker_url}' must start with amqp:// or amqps://"),
+        ));
+    }
+    let retry_tiers: Vec<Duration> = match raw.broker.retry_tiers {
+        Some(t) => t.into_iter().map(|d| d.0).collect(),
+        None => [5, 30, 120, 600, 3600, 21_600]
+            .into_iter()
+            .map(Duration::from_secs)
+            .collect(),
+    };
+    if retry_tiers.is_empty() {
+        return Err(field_err("broker.retry_tiers", "needs at least one delay"));
+    }
+    if retry_tiers.windows(2).any(|w| w[0] >= w[1]) || retry_tiers[0].is_zero() {
+        return Err(field_err(
+            "broker.retry_tiers",
+            "delays must be positive and increasing",
+        ));
+    }
+    let confirm_channels = raw.broker.confirm_channels.unwrap_or(4);
+    if confirm_channels == 0 || confirm_channels > 64 {
+        return Err(field_err(
+            "broker.confirm_channels",
+            "must be between 1 and 64",
+        ));
+    }
+    let broker = BrokerConfig {
+        url: broker_url,
+        prefix: raw.broker.prefix.unwrap_or_default(),
+        confirm_channels,
+        confirm_timeout: positive(
+            "broker.confirm_timeout",
+            raw.broker
+                .confirm_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(5)),
+        )?,
+        delivery_limit: raw.broker.delivery_limit.unwrap_or(10),
+        retry_tiers,
+        max_attempts: raw.broker.max_attempts.unwrap_or(12),
+    };
+    if broker.delivery_limit == 0 {
+        return Err(field_err("broker.delivery_limit", "must be at least 1"));
+    }
+    if broker.max_attempts == 0 {
+        return Err(field_err("broker.max_attempts", "must be at least 1"));
+    }
+
+    let redis_url = env(REDIS_URL_ENV)
+        .or(raw.redis.url)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
+        return Err(field_err(
+            "redis.url",
+            format!("'{redis_url}' must start with redis:// or rediss://"),
+        ));
+    }
+    let redis = RedisConfig {
+        url: redis_url,
+        prefix: raw.redis.prefix.unwrap_or_else(|| "pe".into()),
+    };
+
+    let listen = env(LISTEN_ENV)
+        .or(raw.ingress.listen)
+        .unwrap_or_else(|| "0.0.0.0:8080".into());
+    if listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(field_err(
+            "ingress.listen",
+            format!("'{listen}' is not an address like 0.0.0.0:8080"),
+        ));
+    }
+    let public_url = http_url(
+        "ingress.public_url",
+        raw.ingress
+            .public_url
+            .as_deref()
+            .unwrap_or("http://127.0.0.1:8080"),
+    )?;
+    let body_limit_bytes = raw.ingress.body_limit_bytes.unwrap_or(256 * 1024);
+    if body_limit_bytes < 1024 {
+        return Err(field_err(
+            "ingress.body_limit_bytes",
+            "must be at least 1024",
+        ));
+    }
+    let oauth_state_secret = match raw.ingress.oauth_state_secret {
+        Some(s) => secret("ingress.oauth_state_secret", &s, env)?,
+        // Without a configured secret, a per-process random one: connect links then only work
+        // against the ingress that issued them, which is fine for one replica and for tests.
+        None => Secret::new(hex::encode(rand::random::<[u8; 32]>())),
+    };
+    let ingress = IngressConfig {
+        listen,
+        public_url: public_url.clone(),
+        body_limit_bytes,
+        oauth_state_secret,
+    };
+
+    let w = raw.worker;
+    let worker = WorkerConfig {
+        prefetch: w.prefetch.unwrap_or(10),
+        prefetch_per_flow: w.prefetch_per_flow,
+        idempotency_lease: positive(
+            "worker.idempotency_lease",
+            w.idempotency_lease
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(120)),
+        )?,
+        idempotency_ttl: positive(
+            "worker.idempotency_ttl",
+            w.idempotency_ttl
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(14 * 86_400)),
+        )?,
+        entity_lease: positive(
+            "worker.entity_lease",
+            w.entity_lease
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(120)),
+        )?,
+        scheduler_tick: positive(
+            "worker.scheduler_tick",
+            w.scheduler_tick
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(5)),
+        )?,
+        shutdown_grace: w
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
+    };
+    if worker.prefetch == 0 {
+        return Err(field_err("worker.prefetch", "must be at least 1"));
+    }
+    for (flow, n) in &worker.prefetch_per_flow {
+        if !crate::bus::topology::FLOWS.contains(&flow.as_str()) {
+            return Err(field_err(
+                format!("worker.prefetch_per_flow.{flow}"),
+                format!(
+                    "unknown flow (one of {})",
+                    crate::bus::topology::FLOWS.join(", ")
+                ),
+            ));
+        }
+        if *n == 0 {
+            return Err(field_err(
+                format!("worker.prefetch_per_flow.{flow}"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if worker.idempotency_lease >= worker.idempotency_ttl {
+        return Err(field_err(
+            "worker.idempotency_ttl",
+            "must be longer than worker.idempotency_lease",
+        ));
+    }
+
+    let telemetry = TelemetryConfig {
+        json_logs: raw.telemetry.json_logs.unwrap_or(false),
+        log_filter: raw.telemetry.log_filter.unwrap_or_else(|| "info".into()),
+    };
+
+    let mut tenants = Vec::with_capacity(raw.tenants.len());
+    for (i, t) in raw.tenants.into_iter().enumerate() {
+        let tenant = validate_tenant(i, t, &public_url, env)?;
+        if tenants.iter().any(|o: &TenantConfig| o.id == tenant.id) {
+            return Err(field_err(
+                format!("tenants[{i}].id"),
+                format!("'{}' is used twice", tenant.id),
+            ));
+        }
+        if let Some(o) = tenants.iter().find(|o: &&TenantConfig| {
+            o.exact.division == tenant.exact.division && o.exact.host == tenant.exact.host
+        }) {
+            // Exact webhooks are routed by division: two companies on one division would be ambiguous.
+            return Err(field_err(
+                format!("tenants[{i}].exact.division"),
+                format!(
+                    "{} is already used by company '{}'",
+                    tenant.exact.division, o.id
+                ),
+            ));
+        }
+        tenants.push(tenant);
+    }
+
+    Ok(Config {
+        broker,
+        redis,
+        ingress,
+        worker,
+        telemetry,
+        tenants,
+    })
+}
+
+fn validate_tenant(
+    i: usize,
+    t: RawTenant,
+    public_url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TenantConfig, ConfigError> {
+    let f = |name: &str| format!("tenants[{i}].{name}");
+    if t.id.is_empty()
+        || !t
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || t.id.len() > 64
+    {
+        return Err(field_err(
+            f("id"),
+            "must be 1-64 characters of a-z, 0-9, '-' or '_'",
+        ));
+    }
+
+    let p = t.precoro;
+    let webhook_token = secret(&f("precoro.webhook_token"), &p.webhook_token, env)?;
+    if webhook_token.expose().len() < 32 {
+        return Err(field_err(
+            f("precoro.webhook_token"),
+            "must be at least 32 characters (it is the only proof a webhook came from Precoro)",
+        ));
+    }
+    if !p.email.contains('@') {
+        return Err(field_err(
+            f("precoro.email"),
+            format!("'{}' is not an e-mail address", p.email),
+        ));
+    }
+    let precoro = PrecoroConfig {
+        base_url: http_url(
+            &f("precoro.base_url"),
+            p.base_url.as_deref().unwrap_or("https://api.precoro.com"),
+        )?,
+        token: secret(&f("precoro.token"), &p.token, env)?,
+        email: p.email,
+        webhook_token,
+        signature_secret: p
+            .signature_secret
+            .map(|s| secret(&f("precoro.signature_secret"), &s, env))
+            .transpose()?,
+        requests_per_second: p.requests_per_second.unwrap_or(1),
+        hourly_limit: p.hourly_limit.unwrap_or(1500),
+        daily_limit: p.daily_limit.unwrap_or(3000),
+    };
+    if precoro.requests_per_second == 0 || precoro.hourly_limit == 0 || precoro.daily_limit == 0 {
+        return Err(field_err(f("precoro"), "rate limits must be at least 1"));
+    }
+
+    let e = t.exact;
+    if e.division <= 0 {
+        return Err(field_err(f("exact.division"), "must be a positive number"));
+    }
+    if e.journal.trim().is_empty() {
+        return Err(field_err(
+            f("exact.journal"),
+            "must name the purchase journal code, e.g. \"70\"",
+        ));
+    }
+    if e.client_id.trim().is_empty() {
+        return Err(field_err(f("exact.client_id"), "must not be empty"));
+    }
+    let exact = ExactConfig {
+        host: http_url(
+            &f("exact.host"),
+            e.host.as_deref().unwrap_or("https://start.exactonline.nl"),
+        )?,
+        client_id: e.client_id,
+        client_secret: secret(&f("exact.client_secret"), &e.client_secret, env)?,
+        webhook_secret: secret(&f("exact.webhook_secret"), &e.webhook_secret, env)?,
+        redirect_uri: match e.redirect_uri {
+            Some(u) => http_url(&f("exact.redirect_uri"), &u)?,
+            None => format!("{public_url}/oauth/exact/callback"),
+        },
+        division: Division(e.division),
+        journal: e.journal.trim().to_string(),
+        minutely_limit: e.minutely_limit.unwrap_or(60),
+        daily_limit: e.daily_limit.unwrap_or(5000),
+    };
+    if exact.minutely_limit == 0 || exact.daily_limit == 0 {
+        return Err(field_err(f("exact"), "rate limits must be at least 1"));
+    }
+
+    let fl = t.flows;
+    let invoices = InvoiceFlow {
+        enabled: fl.invoices.enabled.unwrap_or(true),
+        poll_every: positive(
+            &f("flows.invoices.poll_every"),
+            fl.invoices
+                .poll_every
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(900)),
+        )?,
+        attachments: fl.invoices.attachments.unwrap_or(true),
+        export_condition: fl.invoices.export_condition,
+    };
+    let payments = PaymentFlow {
+        enabled: fl.payments.enabled.unwrap_or(true),
+        poll_every: positive(
+            &f("flows.payments.poll_every"),
+            fl.payments
+                .poll_every
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(600)),
+        )?,
+        initial_window: fl
+            .payments
+            .initial_window
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30 * 86_400)),
+        debounce: fl
+            .payments
+            .debounce
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
+    };
+    let suppliers = ScheduledFlow {
+        enabled: fl.suppliers.enabled.unwrap_or(true),
+        every: positive(
+            &f("flows.suppliers.every"),
+            fl.suppliers
+                .every
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(3600)),
+        )?,
+    };
+    let default_every = fl
+        .reference
+        .every
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(3600));
+    positive(&f("flows.reference.every"), default_every)?;
+    let kinds = fl
+        .reference
+        .kinds
+        .unwrap_or_else(|| ReferenceKind::ALL.to_vec());
+    let mut every = BTreeMap::new();
+    for k in &kinds {
+        every.insert(*k, default_every);
+    }
+    for (name, d) in fl.reference.every_per_kind {
+        let kind = ReferenceKind::parse(&name).ok_or_else(|| {
+            field_err(
+                f(&format!("flows.reference.every_per_kind.{name}")),
+                "unknown kind (taxes, payment_terms, gl_accounts, cost_centers, cost_units, projects)",
+            )
+        })?;
+        every.insert(
+            kind,
+            positive(&f(&format!("flows.reference.every_per_kind.{name}")), d.0)?,
+        );
+    }
+    let reference = ReferenceFlow {
+        enabled: fl.reference.enabled.unwrap_or(true),
+        kinds,
+        every,
+        full_every: positive(
+            &f("flows.reference.full_every"),
+            fl.reference
+                .full_every
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(86_400)),
+        )?,
+    };
+
+    // The dimension kinds that become custom-field options need the field to write them into.
+    if reference.enabled {
+        let cf = &t.custom_fields;
+        for (kind, field, name) in [
+            (ReferenceKind::GlAccounts, cf.gl_account, "gl_account"),
+            (ReferenceKind::CostCenters, cf.cost_center, "cost_center"),
+            (ReferenceKind::CostUnits, cf.cost_unit, "cost_unit"),
+            (ReferenceKind::Projects, cf.project, "project"),
+        ] {
+            if reference.kinds.contains(&kind) && field.is_none() {
+                return Err(field_err(
+                    f(&format!("custom_fields.{name}")),
+                    format!(
+                        "flows.reference syncs {} but no Precoro custom field id is configured for it",
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+
+    Ok(TenantConfig {
+        id: TenantId(t.id.clone()),
+        name: t.name.unwrap_or(t.id),
+        precoro,
+        exact,
+        flows: FlowsConfig {
+            invoices,
+            payments,
+            suppliers,
+            reference,
+        },
+        custom_fields: t.custom_fields,
+    })
+}
+
+impl Config {
+    pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.id.as_str() == id)
+    }
+
+    pub fn tenant_by_division(&self, division: i64) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.exact.division.0 == division)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[tenants]]
+        id = "acme"
+        [tenants.precoro]
+        token = "env:ACME_PRECORO_TOKEN"
+        email = "finance@acme.test"
+        webhook_token = "0123456789abcdef0123456789abcdef"
+        [tenants.exact]
+        client_id = "app"
+        client_secret = "s3cret"
+        webhook_secret = "env:EXACT_WEBHOOK_SECRET"
+        division = 123456
+        journal = "70"
+        [tenants.custom_fields]
+        gl_account = 1
+        cost_center = 2
+        cost_unit = 3
+        project = 4
+    "#;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "ACME_PRECORO_TOKEN" => Some("tok".into()),
+            "EXACT_WEBHOOK_SECRET" => Some("whsec".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_env_secrets() {
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        assert_eq!(c.broker.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
+        let t = &c.tenants[0];
+        assert_eq!(t.precoro.token.expose(), "tok");
+        assert_eq!(t.exact.webhook_secret.expose(), "whsec");
+        assert_eq!(t.exact.host, "https://start.exactonline.nl");
+        assert_eq!(
+            t.exact.redirect_uri,
+            "http://127.0.0.1:8080/oauth/exact/callback"
+        );
+        assert!(t.flows.invoices.enabled);
+        assert_eq!(t.flows.reference.kinds.len(), 6);
+        assert!(
+            !format!("{t:?}").contains("s3cret"),
+            "secrets never reach Debug output"
+        );
+    }
+
+    #[test]
+    fn env_overrides_broker_and_redis_urls() {
+        let c = Config::from_toml(MINIMAL, &|n| match n {
+            BROKER_URL_ENV => Some("amqp://u:p@rabbit:5672/%2f".into()),
+            REDIS_URL_ENV => Some("redis://cache:6379".into()),
+            other => env(other),
+        })
+        .unwrap();
+        assert_eq!(c.broker.url, "amqp://u:p@rabbit:5672/%2f");
+        assert_eq!(c.redis.url, "redis://cache:6379");
+    }
+
+    fn err(text: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+        Config::from_toml(text, env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            err(MINIMAL, &|_| None),
+            "tenants[0].precoro.token: environment variable ACME_PRECORO_TOKEN is not set"
+        );
+        assert!(
+            err(&MINIMAL.replace("123456", "-1"), &env).starts_with("tenants[0].exact.division:")
+        );
+        assert!(
+            err(
+                &MINIMAL.replace("0123456789abcdef0123456789abcdef", "short"),
+                &env
+            )
+            .starts_with("tenants[0].precoro.webhook_token:")
+        );
+        assert!(
+            err(&MINIMAL.replace("project = 4", ""), &env)
+                .starts_with("tenants[0].custom_fields.project:")
+        );
+        let dup = format!("{MINIMAL}\n{}", MINIMAL.replace("123456", "654321"));
+        assert!(err(&dup, &env).starts_with("tenants[1].id: 'acme' is used twice"));
+        assert!(
+            err(&format!("[broker]\nurl = \"http://x\"\n{MINIMAL}"), &env)
+                .starts_with("broker.url:")
+        );
+        assert!(err(&MINIMAL.replace("journal", "jurnal"), &env).contains("unknown field"));
+        let bad_every = MINIMAL.replace(
+            "[tenants.custom_fields]",
+            "[tenants.flows.payments]\npoll_every = \"10 parsecs\"\n[tenants.custom_fields]",
+        );
+        assert!(err(&bad_every, &env).contains("unknown unit"));
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(
+            HumanDuration::parse("500ms").unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            HumanDuration::parse("15m").unwrap().0,
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            HumanDuration::parse("1d").unwrap().0,
+            Duration::from_secs(86_400)
+        );
+        assert!(HumanDuration::parse("15").is_err());
+        assert!(HumanDuration::parse("m").is_err());
+    }
+}

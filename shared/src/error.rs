@@ -1,0 +1,224 @@
+//! One error type for everything a flow can hit, and the table that maps each error to its
+//! consequence: a retry class for the worker and an HTTP status for the ingress.
+//!
+//! Exact blocks an app for an hour after 10 errors per endpoint per hour (specs/exact-online.md §2),
+//! so validation errors must never be retried: they are `Permanent` and go to the DLQ at once.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Which external API an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    Exact,
+    Precoro,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Exact => "exact",
+            Api::Precoro => "precoro",
+        }
+    }
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the worker does with a failed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryClass {
+    /// Delayed retry with the attempt counted (network, timeout, 5xx, lease held).
+    Transient,
+    /// Wait and try again; the attempt is not counted (429, local rate limiter).
+    RateLimited,
+    /// Dead-letter at once with a readable reason (validation, missing mapping, disabled flow).
+    Permanent,
+}
+
+impl RetryClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryClass::Transient => "transient",
+            RetryClass::RateLimited => "rate_limited",
+            RetryClass::Permanent => "permanent",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{api}: network error: {message}")]
+    Network { api: Api, message: String },
+
+    #[error("{api} answered HTTP {status}: {message}")]
+    Upstream {
+        api: Api,
+        status: u16,
+        message: String,
+    },
+
+    #[error("{api} rate limit reached; retry in {}s", retry_after.as_secs())]
+    RateLimited { api: Api, retry_after: Duration },
+
+    /// The connection to the company's Exact administration cannot be used until someone re-consents.
+    #[error(
+        "Exact connection for company '{tenant}' is broken: {message}. Reconnect it (worker exact connect), then replay"
+    )]
+    ConnectionBroken { tenant: String, message: String },
+
+    /// A Precoro record lacks the externalId that maps it to Exact (or the reverse).
+    #[error("missing mapping: {0}")]
+    MissingMapping(String),
+
+    /// The data cannot be synced as it is; an operator must fix it.
+    #[error("invalid data: {0}")]
+    Invalid(String),
+
+    #[error("flow '{flow}' is disabled for company '{tenant}'")]
+    FlowDisabled { tenant: String, flow: String },
+
+    #[error("unknown company '{0}'")]
+    UnknownTenant(String),
+
+    /// Another worker holds the lease on this entity right now.
+    #[error("busy: {0}")]
+    LeaseHeld(String),
+
+    #[error("redis: {0}")]
+    Redis(String),
+
+    #[error("message broker: {0}")]
+    Broker(String),
+
+    #[error("malformed message: {0}")]
+    Malformed(String),
+
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// The one retry-class table.
+    pub fn retry_class(&self) -> RetryClass {
+        match self {
+            Error::Network { .. }
+            | Error::LeaseHeld(_)
+            | Error::Redis(_)
+            | Error::Broker(_)
+            | Error::Other(_) => RetryClass::Transient,
+            Error::RateLimited { .. } => RetryClass::RateLimited,
+            Error::Upstream { status, .. } => match *status {
+                429 => RetryClass::RateLimited,
+                // 408 is Exact's "request too broad" or a proxy timeout; 409/425 are races.
+                408 | 409 | 425 => RetryClass::Transient,
+                s if s >= 500 => RetryClass::Transient,
+                _ => RetryClass::Permanent,
+            },
+            Error::ConnectionBroken { .. }
+            | Error::MissingMapping(_)
+            | Error::Invalid(_)
+            | Error::FlowDisabled { .. }
+            | Error::UnknownTenant(_)
+            | Error::Malformed(_) => RetryClass::Permanent,
+        }
+    }
+
+    /// How long to wait before trying again, when the error says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// A short machine-readable kind for metrics and the DLQ's `x-error-kind` header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Network { .. } => "network",
+            Error::Upstream { .. } => "upstream",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::ConnectionBroken { .. } => "connection_broken",
+            Error::MissingMapping(_) => "missing_mapping",
+            Error::Invalid(_) => "invalid",
+            Error::FlowDisabled { .. } => "flow_disabled",
+            Error::UnknownTenant(_) => "unknown_tenant",
+            Error::LeaseHeld(_) => "lease_held",
+            Error::Redis(_) => "redis",
+            Error::Broker(_) => "broker",
+            Error::Malformed(_) => "malformed",
+            Error::Other(_) => "other",
+        }
+    }
+
+    pub fn network(api: Api, err: impl std::fmt::Display) -> Self {
+        Error::Network {
+            api,
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(e: redis::RedisError) -> Self {
+        Error::Redis(e.to_string())
+    }
+}
+
+impl From<lapin::Error> for Error {
+    fn from(e: lapin::Error) -> Self {
+        Error::Broker(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(status: u16) -> Error {
+        Error::Upstream {
+            api: Api::Exact,
+            status,
+            message: "x".into(),
+        }
+    }
+
+    #[test]
+    fn retry_class_table() {
+        assert_eq!(upstream(500).retry_class(), RetryClass::Transient);
+        assert_eq!(upstream(503).retry_class(), RetryClass::Transient);
+        assert_eq!(upstream(429).retry_class(), RetryClass::RateLimited);
+        assert_eq!(upstream(400).retry_class(), RetryClass::Permanent);
+        assert_eq!(upstream(401).retry_class(), RetryClass::Permanent);
+        assert_eq!(upstream(404).retry_class(), RetryClass::Permanent);
+        assert_eq!(
+            Error::network(Api::Precoro, "reset").retry_class(),
+            RetryClass::Transient
+        );
+        assert_eq!(
+            Error::MissingMapping("tax 'VAT 21%' has no externalId".into()).retry_class(),
+            RetryClass::Permanent
+        );
+        assert_eq!(
+            Error::LeaseHeld("invoice 7".into()).retry_class(),
+            RetryClass::Transient
+        );
+        assert_eq!(
+            Error::RateLimited {
+                api: Api::Exact,
+                retry_after: Duration::from_secs(3)
+            }
+            .retry_after(),
+            Some(Duration::from_secs(3))
+        );
+    }
+}

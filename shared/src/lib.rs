@@ -1,0 +1,11 @@
+//! Shared library of precoro-exact: configuration, tenant model, event bus, Redis state, API clients,
+//! webhook verification, telemetry and the error table. Only this crate talks to RabbitMQ, Redis and
+//! the two APIs.
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod store;
+
+pub use error::{Api, Error, Result, RetryClass};

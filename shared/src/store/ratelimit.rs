@@ -1,0 +1,259 @@
+//! Shared rate limiting in Redis, per company and API, honoured by every replica
+//! (specs/practice.md §4 "Shared rate limit across workers").
+//!
+//! One Lua script checks, atomically and on Redis time:
+//! 1. a shared pause-until (set after a 429 or an exhausted quota header),
+//! 2. the daily and hourly counters (fixed windows in UTC),
+//! 3. GCRA for the short window: one key holding the theoretical arrival time (TAT).
+//!
+//! Only when all allow does it consume: increment the counters and move the TAT. Waiting is not an
+//! error: [`RateLimiter::acquire`] sleeps up to a bound and only then reports `RateLimited`.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use super::Store;
+use crate::error::{Api, Error, Result};
+
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local emission = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local hourly = tonumber(ARGV[3])
+local daily = tonumber(ARGV[4])
+
+local pause = tonumber(redis.call('GET', KEYS[4]) or '0')
+if pause > now then
+  return {0, pause - now, 'paused'}
+end
+
+local day_key = KEYS[3] .. ':' .. math.floor(now / 86400000)
+local hour_key = KEYS[2] .. ':' .. math.floor(now / 3600000)
+if daily > 0 then
+  local used = tonumber(redis.call('GET', day_key) or '0')
+  if used >= daily then
+    return {0, 86400000 - (now % 86400000), 'daily'}
+  end
+end
+if hourly > 0 then
+  local used = tonumber(redis.call('GET', hour_key) or '0')
+  if used >= hourly then
+    return {0, 3600000 - (now % 3600000), 'hourly'}
+  end
+end
+
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + emission
+local allow_at = new_tat - emission * burst
+if allow_at > now then
+  return {0, allow_at - now, 'window'}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
+if daily > 0 then
+  redis.call('INCR', day_key)
+  redis.call('PEXPIRE', day_key, 90000000)
+end
+if hourly > 0 then
+  redis.call('INCR', hour_key)
+  redis.call('PEXPIRE', hour_key, 3700000)
+end
+return {1, 0, 'ok'}";
+
+/// Only ever moves a pause forward.
+const PAUSE: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local want = tonumber(ARGV[1])
+if want > cur then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if want > now then
+    redis.call('SET', KEYS[1], want, 'PX', want - now)
+  end
+end
+return 1";
+
+/// The limits of one API for one company.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub api: Api,
+    /// Usually the tenant id; every replica using the same scope shares the budget.
+    pub scope: String,
+    /// Calls allowed per `window` (Exact: 60 per minute; Precoro: 1 per second).
+    pub per_window: u32,
+    pub window: Duration,
+    /// Calls that may go at once after a quiet spell. The emission interval is stretched so that
+    /// `burst` plus the steady rate never exceeds `per_window` in any rolling window.
+    pub burst: u32,
+    pub hourly: Option<u32>,
+    pub daily: Option<u32>,
+}
+
+impl Limits {
+    pub fn exact(scope: &str, per_minute: u32, per_day: u32) -> Self {
+        Limits {
+            api: Api::Exact,
+            scope: scope.to_string(),
+            per_window: per_minute,
+            window: Duration::from_secs(60),
+            burst: (per_minute / 12).clamp(1, 5),
+            hourly: None,
+            daily: Some(per_day),
+        }
+    }
+
+    pub fn precoro(scope: &str, per_second: u32, per_hour: u32, per_day: u32) -> Self {
+        Limits {
+            api: Api::Precoro,
+            scope: scope.to_string(),
+            per_window: per_second,
+            window: Duration::from_secs(1),
+            burst: 1,
+            hourly: Some(per_hour),
+            daily: Some(per_day),
+        }
+    }
+
+    fn emission_ms(&self) -> u64 {
+        let steady = self
+            .per_window
+            .saturating_sub(self.burst.saturating_sub(1))
+            .max(1);
+        (self.window.as_millis() as u64).div_ceil(steady as u64)
+    }
+}
+
+/// Why a call has to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    Paused,
+    Window,
+    Hourly,
+    Daily,
+}
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    store: Store,
+    /// Waits longer than this are reported as `Error::RateLimited` instead of slept through.
+    max_wait: Duration,
+}
+
+impl RateLimiter {
+    pub fn new(store: Store, max_wait: Duration) -> Self {
+        RateLimiter { store, max_wait }
+    }
+
+    fn keys(&self, l: &Limits) -> [String; 4] {
+        let api = l.api.as_str();
+        [
+            self.store.key(&["rl", api, &l.scope, "tat"]),
+            self.store.key(&["rl", api, &l.scope, "hour"]),
+            self.store.key(&["rl", api, &l.scope, "day"]),
+            self.store.key(&["rl", api, &l.scope, "pause"]),
+        ]
+    }
+
+    /// One attempt: `Ok(None)` when the call may go now (and was counted), else how long to wait.
+    pub async fn try_acquire(&self, l: &Limits) -> Result<Option<(Duration, WaitReason)>> {
+        let [tat, hour, day, pause] = self.keys(l);
+        let mut c = self.store.conn();
+        let (ok, wait_ms, reason): (i64, i64, String) = Script::new(GCRA)
+            .key(tat)
+            .key(hour)
+            .key(day)
+            .key(pause)
+            .arg(l.emission_ms())
+            .arg(l.burst.max(1))
+            .arg(l.hourly.unwrap_or(0))
+            .arg(l.daily.unwrap_or(0))
+            .invoke_async(&mut c)
+            .await?;
+        if ok == 1 {
+            return Ok(None);
+        }
+        let reason = match reason.as_str() {
+            "paused" => WaitReason::Paused,
+            "hourly" => WaitReason::Hourly,
+            "daily" => WaitReason::Daily,
+            _ => WaitReason::Window,
+        };
+        Ok(Some((Duration::from_millis(wait_ms.max(1) as u64), reason)))
+    }
+
+    /// Wait for a slot. Sleeps through short waits; a wait beyond `max_wait` (an hourly or daily
+    /// quota, a long pause) is returned as `Error::RateLimited` so the message is re-queued
+    /// without counting an attempt.
+    pub async fn acquire(&self, l: &Limits) -> Result<()> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.try_acquire(l).await? {
+                None => {
+                    let waited = started.elapsed();
+                    if !waited.is_zero() {
+                        metrics::histogram!("ratelimit_wait_seconds", "api" => l.api.as_str())
+                            .record(waited.as_secs_f64());
+                    }
+                    return Ok(());
+                }
+                Some((wait, _)) if started.elapsed() + wait <= self.max_wait => {
+                    // A little jitter so replicas do not wake in lockstep.
+                    let jitter = Duration::from_millis(rand::random::<u64>() % 25);
+                    tokio::time::sleep(wait + jitter).await;
+                }
+                Some((wait, _)) => {
+                    return Err(Error::RateLimited {
+                        api: l.api,
+                        retry_after: wait,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Pause every replica's calls to this API for this scope until `until_ms` (Redis epoch ms).
+    pub async fn pause_until(&self, l: &Limits, until_ms: i64) -> Result<()> {
+        let [_, _, _, pause] = self.keys(l);
+        let mut c = self.store.conn();
+        let _: i64 = Script::new(PAUSE)
+            .key(pause)
+            .arg(until_ms)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Pause for `d` from now (Redis time).
+    pub async fn pause_for(&self, l: &Limits, d: Duration) -> Result<()> {
+        let now = self.store.now_ms().await?;
+        self.pause_until(l, now + d.as_millis() as i64).await
+    }
+
+    /// Calls counted today (UTC) for this scope.
+    pub async fn used_today(&self, l: &Limits) -> Result<u64> {
+        let [_, _, day, _] = self.keys(l);
+        let now = self.store.now_ms().await?;
+        let v = self
+            .store
+            .get_string(&format!("{day}:{}", now / 86_400_000))
+            .await?;
+        Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emission_keeps_rolling_window_within_limit() {
+        let l = Limits::exact("t", 60, 5000);
+        // burst 5 + 55 steady calls per minute = 60.
+        assert_eq!(l.burst, 5);
+        assert_eq!(l.emission_ms(), 1091);
+        let p = Limits::precoro("t", 1, 1500, 3000);
+        assert_eq!(p.emission_ms(), 1000);
+    }
+}

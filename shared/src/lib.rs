@@ -5,7 +5,10 @@
 pub mod bus;
 pub mod config;
 pub mod error;
+pub mod exact;
+pub mod http;
 pub mod ids;
+pub mod precoro;
 pub mod store;
 
 pub use error::{Api, Error, Result, RetryClass};

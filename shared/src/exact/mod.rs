@@ -1,0 +1,1 @@
+//! Exact Online API client (OAuth, OData, rate limits).

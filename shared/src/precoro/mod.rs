@@ -1,0 +1,1 @@
+//! Precoro API client.

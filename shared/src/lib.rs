@@ -10,5 +10,7 @@ pub mod http;
 pub mod ids;
 pub mod precoro;
 pub mod store;
+pub mod telemetry;
+pub mod webhook;
 
 pub use error::{Api, Error, Result, RetryClass};

@@ -1,3 +1,10 @@
 //! RabbitMQ: topology, the confirmed publisher, the event envelope and the consumer runtime.
 
+pub mod consumer;
+pub mod envelope;
+pub mod headers;
+pub mod publisher;
 pub mod topology;
+
+pub use envelope::{Envelope, Source};
+pub use publisher::{PublishError, Publisher};

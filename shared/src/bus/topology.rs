@@ -48,6 +48,17 @@ pub fn bindings(flow: &str) -> &'static [&'static str] {
     }
 }
 
+/// The flow whose queue receives `routing_key`, if any (topic matching with `*` = one word).
+pub fn flow_for(routing_key: &str) -> Option<&'static str> {
+    FLOWS.into_iter().find(|flow| {
+        bindings(flow).iter().any(|pattern| {
+            let p: Vec<&str> = pattern.split('.').collect();
+            let k: Vec<&str> = routing_key.split('.').collect();
+            p.len() == k.len() && p.iter().zip(&k).all(|(a, b)| *a == "*" || a == b)
+        })
+    })
+}
+
 /// The names of every exchange and queue, under the configured prefix.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -231,6 +242,16 @@ mod tests {
         assert_eq!(tier_name(Duration::from_secs(3600)), "1h");
         assert_eq!(tier_name(Duration::from_secs(21_600)), "6h");
         assert_eq!(tier_name(Duration::from_millis(300)), "300ms");
+    }
+
+    #[test]
+    fn routing_keys_find_their_flow() {
+        assert_eq!(flow_for("precoro.invoice.update"), Some("invoices"));
+        assert_eq!(flow_for("exact.accounts.delete"), Some("suppliers"));
+        assert_eq!(flow_for("exact.bankentries.update"), Some("payments"));
+        assert_eq!(flow_for("job.reference.sync"), Some("reference"));
+        assert_eq!(flow_for("exact.salesinvoices.update"), None);
+        assert_eq!(flow_for("precoro.invoice"), None);
     }
 
     #[test]

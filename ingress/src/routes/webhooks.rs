@@ -1,0 +1,168 @@
+//! Webhook receivers. Order matters: size limit, content type, verify on the raw bytes, parse,
+//! publish with confirm, answer. Nothing is published for a refused request, and a 2xx means the
+//! broker has the message.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+use shared::bus::topology::flow_for;
+use shared::bus::{Envelope, Source};
+use shared::telemetry::webhook_received;
+use shared::webhook::{self, Rejection};
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Read the body up to the limit; a larger one is refused with 413 before anything else.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+    let limit = state.config.ingress.body_limit_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(Rejection::TooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // to_bytes fails either on the limit or on a broken body; both are the sender's fault.
+        let text = e.to_string();
+        if text.contains("length limit") {
+            Rejection::TooLarge(limit)
+        } else {
+            Rejection::Malformed(format!("could not read body: {text}"))
+        }
+    })
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+}
+
+fn refuse(source: &'static str, tenant: Option<&str>, r: Rejection) -> ApiError {
+    webhook_received(source, tenant, r.outcome(), &r.to_string());
+    r.into()
+}
+
+async fn publish(state: &AppState, source: &'static str, env: &Envelope) -> Result<(), ApiError> {
+    state
+        .publisher
+        .publish_envelope(env, Default::default())
+        .await
+        .map_err(|e| {
+            webhook_received(
+                source,
+                Some(env.tenant.as_str()),
+                "unavailable",
+                &e.to_string(),
+            );
+            ApiError::unavailable(format!(
+                "could not hand the event to the broker ({}); retry later",
+                e.kind()
+            ))
+        })
+}
+
+/// `POST /webhooks/precoro/{tenant}/{token}`
+pub async fn precoro(
+    State(state): State<AppState>,
+    Path((tenant_id, token)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    const SRC: &str = "precoro";
+    let body = read_body(&state, &headers, body)
+        .await
+        .map_err(|r| refuse(SRC, None, r))?;
+    let tenant = state
+        .config
+        .tenant(&tenant_id)
+        .ok_or_else(|| refuse(SRC, None, Rejection::UnknownTenant))?;
+    let signature = headers.get("x-precoro-auth").and_then(|v| v.to_str().ok());
+    let hook = webhook::check_content_type(content_type(&headers))
+        .and_then(|()| webhook::verify_precoro(tenant, &token, signature, &body))
+        .map_err(|r| refuse(SRC, Some(tenant.id.as_str()), r))?;
+    let Some(entity) = hook.entity() else {
+        webhook_received(
+            SRC,
+            Some(tenant.id.as_str()),
+            "ignored",
+            &format!("type {} is not synced", hook.kind),
+        );
+        return Ok((StatusCode::ACCEPTED, Json(json!({"status": "ignored"}))));
+    };
+    let payload = serde_json::to_value(&hook).expect("a parsed hook serialises");
+    let env = Envelope::new(
+        tenant.id.clone(),
+        Source::Precoro,
+        entity,
+        hook.action_name(),
+        payload,
+    );
+    let span =
+        tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);
+    publish(&state, SRC, &env).instrument(span).await?;
+    webhook_received(
+        SRC,
+        Some(tenant.id.as_str()),
+        "accepted",
+        &env.routing_key(),
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "accepted", "event_id": env.id})),
+    ))
+}
+
+/// `POST /webhooks/exact`
+pub async fn exact(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    const SRC: &str = "exact";
+    let body = read_body(&state, &headers, body)
+        .await
+        .map_err(|r| refuse(SRC, None, r))?;
+    // Exact's validation handshake: an empty POST right after subscribing must get 200
+    // (specs/exact-online.md §3), before any signature check.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        webhook_received(SRC, None, "handshake", "");
+        return Ok((StatusCode::OK, Json(json!({"status": "ok"}))));
+    }
+    let (tenant, content) = webhook::check_content_type(content_type(&headers))
+        .and_then(|()| webhook::verify_exact(&state.config, &body))
+        .map_err(|r| refuse(SRC, None, r))?;
+    let entity = content.topic.to_ascii_lowercase();
+    let action = content.action.to_ascii_lowercase();
+    if flow_for(&format!("exact.{entity}.{action}")).is_none() {
+        webhook_received(
+            SRC,
+            Some(tenant.id.as_str()),
+            "ignored",
+            &format!("topic {} is not synced", content.topic),
+        );
+        return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))));
+    }
+    let payload = serde_json::to_value(&content).expect("parsed content serialises");
+    let env = Envelope::new(tenant.id.clone(), Source::Exact, &entity, &action, payload);
+    let span =
+        tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);
+    publish(&state, SRC, &env).instrument(span).await?;
+    webhook_received(
+        SRC,
+        Some(tenant.id.as_str()),
+        "accepted",
+        &env.routing_key(),
+    );
+    Ok((
+        StatusCode::OK,
+        Json(json!({"status": "accepted", "event_id": env.id})),
+    ))
+}

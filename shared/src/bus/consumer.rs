@@ -1,0 +1,560 @@
+//! The worker runtime: one consumer per flow queue, manual acks, and the retry-class table applied
+//! to every failure (DESIGN.md "Worker").
+//!
+//! - Success → the idempotency key records `done:<result>`, then ack.
+//! - Transient → re-publish with attempt+1 to a wait queue (tier by attempt), then ack the original.
+//!   Past `max_attempts` → DLQ.
+//! - Rate-limited → re-publish to the tier that covers the wait, attempt not counted, then ack.
+//! - Permanent → DLQ at once with `x-error`, `x-error-class`, `x-attempts`, first/last failure times
+//!   and the original routing key, then ack.
+//! - A panic → counted like a transient failure but dead-lettered after `PANIC_LIMIT` panics; a
+//!   crash (no ack at all) is redelivered by the broker, and the quorum queue's delivery limit
+//!   dead-letters it if it keeps crashing.
+//!
+//! Every re-publish is confirmed before the original is acked; if the re-publish fails, the
+//! original is nacked back onto its queue. Nothing accepted is lost.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::envelope::{Envelope, headers as h};
+use super::headers::{get_i64, get_str, set_i64, set_str};
+use super::publisher::Publisher;
+use super::topology::{self, tier_name};
+use crate::config::{BrokerConfig, WorkerConfig};
+use crate::error::{Error, RetryClass};
+use crate::store::Store;
+use crate::store::idempotency::{Claim, Idempotency};
+use crate::store::lease::Lease;
+use crate::telemetry;
+
+/// Panics tolerated before a message is dead-lettered.
+const PANIC_LIMIT: i64 = 3;
+
+/// What a handler sees of a message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub envelope: Envelope,
+    /// Failed attempts before this one (0 on the first try).
+    pub attempt: u32,
+    /// The broker redelivered it (a consumer died before acking): an earlier attempt may have
+    /// reached the API, so flows look up before creating.
+    pub redelivered: bool,
+    pub replay_nonce: Option<String>,
+    pub routing_key: String,
+}
+
+impl Message {
+    /// An earlier attempt may have had an effect (retry, redelivery or replay).
+    pub fn maybe_repeated(&self) -> bool {
+        self.attempt > 0 || self.redelivered || self.replay_nonce.is_some()
+    }
+}
+
+/// How a handled message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The effect happened (or already existed); the string is recorded as the result.
+    Done(String),
+    /// Nothing to do (not approved, flow condition false, already synced).
+    Skipped(String),
+}
+
+/// A flow. Handlers treat a message as a hint: fetch the current state, decide, act.
+pub trait Handler: Send + Sync + 'static {
+    /// The flow's name: `invoices`, `payments`, `suppliers` or `reference`.
+    fn flow(&self) -> &'static str;
+
+    /// The entity this message is about, if two replicas must not work on it at once.
+    fn entity_key(&self, _envelope: &Envelope) -> Option<String> {
+        None
+    }
+
+    fn handle(&self, msg: &Message) -> impl Future<Output = Result<Outcome, Error>> + Send;
+}
+
+/// Runs one flow's consumer until shutdown, reconnecting by itself.
+pub struct FlowConsumer<H: Handler> {
+    broker: BrokerConfig,
+    worker: WorkerConfig,
+    handler: Arc<H>,
+    publisher: Publisher,
+    store: Store,
+    idem: Idempotency,
+}
+
+impl<H: Handler> FlowConsumer<H> {
+    pub fn new(
+        broker: &BrokerConfig,
+        worker: &WorkerConfig,
+        handler: Arc<H>,
+        publisher: Publisher,
+        store: Store,
+    ) -> Self {
+        let idem = Idempotency::new(
+            store.clone(),
+            worker.idempotency_lease,
+            worker.idempotency_ttl,
+        );
+        FlowConsumer {
+            broker: broker.clone(),
+            worker: worker.clone(),
+            handler,
+            publisher,
+            store,
+            idem,
+        }
+    }
+
+    /// Consume until `shutdown` turns true; then stop taking messages, finish those in flight
+    /// (bounded by the configured grace), and close.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let flow = this.handler.flow();
+        let mut backoff = Duration::from_millis(200);
+        while !*shutdown.borrow() {
+            match this.clone().consume_once(&mut shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(flow, error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer lost the broker; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn consume_once(
+        self: Arc<Self>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let flow = self.handler.flow();
+        let conn = Connection::connect(&self.broker.url, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        topology::declare(&channel, &self.broker).await?;
+        channel
+            .basic_qos(self.worker.prefetch_for(flow), BasicQosOptions::default())
+            .await?;
+        let queue = self.publisher.names().flow_queue(flow);
+        let tag = format!("{flow}-{}", uuid::Uuid::new_v4());
+        let mut consumer = channel
+            .basic_consume(
+                queue.clone().into(),
+                tag.clone().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(flow, queue, "consuming");
+        let mut tasks = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break Ok(()); }
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let me = self.clone();
+                        tasks.spawn(async move { me.process(delivery).await });
+                    }
+                    Some(Err(e)) => break Err(Error::from(e)),
+                    None => break Err(Error::Broker("consumer stream ended".into())),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        if result.is_ok() {
+            let _ = channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await;
+            let drain = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(self.worker.shutdown_grace, drain)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    flow,
+                    "shutdown grace over with messages in flight; they will be redelivered"
+                );
+                tasks.abort_all();
+            }
+            let _ = conn.close(200, "shutdown".into()).await;
+        } else {
+            // Unacked deliveries die with the connection and will be redelivered.
+            tasks.abort_all();
+        }
+        result
+    }
+
+    async fn process(self: Arc<Self>, delivery: Delivery) {
+        let flow = self.handler.flow();
+        let props_headers = delivery.properties.headers().clone().unwrap_or_default();
+        let routing_key = get_str(&props_headers, h::ORIGINAL_ROUTING_KEY)
+            .unwrap_or_else(|| delivery.routing_key.to_string());
+        let envelope = match Envelope::from_bytes(&delivery.data) {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = format!("not a valid event envelope: {e}");
+                self.dead_letter(
+                    &delivery,
+                    &props_headers,
+                    &routing_key,
+                    "malformed",
+                    RetryClass::Permanent,
+                    &reason,
+                    0,
+                )
+                .await;
+                return;
+            }
+        };
+        let msg = Message {
+            attempt: get_i64(&props_headers, h::ATTEMPT).unwrap_or(0).max(0) as u32,
+            redelivered: delivery.redelivered,
+            replay_nonce: get_str(&props_headers, h::REPLAY_NONCE),
+            routing_key: routing_key.clone(),
+            envelope,
+        };
+        let span = tracing::info_span!("event", flow, tenant = %msg.envelope.tenant, event_id = %msg.envelope.id, attempt = msg.attempt);
+        self.process_message(&delivery, &props_headers, msg)
+            .instrument(span)
+            .await;
+    }
+
+    async fn process_message(&self, delivery: &Delivery, headers: &FieldTable, msg: Message) {
+        let flow = self.handler.flow();
+        let env = &msg.envelope;
+        telemetry::backlog(
+            flow,
+            (Utc::now() - env.received_at).num_milliseconds() as f64 / 1000.0,
+        );
+        let scope = match &msg.replay_nonce {
+            Some(n) => format!("msg:{flow}:{}:{n}", env.id),
+            None => format!("msg:{flow}:{}", env.id),
+        };
+        let token = match self.idem.claim(&scope).await {
+            Ok(Claim::Acquired { token, .. }) => token,
+            Ok(Claim::Done(result)) => {
+                telemetry::event_processed(
+                    flow,
+                    env.tenant.as_str(),
+                    &env.id,
+                    "duplicate",
+                    &result,
+                );
+                ack(delivery).await;
+                return;
+            }
+            Ok(Claim::InProgress) => {
+                // A duplicate delivery while another worker handles the same message: check again later.
+                let err =
+                    Error::LeaseHeld(format!("message {} is being handled elsewhere", env.id));
+                self.retry(delivery, headers, &msg, &err, false).await;
+                return;
+            }
+            Err(e) => {
+                self.retry(delivery, headers, &msg, &e, false).await;
+                return;
+            }
+        };
+
+        let lease = match self.handler.entity_key(env) {
+            Some(key) => {
+                let lkey = self
+                    .store
+                    .key(&["lock", "entity", flow, env.tenant.as_str(), &key]);
+                match Lease::acquire_within(
+                    &self.store,
+                    lkey,
+                    self.worker.entity_lease,
+                    Duration::from_secs(2),
+                )
+                .await
+                {
+                    Ok(Some(l)) => Some(l),
+                    Ok(None) => {
+                        let _ = self.idem.release(&scope, &token).await;
+                        let err = Error::LeaseHeld(format!(
+                            "{flow} entity {key} is being worked on by another worker"
+                        ));
+                        self.retry(delivery, headers, &msg, &err, true).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = self.idem.release(&scope, &token).await;
+                        self.retry(delivery, headers, &msg, &e, false).await;
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+
+        let handler = self.handler.clone();
+        let task_msg = msg.clone();
+        let joined =
+            tokio::spawn(async move { handler.handle(&task_msg).await }.in_current_span()).await;
+        if let Some(l) = lease {
+            let _ = l.release().await;
+        }
+        match joined {
+            Ok(Ok(outcome)) => {
+                let (label, result) = match &outcome {
+                    Outcome::Done(r) => ("ok", r.as_str()),
+                    Outcome::Skipped(r) => ("skipped", r.as_str()),
+                };
+                if let Err(e) = self.idem.complete(&scope, &token, result).await {
+                    tracing::warn!(error = %e, "could not record the result; a duplicate delivery will be handled again (its effects are guarded)");
+                }
+                telemetry::event_processed(flow, env.tenant.as_str(), &env.id, label, result);
+                ack(delivery).await;
+            }
+            Ok(Err(err)) => {
+                let _ = self.idem.release(&scope, &token).await;
+                match err.retry_class() {
+                    RetryClass::Permanent => {
+                        self.dead_letter(
+                            delivery,
+                            headers,
+                            &msg.routing_key,
+                            err.kind(),
+                            RetryClass::Permanent,
+                            &err.to_string(),
+                            msg.attempt + 1,
+                        )
+                        .await
+                    }
+                    RetryClass::Transient => self.retry(delivery, headers, &msg, &err, true).await,
+                    RetryClass::RateLimited => {
+                        self.retry(delivery, headers, &msg, &err, false).await
+                    }
+                }
+            }
+            Err(join_err) => {
+                let _ = self.idem.release(&scope, &token).await;
+                let what = if join_err.is_panic() {
+                    "handler panicked"
+                } else {
+                    "handler was cancelled"
+                };
+                let panics = get_i64(headers, "x-panics").unwrap_or(0) + 1;
+                let reason = format!("{what} (panic {panics} of {PANIC_LIMIT})");
+                if panics >= PANIC_LIMIT {
+                    self.dead_letter(
+                        delivery,
+                        headers,
+                        &msg.routing_key,
+                        "panic",
+                        RetryClass::Permanent,
+                        &reason,
+                        msg.attempt + 1,
+                    )
+                    .await;
+                } else {
+                    let mut extra = FieldTable::default();
+                    set_i64(&mut extra, "x-panics", panics);
+                    let err = Error::Other(anyhow::anyhow!(reason));
+                    self.retry_with(delivery, headers, &msg, &err, true, extra)
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn retry(
+        &self,
+        delivery: &Delivery,
+        headers: &FieldTable,
+        msg: &Message,
+        err: &Error,
+        count_attempt: bool,
+    ) {
+        self.retry_with(
+            delivery,
+            headers,
+            msg,
+            err,
+            count_attempt,
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    async fn retry_with(
+        &self,
+        delivery: &Delivery,
+        headers: &FieldTable,
+        msg: &Message,
+        err: &Error,
+        count_attempt: bool,
+        extra: FieldTable,
+    ) {
+        let flow = self.handler.flow();
+        let attempt = if count_attempt {
+            msg.attempt + 1
+        } else {
+            msg.attempt
+        };
+        if count_attempt && attempt >= self.broker.max_attempts {
+            let reason = format!("gave up after {attempt} attempts: {err}");
+            self.dead_letter(
+                delivery,
+                headers,
+                &msg.routing_key,
+                err.kind(),
+                err.retry_class(),
+                &reason,
+                attempt,
+            )
+            .await;
+            return;
+        }
+        let tiers = &self.broker.retry_tiers;
+        let tier = match err.retry_after() {
+            Some(wait) => *tiers
+                .iter()
+                .find(|t| **t >= wait)
+                .unwrap_or(tiers.last().expect("validated non-empty")),
+            None => tiers[(attempt.saturating_sub(1) as usize).min(tiers.len() - 1)],
+        };
+        let mut out = headers.clone();
+        for (k, v) in extra.inner() {
+            out.insert(k.clone(), v.clone());
+        }
+        set_i64(&mut out, h::ATTEMPT, attempt as i64);
+        set_str(&mut out, h::RETRY_TIER, &tier_name(tier));
+        set_str(&mut out, h::ORIGINAL_ROUTING_KEY, &msg.routing_key);
+        set_str(&mut out, h::ERROR, &truncate(&err.to_string(), 1000));
+        if get_str(headers, h::FIRST_SEEN).is_none() {
+            set_str(&mut out, h::FIRST_SEEN, &Utc::now().to_rfc3339());
+        }
+        let exchange = self.publisher.names().retry_exchange();
+        match self
+            .publisher
+            .publish(
+                &exchange,
+                &msg.routing_key,
+                &delivery.data,
+                &msg.envelope.id,
+                out,
+            )
+            .await
+        {
+            Ok(()) => {
+                let outcome = if count_attempt {
+                    "retry"
+                } else {
+                    "rate_limited"
+                };
+                telemetry::event_processed(
+                    flow,
+                    msg.envelope.tenant.as_str(),
+                    &msg.envelope.id,
+                    outcome,
+                    &err.to_string(),
+                );
+                ack(delivery).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not schedule the retry; returning the message to its queue");
+                nack_requeue(delivery).await;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        headers: &FieldTable,
+        routing_key: &str,
+        kind: &str,
+        class: RetryClass,
+        reason: &str,
+        attempts: u32,
+    ) {
+        let flow = self.handler.flow();
+        let mut out = headers.clone();
+        let now = Utc::now().to_rfc3339();
+        set_str(&mut out, h::ERROR, &truncate(reason, 4000));
+        set_str(&mut out, h::ERROR_CLASS, class.as_str());
+        set_str(&mut out, h::ERROR_KIND, kind);
+        set_i64(&mut out, h::ATTEMPTS, attempts as i64);
+        if get_str(headers, h::FIRST_SEEN).is_none() {
+            set_str(&mut out, h::FIRST_SEEN, &now);
+        }
+        set_str(&mut out, h::LAST_FAILED, &now);
+        set_str(&mut out, h::ORIGINAL_ROUTING_KEY, routing_key);
+        set_str(&mut out, h::FLOW, flow);
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let exchange = self.publisher.names().dead_exchange();
+        match self
+            .publisher
+            .publish(&exchange, routing_key, &delivery.data, &message_id, out)
+            .await
+        {
+            Ok(()) => {
+                let tenant = get_str(headers, h::TENANT).unwrap_or_default();
+                telemetry::event_processed(flow, &tenant, &message_id, "dead_lettered", reason);
+                telemetry::dead_lettered(flow);
+                ack(delivery).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not dead-letter; returning the message to its queue");
+                nack_requeue(delivery).await;
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel died: the broker will redeliver, and dedup absorbs the repeat.
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+    }
+}
+
+async fn nack_requeue(delivery: &Delivery) {
+    if let Err(e) = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "nack failed; the message will be redelivered");
+    }
+}

@@ -1,0 +1,95 @@
+//! The event envelope: what travels through RabbitMQ, whatever its source.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::TenantId;
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Precoro,
+    Exact,
+    /// Scheduler ticks, backfills and operator commands.
+    Job,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Precoro => "precoro",
+            Source::Exact => "exact",
+            Source::Job => "job",
+        }
+    }
+}
+
+/// One event. The payload is the webhook body (Precoro `{id,type,action,idn}`, Exact `Content`) or a
+/// job's parameters; handlers treat it as a hint and fetch the current state from the source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique per accepted event; also the AMQP `message_id` and the dedup key.
+    pub id: String,
+    pub tenant: TenantId,
+    pub source: Source,
+    /// Lowercase entity name: `invoice`, `supplier`, `purchaseentries`, `accounts`, `payments`, …
+    pub entity: String,
+    /// Lowercase action: `create`, `update`, `delete`, `poll`, `sync`, …
+    pub action: String,
+    pub received_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+impl Envelope {
+    pub fn new(
+        tenant: TenantId,
+        source: Source,
+        entity: &str,
+        action: &str,
+        payload: serde_json::Value,
+    ) -> Self {
+        Envelope {
+            id: uuid::Uuid::new_v4().to_string(),
+            tenant,
+            source,
+            entity: entity.to_ascii_lowercase(),
+            action: action.to_ascii_lowercase(),
+            received_at: Utc::now(),
+            payload,
+        }
+    }
+
+    /// `{source}.{entity}.{action}`, e.g. `precoro.invoice.update`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}.{}", self.source.as_str(), self.entity, self.action)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serialises")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// AMQP header names carried by every message.
+pub mod headers {
+    pub const TENANT: &str = "x-tenant";
+    pub const SOURCE: &str = "x-source";
+    pub const KIND: &str = "x-kind";
+    /// Failed attempts so far (0 on the first delivery).
+    pub const ATTEMPT: &str = "x-attempt";
+    pub const FIRST_SEEN: &str = "x-first-seen";
+    pub const RETRY_TIER: &str = "x-retry-tier";
+    /// Set by a DLQ replay so dedup lets the message through again.
+    pub const REPLAY_NONCE: &str = "x-replay-nonce";
+    pub const ERROR: &str = "x-error";
+    pub const ERROR_CLASS: &str = "x-error-class";
+    pub const ERROR_KIND: &str = "x-error-kind";
+    pub const ATTEMPTS: &str = "x-attempts";
+    pub const LAST_FAILED: &str = "x-last-failed";
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+    pub const FLOW: &str = "x-flow";
+}

@@ -1,0 +1,285 @@
+//! The confirmed publisher: a few confirm-mode channels shared by many concurrent publishes.
+//!
+//! Throughput comes from many confirms in flight (specs/practice.md §3), so callers never wait for
+//! one another: each publish awaits only its own confirm. A publish succeeds only on a broker
+//! `Ack` without a returned message; `Nack`, an unroutable return (we publish `mandatory`), a
+//! confirm timeout or a dead connection are failures the caller must report (the ingress answers
+//! 503 so the sender retries).
+//!
+//! Reconnection: a dead connection is dropped and the next publish dials again (at most once per
+//! `RECONNECT_EVERY` while the broker stays away, so a down broker costs a fast 503, not a hang).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use super::envelope::{Envelope, headers};
+use super::topology::{self, Names};
+use crate::config::BrokerConfig;
+
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for routing key '{0}'")]
+    Unroutable(String),
+    #[error("no confirm from the broker within {0:?}")]
+    Timeout(Duration),
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PublishError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PublishError::Nacked => "nack",
+            PublishError::Unroutable(_) => "unroutable",
+            PublishError::Timeout(_) => "timeout",
+            PublishError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<PublishError> for crate::Error {
+    fn from(e: PublishError) -> Self {
+        crate::Error::Broker(e.to_string())
+    }
+}
+
+struct Pool {
+    conn: Connection,
+    channels: Vec<Channel>,
+}
+
+impl Pool {
+    fn alive(&self) -> bool {
+        self.conn.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+struct Inner {
+    cfg: BrokerConfig,
+    names: Names,
+    pool: Mutex<Option<Arc<Pool>>>,
+    connecting: tokio::sync::Mutex<Option<Instant>>,
+    next: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+/// Cheap to clone; all clones share the connection and channels.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+impl Publisher {
+    /// A publisher that connects on first use (and declares the topology then).
+    pub fn new(cfg: &BrokerConfig) -> Self {
+        Publisher {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                names: Names::new(&cfg.prefix),
+                pool: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(None),
+                next: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Connect now; an error when the broker is unreachable.
+    pub async fn connect(cfg: &BrokerConfig) -> Result<Self, PublishError> {
+        let p = Self::new(cfg);
+        p.pool().await?;
+        Ok(p)
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    /// True when the connection is up (dialling it if needed).
+    pub async fn is_ready(&self) -> bool {
+        self.pool().await.is_ok()
+    }
+
+    /// Publishes still waiting for their confirm.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn current(&self) -> Option<Arc<Pool>> {
+        let guard = self.inner.pool.lock().expect("pool lock poisoned");
+        guard.as_ref().filter(|p| p.alive()).cloned()
+    }
+
+    fn forget(&self, dead: &Arc<Pool>) {
+        let mut guard = self.inner.pool.lock().expect("pool lock poisoned");
+        if guard.as_ref().is_some_and(|p| Arc::ptr_eq(p, dead)) {
+            *guard = None;
+        }
+    }
+
+    async fn pool(&self) -> Result<Arc<Pool>, PublishError> {
+        if let Some(p) = self.current() {
+            return Ok(p);
+        }
+        let mut last_attempt = self.inner.connecting.lock().await;
+        if let Some(p) = self.current() {
+            return Ok(p);
+        }
+        if let Some(at) = *last_attempt
+            && at.elapsed() < RECONNECT_EVERY
+        {
+            return Err(PublishError::Unavailable("reconnecting".into()));
+        }
+        *last_attempt = Some(Instant::now());
+        let pool = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
+            .await
+            .map_err(|_| PublishError::Unavailable("connect timed out".into()))??;
+        let pool = Arc::new(pool);
+        *self.inner.pool.lock().expect("pool lock poisoned") = Some(pool.clone());
+        *last_attempt = None;
+        tracing::info!(
+            channels = pool.channels.len(),
+            "connected to the broker (publisher)"
+        );
+        Ok(pool)
+    }
+
+    async fn dial(&self) -> Result<Pool, PublishError> {
+        let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
+        let conn = Connection::connect(&self.inner.cfg.url, ConnectionProperties::default())
+            .await
+            .map_err(unavailable)?;
+        let mut channels = Vec::with_capacity(self.inner.cfg.confirm_channels);
+        for i in 0..self.inner.cfg.confirm_channels {
+            let ch = conn.create_channel().await.map_err(unavailable)?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(unavailable)?;
+            if i == 0 {
+                topology::declare(&ch, &self.inner.cfg)
+                    .await
+                    .map_err(|e| PublishError::Unavailable(format!("declaring topology: {e}")))?;
+            }
+            channels.push(ch);
+        }
+        Ok(Pool { conn, channels })
+    }
+
+    /// Publish an envelope to `sync.events` under its routing key, with the standard headers.
+    pub async fn publish_envelope(
+        &self,
+        env: &Envelope,
+        extra: FieldTable,
+    ) -> Result<(), PublishError> {
+        let mut h = extra;
+        h.insert(
+            headers::TENANT.into(),
+            AMQPValue::LongString(LongString::from(env.tenant.as_str())),
+        );
+        h.insert(
+            headers::SOURCE.into(),
+            AMQPValue::LongString(LongString::from(env.source.as_str())),
+        );
+        h.insert(
+            headers::KIND.into(),
+            AMQPValue::LongString(LongString::from(env.entity.as_str())),
+        );
+        let exchange = self.inner.names.events_exchange();
+        self.publish(&exchange, &env.routing_key(), &env.to_bytes(), &env.id, h)
+            .await
+    }
+
+    /// Publish persistent + mandatory and wait for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+        headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        let pool = self.pool().await?;
+        let idx = self.inner.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len();
+        let channel = &pool.channels[idx];
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(message_id))
+            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+            .with_headers(headers);
+        let started = Instant::now();
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self
+            .publish_on(channel, exchange, routing_key, body, props)
+            .await;
+        self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+        metrics::histogram!("publish_confirm_seconds").record(started.elapsed().as_secs_f64());
+        if matches!(
+            result,
+            Err(PublishError::Unavailable(_)) | Err(PublishError::Timeout(_))
+        ) {
+            self.forget(&pool);
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        let timeout = self.inner.cfg.confirm_timeout;
+        match tokio::time::timeout(timeout, confirm).await {
+            Err(_) => Err(PublishError::Timeout(timeout)),
+            Ok(Err(e)) => Err(PublishError::Unavailable(e.to_string())),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                Err(PublishError::Unroutable(routing_key.to_string()))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable(
+                "channel is not in confirm mode".into(),
+            )),
+        }
+    }
+
+    /// Wait (bounded) for in-flight publishes to be confirmed, then close the connection.
+    pub async fn close(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pool = self.inner.pool.lock().expect("pool lock poisoned").take();
+        if let Some(p) = pool {
+            let _ = p.conn.close(200, "shutdown".into()).await;
+        }
+    }
+}

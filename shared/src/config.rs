@@ -1063,6 +1063,20 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_in_deploy_is_valid() {
+        let text = include_str!("../../deploy/config.example.toml");
+        let c = Config::from_toml(text, &|name| {
+            Some(format!("value-of-{name}-padded-to-32-characters"))
+        })
+        .unwrap();
+        assert_eq!(c.tenants[0].id.as_str(), "acme");
+        assert_eq!(
+            c.tenants[0].flows.reference.every[&ReferenceKind::GlAccounts],
+            Duration::from_secs(900)
+        );
+    }
+
+    #[test]
     fn human_durations() {
         assert_eq!(
             HumanDuration::parse("500ms").unwrap().0,

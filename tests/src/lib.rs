@@ -2,4 +2,5 @@
 //! fault injection and call logs, plus the harness that starts ingress and workers in-process.
 
 pub mod exact_sim;
+pub mod harness;
 pub mod precoro_sim;

@@ -82,7 +82,8 @@ pub mod headers {
     /// Failed attempts so far (0 on the first delivery).
     pub const ATTEMPT: &str = "x-attempt";
     pub const FIRST_SEEN: &str = "x-first-seen";
-    pub const RETRY_TIER: &str = "x-retry-tier";
+    /// Routes a retry to its wait queue. No `x-` prefix: a headers exchange ignores `x-` headers when matching.
+    pub const RETRY_TIER: &str = "retry-tier";
     /// Set by a DLQ replay so dedup lets the message through again.
     pub const REPLAY_NONCE: &str = "x-replay-nonce";
     pub const ERROR: &str = "x-error";

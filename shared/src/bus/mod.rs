@@ -1,6 +1,7 @@
 //! RabbitMQ: topology, the confirmed publisher, the event envelope and the consumer runtime.
 
 pub mod consumer;
+pub mod dlq;
 pub mod envelope;
 pub mod headers;
 pub mod publisher;

@@ -5,7 +5,7 @@
 //! - One durable quorum queue per flow, with a delivery limit and at-least-once dead-lettering to
 //!   `sync.dead` → `sync.dlq` as the crash net for poison messages.
 //! - Delayed retry: the worker re-publishes a failed message with attempt+1 to the headers exchange
-//!   `sync.retry`, which routes by the `x-retry-tier` header to a wait queue whose TTL expiry
+//!   `sync.retry`, which routes by the `retry-tier` header to a wait queue whose TTL expiry
 //!   dead-letters it back to `sync.events` under its original routing key.
 //!
 //! Everything works on RabbitMQ 3.10 (at-least-once dead-lettering arrived in 3.10) and on 4.x
@@ -17,6 +17,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
+use super::envelope::headers;
 use crate::config::BrokerConfig;
 use crate::error::Result;
 
@@ -91,7 +92,7 @@ impl Names {
     }
 }
 
-/// `5s`, `2m`, `1h`: the wait tier's name, also the value of the `x-retry-tier` header.
+/// `5s`, `2m`, `1h`: the wait tier's name, also the value of the `retry-tier` header.
 pub fn tier_name(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_millis() != 0 || s == 0 {
@@ -223,7 +224,7 @@ pub async fn declare(channel: &Channel, cfg: &BrokerConfig) -> Result<()> {
                 QueueBindOptions::default(),
                 table(&[
                     ("x-match", string("all")),
-                    ("x-retry-tier", string(&tier_name(*tier))),
+                    (headers::RETRY_TIER, string(&tier_name(*tier))),
                 ]),
             )
             .await?;

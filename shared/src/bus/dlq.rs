@@ -1,0 +1,278 @@
+//! Dead-letter queue operations: list, show, replay and purge, with filters.
+//!
+//! Reading holds the messages unacknowledged on one channel and returns them to the queue when it
+//! closes, so looking never loses anything. Replay re-publishes a message (confirmed) to
+//! `sync.events` under its original routing key with a fresh replay nonce and the attempt count
+//! reset, and only then acks it out of the DLQ: an interrupted replay leaves every message either
+//! still in the DLQ or re-published (or, at worst, both — and dedup absorbs the copy).
+
+use chrono::{DateTime, Utc};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use serde::Serialize;
+
+use super::envelope::{Envelope, headers as h};
+use super::headers::{get_i64, get_str, set_i64, set_str};
+use super::publisher::Publisher;
+use super::topology::{self, Names};
+use crate::config::BrokerConfig;
+use crate::error::{Error, Result};
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub tenant: Option<String>,
+    pub flow: Option<String>,
+    pub error_class: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub id: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, d: &DeadLetter) -> bool {
+        self.tenant
+            .as_ref()
+            .is_none_or(|t| d.tenant.as_deref() == Some(t))
+            && self
+                .flow
+                .as_ref()
+                .is_none_or(|f| d.flow.as_deref() == Some(f))
+            && self
+                .error_class
+                .as_ref()
+                .is_none_or(|c| d.error_class.as_deref() == Some(c))
+            && self
+                .since
+                .is_none_or(|s| d.last_failed.is_some_and(|l| l >= s))
+            && self.id.as_ref().is_none_or(|id| &d.id == id)
+    }
+}
+
+/// One dead letter as an operator sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub tenant: Option<String>,
+    pub flow: Option<String>,
+    pub routing_key: String,
+    pub error: Option<String>,
+    pub error_class: Option<String>,
+    pub error_kind: Option<String>,
+    pub attempts: Option<i64>,
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_failed: Option<DateTime<Utc>>,
+    pub payload: serde_json::Value,
+    #[serde(skip)]
+    headers: FieldTable,
+    #[serde(skip)]
+    body: Vec<u8>,
+}
+
+fn parse_time(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|d| d.with_timezone(&Utc))
+}
+
+impl DeadLetter {
+    fn from_delivery(
+        routing_key: &str,
+        message_id: Option<String>,
+        headers: FieldTable,
+        body: Vec<u8>,
+    ) -> Self {
+        let env = Envelope::from_bytes(&body).ok();
+        // Messages the broker dead-lettered itself (delivery limit) carry no x-error: say so.
+        let broker_reason = headers.inner().get("x-first-death-reason").map(|_| {
+            "dead-lettered by the broker: delivery limit reached (the message crashed or was rejected by workers repeatedly)".to_string()
+        });
+        DeadLetter {
+            id: message_id
+                .or_else(|| env.as_ref().map(|e| e.id.clone()))
+                .unwrap_or_default(),
+            tenant: get_str(&headers, h::TENANT)
+                .or_else(|| env.as_ref().map(|e| e.tenant.to_string())),
+            flow: get_str(&headers, h::FLOW)
+                .or_else(|| topology::flow_for(routing_key).map(str::to_string)),
+            routing_key: get_str(&headers, h::ORIGINAL_ROUTING_KEY)
+                .unwrap_or_else(|| routing_key.to_string()),
+            error: get_str(&headers, h::ERROR).or(broker_reason),
+            error_class: get_str(&headers, h::ERROR_CLASS),
+            error_kind: get_str(&headers, h::ERROR_KIND),
+            attempts: get_i64(&headers, h::ATTEMPTS),
+            first_seen: parse_time(get_str(&headers, h::FIRST_SEEN)),
+            last_failed: parse_time(get_str(&headers, h::LAST_FAILED)),
+            payload: env
+                .map(|e| serde_json::to_value(e).unwrap_or_default())
+                .unwrap_or_else(|| {
+                    serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+                }),
+            headers,
+            body,
+        }
+    }
+}
+
+/// What a replay or purge did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Moved {
+    pub matched: usize,
+    pub moved: usize,
+    pub left: usize,
+}
+
+pub struct DeadLetters {
+    conn: Connection,
+    channel: Channel,
+    names: Names,
+    broker: BrokerConfig,
+}
+
+impl DeadLetters {
+    pub async fn connect(broker: &BrokerConfig) -> Result<DeadLetters> {
+        let conn = Connection::connect(&broker.url, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        topology::declare(&channel, broker).await?;
+        Ok(DeadLetters {
+            conn,
+            channel,
+            names: Names::new(&broker.prefix),
+            broker: broker.clone(),
+        })
+    }
+
+    /// Messages in the DLQ now.
+    pub async fn depth(&self) -> Result<u32> {
+        let q = self
+            .channel
+            .queue_declare(
+                self.names.dlq().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(q.message_count())
+    }
+
+    /// Every matching dead letter; the DLQ is unchanged afterwards.
+    pub async fn list(self, filter: &Filter) -> Result<Vec<DeadLetter>> {
+        let (all, _) = self.take_all().await?;
+        let out = all
+            .into_iter()
+            .map(|(_, d)| d)
+            .filter(|d| filter.matches(d))
+            .collect();
+        // Closing the channel returns every unacked message to the DLQ.
+        let _ = self.conn.close(200, "listed".into()).await;
+        Ok(out)
+    }
+
+    async fn take_all(&self) -> Result<(Vec<(u64, DeadLetter)>, u32)> {
+        let depth = self.depth().await?;
+        let mut out = Vec::new();
+        for _ in 0..depth {
+            let Some(m) = self
+                .channel
+                .basic_get(self.names.dlq().into(), BasicGetOptions::default())
+                .await?
+            else {
+                break;
+            };
+            let d = m.delivery;
+            let dl = DeadLetter::from_delivery(
+                d.routing_key.as_str(),
+                d.properties.message_id().as_ref().map(|s| s.to_string()),
+                d.properties.headers().clone().unwrap_or_default(),
+                d.data,
+            );
+            out.push((d.delivery_tag, dl));
+        }
+        Ok((out, depth))
+    }
+
+    /// Re-publish the matching dead letters for another try. `dry_run` only counts.
+    pub async fn replay(self, filter: &Filter, dry_run: bool) -> Result<Moved> {
+        let publisher = Publisher::new(&self.broker);
+        let (all, _) = self.take_all().await?;
+        let mut moved = Moved::default();
+        for (tag, d) in all {
+            if !filter.matches(&d) {
+                continue;
+            }
+            moved.matched += 1;
+            if dry_run {
+                continue;
+            }
+            let mut hdrs = d.headers.clone();
+            for k in [
+                h::ERROR,
+                h::ERROR_CLASS,
+                h::ERROR_KIND,
+                h::RETRY_TIER,
+                "x-panics",
+                "x-death",
+                "x-first-death-reason",
+                "x-first-death-queue",
+                "x-first-death-exchange",
+                "x-delivery-count",
+            ] {
+                remove(&mut hdrs, k);
+            }
+            set_i64(&mut hdrs, h::ATTEMPT, 0);
+            set_str(
+                &mut hdrs,
+                h::REPLAY_NONCE,
+                &uuid::Uuid::new_v4().to_string(),
+            );
+            set_str(&mut hdrs, h::ORIGINAL_ROUTING_KEY, &d.routing_key);
+            let exchange = self.names.events_exchange();
+            publisher
+                .publish(&exchange, &d.routing_key, &d.body, &d.id, hdrs)
+                .await
+                .map_err(Error::from)?;
+            self.channel
+                .basic_ack(tag, BasicAckOptions::default())
+                .await?;
+            moved.moved += 1;
+        }
+        publisher.close(std::time::Duration::from_secs(5)).await;
+        let _ = self.conn.close(200, "replayed".into()).await;
+        moved.left = DeadLetters::connect(&self.broker).await?.depth().await? as usize;
+        Ok(moved)
+    }
+
+    /// Delete the matching dead letters for good.
+    pub async fn purge(self, filter: &Filter) -> Result<Moved> {
+        let (all, _) = self.take_all().await?;
+        let mut moved = Moved::default();
+        for (tag, d) in all {
+            if filter.matches(&d) {
+                moved.matched += 1;
+                self.channel
+                    .basic_ack(tag, BasicAckOptions::default())
+                    .await?;
+                moved.moved += 1;
+            }
+        }
+        let _ = self.conn.close(200, "purged".into()).await;
+        moved.left = DeadLetters::connect(&self.broker).await?.depth().await? as usize;
+        Ok(moved)
+    }
+}
+
+fn remove(table: &mut FieldTable, key: &str) {
+    let kept: Vec<_> = table
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != key)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut t = FieldTable::default();
+    for (k, v) in kept {
+        t.insert(k, v);
+    }
+    *table = t;
+}

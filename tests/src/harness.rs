@@ -1,0 +1,378 @@
+//! What the end-to-end tests, the sandbox and the benchmarks share: unique names, configs, a
+//! cuttable TCP proxy in front of RabbitMQ, and small AMQP inspection helpers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use shared::config::Config;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A short unique name; every test uses its own queue and key prefix so tests run in parallel.
+pub fn unique(tag: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t-{tag}-{}", &id[..12])
+}
+
+/// One company's settings for a test config.
+#[derive(Debug, Clone)]
+pub struct TenantSpec {
+    pub id: String,
+    pub precoro_url: String,
+    pub precoro_token: String,
+    pub precoro_email: String,
+    pub webhook_token: String,
+    pub exact_host: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub webhook_secret: String,
+    pub division: i64,
+    /// Extra TOML appended inside the tenant (e.g. `[tenants.flows.invoices]` tables).
+    pub extra_toml: String,
+}
+
+impl TenantSpec {
+    pub fn new(id: &str, division: i64) -> Self {
+        TenantSpec {
+            id: id.to_string(),
+            precoro_url: "http://127.0.0.1:9".into(),
+            precoro_token: "precoro-token".into(),
+            precoro_email: "finance@example.test".into(),
+            webhook_token: format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            exact_host: "http://127.0.0.1:9".into(),
+            client_id: "test-client".into(),
+            client_secret: "test-client-secret".into(),
+            webhook_secret: "test-webhook-secret".into(),
+            division,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// Settings shared by a test's processes.
+#[derive(Debug, Clone)]
+pub struct EnvSpec {
+    pub prefix: String,
+    pub broker_url: String,
+    pub retry_tiers: Vec<&'static str>,
+    pub max_attempts: u32,
+    pub delivery_limit: u32,
+    pub extra_toml: String,
+}
+
+impl EnvSpec {
+    pub fn new(tag: &str) -> Self {
+        EnvSpec {
+            prefix: unique(tag),
+            broker_url: AMQP_URL.into(),
+            retry_tiers: vec!["200ms", "400ms", "800ms"],
+            max_attempts: 5,
+            delivery_limit: 5,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// Build a config as an operator would write it (TOML), so tests go through the same validation.
+pub fn config(env: &EnvSpec, tenants: &[TenantSpec]) -> Config {
+    Config::from_toml(&config_toml(env, tenants), &|_| None).expect("test config is valid")
+}
+
+pub fn config_toml(env: &EnvSpec, tenants: &[TenantSpec]) -> String {
+    let tiers = env
+        .retry_tiers
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut s = format!(
+        r#"
+[broker]
+url = "{broker}"
+prefix = "{prefix}."
+retry_tiers = [{tiers}]
+max_attempts = {max_attempts}
+delivery_limit = {delivery_limit}
+confirm_timeout = "5s"
+
+[redis]
+url = "{REDIS_URL}"
+prefix = "{prefix}"
+
+[ingress]
+listen = "127.0.0.1:0"
+
+[worker]
+prefetch = 20
+idempotency_lease = "30s"
+entity_lease = "30s"
+scheduler_tick = "200ms"
+shutdown_grace = "5s"
+{extra}
+"#,
+        broker = env.broker_url,
+        prefix = env.prefix,
+        max_attempts = env.max_attempts,
+        delivery_limit = env.delivery_limit,
+        extra = env.extra_toml,
+    );
+    for t in tenants {
+        s.push_str(&format!(
+            r#"
+[[tenants]]
+id = "{id}"
+[tenants.precoro]
+base_url = "{purl}"
+token = "{ptok}"
+email = "{pmail}"
+webhook_token = "{wtok}"
+[tenants.exact]
+host = "{ehost}"
+client_id = "{cid}"
+client_secret = "{csec}"
+webhook_secret = "{wsec}"
+division = {div}
+journal = "70"
+[tenants.custom_fields]
+gl_account = 1
+cost_center = 2
+cost_unit = 3
+project = 4
+{extra}
+"#,
+            id = t.id,
+            purl = t.precoro_url,
+            ptok = t.precoro_token,
+            pmail = t.precoro_email,
+            wtok = t.webhook_token,
+            ehost = t.exact_host,
+            cid = t.client_id,
+            csec = t.client_secret,
+            wsec = t.webhook_secret,
+            div = t.division,
+            extra = t.extra_toml,
+        ));
+    }
+    s
+}
+
+/// A TCP proxy that can be cut (close every connection, refuse new ones) and restored: a broker
+/// outage for one test without stopping the RabbitMQ that other tests share.
+pub struct CuttableProxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: &str) -> CuttableProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let target = target.to_string();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown().await;
+                    continue;
+                }
+                let target = target.clone();
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().await.push(handle);
+            }
+        });
+        CuttableProxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Drop every open connection and refuse new ones.
+    pub async fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().await.drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// A direct AMQP connection for inspecting queues in tests.
+pub struct Inspector {
+    _conn: Connection,
+    pub channel: Channel,
+}
+
+/// One message taken from a queue.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub routing_key: String,
+    pub headers: FieldTable,
+    pub body: Vec<u8>,
+}
+
+impl Taken {
+    pub fn header(&self, name: &str) -> Option<String> {
+        shared::bus::headers::get_str(&self.headers, name)
+    }
+    pub fn header_i64(&self, name: &str) -> Option<i64> {
+        shared::bus::headers::get_i64(&self.headers, name)
+    }
+}
+
+impl Inspector {
+    pub async fn connect() -> Inspector {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672 (start it: rabbitmq-server -detached)");
+        let channel = conn.create_channel().await.expect("channel");
+        Inspector {
+            _conn: conn,
+            channel,
+        }
+    }
+
+    /// Messages ready in `queue` (passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let q = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        q.message_count()
+    }
+
+    /// Take (and ack) every message now in `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<Taken> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic_get")
+        {
+            out.push(Taken {
+                routing_key: m.delivery.routing_key.to_string(),
+                headers: m.delivery.properties.headers().clone().unwrap_or_default(),
+                body: m.delivery.data.clone(),
+            });
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+        }
+        out
+    }
+
+    /// Wait until `queue` holds at least `n` messages, then take them all.
+    pub async fn wait_for(&self, queue: &str, n: usize, within: Duration) -> Vec<Taken> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n && tokio::time::Instant::now() < deadline {
+            got.extend(self.drain(queue).await);
+            if got.len() < n {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        got
+    }
+
+    pub async fn purge(&self, queue: &str) {
+        let _ = self
+            .channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await;
+    }
+
+    /// Delete every queue and exchange of a test's prefix (best effort cleanup).
+    pub async fn delete_topology(&self, cfg: &shared::config::BrokerConfig) {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let names = shared::bus::topology::Names::new(&cfg.prefix);
+        let mut queues: Vec<String> = shared::bus::topology::FLOWS
+            .iter()
+            .map(|f| names.flow_queue(f))
+            .collect();
+        queues.push(names.dlq());
+        queues.extend(cfg.retry_tiers.iter().map(|t| names.wait_queue(*t)));
+        for q in queues {
+            let _ = self
+                .channel
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for e in [
+            names.events_exchange(),
+            names.retry_exchange(),
+            names.dead_exchange(),
+        ] {
+            let _ = self
+                .channel
+                .exchange_delete(e.into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+/// Poll `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

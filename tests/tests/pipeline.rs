@@ -1,0 +1,613 @@
+//! The event pipeline end to end against the real RabbitMQ and Redis: webhook verification matrix,
+//! broker outage and recovery, the worker runtime's retry classes, dedup and redelivery.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use shared::bus::consumer::{FlowConsumer, Handler, Message, Outcome};
+use shared::bus::envelope::headers as h;
+use shared::bus::{Envelope, Publisher, Source};
+use shared::config::Config;
+use shared::error::Error;
+use shared::ids::TenantId;
+use shared::store::Store;
+use shared::webhook::exact_hashcode;
+use testbed::harness::{self, CuttableProxy, EnvSpec, Inspector, TenantSpec, eventually};
+use tokio::sync::{Notify, watch};
+
+const SECRET: &str = "test-webhook-secret";
+
+struct Ingress {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Ingress {
+    async fn start(config: Config) -> Ingress {
+        let app = ingress::Application::build(config)
+            .await
+            .expect("ingress builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        }));
+        Ingress {
+            base,
+            stop: Some(tx),
+        }
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn exact_body(content: &str, hash: &str) -> String {
+    format!(r#"{{"Content":{content},"HashCode":"{hash}"}}"#)
+}
+
+fn content(division: i64, topic: &str) -> String {
+    format!(
+        r#"{{"Topic":"{topic}","ClientId":"c1d2","Division":{division},"Action":"Update","Key":"0b5f1c8e-0000-4000-8000-000000000001","ExactOnlineEndpoint":"https://start.exactonline.nl/api/v1/{division}/crm/Accounts(guid'0b5f1c8e-0000-4000-8000-000000000001')","EventCreatedOn":"2026-01-17T22:56:23.087"}}"#
+    )
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    ct: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = client.post(url).body(body);
+    if let Some(ct) = ct {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.expect("ingress answers");
+    let status = resp.status().as_u16();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+async fn total_depth(insp: &Inspector, cfg: &Config) -> u32 {
+    let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
+    let mut n = 0;
+    for flow in shared::bus::topology::FLOWS {
+        n += insp.depth(&names.flow_queue(flow)).await;
+    }
+    n
+}
+
+#[tokio::test]
+async fn exact_signature_matrix_publishes_only_verified_events() {
+    let env = EnvSpec::new("sig");
+    let tenant = TenantSpec::new("acme", 4242);
+    let cfg = harness::config(&env, std::slice::from_ref(&tenant));
+    let ing = Ingress::start(cfg.clone()).await;
+    let insp = Inspector::connect().await;
+    let http = shared::http::client(Duration::from_secs(10));
+    let url = format!("{}/webhooks/exact", ing.base);
+    let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
+
+    // Empty body: Exact's validation handshake, answered 200 before any signature check.
+    let (s, _) = post(&http, &url, "", None).await;
+    assert_eq!(s, 200);
+
+    let c = content(4242, "Accounts");
+    let good = exact_hashcode(SECRET.as_bytes(), c.as_bytes());
+    let refusals = [
+        (
+            "wrong secret",
+            exact_body(&c, &exact_hashcode(b"another-secret", c.as_bytes())),
+            401,
+        ),
+        ("lowercase hex", exact_body(&c, &good.to_lowercase()), 401),
+        (
+            "tampered content",
+            exact_body(&c.replace("Update", "Delete"), &good),
+            401,
+        ),
+        (
+            "truncated body",
+            exact_body(&c, &good)[..60].to_string(),
+            400,
+        ),
+        ("not json", "Content=1".to_string(), 400),
+        (
+            "unknown division",
+            {
+                let c2 = content(999, "Accounts");
+                exact_body(&c2, &exact_hashcode(SECRET.as_bytes(), c2.as_bytes()))
+            },
+            404,
+        ),
+    ];
+    for (what, body, want) in refusals {
+        let (s, j) = post(&http, &url, body, Some("application/json")).await;
+        assert_eq!(s, want, "{what}: {j}");
+        assert!(
+            j["error"].is_string() && j["message"].is_string(),
+            "{what}: JSON error body, got {j}"
+        );
+    }
+    let (s, _) = post(&http, &url, exact_body(&c, &good), Some("text/xml")).await;
+    assert_eq!(s, 415, "wrong content type");
+    assert_eq!(
+        total_depth(&insp, &cfg).await,
+        0,
+        "nothing published for any refusal"
+    );
+
+    // A Content with unusual spacing and key order verifies only over the raw bytes as sent.
+    let odd = "{ \"Division\" : 4242,\n  \"Key\":\"0b5f1c8e-0000-4000-8000-000000000002\", \"Topic\":\"Accounts\",\"Action\":\"Update\" }";
+    let odd_hash = exact_hashcode(SECRET.as_bytes(), odd.as_bytes());
+    let reserialised =
+        serde_json::to_string(&serde_json::from_str::<serde_json::Value>(odd).unwrap()).unwrap();
+    assert_ne!(
+        exact_hashcode(SECRET.as_bytes(), reserialised.as_bytes()),
+        odd_hash
+    );
+    let (s, j) = post(
+        &http,
+        &url,
+        format!("{{ \"HashCode\": \"{odd_hash}\",\n \"Content\": {odd} }}"),
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["status"], "accepted");
+
+    let (s, _) = post(&http, &url, exact_body(&c, &good), Some("application/json")).await;
+    assert_eq!(s, 200);
+
+    // A verified but unsynced topic is acknowledged and dropped.
+    let sales = content(4242, "SalesInvoices");
+    let (s, j) = post(
+        &http,
+        &url,
+        exact_body(&sales, &exact_hashcode(SECRET.as_bytes(), sales.as_bytes())),
+        None,
+    )
+    .await;
+    assert_eq!((s, j["status"].as_str()), (200, Some("ignored")));
+
+    let got = insp
+        .wait_for(&names.flow_queue("suppliers"), 2, Duration::from_secs(5))
+        .await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m.routing_key == "exact.accounts.update"));
+    let env0 = Envelope::from_bytes(&got[0].body).unwrap();
+    assert_eq!(env0.tenant.as_str(), "acme");
+    assert_eq!(got[0].header(h::TENANT).as_deref(), Some("acme"));
+    assert_eq!(total_depth(&insp, &cfg).await, 0);
+    insp.delete_topology(&cfg.broker).await;
+    drop(ing);
+}
+
+#[tokio::test]
+async fn precoro_token_and_body_checks() {
+    let env = EnvSpec::new("pre");
+    let tenant = TenantSpec::new("acme", 4243);
+    let cfg = harness::config(&env, std::slice::from_ref(&tenant));
+    let ing = Ingress::start(cfg.clone()).await;
+    let insp = Inspector::connect().await;
+    let http = shared::http::client(Duration::from_secs(10));
+    let good = format!(
+        "{}/webhooks/precoro/acme/{}",
+        ing.base, tenant.webhook_token
+    );
+    let body = r#"{"id":123456,"type":3,"action":1,"idn":5}"#;
+
+    let bad_token = format!("{}/webhooks/precoro/acme/{}", ing.base, "x".repeat(64));
+    assert_eq!(post(&http, &bad_token, body, None).await.0, 401);
+    let unknown = format!(
+        "{}/webhooks/precoro/nobody/{}",
+        ing.base, tenant.webhook_token
+    );
+    assert_eq!(post(&http, &unknown, body, None).await.0, 404);
+    assert_eq!(post(&http, &good, r#"{"id":"x"}"#, None).await.0, 400);
+    assert_eq!(
+        post(&http, &good, r#"{"id":1,"type":3,"action":7}"#, None)
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        post(&http, &good, vec![0xff, 0xfe, 0x00], None).await.0,
+        400
+    );
+    let huge = format!(
+        r#"{{"id":1,"type":3,"action":1,"pad":"{}"}}"#,
+        "a".repeat(300 * 1024)
+    );
+    assert_eq!(post(&http, &good, huge, None).await.0, 413);
+    assert_eq!(
+        post(
+            &http,
+            &good,
+            body,
+            Some("application/x-www-form-urlencoded")
+        )
+        .await
+        .0,
+        415
+    );
+    assert_eq!(
+        total_depth(&insp, &cfg).await,
+        0,
+        "nothing published for any refusal"
+    );
+
+    let (s, j) = post(&http, &good, body, Some("application/json")).await;
+    assert_eq!(s, 202, "{j}");
+    let (s, j) = post(
+        &http,
+        &good,
+        r#"{"id":9,"type":2,"action":0,"idn":1}"#,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, j["status"].as_str()),
+        (202, Some("ignored")),
+        "purchase orders are not synced"
+    );
+
+    let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
+    let got = insp
+        .wait_for(&names.flow_queue("invoices"), 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(got.len(), 1);
+    let e = Envelope::from_bytes(&got[0].body).unwrap();
+    assert_eq!(e.routing_key(), "precoro.invoice.update");
+    assert_eq!(e.payload["id"], 123456);
+
+    let metrics = http
+        .get(format!("{}/metrics", ing.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("webhooks_received_total"), "{metrics}");
+    assert_eq!(
+        http.get(format!("{}/healthz", ing.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{}/readyz", ing.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    insp.delete_topology(&cfg.broker).await;
+    drop(ing);
+}
+
+#[tokio::test]
+async fn broker_outage_answers_503_then_recovers_without_restart() {
+    let proxy = CuttableProxy::start("127.0.0.1:5672").await;
+    let mut env = EnvSpec::new("outage");
+    env.broker_url = proxy.amqp_url();
+    let tenant = TenantSpec::new("acme", 4244);
+    let cfg = harness::config(&env, std::slice::from_ref(&tenant));
+    let ing = Ingress::start(cfg.clone()).await;
+    let http = shared::http::client(Duration::from_secs(10));
+    let url = format!(
+        "{}/webhooks/precoro/acme/{}",
+        ing.base, tenant.webhook_token
+    );
+    let body = r#"{"id":1,"type":3,"action":1,"idn":1}"#;
+
+    assert_eq!(post(&http, &url, body, None).await.0, 202);
+    proxy.cut().await;
+    let (s, j) = post(&http, &url, body, None).await;
+    assert_eq!(s, 503, "{j}");
+    assert_eq!(
+        http.get(format!("{}/readyz", ing.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    proxy.restore();
+    let http2 = http.clone();
+    let url2 = url.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (http, url) = (http2.clone(), url2.clone());
+            async move { post(&http, &url, body, None).await.0 == 202 }
+        })
+        .await,
+        "ingress accepts again once the broker is back"
+    );
+    let insp = Inspector::connect().await;
+    let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
+    // Exactly the 2xx'd webhooks are in the queue: the first one and the one after recovery.
+    let got = insp
+        .wait_for(&names.flow_queue("invoices"), 2, Duration::from_secs(5))
+        .await;
+    assert_eq!(got.len(), 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(insp.drain(&names.flow_queue("invoices")).await.len(), 0);
+    insp.delete_topology(&cfg.broker).await;
+    drop(ing);
+}
+
+/// A test flow whose behaviour each message chooses through its payload.
+#[derive(Default)]
+struct Probe {
+    /// Effects per event id.
+    effects: Mutex<HashMap<String, u32>>,
+    /// Attempt numbers seen per event id.
+    attempts: Mutex<HashMap<String, Vec<u32>>>,
+    block: Notify,
+    /// Plays the worker that is about to die: it never finishes a "block-first" message.
+    doomed: bool,
+}
+
+impl Handler for Probe {
+    fn flow(&self) -> &'static str {
+        "invoices"
+    }
+
+    async fn handle(&self, msg: &Message) -> Result<Outcome, Error> {
+        let id = msg.envelope.id.clone();
+        self.attempts
+            .lock()
+            .unwrap()
+            .entry(id.clone())
+            .or_default()
+            .push(msg.attempt);
+        match msg.envelope.payload["mode"].as_str().unwrap_or("ok") {
+            "flaky" if msg.attempt < 2 => {
+                return Err(Error::Upstream {
+                    api: shared::Api::Exact,
+                    status: 503,
+                    message: "try later".into(),
+                });
+            }
+            "permanent" => {
+                return Err(Error::MissingMapping(
+                    "tax 'VAT 21%' has no externalId".into(),
+                ));
+            }
+            "panic" => panic!("the probe panics on purpose"),
+            "block-first" if self.doomed => {
+                self.block.notified().await;
+            }
+            _ => {}
+        }
+        *self.effects.lock().unwrap().entry(id).or_default() += 1;
+        Ok(Outcome::Done("effect".into()))
+    }
+}
+
+struct Worker {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_worker(cfg: &Config, probe: Arc<Probe>) -> Worker {
+    let store = Store::connect(&cfg.redis).await.unwrap();
+    let publisher = Publisher::new(&cfg.broker);
+    let consumer = FlowConsumer::new(&cfg.broker, &cfg.worker, probe, publisher, store);
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(consumer.run(rx));
+    Worker { stop, task }
+}
+
+fn envelope(mode: &str) -> Envelope {
+    Envelope::new(
+        TenantId::from("acme"),
+        Source::Precoro,
+        "invoice",
+        "update",
+        json!({"mode": mode}),
+    )
+}
+
+async fn runtime_setup(tag: &str) -> (Config, Publisher, Inspector) {
+    let env = EnvSpec::new(tag);
+    let cfg = harness::config(&env, &[TenantSpec::new("acme", 4245)]);
+    let publisher = Publisher::connect(&cfg.broker).await.expect("broker up");
+    (cfg, publisher, Inspector::connect().await)
+}
+
+#[tokio::test]
+async fn transient_failures_retry_then_succeed_once_and_permanent_ones_dead_letter() {
+    let (cfg, publisher, insp) = runtime_setup("retry").await;
+    let probe = Arc::new(Probe::default());
+    let worker = start_worker(&cfg, probe.clone()).await;
+
+    let flaky = envelope("flaky");
+    let permanent = envelope("permanent");
+    let panicky = envelope("panic");
+    for e in [&flaky, &permanent, &panicky] {
+        publisher
+            .publish_envelope(e, Default::default())
+            .await
+            .unwrap();
+    }
+    let p = probe.clone();
+    let fid = flaky.id.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (p, fid) = (p.clone(), fid.clone());
+            async move { p.effects.lock().unwrap().get(&fid) == Some(&1) }
+        })
+        .await
+    );
+    assert_eq!(
+        probe.attempts.lock().unwrap()[&flaky.id],
+        vec![0, 1, 2],
+        "attempts are counted and visible"
+    );
+
+    let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
+    let dead = insp
+        .wait_for(&names.dlq(), 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead.len(), 2);
+    let by_id = |id: &str| {
+        dead.iter()
+            .find(|m| Envelope::from_bytes(&m.body).unwrap().id == id)
+            .cloned()
+            .unwrap()
+    };
+    let m = by_id(&permanent.id);
+    assert_eq!(m.header(h::ERROR_CLASS).as_deref(), Some("permanent"));
+    assert!(
+        m.header(h::ERROR)
+            .unwrap()
+            .contains("tax 'VAT 21%' has no externalId")
+    );
+    assert_eq!(
+        m.header(h::ORIGINAL_ROUTING_KEY).as_deref(),
+        Some("precoro.invoice.update")
+    );
+    assert_eq!(m.header_i64(h::ATTEMPTS), Some(1));
+    assert!(m.header(h::FIRST_SEEN).is_some() && m.header(h::LAST_FAILED).is_some());
+    assert_eq!(
+        probe.attempts.lock().unwrap()[&permanent.id].len(),
+        1,
+        "a permanent failure is never retried"
+    );
+
+    let m = by_id(&panicky.id);
+    assert!(
+        m.header(h::ERROR).unwrap().contains("handler panicked"),
+        "{:?}",
+        m.header(h::ERROR)
+    );
+    assert_eq!(probe.attempts.lock().unwrap()[&panicky.id].len(), 3);
+    assert!(probe.effects.lock().unwrap().get(&permanent.id).is_none());
+
+    worker.stop.send(true).unwrap();
+    let _ = worker.task.await;
+    insp.delete_topology(&cfg.broker).await;
+}
+
+#[tokio::test]
+async fn the_same_message_twice_has_one_effect() {
+    let (cfg, publisher, insp) = runtime_setup("dedup").await;
+    let probe = Arc::new(Probe::default());
+    let worker = start_worker(&cfg, probe.clone()).await;
+    let e = envelope("ok");
+    publisher
+        .publish_envelope(&e, Default::default())
+        .await
+        .unwrap();
+    publisher
+        .publish_envelope(&e, Default::default())
+        .await
+        .unwrap();
+    let p = probe.clone();
+    let id = e.id.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (p, id) = (p.clone(), id.clone());
+            async move { p.effects.lock().unwrap().get(&id) == Some(&1) }
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(probe.effects.lock().unwrap()[&e.id], 1);
+    assert_eq!(
+        probe.attempts.lock().unwrap()[&e.id].len(),
+        1,
+        "the second delivery was recognised without running"
+    );
+
+    // A replay carries a nonce, so dedup lets it through once more.
+    let mut hdrs = lapin::types::FieldTable::default();
+    shared::bus::headers::set_str(&mut hdrs, h::REPLAY_NONCE, "replay-1");
+    publisher.publish_envelope(&e, hdrs).await.unwrap();
+    let p = probe.clone();
+    let id = e.id.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (p, id) = (p.clone(), id.clone());
+            async move { p.effects.lock().unwrap().get(&id) == Some(&2) }
+        })
+        .await
+    );
+    worker.stop.send(true).unwrap();
+    let _ = worker.task.await;
+    insp.delete_topology(&cfg.broker).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_message_is_redelivered_and_completes_once() {
+    let proxy = CuttableProxy::start("127.0.0.1:5672").await;
+    let mut env = EnvSpec::new("kill");
+    env.extra_toml = String::new();
+    let mut cfg = harness::config(&env, &[TenantSpec::new("acme", 4246)]);
+    cfg.worker.idempotency_lease = Duration::from_secs(2);
+    let publisher = Publisher::connect(&cfg.broker).await.unwrap();
+    let insp = Inspector::connect().await;
+
+    // The doomed worker reaches the broker through the proxy; cutting it kills its connection
+    // while its handler is stuck mid-message, as a crash would.
+    let mut doomed_cfg = cfg.clone();
+    doomed_cfg.broker.url = proxy.amqp_url();
+    let doomed_probe = Arc::new(Probe {
+        doomed: true,
+        ..Probe::default()
+    });
+    let doomed = start_worker(&doomed_cfg, doomed_probe.clone()).await;
+
+    let e = envelope("block-first");
+    publisher
+        .publish_envelope(&e, Default::default())
+        .await
+        .unwrap();
+    let p = doomed_probe.clone();
+    let id = e.id.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (p, id) = (p.clone(), id.clone());
+            async move { p.attempts.lock().unwrap().contains_key(&id) }
+        })
+        .await
+    );
+    proxy.cut().await;
+    doomed.task.abort();
+
+    let survivor_probe = Arc::new(Probe::default());
+    let survivor = start_worker(&cfg, survivor_probe.clone()).await;
+    let p = survivor_probe.clone();
+    let id = e.id.clone();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let (p, id) = (p.clone(), id.clone());
+            async move { p.effects.lock().unwrap().get(&id) == Some(&1) }
+        })
+        .await,
+        "the survivor completes the message"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(survivor_probe.effects.lock().unwrap()[&e.id], 1);
+    assert!(
+        doomed_probe.effects.lock().unwrap().is_empty(),
+        "the killed worker never finished it"
+    );
+    survivor.stop.send(true).unwrap();
+    let _ = survivor.task.await;
+    drop(doomed.stop);
+    insp.delete_topology(&cfg.broker).await;
+}

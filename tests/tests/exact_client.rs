@@ -1,0 +1,922 @@
+//! The Exact client against the Exact simulator and a real Redis: single-flight token refresh
+//! across "processes" (separate Redis connections), the shared rate limit, paging, filters,
+//! 429 recovery, broken connections and lookup-before-create after a lost reply.
+//!
+//! Every test uses its own Redis key prefix, tenant and simulator, so they run in parallel.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rust_decimal::Decimal;
+use serde_json::json;
+use shared::config::{ExactConfig, RedisConfig, Secret};
+use shared::error::{Error, RetryClass};
+use shared::exact::client::{DOCUMENT_TYPE_PURCHASE_INVOICE, SYNC_START};
+use shared::exact::types::{AccountWrite, NewBankAccount, NewPurchaseEntry, NewPurchaseEntryLine};
+use shared::exact::{ExactClient, ExactOptions, TokenRecord, TokenStore};
+use shared::ids::{Division, ExactGuid, TenantId};
+use shared::store::Store;
+use shared::store::ratelimit::{RateLimiter, WaitReason};
+use testbed::exact_sim::{DemoIds, ExactSim, ExactSimOptions, FaultPlan};
+
+const DIV: Division = Division(3_114_772);
+const REDIRECT: &str = "https://sync.example.com/oauth/exact/callback";
+
+fn unique(kind: &str) -> String {
+    format!("test-{kind}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn store(prefix: &str) -> Store {
+    Store::connect(&RedisConfig {
+        url: "redis://127.0.0.1:6379".into(),
+        prefix: prefix.into(),
+    })
+    .await
+    .expect("Redis at 127.0.0.1:6379")
+}
+
+fn exact_config(sim: &ExactSim, minutely_limit: u32) -> ExactConfig {
+    let o = sim.options();
+    ExactConfig {
+        host: sim.base_url().to_string(),
+        client_id: o.client_id.clone(),
+        client_secret: Secret::new(o.client_secret.clone()),
+        webhook_secret: Secret::new(o.webhook_secret.clone()),
+        redirect_uri: REDIRECT.into(),
+        division: DIV,
+        journal: "70".into(),
+        minutely_limit,
+        daily_limit: 5000,
+    }
+}
+
+/// One company: a simulator seeded with the demo administration, its config, a Redis prefix.
+struct Company {
+    sim: ExactSim,
+    cfg: ExactConfig,
+    tenant: TenantId,
+    prefix: String,
+    demo: DemoIds,
+}
+
+impl Company {
+    async fn start(sim_opts: ExactSimOptions) -> Company {
+        let minutely = sim_opts.minutely_limit;
+        let sim = ExactSim::start(sim_opts).await;
+        let demo = sim.seed_demo(DIV);
+        let cfg = exact_config(&sim, minutely);
+        Company {
+            sim,
+            cfg,
+            tenant: TenantId(unique("tenant")),
+            prefix: unique("exact"),
+            demo,
+        }
+    }
+
+    /// A client on its own Redis connection: another "process" of the same deployment.
+    async fn client(&self, opts: ExactOptions, max_wait: Duration) -> ExactClient {
+        let s = store(&self.prefix).await;
+        ExactClient::new(
+            self.tenant.clone(),
+            &self.cfg,
+            s.clone(),
+            RateLimiter::new(s, max_wait),
+            opts,
+        )
+    }
+
+    async fn connect(&self, client: &ExactClient) -> TokenRecord {
+        let code = self
+            .sim
+            .grant_consent(&self.cfg.client_id, REDIRECT)
+            .expect("consent");
+        client.exchange_code(&code).await.expect("code exchange")
+    }
+
+    async fn tokens(&self) -> TokenStore {
+        TokenStore::new(store(&self.prefix).await, self.tenant.clone())
+    }
+
+    /// Make the stored token look due for refresh (expired, last refresh long ago) and move the
+    /// simulator past the access token's life and the 570 s rule, as if ten minutes had passed.
+    async fn age_tokens(&self) -> TokenRecord {
+        let tokens = self.tokens().await;
+        let mut rec = tokens.load().await.unwrap().expect("connected");
+        let now = store(&self.prefix).await.now_ms().await.unwrap();
+        rec.expires_at_ms = now - 1_000;
+        rec.refreshed_at_ms = now - 600_000;
+        tokens.save(&rec).await.unwrap();
+        self.sim.advance_clock(Duration::from_secs(600));
+        rec
+    }
+}
+
+fn fast_sim() -> ExactSimOptions {
+    ExactSimOptions {
+        minutely_limit: 1000,
+        ..ExactSimOptions::default()
+    }
+}
+
+fn line(demo: &DemoIds, amount: &str) -> NewPurchaseEntryLine {
+    NewPurchaseEntryLine {
+        amount_fc: amount.parse().unwrap(),
+        vat_code: Some("1".into()),
+        vat_amount_fc: None,
+        gl_account: demo.gl_accounts["4000"],
+        cost_center: Some("CC100".into()),
+        cost_unit: Some("CU1".into()),
+        project: Some(demo.projects["P-2026-01"]),
+        description: Some("Paper, A4".into()),
+        quantity: Some("3".parse().unwrap()),
+    }
+}
+
+fn entry(demo: &DemoIds, supplier: ExactGuid, your_ref: &str) -> NewPurchaseEntry {
+    NewPurchaseEntry {
+        journal: demo.journal_code.clone(),
+        supplier,
+        entry_date: chrono::NaiveDate::from_ymd_opt(2026, 6, 17).unwrap(),
+        due_date: None,
+        your_ref: your_ref.into(),
+        description: Some("Precoro invoice 42".into()),
+        currency: Some("EUR".into()),
+        rate: None,
+        payment_condition: Some("30".into()),
+        payment_reference: None,
+        document: None,
+        entry_number: None,
+        lines: vec![line(demo, "100.10"), line(demo, "0.20")],
+    }
+}
+
+/// A webhook receiver that answers Exact's empty validation POST.
+async fn receiver() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/webhooks/exact", axum::routing::post(|| async { "" }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/webhooks/exact")
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn authorize_url_leads_to_a_stored_connection() {
+    let co = Company::start(fast_sim()).await;
+    let client = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    let url = client.authorize_url("st/ate+1");
+    assert!(url.starts_with(&format!("{}/api/oauth2/auth?", co.sim.base_url())));
+    let parsed = url::Url::parse(&url).unwrap();
+    let q: std::collections::HashMap<_, _> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], co.cfg.client_id);
+    assert_eq!(q["redirect_uri"], REDIRECT);
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["state"], "st/ate+1");
+    assert_eq!(q["force_login"], "0");
+
+    // The simulator's consent page redirects to the callback with a code.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = browser.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let back: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(back["state"], "st/ate+1");
+
+    let rec = client.exchange_code(&back["code"]).await.unwrap();
+    assert!(rec.broken.is_none());
+    let stored = co.tokens().await.load().await.unwrap().unwrap();
+    assert_eq!(stored, rec, "the pair is persisted");
+    assert_eq!(client.get_current_division().await.unwrap(), DIV);
+
+    // Codes are single use: reuse is a clear 400, not a broken connection.
+    let err = client.exchange_code(&back["code"]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Upstream { status: 400, message, .. } if message.contains("already used")),
+        "{err}"
+    );
+    assert!(
+        co.tokens()
+            .await
+            .load()
+            .await
+            .unwrap()
+            .unwrap()
+            .broken
+            .is_none()
+    );
+    assert!(matches!(
+        client.exchange_code(" ").await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn not_connected_is_a_clear_permanent_error() {
+    let co = Company::start(fast_sim()).await;
+    let client = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    let err = client.list_vat_codes().await.unwrap_err();
+    assert!(matches!(err, Error::ConnectionBroken { .. }), "{err}");
+    assert_eq!(err.retry_class(), RetryClass::Permanent);
+    assert_eq!(
+        co.sim.calls().len(),
+        0,
+        "nothing reaches Exact without a token"
+    );
+}
+
+#[tokio::test]
+async fn eight_tasks_in_two_processes_refresh_once() {
+    let co = Company::start(fast_sim()).await;
+    let a = co
+        .client(ExactOptions::default(), Duration::from_secs(10))
+        .await;
+    let b = co
+        .client(ExactOptions::default(), Duration::from_secs(10))
+        .await;
+    co.connect(&a).await;
+    let old = co.age_tokens().await;
+    let refreshes_before = co.sim.refresh_calls();
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { c.list_vat_codes().await }));
+    }
+    for t in tasks {
+        let codes = t.await.unwrap().expect("every task gets a valid token");
+        assert_eq!(codes.len(), 3);
+    }
+    assert_eq!(
+        co.sim.refresh_calls() - refreshes_before,
+        1,
+        "exactly one refresh reached Exact"
+    );
+    let now = co.tokens().await.load().await.unwrap().unwrap();
+    assert!(now.broken.is_none());
+    assert_ne!(
+        now.refresh_token, old.refresh_token,
+        "the rotated pair is stored"
+    );
+    assert_ne!(now.access_token, old.access_token);
+    let vat_calls = co.sim.count_calls("GET", "vat/VATCodes");
+    assert_eq!(vat_calls, 8, "no call needed a second try");
+    assert!(co.sim.calls().iter().all(|c| c.status != 401));
+}
+
+#[tokio::test]
+async fn refresh_timing_follows_exacts_rules() {
+    let co = Company::start(fast_sim()).await;
+    // 1. Within the 570 s rule the client never asks, even inside the expiry margin.
+    let careful = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    co.connect(&careful).await;
+    let tokens = co.tokens().await;
+    let now = store(&co.prefix).await.now_ms().await.unwrap();
+    let mut rec = tokens.load().await.unwrap().unwrap();
+    rec.expires_at_ms = now + 5_000;
+    tokens.save(&rec).await.unwrap();
+    let calls = co.sim.token_calls();
+    careful.list_journals().await.unwrap();
+    assert_eq!(co.sim.token_calls(), calls, "no token call within 570 s");
+
+    // 2. A client configured without the guard asks; Exact says "access_token not expired": the
+    //    current token is kept and works, nothing is marked broken, and it does not ask again at once.
+    let eager = co
+        .client(
+            ExactOptions {
+                min_refresh_interval: Duration::ZERO,
+                ..ExactOptions::default()
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+    eager.list_journals().await.unwrap();
+    assert_eq!(co.sim.token_calls(), calls + 1);
+    let kept = tokens.load().await.unwrap().unwrap();
+    assert_eq!(kept.access_token, rec.access_token);
+    assert_eq!(kept.refresh_token, rec.refresh_token);
+    assert!(kept.broken.is_none());
+    eager.list_journals().await.unwrap();
+    assert_eq!(
+        co.sim.token_calls(),
+        calls + 1,
+        "no second token call right away"
+    );
+
+    // 3. Exact rejects the access token (401, its clock ran ahead): one refresh, one retry.
+    co.sim.advance_clock(Duration::from_secs(600));
+    let refreshes = co.sim.refresh_calls();
+    eager.list_journals().await.unwrap();
+    assert_eq!(co.sim.refresh_calls(), refreshes + 1);
+    assert_eq!(co.sim.count_calls("GET", "financial/Journals"), 5);
+    let fresh = tokens.load().await.unwrap().unwrap();
+    assert_ne!(fresh.access_token, kept.access_token);
+}
+
+#[tokio::test]
+async fn reusing_an_old_refresh_token_breaks_the_connection_loudly() {
+    let metrics = shared::telemetry::metrics_handle();
+    let co = Company::start(fast_sim()).await;
+    let a = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    let b = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    co.connect(&a).await;
+    let old = co.age_tokens().await;
+    a.list_journals().await.unwrap();
+    assert_eq!(co.sim.refresh_calls(), 1);
+
+    // A stale copy of the pair comes back (e.g. a restored backup): its refresh token is dead.
+    co.tokens().await.save(&old).await.unwrap();
+    co.sim.advance_clock(Duration::from_secs(600));
+    let err = a.list_journals().await.unwrap_err();
+    match &err {
+        Error::ConnectionBroken { tenant, message } => {
+            assert_eq!(tenant, co.tenant.as_str());
+            assert!(message.contains("Old refresh token used"), "{message}");
+        }
+        other => panic!("expected ConnectionBroken, got {other}"),
+    }
+    assert_eq!(err.retry_class(), RetryClass::Permanent);
+    let rec = co.tokens().await.load().await.unwrap().unwrap();
+    assert!(
+        rec.broken
+            .as_deref()
+            .unwrap()
+            .contains("Old refresh token used")
+    );
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains(&format!(
+            "exact_connection_broken_total{{tenant=\"{}\"}} 1",
+            co.tenant
+        )),
+        "{rendered}"
+    );
+
+    // Every replica now refuses without calling Exact again.
+    let token_calls = co.sim.token_calls();
+    let api_calls = co.sim.calls().len();
+    for c in [&a, &b] {
+        assert!(matches!(
+            c.list_journals().await,
+            Err(Error::ConnectionBroken { .. })
+        ));
+    }
+    assert_eq!(co.sim.token_calls(), token_calls);
+    assert_eq!(co.sim.calls().len(), api_calls);
+
+    // Re-consent repairs it.
+    co.connect(&b).await;
+    assert!(a.list_journals().await.is_ok());
+}
+
+#[tokio::test]
+async fn three_clients_stay_under_the_minutely_limit() {
+    // A limit of 10/min on both sides keeps the test short: unthrottled, three clients would make
+    // hundreds of calls in the same time.
+    let co = Company::start(ExactSimOptions {
+        minutely_limit: 10,
+        ..ExactSimOptions::default()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(
+            co.client(ExactOptions::default(), Duration::from_secs(30))
+                .await,
+        );
+    }
+    co.connect(&clients[0]).await;
+    let started = Instant::now();
+    let run_for = Duration::from_secs(20);
+    let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in &clients {
+        for _ in 0..2 {
+            let c = c.clone();
+            let ok = ok.clone();
+            tasks.push(tokio::spawn(async move {
+                while started.elapsed() < run_for {
+                    let left = run_for.saturating_sub(started.elapsed());
+                    match tokio::time::timeout(left, c.list_vat_codes()).await {
+                        Ok(Ok(_)) => {
+                            ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        // The worker would re-queue this without counting an attempt.
+                        Ok(Err(Error::RateLimited { .. })) => {}
+                        Ok(Err(e)) => panic!("unexpected error: {e}"),
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let calls = co.sim.count_calls("GET", "vat/VATCodes");
+    assert!(
+        co.sim.max_calls_per_minute(DIV) <= 10,
+        "peak {} calls in one minute",
+        co.sim.max_calls_per_minute(DIV)
+    );
+    assert!(co.sim.calls().iter().all(|c| c.status != 429), "no 429s");
+    // GCRA at 10/min with a burst of 1: one call at once, then one every 6 s.
+    assert!(
+        (3..=5).contains(&calls),
+        "{calls} calls in {run_for:?} (expected 1 + 20/6)"
+    );
+    assert_eq!(ok.load(std::sync::atomic::Ordering::SeqCst), calls);
+}
+
+#[tokio::test]
+async fn paging_follows_next_and_sync_cursors_move() {
+    let co = Company::start(fast_sim()).await;
+    for i in 0..130 {
+        co.sim
+            .add_supplier(DIV, &format!("{}", 2000 + i), &format!("Supplier {i}"));
+    }
+    let client = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    co.connect(&client).await;
+
+    let suppliers = client.list_suppliers().await.unwrap();
+    assert_eq!(suppliers.len(), 132);
+    let mut ids: Vec<_> = suppliers.iter().map(|a| a.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 132, "no duplicates across pages");
+    assert_eq!(
+        co.sim.count_calls("GET", "crm/Accounts"),
+        3,
+        "60 + 60 + 12 rows, one page after another"
+    );
+    assert!(suppliers.iter().any(|a| a.code.as_deref() == Some("2129")));
+
+    // Sync: everything from the start, then only what changed after the cursor.
+    assert_eq!(client.load_cursor("accounts").await.unwrap(), None);
+    let first = client.sync_accounts(SYNC_START).await.unwrap();
+    assert_eq!(first.rows.len(), 132);
+    assert!(!first.more);
+    let cursor = first.max_timestamp.unwrap();
+    assert_eq!(
+        cursor,
+        first.rows.iter().filter_map(|a| a.timestamp).max().unwrap()
+    );
+    client.save_cursor("accounts", cursor).await.unwrap();
+    let empty = client.sync_accounts(cursor).await.unwrap();
+    assert!(empty.rows.is_empty());
+    assert_eq!(empty.max_timestamp, None);
+
+    let added = co.sim.add_supplier(DIV, "9999", "Late Supplier");
+    let since = client.load_cursor("accounts").await.unwrap().unwrap();
+    let next = client.sync_accounts(since).await.unwrap();
+    assert_eq!(next.rows.len(), 1);
+    assert_eq!(next.rows[0].id, added);
+    assert!(next.max_timestamp.unwrap() > cursor);
+
+    // Deleted rows show up in sync/Deleted.
+    co.sim
+        .delete(DIV, testbed::exact_sim::RefKind::Accounts, added)
+        .unwrap();
+    let deleted = client.sync_deleted(SYNC_START).await.unwrap();
+    assert!(
+        deleted.rows.iter().any(|r| r.entity_key == added
+            && r.entity_type == Some(shared::exact::types::Deleted::ACCOUNTS))
+    );
+}
+
+#[tokio::test]
+async fn filters_carry_quotes_and_reserved_characters() {
+    let co = Company::start(fast_sim()).await;
+    let client = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    co.connect(&client).await;
+    let obrien = &co.demo.suppliers[1];
+    assert_eq!(obrien.name, "O'Brien Supplies Ltd");
+
+    let by_code = client.find_account_by_code("1002").await.unwrap().unwrap();
+    assert_eq!(by_code.id, obrien.id);
+    assert_eq!(by_code.name.as_deref(), Some("O'Brien Supplies Ltd"));
+    let by_vat = client.find_accounts_by_vat("GB987654321").await.unwrap();
+    assert_eq!(by_vat.len(), 1);
+    assert_eq!(by_vat[0].id, obrien.id);
+    assert!(client.find_account_by_code("404").await.unwrap().is_none());
+
+    let your_ref = "INV 'Q' & #7/2026?+%";
+    let created = client
+        .create_purchase_entry(&entry(&co.demo, obrien.id, your_ref))
+        .await
+        .unwrap();
+    let found = client
+        .find_purchase_entry(obrien.id, your_ref)
+        .await
+        .unwrap()
+        .expect("found by supplier and YourRef");
+    assert_eq!(found.entry_id, created.entry_id);
+    assert_eq!(found.entry_number, created.entry_number);
+    assert_eq!(found.amount_fc, created.amount_fc);
+    for other in ["INV 'Q'", "INV 'Q' & #7/2026?+", "inv 'q' & #7/2026?+% "] {
+        assert!(
+            client
+                .find_purchase_entry(obrien.id, other)
+                .await
+                .unwrap()
+                .is_none(),
+            "{other}"
+        );
+    }
+    let office_depot = co.demo.suppliers[0].id;
+    assert!(
+        client
+            .find_purchase_entry(office_depot, your_ref)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn purchase_entries_documents_and_payments() {
+    let co = Company::start(fast_sim()).await;
+    let client = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    co.connect(&client).await;
+    let supplier = co.demo.suppliers[0].id;
+
+    let doc = client
+        .create_document(
+            "Invoice INV-1 from Office Depot",
+            Some(supplier),
+            DOCUMENT_TYPE_PURCHASE_INVOICE,
+        )
+        .await
+        .unwrap();
+    let pdf = b"%PDF-1.4 fake invoice bytes \x00\x01\x02";
+    let att = client.attach(doc.id, "INV-1.pdf", pdf).await.unwrap();
+    assert_eq!(att.document, Some(doc.id));
+    let stored = co.sim.document_attachments(DIV);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].bytes, pdf.to_vec());
+    assert_eq!(stored[0].file_name, "INV-1.pdf");
+
+    let mut new = entry(&co.demo, supplier, "INV-1");
+    new.document = Some(doc.id);
+    let created = client.create_purchase_entry(&new).await.unwrap();
+    // 100.10 + 0.20 at 21 %: 100.30 + 21.06 VAT (21.02 + 0.04).
+    assert_eq!(created.amount_fc, Some(d("121.36")));
+    assert_eq!(created.vat_amount_fc, Some(d("21.06")));
+    assert_eq!(created.status, Some(20));
+    assert_eq!(created.document, Some(doc.id));
+    assert_eq!(created.lines.len(), 2);
+    assert_eq!(created.lines[0].amount_fc, Some(d("100.1")));
+    assert_eq!(created.lines[0].cost_center.as_deref(), Some("CC100"));
+    assert_eq!(created.lines[0].gl_account_code.as_deref(), Some("4000"));
+    assert_eq!(
+        shared::exact::odata::to_date(&created.entry_date.unwrap()),
+        chrono::NaiveDate::from_ymd_opt(2026, 6, 17).unwrap()
+    );
+    // What went over the wire: Edm.Double amounts, codes for cost center/unit, ISO date.
+    let sent = &co.sim.purchase_entries(DIV)[0].request;
+    assert_eq!(sent["EntryDate"], json!("2026-06-17"));
+    assert_eq!(sent["PurchaseEntryLines"][0]["AmountFC"], json!(100.1));
+    assert_eq!(sent["PurchaseEntryLines"][0]["CostUnit"], json!("CU1"));
+
+    let again = client
+        .get_purchase_entry(created.entry_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.lines.len(), 2);
+    assert_eq!(again.your_ref.as_deref(), Some("INV-1"));
+    assert!(
+        client
+            .get_purchase_entry(ExactGuid::new_v4())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Payments: open, then partly and fully paid.
+    let open = client.payments_for_entry(created.entry_id).await.unwrap();
+    assert!(!open.is_empty());
+    assert!(open.iter().all(|p| !p.is_paid()));
+    let start = client.sync_payment_terms(SYNC_START).await.unwrap();
+    assert!(start.rows.iter().all(|t| t.line_type == Some(22)));
+    assert!(
+        start
+            .rows
+            .iter()
+            .any(|t| t.transaction_entry_id == Some(created.entry_id))
+    );
+    let cursor = start.max_timestamp.unwrap();
+    co.sim
+        .pay_entry(
+            DIV,
+            created.entry_id,
+            d("121.36"),
+            chrono::NaiveDate::from_ymd_opt(2026, 7, 1).unwrap(),
+        )
+        .unwrap();
+    let changed = client.sync_payment_terms(cursor).await.unwrap();
+    assert!(!changed.rows.is_empty());
+    assert!(changed.max_timestamp.unwrap() > cursor);
+    let paid: Decimal = changed
+        .rows
+        .iter()
+        .filter(|t| t.transaction_entry_id == Some(created.entry_id) && t.is_paid())
+        .filter_map(|t| t.amount_fc)
+        .sum();
+    assert_eq!(paid.abs(), d("121.36"));
+    let after = client.payments_for_entry(created.entry_id).await.unwrap();
+    assert!(after.iter().any(|p| p.is_paid()));
+
+    // Validation errors keep Exact's message and are permanent.
+    let mut bad = entry(&co.demo, supplier, "INV-2");
+    bad.lines[0].gl_account = ExactGuid::new_v4();
+    let err = client.create_purchase_entry(&bad).await.unwrap_err();
+    match &err {
+        Error::Upstream {
+            status: 400,
+            message,
+            ..
+        } => {
+            assert!(
+                message.contains("GLAccount") && message.contains("does not exist"),
+                "{message}"
+            )
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(err.retry_class(), RetryClass::Permanent);
+    let mut empty = entry(&co.demo, supplier, "INV-3");
+    empty.lines.clear();
+    assert!(matches!(
+        client.create_purchase_entry(&empty).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn accounts_reference_data_and_webhooks() {
+    let co = Company::start(fast_sim()).await;
+    let client = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    co.connect(&client).await;
+
+    let vat = client.list_vat_codes().await.unwrap();
+    let v1 = vat.iter().find(|v| v.code.as_deref() == Some("1")).unwrap();
+    assert_eq!(v1.percent(), Some(d("21")));
+    assert_eq!(client.list_payment_conditions().await.unwrap().len(), 2);
+    let gl = client.list_gl_accounts().await.unwrap();
+    assert_eq!(gl.len(), 4);
+    assert!(gl.iter().all(|g| g.vat_code.as_deref() == Some("1")));
+    assert_eq!(client.list_cost_centers().await.unwrap().len(), 2);
+    assert_eq!(client.list_cost_units().await.unwrap().len(), 2);
+    let projects = client.list_projects().await.unwrap();
+    assert_eq!(projects[0].code.as_deref(), Some("P-2026-01"));
+    let journals = client.list_journals().await.unwrap();
+    assert_eq!(journals[0].code.as_deref(), Some("70"));
+    assert_eq!(journals[0].journal_type, Some(22));
+    assert_eq!(client.get_current_division().await.unwrap(), DIV);
+
+    // Accounts: create, update (PUT), read back, bank account.
+    let created = client
+        .create_account(&AccountWrite {
+            name: Some("D'Angelo & Co".into()),
+            is_supplier: Some(true),
+            vat_number: Some("NL000099998B57".into()),
+            email: Some("old@dangelo.example".into()),
+            ..AccountWrite::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.name.as_deref(), Some("D'Angelo & Co"));
+    client
+        .update_account(
+            created.id,
+            &AccountWrite {
+                email: Some("ap@dangelo.example".into()),
+                ..AccountWrite::default()
+            },
+        )
+        .await
+        .unwrap();
+    let read = client.get_account(created.id).await.unwrap().unwrap();
+    assert_eq!(read.email.as_deref(), Some("ap@dangelo.example"));
+    assert_eq!(read.name.as_deref(), Some("D'Angelo & Co"));
+    assert!(
+        client
+            .get_account(ExactGuid::new_v4())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let bank = client
+        .create_bank_account(&NewBankAccount {
+            account: created.id,
+            bank_account: "NL91ABNA0417164300".into(),
+            bic_code: Some("ABNANL2A".into()),
+            main: Some(true),
+        })
+        .await
+        .unwrap();
+    assert_eq!(bank.account, Some(created.id));
+    let banks = client.list_bank_accounts(created.id).await.unwrap();
+    assert_eq!(banks.len(), 1);
+    assert!(matches!(
+        client.create_account(&AccountWrite::default()).await,
+        Err(Error::Invalid(_))
+    ));
+
+    // Webhooks: create, "Data already exists" counts as success, list, delete. The simulator
+    // drops a subscription whose validation handshake fails, so a receiver answers it.
+    let callback = receiver().await;
+    let callback = callback.as_str();
+    let sub = client
+        .create_webhook_subscription("PurchaseEntries", callback)
+        .await
+        .unwrap()
+        .expect("created");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !co
+        .sim
+        .webhook_deliveries()
+        .iter()
+        .any(|w| w.action == "Validate" && w.status == Some(200))
+    {
+        assert!(Instant::now() < deadline, "no validation handshake");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sub.topic.as_deref(), Some("PurchaseEntries"));
+    assert!(
+        client
+            .create_webhook_subscription("PurchaseEntries", callback)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let subs = client.list_webhook_subscriptions().await.unwrap();
+    assert_eq!(subs.len(), 1);
+    client.delete_webhook_subscription(sub.id).await.unwrap();
+    assert!(
+        client
+            .list_webhook_subscriptions()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    client.delete_webhook_subscription(sub.id).await.unwrap();
+    let err = client
+        .create_webhook_subscription("NoSuchTopic", callback)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Upstream { status: 400, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_429_pauses_every_replica_and_is_waited_out() {
+    let co = Company::start(fast_sim()).await;
+    // The patient client sleeps through the pause; the impatient one is told to come back later.
+    let patient = co
+        .client(ExactOptions::default(), Duration::from_secs(70))
+        .await;
+    let impatient = co
+        .client(ExactOptions::default(), Duration::from_millis(500))
+        .await;
+    co.connect(&patient).await;
+    co.sim.faults().set(FaultPlan {
+        rate_429: 1.0,
+        path_contains: Some("vat/VATCodes".into()),
+        max_faults: Some(1),
+        ..FaultPlan::default()
+    });
+    let started = Instant::now();
+    let waiting = {
+        let c = patient.clone();
+        tokio::spawn(async move { c.list_vat_codes().await })
+    };
+    // Once the 429 is answered, the pause is in Redis for every replica.
+    let limiter = RateLimiter::new(store(&co.prefix).await, Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = limiter.try_acquire(impatient.limits()).await.unwrap();
+        if matches!(state, Some((_, WaitReason::Paused))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shared pause after the 429: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match impatient.list_journals().await {
+        Err(Error::RateLimited { retry_after, .. }) => {
+            assert!(retry_after <= Duration::from_secs(62), "{retry_after:?}")
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    assert_eq!(co.sim.count_calls("GET", "financial/Journals"), 0);
+
+    let codes = waiting.await.unwrap().expect("waiting is not an error");
+    assert_eq!(codes.len(), 3);
+    let statuses: Vec<u16> = co
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.path.contains("vat/VATCodes"))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, vec![429, 200]);
+    // The retry went after the minutely reset (the next clock minute) + 1 s.
+    let calls = co.sim.calls();
+    let vat: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.contains("vat/VATCodes"))
+        .collect();
+    let reset_ms = (vat[0].at.timestamp_millis() / 60_000 + 1) * 60_000;
+    assert!(
+        vat[1].at.timestamp_millis() >= reset_ms + 900,
+        "{} → {}",
+        vat[0].at,
+        vat[1].at
+    );
+    assert!(started.elapsed() <= Duration::from_secs(65));
+}
+
+#[tokio::test]
+async fn a_lost_reply_after_commit_is_found_by_lookup_before_create() {
+    let co = Company::start(fast_sim()).await;
+    let client = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    co.connect(&client).await;
+    let supplier = co.demo.suppliers[0].id;
+    co.sim.faults().set(FaultPlan {
+        drop_reply_after_commit: 1.0,
+        path_contains: Some("purchaseentry/PurchaseEntries".into()),
+        max_faults: Some(1),
+        ..FaultPlan::default()
+    });
+    let new = entry(&co.demo, supplier, "INV-77");
+    let err = client.create_purchase_entry(&new).await.unwrap_err();
+    assert!(matches!(err, Error::Network { .. }), "{err}");
+    assert_eq!(err.retry_class(), RetryClass::Transient);
+    assert_eq!(
+        co.sim.count_calls("POST", "purchaseentry/PurchaseEntries"),
+        1,
+        "a POST is never retried inside the client"
+    );
+    let committed = co.sim.purchase_entries(DIV);
+    assert_eq!(committed.len(), 1, "Exact committed it");
+
+    // The retry looks up first and finds it: no second entry.
+    let found = client
+        .find_purchase_entry(supplier, "INV-77")
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(found.entry_id, committed[0].entry_id);
+    assert_eq!(found.status, Some(20));
+    assert_eq!(found.amount_fc, Some(d("121.36")));
+
+    // A 5xx on POST is not retried either and is transient.
+    co.sim.faults().set(FaultPlan {
+        error_5xx: 1.0,
+        path_contains: Some("purchaseentry/PurchaseEntries".into()),
+        max_faults: Some(1),
+        ..FaultPlan::default()
+    });
+    let err = client
+        .create_purchase_entry(&entry(&co.demo, supplier, "INV-78"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Upstream { status: 503, .. }), "{err}");
+    assert_eq!(err.retry_class(), RetryClass::Transient);
+    assert_eq!(
+        co.sim.count_calls("POST", "purchaseentry/PurchaseEntries"),
+        2
+    );
+    assert_eq!(co.sim.purchase_entries(DIV).len(), 1);
+}

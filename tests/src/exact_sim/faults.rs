@@ -56,7 +56,11 @@ pub struct Drawn {
 impl Faults {
     pub fn set(&self, plan: FaultPlan) {
         let rng = StdRng::seed_from_u64(plan.seed);
-        *self.active.lock().expect("faults lock") = Some(Active { plan, rng, injected: 0 });
+        *self.active.lock().expect("faults lock") = Some(Active {
+            plan,
+            rng,
+            injected: 0,
+        });
     }
 
     pub fn clear(&self) {
@@ -64,12 +68,19 @@ impl Faults {
     }
 
     pub fn current(&self) -> Option<FaultPlan> {
-        self.active.lock().expect("faults lock").as_ref().map(|a| a.plan.clone())
+        self.active
+            .lock()
+            .expect("faults lock")
+            .as_ref()
+            .map(|a| a.plan.clone())
     }
 
     pub(crate) fn draw(&self, path: &str, is_write: bool) -> Drawn {
         let mut guard = self.active.lock().expect("faults lock");
-        let none = Drawn { latency: Duration::ZERO, action: None };
+        let none = Drawn {
+            latency: Duration::ZERO,
+            action: None,
+        };
         let Some(a) = guard.as_mut() else {
             return none;
         };
@@ -82,7 +93,10 @@ impl Faults {
         }
         let latency = a.plan.latency;
         if a.plan.max_faults.is_some_and(|m| a.injected >= m) {
-            return Drawn { latency, action: None };
+            return Drawn {
+                latency,
+                action: None,
+            };
         }
         // One draw per request against cumulative bands keeps the sequence independent of which
         // band fired.

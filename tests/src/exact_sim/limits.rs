@@ -42,7 +42,14 @@ pub struct RateDecision {
 impl RateState {
     /// Counts an API call for `(client, division)` in fixed windows: the minute (aligned to the
     /// clock minute, "minute-granular" resets) and the UTC day (daily reset observed at 00:00 UTC).
-    pub fn admit(&mut self, client: &str, div: i64, now_ms: i64, minutely: u32, daily: u32) -> RateDecision {
+    pub fn admit(
+        &mut self,
+        client: &str,
+        div: i64,
+        now_ms: i64,
+        minutely: u32,
+        daily: u32,
+    ) -> RateDecision {
         let minute = now_ms.div_euclid(MINUTE_MS);
         let day = now_ms.div_euclid(DAY_MS);
 
@@ -67,22 +74,44 @@ impl RateState {
         let day_reset = ((day + 1) * DAY_MS).to_string();
         let minutely_headers = |remaining: u32| {
             vec![
-                (HeaderName::from_static("x-ratelimit-minutely-limit"), minutely.to_string()),
-                (HeaderName::from_static("x-ratelimit-minutely-remaining"), remaining.to_string()),
-                (HeaderName::from_static("x-ratelimit-minutely-reset"), minute_reset.clone()),
+                (
+                    HeaderName::from_static("x-ratelimit-minutely-limit"),
+                    minutely.to_string(),
+                ),
+                (
+                    HeaderName::from_static("x-ratelimit-minutely-remaining"),
+                    remaining.to_string(),
+                ),
+                (
+                    HeaderName::from_static("x-ratelimit-minutely-reset"),
+                    minute_reset.clone(),
+                ),
             ]
         };
         let daily_headers = |remaining: u32| {
             vec![
-                (HeaderName::from_static("x-ratelimit-limit"), daily.to_string()),
-                (HeaderName::from_static("x-ratelimit-remaining"), remaining.to_string()),
-                (HeaderName::from_static("x-ratelimit-reset"), day_reset.clone()),
+                (
+                    HeaderName::from_static("x-ratelimit-limit"),
+                    daily.to_string(),
+                ),
+                (
+                    HeaderName::from_static("x-ratelimit-remaining"),
+                    remaining.to_string(),
+                ),
+                (
+                    HeaderName::from_static("x-ratelimit-reset"),
+                    day_reset.clone(),
+                ),
             ]
         };
         if w.day_count >= daily {
             let mut headers = daily_headers(0);
             headers.extend(minutely_headers(minutely.saturating_sub(w.minute_count)));
-            return RateDecision { allowed: false, headers, message: "API rate limit exceeded (daily)." };
+            return RateDecision {
+                allowed: false,
+                headers,
+                message: "API rate limit exceeded (daily).",
+            };
         }
         if w.minute_count >= minutely {
             // Spec §2: when the minutely quota is exhausted only the minutely headers are sent.
@@ -95,26 +124,67 @@ impl RateState {
         w.minute_count += 1;
         w.day_count += 1;
         let minute_left = minutely - w.minute_count;
-        let mut headers = if minute_left == 0 { Vec::new() } else { daily_headers(daily - w.day_count) };
+        let mut headers = if minute_left == 0 {
+            Vec::new()
+        } else {
+            daily_headers(daily - w.day_count)
+        };
         headers.extend(minutely_headers(minute_left));
-        RateDecision { allowed: true, headers, message: "" }
+        RateDecision {
+            allowed: true,
+            headers,
+            message: "",
+        }
     }
 
     /// Current headers without counting a call (for injected 429s: "429s also occur with
     /// Minutely-Remaining > 0", spec §2).
-    pub fn peek_headers(&self, client: &str, div: i64, now_ms: i64, minutely: u32, daily: u32) -> Vec<(HeaderName, String)> {
+    pub fn peek_headers(
+        &self,
+        client: &str,
+        div: i64,
+        now_ms: i64,
+        minutely: u32,
+        daily: u32,
+    ) -> Vec<(HeaderName, String)> {
         let minute = now_ms.div_euclid(MINUTE_MS);
         let day = now_ms.div_euclid(DAY_MS);
-        let w = self.windows.get(&(client.to_string(), div)).copied().unwrap_or_default();
-        let used_min = if w.minute == minute { w.minute_count } else { 0 };
+        let w = self
+            .windows
+            .get(&(client.to_string(), div))
+            .copied()
+            .unwrap_or_default();
+        let used_min = if w.minute == minute {
+            w.minute_count
+        } else {
+            0
+        };
         let used_day = if w.day == day { w.day_count } else { 0 };
         vec![
-            (HeaderName::from_static("x-ratelimit-limit"), daily.to_string()),
-            (HeaderName::from_static("x-ratelimit-remaining"), daily.saturating_sub(used_day).to_string()),
-            (HeaderName::from_static("x-ratelimit-reset"), ((day + 1) * DAY_MS).to_string()),
-            (HeaderName::from_static("x-ratelimit-minutely-limit"), minutely.to_string()),
-            (HeaderName::from_static("x-ratelimit-minutely-remaining"), minutely.saturating_sub(used_min).to_string()),
-            (HeaderName::from_static("x-ratelimit-minutely-reset"), ((minute + 1) * MINUTE_MS).to_string()),
+            (
+                HeaderName::from_static("x-ratelimit-limit"),
+                daily.to_string(),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-remaining"),
+                daily.saturating_sub(used_day).to_string(),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-reset"),
+                ((day + 1) * DAY_MS).to_string(),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-minutely-limit"),
+                minutely.to_string(),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-minutely-remaining"),
+                minutely.saturating_sub(used_min).to_string(),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-minutely-reset"),
+                ((minute + 1) * MINUTE_MS).to_string(),
+            ),
         ]
     }
 
@@ -145,7 +215,9 @@ impl ErrorBudget {
     }
 
     pub fn blocked(&self, key: &ErrorKey, now_ms: i64) -> bool {
-        self.blocked_until.get(key).is_some_and(|until| *until > now_ms)
+        self.blocked_until
+            .get(key)
+            .is_some_and(|until| *until > now_ms)
     }
 
     /// Errors in the last hour per key.
@@ -153,7 +225,12 @@ impl ErrorBudget {
         let mut out: Vec<(ErrorKey, usize)> = self
             .errors
             .iter()
-            .map(|(k, v)| (k.clone(), v.iter().filter(|t| now_ms - **t < HOUR_MS).count()))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.iter().filter(|t| now_ms - **t < HOUR_MS).count(),
+                )
+            })
             .filter(|(_, n)| *n > 0)
             .collect();
         out.sort();

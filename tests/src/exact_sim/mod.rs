@@ -76,7 +76,11 @@ impl Default for ExactSimOptions {
             error_budget_per_hour: 10,
             enforce_mandatory_filter: true,
             webhook_handshake_delay: Duration::from_millis(50),
-            webhook_retry_delays: vec![Duration::from_millis(100), Duration::from_millis(300), Duration::from_secs(1)],
+            webhook_retry_delays: vec![
+                Duration::from_millis(100),
+                Duration::from_millis(300),
+                Duration::from_secs(1),
+            ],
             webhook_create_action: false,
             timeout_fault_delay: Duration::from_secs(30),
         }
@@ -255,7 +259,9 @@ impl Drop for ExactSim {
 impl ExactSim {
     /// Binds `127.0.0.1:0` and serves until `shutdown` or drop.
     pub async fn start(opts: ExactSimOptions) -> ExactSim {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("bound address");
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -272,7 +278,11 @@ impl ExactSim {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        ExactSim { shared, stop, server }
+        ExactSim {
+            shared,
+            stop,
+            server,
+        }
     }
 
     /// `http://127.0.0.1:PORT`: the "host" (spec §1) for both OAuth and API paths.
@@ -299,7 +309,10 @@ impl ExactSim {
     }
 
     /// Runs a state change and hands its events to webhook delivery.
-    fn change<T>(&self, f: impl FnOnce(&mut Inner, i64) -> Result<T, ApiError>) -> Result<T, SimError> {
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut Inner, i64) -> Result<T, ApiError>,
+    ) -> Result<T, SimError> {
         let now = self.now_ms();
         let out = f(&mut self.lock(), now);
         webhooks::flush(&self.shared);
@@ -311,7 +324,9 @@ impl ExactSim {
     /// Moves the simulator clock forward: token expiry, the 570 s rule, rate-limit windows, the
     /// error budget and `Created`/`Modified` stamps all follow it.
     pub fn advance_clock(&self, by: Duration) {
-        self.shared.clock_offset_ms.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+        self.shared
+            .clock_offset_ms
+            .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -324,7 +339,10 @@ impl ExactSim {
     pub fn grant_consent(&self, client_id: &str, redirect_uri: &str) -> Result<String, SimError> {
         let now = self.now_ms();
         let opts = &self.shared.opts;
-        self.lock().oauth.consent(opts, client_id, redirect_uri, now).map_err(SimError)
+        self.lock()
+            .oauth
+            .consent(opts, client_id, redirect_uri, now)
+            .map_err(SimError)
     }
 
     /// All POSTs to /api/oauth2/token.
@@ -401,7 +419,11 @@ impl ExactSim {
 
     /// Purchase entries in POST order with the client's request bodies.
     pub fn purchase_entries(&self, div: Division) -> Vec<PurchaseEntryRecord> {
-        self.lock().divisions.get(&div.0).map(|d| d.entries.clone()).unwrap_or_default()
+        self.lock()
+            .divisions
+            .get(&div.0)
+            .map(|d| d.entries.clone())
+            .unwrap_or_default()
     }
 
     /// A stored row as the standard endpoint returns it (without `__metadata`), purchase entries
@@ -413,7 +435,10 @@ impl ExactSim {
         let row = d.get(ep.table, &key.0)?;
         let mut out = visible(row, ep.fields);
         if ep.table == Table::PurchaseEntries {
-            out.insert("PurchaseEntryLines".into(), Value::Array(server::lines_of_entry(d, key.0, None)));
+            out.insert(
+                "PurchaseEntryLines".into(),
+                Value::Array(server::lines_of_entry(d, key.0, None)),
+            );
         }
         Some(Value::Object(out))
     }
@@ -432,7 +457,9 @@ impl ExactSim {
         if ep.kind == schema::Kind::Sync {
             rows.sort_by_key(|r| r.get("Timestamp").and_then(Value::as_i64));
         }
-        rows.into_iter().map(|r| Value::Object(visible(r, ep.fields))).collect()
+        rows.into_iter()
+            .map(|r| Value::Object(visible(r, ep.fields)))
+            .collect()
     }
 
     /// Payables terms of one purchase entry (as `sync/Cashflow/PaymentTerms` shows them).
@@ -453,7 +480,9 @@ impl ExactSim {
             .map(|(k, r)| StoredAttachment {
                 id: ExactGuid(*k),
                 document: ExactGuid(state::row_guid(r, "Document").unwrap_or_default()),
-                file_name: state::row_str(r, "FileName").unwrap_or_default().to_string(),
+                file_name: state::row_str(r, "FileName")
+                    .unwrap_or_default()
+                    .to_string(),
                 bytes: d.attachments.get(k).cloned().unwrap_or_default(),
             })
             .collect()
@@ -467,15 +496,22 @@ impl ExactSim {
     // ---- seeding -----------------------------------------------------------------------------
 
     fn seed(&self, div: Division, kind: RefKind, fields: Value) -> ExactGuid {
-        let Value::Object(row) = fields else { unreachable!("seed rows are objects") };
+        let Value::Object(row) = fields else {
+            unreachable!("seed rows are objects")
+        };
         let table = kind.table();
         let code = row.get("Code").and_then(Value::as_str).map(str::to_string);
         self.change(|inner, now| {
             inner.division_mut(div.0);
             if let Some(code) = &code
-                && inner.division(div.0)?.find_by(table, "Code", code).is_some()
+                && inner
+                    .division(div.0)?
+                    .find_by(table, "Code", code)
+                    .is_some()
             {
-                return Err(ApiError::bad_request(format!("{kind:?}: code '{code}' already exists")));
+                return Err(ApiError::bad_request(format!(
+                    "{kind:?}: code '{code}' already exists"
+                )));
             }
             Ok(ExactGuid(inner.insert(div.0, table, row, now)))
         })
@@ -483,7 +519,13 @@ impl ExactSim {
     }
 
     /// A journal; `journal_type` 22 = purchase (spec §4 financial/Journals).
-    pub fn add_journal(&self, div: Division, code: &str, journal_type: i32, description: &str) -> ExactGuid {
+    pub fn add_journal(
+        &self,
+        div: Division,
+        code: &str,
+        journal_type: i32,
+        description: &str,
+    ) -> ExactGuid {
         self.seed(
             div,
             RefKind::Journals,
@@ -493,8 +535,18 @@ impl ExactSim {
     }
 
     /// A GL account; `gl_type` e.g. 110 (expense) or 22 (AP). Balance type W (P&L) for codes ≥ 4000.
-    pub fn add_gl_account(&self, div: Division, code: &str, description: &str, gl_type: i32) -> ExactGuid {
-        let balance = if code.parse::<u32>().is_ok_and(|c| c >= 4000) { "W" } else { "B" };
+    pub fn add_gl_account(
+        &self,
+        div: Division,
+        code: &str,
+        description: &str,
+        gl_type: i32,
+    ) -> ExactGuid {
+        let balance = if code.parse::<u32>().is_ok_and(|c| c >= 4000) {
+            "W"
+        } else {
+            "B"
+        };
         self.seed(
             div,
             RefKind::GlAccounts,
@@ -505,7 +557,13 @@ impl ExactSim {
 
     /// A VAT code. `percentage` is a **fraction** (0.21 for 21 %): the simulator sends it like
     /// that, one of the two forms the spec allows (spec §6 q10 [U]).
-    pub fn add_vat_code(&self, div: Division, code: &str, description: &str, percentage: Decimal) -> ExactGuid {
+    pub fn add_vat_code(
+        &self,
+        div: Division,
+        code: &str,
+        description: &str,
+        percentage: Decimal,
+    ) -> ExactGuid {
         assert!(
             percentage >= Decimal::ZERO && percentage <= Decimal::ONE,
             "add_vat_code takes a fraction (0.21 for 21 %), got {percentage}"
@@ -518,7 +576,13 @@ impl ExactSim {
         )
     }
 
-    pub fn add_payment_condition(&self, div: Division, code: &str, description: &str, days: i32) -> ExactGuid {
+    pub fn add_payment_condition(
+        &self,
+        div: Division,
+        code: &str,
+        description: &str,
+        days: i32,
+    ) -> ExactGuid {
         self.seed(
             div,
             RefKind::PaymentConditions,
@@ -528,11 +592,19 @@ impl ExactSim {
     }
 
     pub fn add_cost_center(&self, div: Division, code: &str, description: &str) -> ExactGuid {
-        self.seed(div, RefKind::CostCenters, json!({"Code": code, "Description": description, "Active": true}))
+        self.seed(
+            div,
+            RefKind::CostCenters,
+            json!({"Code": code, "Description": description, "Active": true}),
+        )
     }
 
     pub fn add_cost_unit(&self, div: Division, code: &str, description: &str) -> ExactGuid {
-        self.seed(div, RefKind::CostUnits, json!({"Code": code, "Description": description, "Active": true}))
+        self.seed(
+            div,
+            RefKind::CostUnits,
+            json!({"Code": code, "Description": description, "Active": true}),
+        )
     }
 
     /// A project of type 2 (fixed price), open for purchasing.
@@ -551,8 +623,14 @@ impl ExactSim {
         let opts = self.shared.opts.clone();
         self.change(|inner, now| {
             inner.division_mut(div.0);
-            let ctx = entities::Ctx { div: div.0, now_ms: now, opts: &opts };
-            let obj = fields.as_object().ok_or_else(|| ApiError::bad_request("fields must be an object"))?;
+            let ctx = entities::Ctx {
+                div: div.0,
+                now_ms: now,
+                opts: &opts,
+            };
+            let obj = fields
+                .as_object()
+                .ok_or_else(|| ApiError::bad_request("fields must be an object"))?;
             entities::post_account(inner, &ctx, obj).map(ExactGuid)
         })
     }
@@ -565,12 +643,25 @@ impl ExactSim {
 
     /// Changes fields of a reference row (Exact names; accounts go through account validation).
     /// Bumps Timestamp and fires the topic's webhook.
-    pub fn update(&self, div: Division, kind: RefKind, id: ExactGuid, fields: Value) -> Result<(), SimError> {
+    pub fn update(
+        &self,
+        div: Division,
+        kind: RefKind,
+        id: ExactGuid,
+        fields: Value,
+    ) -> Result<(), SimError> {
         let opts = self.shared.opts.clone();
         self.change(|inner, now| {
-            let obj = fields.as_object().ok_or_else(|| ApiError::bad_request("fields must be an object"))?.clone();
+            let obj = fields
+                .as_object()
+                .ok_or_else(|| ApiError::bad_request("fields must be an object"))?
+                .clone();
             if kind == RefKind::Accounts {
-                let ctx = entities::Ctx { div: div.0, now_ms: now, opts: &opts };
+                let ctx = entities::Ctx {
+                    div: div.0,
+                    now_ms: now,
+                    opts: &opts,
+                };
                 return entities::put_account(inner, &ctx, id.0, &obj);
             }
             let table = kind.table();
@@ -609,7 +700,9 @@ impl ExactSim {
                 p.insert("EndDate".into(), json_date(now));
             }
             RefKind::PaymentConditions => {
-                return Err(SimError("payment conditions have no blocked state in Exact".into()));
+                return Err(SimError(
+                    "payment conditions have no blocked state in Exact".into(),
+                ));
             }
         }
         self.change(|inner, now| inner.update(div.0, kind.table(), id.0, p, now))
@@ -642,9 +735,21 @@ impl ExactSim {
     /// Books a payment of `amount` (positive) on `date` against the entry's open payables term:
     /// a full payment closes the row (Status 50, EndDate), a partial one splits it. Fires the
     /// `BankEntries` webhook; returns the new bank entry's key.
-    pub fn pay_entry(&self, div: Division, entry_id: ExactGuid, amount: Decimal, date: chrono::NaiveDate) -> Result<ExactGuid, SimError> {
-        let date_ms = date.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis();
-        self.change(|inner, now| entities::pay_entry(inner, div.0, entry_id.0, amount, date_ms, now).map(ExactGuid))
+    pub fn pay_entry(
+        &self,
+        div: Division,
+        entry_id: ExactGuid,
+        amount: Decimal,
+        date: chrono::NaiveDate,
+    ) -> Result<ExactGuid, SimError> {
+        let date_ms = date
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_millis();
+        self.change(|inner, now| {
+            entities::pay_entry(inner, div.0, entry_id.0, amount, date_ms, now).map(ExactGuid)
+        })
     }
 
     /// Turns the entry's paid rows back to open (Status 20, no EndDate).
@@ -660,26 +765,60 @@ impl ExactSim {
         self.add_division(div);
         let journal = self.add_journal(div, "70", 22, "Inkoopboek");
         let mut vat_codes = BTreeMap::new();
-        for (code, desc, pct) in [("1", "VAT 21%", "0.21"), ("2", "VAT 9%", "0.09"), ("0", "VAT 0%", "0")] {
-            vat_codes.insert(code.to_string(), self.add_vat_code(div, code, desc, pct.parse().expect("decimal")));
+        for (code, desc, pct) in [
+            ("1", "VAT 21%", "0.21"),
+            ("2", "VAT 9%", "0.09"),
+            ("0", "VAT 0%", "0"),
+        ] {
+            vat_codes.insert(
+                code.to_string(),
+                self.add_vat_code(div, code, desc, pct.parse().expect("decimal")),
+            );
         }
         let mut gl_accounts = BTreeMap::new();
-        for (code, desc) in [("4000", "Office supplies"), ("4100", "Software"), ("4200", "Travel"), ("7000", "Cost of goods")] {
+        for (code, desc) in [
+            ("4000", "Office supplies"),
+            ("4100", "Software"),
+            ("4200", "Travel"),
+            ("7000", "Cost of goods"),
+        ] {
             let id = self.add_gl_account(div, code, desc, 110);
-            self.update(div, RefKind::GlAccounts, id, json!({"VATCode": "1"})).expect("demo GL update");
+            self.update(div, RefKind::GlAccounts, id, json!({"VATCode": "1"}))
+                .expect("demo GL update");
             gl_accounts.insert(code.to_string(), id);
         }
         let mut payment_conditions = BTreeMap::new();
-        payment_conditions.insert("30".to_string(), self.add_payment_condition(div, "30", "30 days", 30));
-        payment_conditions.insert("14".to_string(), self.add_payment_condition(div, "14", "14 days", 14));
+        payment_conditions.insert(
+            "30".to_string(),
+            self.add_payment_condition(div, "30", "30 days", 30),
+        );
+        payment_conditions.insert(
+            "14".to_string(),
+            self.add_payment_condition(div, "14", "14 days", 14),
+        );
         let mut cost_centers = BTreeMap::new();
-        cost_centers.insert("CC100".to_string(), self.add_cost_center(div, "CC100", "Sales"));
-        cost_centers.insert("CC200".to_string(), self.add_cost_center(div, "CC200", "Operations"));
+        cost_centers.insert(
+            "CC100".to_string(),
+            self.add_cost_center(div, "CC100", "Sales"),
+        );
+        cost_centers.insert(
+            "CC200".to_string(),
+            self.add_cost_center(div, "CC200", "Operations"),
+        );
         let mut cost_units = BTreeMap::new();
-        cost_units.insert("CU1".to_string(), self.add_cost_unit(div, "CU1", "Product line 1"));
-        cost_units.insert("CU2".to_string(), self.add_cost_unit(div, "CU2", "Product line 2"));
+        cost_units.insert(
+            "CU1".to_string(),
+            self.add_cost_unit(div, "CU1", "Product line 1"),
+        );
+        cost_units.insert(
+            "CU2".to_string(),
+            self.add_cost_unit(div, "CU2", "Product line 2"),
+        );
         let mut projects = BTreeMap::new();
-        projects.insert("P-2026-01".to_string(), self.add_project(div, "P-2026-01", "Office move 2026"));
+        projects.insert(
+            "P-2026-01".to_string(),
+            self.add_project(div, "P-2026-01", "Office move 2026"),
+        );
         let mut suppliers = Vec::new();
         for (code, name, vat, pc) in [
             ("1001", "Office Depot B.V.", "NL123456789B01", "30"),
@@ -728,5 +867,6 @@ fn visible(row: &Row, fields: odata::Fields) -> Map<String, Value> {
 
 /// Parses a GUID from a string in any of Exact's forms (for tests holding JSON values).
 pub fn guid(s: &str) -> ExactGuid {
-    s.parse().unwrap_or_else(|e| panic!("not a GUID '{s}': {e}"))
+    s.parse()
+        .unwrap_or_else(|e| panic!("not a GUID '{s}': {e}"))
 }

@@ -50,7 +50,11 @@ const CODE_TTL_MS: i64 = 180_000;
 const REFRESH_TTL_MS: i64 = 30 * 86_400_000;
 
 fn random_token(prefix: &str) -> String {
-    format!("{prefix}{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+    format!(
+        "{prefix}{}{}",
+        Uuid::new_v4().simple(),
+        Uuid::new_v4().simple()
+    )
 }
 
 pub struct TokenReply {
@@ -59,12 +63,21 @@ pub struct TokenReply {
 }
 
 fn oauth_error(status: u16, error: &str, description: &str) -> TokenReply {
-    TokenReply { status, body: json!({"error": error, "error_description": description}) }
+    TokenReply {
+        status,
+        body: json!({"error": error, "error_description": description}),
+    }
 }
 
 impl OAuthState {
     /// What the user's consent produces: a single-use authorization code.
-    pub fn consent(&mut self, opts: &ExactSimOptions, client_id: &str, redirect_uri: &str, now_ms: i64) -> Result<String, String> {
+    pub fn consent(
+        &mut self,
+        opts: &ExactSimOptions,
+        client_id: &str,
+        redirect_uri: &str,
+        now_ms: i64,
+    ) -> Result<String, String> {
         if client_id != opts.client_id {
             return Err(format!("Unknown client_id '{client_id}'."));
         }
@@ -74,7 +87,12 @@ impl OAuthState {
         let code = random_token("code-");
         self.codes.insert(
             code.clone(),
-            Code { client_id: client_id.into(), redirect_uri: redirect_uri.into(), issued_ms: now_ms, used: false },
+            Code {
+                client_id: client_id.into(),
+                redirect_uri: redirect_uri.into(),
+                issued_ms: now_ms,
+                used: false,
+            },
         );
         Ok(code)
     }
@@ -87,8 +105,21 @@ impl OAuthState {
         let access = random_token("at-");
         let refresh = random_token("rt-");
         let ttl = opts.access_token_ttl.as_millis() as i64;
-        self.access.insert(access.clone(), AccessToken { client_id: opts.client_id.clone(), expires_ms: now_ms + ttl });
-        self.refresh.insert(refresh.clone(), RefreshToken { grant, live: true, issued_ms: now_ms });
+        self.access.insert(
+            access.clone(),
+            AccessToken {
+                client_id: opts.client_id.clone(),
+                expires_ms: now_ms + ttl,
+            },
+        );
+        self.refresh.insert(
+            refresh.clone(),
+            RefreshToken {
+                grant,
+                live: true,
+                issued_ms: now_ms,
+            },
+        );
         self.grants[grant].last_issue_ms = now_ms;
         TokenReply {
             status: 200,
@@ -103,11 +134,20 @@ impl OAuthState {
     }
 
     /// `POST /api/oauth2/token` with the form fields already decoded.
-    pub fn token(&mut self, opts: &ExactSimOptions, form: &HashMap<String, String>, now_ms: i64) -> TokenReply {
+    pub fn token(
+        &mut self,
+        opts: &ExactSimOptions,
+        form: &HashMap<String, String>,
+        now_ms: i64,
+    ) -> TokenReply {
         self.token_calls += 1;
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
         if field("client_id") != opts.client_id || field("client_secret") != opts.client_secret {
-            return oauth_error(400, "invalid_client", "Unknown client or wrong client secret.");
+            return oauth_error(
+                400,
+                "invalid_client",
+                "Unknown client or wrong client secret.",
+            );
         }
         match field("grant_type") {
             "authorization_code" => {
@@ -121,11 +161,19 @@ impl OAuthState {
                 if now_ms - code.issued_ms > CODE_TTL_MS {
                     return oauth_error(400, "invalid_grant", "Authorization code expired.");
                 }
-                if code.client_id != field("client_id") || code.redirect_uri != field("redirect_uri") {
-                    return oauth_error(400, "invalid_grant", "redirect_uri does not match the authorization request.");
+                if code.client_id != field("client_id")
+                    || code.redirect_uri != field("redirect_uri")
+                {
+                    return oauth_error(
+                        400,
+                        "invalid_grant",
+                        "redirect_uri does not match the authorization request.",
+                    );
                 }
                 code.used = true;
-                self.grants.push(Grant { last_issue_ms: now_ms });
+                self.grants.push(Grant {
+                    last_issue_ms: now_ms,
+                });
                 let grant = self.grants.len() - 1;
                 self.issue(opts, grant, now_ms)
             }
@@ -146,14 +194,22 @@ impl OAuthState {
                 if now_ms - self.grants[grant].last_issue_ms < min_interval {
                     // Observed in practice (spec §1): HTTP 400 with this text; the documented 401
                     // "Access Token not expired" is the other possibility [U]. The token is not rotated.
-                    return oauth_error(400, "invalid_request", "Rate limit exceeded: access_token not expired");
+                    return oauth_error(
+                        400,
+                        "invalid_request",
+                        "Rate limit exceeded: access_token not expired",
+                    );
                 }
                 if let Some(rt) = self.refresh.get_mut(field("refresh_token")) {
                     rt.live = false;
                 }
                 self.issue(opts, grant, now_ms)
             }
-            other => oauth_error(400, "unsupported_grant_type", &format!("Unsupported grant_type '{other}'.")),
+            other => oauth_error(
+                400,
+                "unsupported_grant_type",
+                &format!("Unsupported grant_type '{other}'."),
+            ),
         }
     }
 }

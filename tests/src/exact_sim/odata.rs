@@ -139,7 +139,9 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, String> {
                 }
                 let text: String = chars[i..j].iter().collect();
                 // Type suffixes: L (Int64), M (Decimal), D (Double), F (Single).
-                if j < chars.len() && matches!(chars[j], 'L' | 'l' | 'M' | 'm' | 'D' | 'd' | 'F' | 'f') {
+                if j < chars.len()
+                    && matches!(chars[j], 'L' | 'l' | 'M' | 'm' | 'D' | 'd' | 'F' | 'f')
+                {
                     j += 1;
                 }
                 let n = Decimal::from_str(&text)
@@ -149,7 +151,9 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, String> {
             }
             c if c.is_alphabetic() || c == '_' => {
                 let mut j = i + 1;
-                while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_' || chars[j] == '/') {
+                while j < chars.len()
+                    && (chars[j].is_alphanumeric() || chars[j] == '_' || chars[j] == '/')
+                {
                     j += 1;
                 }
                 let word: String = chars[i..j].iter().collect();
@@ -182,7 +186,11 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, String> {
                     i = j;
                 }
             }
-            _ => return Err(format!("Syntax error: unexpected '{c}' at position {start} in '{src}'.")),
+            _ => {
+                return Err(format!(
+                    "Syntax error: unexpected '{c}' at position {start} in '{src}'."
+                ));
+            }
         }
     }
     Ok(out)
@@ -216,14 +224,22 @@ pub fn parse_datetime(s: &str) -> Option<i64> {
         return Some(dt.timestamp_millis());
     }
     let bare = s.trim_end_matches('Z');
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
         if let Ok(dt) = NaiveDateTime::parse_from_str(bare, fmt) {
             return Some(dt.and_utc().timestamp_millis());
         }
     }
-    NaiveDate::parse_from_str(bare, "%Y-%m-%d")
-        .ok()
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_millis())
+    NaiveDate::parse_from_str(bare, "%Y-%m-%d").ok().map(|d| {
+        d.and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp_millis()
+    })
 }
 
 /// `/Date(1641034800000)/`, optionally with an offset suffix such as `+0200` (spec §4).
@@ -250,7 +266,10 @@ impl Parser {
     }
 
     fn at(&self) -> usize {
-        self.toks.get(self.pos).map(|(p, _)| *p).unwrap_or(self.src_len)
+        self.toks
+            .get(self.pos)
+            .map(|(p, _)| *p)
+            .unwrap_or(self.src_len)
     }
 
     fn keyword(&mut self, kw: &str) -> bool {
@@ -324,7 +343,10 @@ impl Parser {
                         self.pos += 1;
                         Ok(e)
                     }
-                    _ => Err(format!("')' or operator expected at position {}.", self.at())),
+                    _ => Err(format!(
+                        "')' or operator expected at position {}.",
+                        self.at()
+                    )),
                 }
             }
             Tok::Lit(l) => Ok(Expr::Lit(l)),
@@ -355,8 +377,13 @@ impl Parser {
                         }
                     }
                     Ok(Expr::Call(func, args))
-                } else if matches!(name.as_str(), "eq" | "ne" | "gt" | "ge" | "lt" | "le" | "and" | "or") {
-                    Err(format!("Expression expected at position {at}, found '{name}'."))
+                } else if matches!(
+                    name.as_str(),
+                    "eq" | "ne" | "gt" | "ge" | "lt" | "le" | "and" | "or"
+                ) {
+                    Err(format!(
+                        "Expression expected at position {at}, found '{name}'."
+                    ))
                 } else {
                     Ok(Expr::Field(name))
                 }
@@ -377,14 +404,20 @@ enum Ty {
 /// incompatible operands fail with a 400-style message, like Exact's OData layer.
 pub fn parse_filter(src: &str, fields: Fields) -> Result<Expr, String> {
     let toks = tokenize(src)?;
-    let mut p = Parser { toks, pos: 0, src_len: src.len() };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        src_len: src.len(),
+    };
     let expr = p.or_expr()?;
     if p.pos != p.toks.len() {
         return Err(format!("Syntax error at position {} in '{src}'.", p.at()));
     }
     match type_of(&expr, fields)? {
         Ty::Edm(Edm::Boolean) => Ok(expr),
-        _ => Err(format!("The $filter expression '{src}' must evaluate to a Boolean.")),
+        _ => Err(format!(
+            "The $filter expression '{src}' must evaluate to a Boolean."
+        )),
     }
 }
 
@@ -393,15 +426,21 @@ fn type_of(e: &Expr, fields: Fields) -> Result<Ty, String> {
         Expr::Field(name) => {
             if name.contains('/') {
                 // Spec §4: no filtering on navigation properties.
-                return Err(format!("Filtering on navigation properties is not supported: '{name}'."));
+                return Err(format!(
+                    "Filtering on navigation properties is not supported: '{name}'."
+                ));
             }
             match field_type(fields, name) {
                 Some(Edm::Nav) => {
-                    return Err(format!("Filtering on navigation properties is not supported: '{name}'."));
+                    return Err(format!(
+                        "Filtering on navigation properties is not supported: '{name}'."
+                    ));
                 }
                 Some(t) => Ty::Edm(t),
                 None => {
-                    return Err(format!("No property '{name}' exists in type of this endpoint (in $filter)."));
+                    return Err(format!(
+                        "No property '{name}' exists in type of this endpoint (in $filter)."
+                    ));
                 }
             }
         }
@@ -424,7 +463,11 @@ fn type_of(e: &Expr, fields: Fields) -> Result<Ty, String> {
             for a in args {
                 match type_of(a, fields)? {
                     Ty::Edm(Edm::String) => {}
-                    other => return Err(format!("Function {f:?} expects Edm.String arguments, got {other:?}.")),
+                    other => {
+                        return Err(format!(
+                            "Function {f:?} expects Edm.String arguments, got {other:?}."
+                        ));
+                    }
                 }
             }
             match f {
@@ -479,7 +522,9 @@ pub fn read_value(row: &Map<String, Value>, name: &str, ty: Edm) -> Lit {
     match (ty, v) {
         (_, Value::Null) => Lit::Null,
         (Edm::Guid, Value::String(s)) => Uuid::parse_str(s).map(Lit::Guid).unwrap_or(Lit::Null),
-        (Edm::DateTime, Value::String(s)) => parse_json_date(s).map(Lit::DateTime).unwrap_or(Lit::Null),
+        (Edm::DateTime, Value::String(s)) => {
+            parse_json_date(s).map(Lit::DateTime).unwrap_or(Lit::Null)
+        }
         (_, Value::String(s)) => Lit::Str(s.clone()),
         (_, Value::Bool(b)) => Lit::Bool(*b),
         (_, Value::Number(n)) => json_decimal(n).map(Lit::Num).unwrap_or(Lit::Null),
@@ -490,7 +535,9 @@ pub fn read_value(row: &Map<String, Value>, name: &str, ty: Edm) -> Lit {
 /// Decimal from a JSON number without going through f64 arithmetic.
 pub fn json_decimal(n: &serde_json::Number) -> Option<Decimal> {
     let s = n.to_string();
-    Decimal::from_str(&s).or_else(|_| Decimal::from_scientific(&s)).ok()
+    Decimal::from_str(&s)
+        .or_else(|_| Decimal::from_scientific(&s))
+        .ok()
 }
 
 fn eval_value(e: &Expr, row: &Map<String, Value>, fields: Fields) -> Lit {
@@ -509,9 +556,18 @@ fn eval_value(e: &Expr, row: &Map<String, Value>, fields: Fields) -> Lit {
                 })
                 .collect();
             match f {
-                Func::Trim => strs[0].as_ref().map(|s| Lit::Str(s.trim().to_string())).unwrap_or(Lit::Null),
-                Func::ToLower => strs[0].as_ref().map(|s| Lit::Str(s.to_lowercase())).unwrap_or(Lit::Null),
-                Func::ToUpper => strs[0].as_ref().map(|s| Lit::Str(s.to_uppercase())).unwrap_or(Lit::Null),
+                Func::Trim => strs[0]
+                    .as_ref()
+                    .map(|s| Lit::Str(s.trim().to_string()))
+                    .unwrap_or(Lit::Null),
+                Func::ToLower => strs[0]
+                    .as_ref()
+                    .map(|s| Lit::Str(s.to_lowercase()))
+                    .unwrap_or(Lit::Null),
+                Func::ToUpper => strs[0]
+                    .as_ref()
+                    .map(|s| Lit::Str(s.to_uppercase()))
+                    .unwrap_or(Lit::Null),
                 Func::SubstringOf | Func::StartsWith | Func::EndsWith => {
                     let (Some(a), Some(b)) = (&strs[0], &strs[1]) else {
                         return Lit::Bool(false);
@@ -583,9 +639,16 @@ pub struct Select {
     pub nested: Vec<String>,
 }
 
-pub fn parse_select(src: Option<&str>, fields: Fields, nested_fields: Option<Fields>) -> Result<Select, String> {
+pub fn parse_select(
+    src: Option<&str>,
+    fields: Fields,
+    nested_fields: Option<Fields>,
+) -> Result<Select, String> {
     let Some(src) = src.map(str::trim).filter(|s| !s.is_empty()) else {
-        return Ok(Select { all: true, ..Default::default() });
+        return Ok(Select {
+            all: true,
+            ..Default::default()
+        });
     };
     let mut sel = Select::default();
     for item in src.split(',').map(str::trim) {
@@ -596,10 +659,14 @@ pub fn parse_select(src: Option<&str>, fields: Fields, nested_fields: Option<Fie
         match item.split_once('/') {
             Some((nav, sub)) => {
                 let (Some(Edm::Nav), Some(nf)) = (field_type(fields, nav), nested_fields) else {
-                    return Err(format!("No navigation property '{nav}' exists (in $select)."));
+                    return Err(format!(
+                        "No navigation property '{nav}' exists (in $select)."
+                    ));
                 };
                 if sub != "*" && field_type(nf, sub).is_none() {
-                    return Err(format!("No property '{sub}' exists in type of '{nav}' (in $select)."));
+                    return Err(format!(
+                        "No property '{sub}' exists in type of '{nav}' (in $select)."
+                    ));
                 }
                 if !sel.top.iter().any(|t| t == nav) {
                     sel.top.push(nav.to_string());
@@ -608,7 +675,9 @@ pub fn parse_select(src: Option<&str>, fields: Fields, nested_fields: Option<Fie
             }
             None => {
                 if field_type(fields, item).is_none() {
-                    return Err(format!("No property '{item}' exists in type of this endpoint (in $select)."));
+                    return Err(format!(
+                        "No property '{item}' exists in type of this endpoint (in $select)."
+                    ));
                 }
                 sel.top.push(item.to_string());
             }
@@ -629,7 +698,9 @@ pub fn parse_orderby(src: &str, fields: Fields) -> Result<Vec<(String, bool)>, S
             Some(other) => return Err(format!("Invalid $orderby direction '{other}'.")),
         };
         match field_type(fields, name) {
-            Some(Edm::Nav) | None => return Err(format!("No property '{name}' exists (in $orderby).")),
+            Some(Edm::Nav) | None => {
+                return Err(format!("No property '{name}' exists (in $orderby)."));
+            }
             Some(_) => out.push((name.to_string(), desc)),
         }
     }
@@ -668,7 +739,9 @@ mod tests {
         assert!(m("trim(Code) eq '25'"));
         assert!(!m("Code eq '25'"));
         assert!(m("Name eq 'O''Brien' and IsSupplier eq true"));
-        assert!(m("(Name eq 'x' or Timestamp gt 1233L) and ID eq guid'1B0B1D8E-5D3A-4E0A-9C1E-0D2F3A4B5C6D'"));
+        assert!(m(
+            "(Name eq 'x' or Timestamp gt 1233L) and ID eq guid'1B0B1D8E-5D3A-4E0A-9C1E-0D2F3A4B5C6D'"
+        ));
         assert!(!m("Timestamp gt 1234L"));
         assert!(m("Modified ge datetime'2023-11-14T00:00:00'"));
         assert!(m("not (IsSupplier eq false)"));
@@ -678,7 +751,11 @@ mod tests {
     #[test]
     fn filters_reject_bad_input() {
         assert!(parse_filter("Nope eq 1", F).unwrap_err().contains("Nope"));
-        assert!(parse_filter("ID eq 'abc'", F).unwrap_err().contains("incompatible"));
+        assert!(
+            parse_filter("ID eq 'abc'", F)
+                .unwrap_err()
+                .contains("incompatible")
+        );
         assert!(parse_filter("Name eq 'unterminated", F).is_err());
         assert!(parse_filter("PurchaseEntryLines/AmountFC eq 1", F).is_err());
         assert!(parse_filter("Name eq", F).is_err());
@@ -687,8 +764,14 @@ mod tests {
 
     #[test]
     fn json_dates_parse_with_offsets() {
-        assert_eq!(parse_json_date("/Date(1641034800000)/"), Some(1641034800000));
-        assert_eq!(parse_json_date("/Date(1641034800000+0200)/"), Some(1641034800000));
+        assert_eq!(
+            parse_json_date("/Date(1641034800000)/"),
+            Some(1641034800000)
+        );
+        assert_eq!(
+            parse_json_date("/Date(1641034800000+0200)/"),
+            Some(1641034800000)
+        );
         assert_eq!(parse_datetime("2026-06-17"), Some(1781654400000));
     }
 }

@@ -41,11 +41,21 @@ struct Reply {
 
 impl Reply {
     fn json(status: u16, v: Value) -> Reply {
-        Reply { status, body: ReplyBody::Json(v), headers: Vec::new(), budget_block: false }
+        Reply {
+            status,
+            body: ReplyBody::Json(v),
+            headers: Vec::new(),
+            budget_block: false,
+        }
     }
 
     fn empty(status: u16) -> Reply {
-        Reply { status, body: ReplyBody::Empty, headers: Vec::new(), budget_block: false }
+        Reply {
+            status,
+            body: ReplyBody::Empty,
+            headers: Vec::new(),
+            budget_block: false,
+        }
     }
 
     fn error(e: &ApiError) -> Reply {
@@ -56,7 +66,10 @@ impl Reply {
 fn into_response(reply: Reply, drop_body: bool) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let (body, content_type) = match reply.body {
-        ReplyBody::Json(v) => (Body::from(v.to_string()), Some("application/json; charset=utf-8")),
+        ReplyBody::Json(v) => (
+            Body::from(v.to_string()),
+            Some("application/json; charset=utf-8"),
+        ),
         ReplyBody::Empty => (Body::empty(), None),
         ReplyBody::Text(t) => (Body::from(t), Some("text/plain; charset=utf-8")),
     };
@@ -64,7 +77,9 @@ fn into_response(reply: Reply, drop_body: bool) -> Response {
         // The change is committed; the client must not get a parsable reply. A body stream that
         // fails makes hyper abort the connection after (at most) the status line and headers.
         Body::from_stream(futures_util::stream::once(async {
-            Err::<Bytes, std::io::Error>(std::io::Error::other("exact sim: reply dropped after commit"))
+            Err::<Bytes, std::io::Error>(std::io::Error::other(
+                "exact sim: reply dropped after commit",
+            ))
         }))
     } else {
         body
@@ -72,7 +87,8 @@ fn into_response(reply: Reply, drop_body: bool) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     if let Some(ct) = content_type {
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
     for (name, value) in reply.headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -89,7 +105,9 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(b);
             i += 3;
@@ -106,8 +124,23 @@ fn encode_query_value(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'$' | b'\'' | b'(' | b')' | b','
-            | b':' | b'/' | b'*' | b'@' | b'!' => out.push(b as char),
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b'~'
+            | b'$'
+            | b'\''
+            | b'('
+            | b')'
+            | b','
+            | b':'
+            | b'/'
+            | b'*'
+            | b'@'
+            | b'!' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -123,7 +156,11 @@ async fn sleep_or_shutdown(shared: &Shared, d: Duration) -> bool {
 }
 
 fn division_of(path: &str) -> Option<i64> {
-    path.strip_prefix("/api/v1/")?.split('/').next()?.parse().ok()
+    path.strip_prefix("/api/v1/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -133,7 +170,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let query = parts.uri.query().unwrap_or("").to_string();
     let bytes = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
-        Err(_) => return into_response(Reply::json(413, error_envelope("Request body too large.")), false),
+        Err(_) => {
+            return into_response(
+                Reply::json(413, error_envelope("Request body too large.")),
+                false,
+            );
+        }
     };
     let is_write = method == Method::POST || method == Method::PUT;
     let drawn = shared.faults.draw(&path, is_write);
@@ -156,16 +198,33 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     } else if path == "/api/oauth2/token" && method == Method::POST {
         match pre_fault(&shared, drawn.action, &mut record, Vec::new()).await {
             Some(r) => (r, false),
-            None => (token(&shared, &bytes), drawn.action == Some(FaultAction::DropReply)),
+            None => (
+                token(&shared, &bytes),
+                drawn.action == Some(FaultAction::DropReply),
+            ),
         }
     } else if let Some(rest) = path.strip_prefix("/api/v1/") {
-        match api(&shared, &method, rest, &query, &parts.headers, &bytes, drawn.action, &mut record).await {
+        match api(
+            &shared,
+            &method,
+            rest,
+            &query,
+            &parts.headers,
+            &bytes,
+            drawn.action,
+            &mut record,
+        )
+        .await
+        {
             Some(out) => out,
             // A timeout fault: nothing is sent, the record was stored before sleeping.
             None => return into_response(Reply::empty(504), false),
         }
     } else {
-        (Reply::json(404, error_envelope(&format!("Resource not found: {path}"))), false)
+        (
+            Reply::json(404, error_envelope(&format!("Resource not found: {path}"))),
+            false,
+        )
     };
 
     record.status = reply.status;
@@ -184,11 +243,22 @@ async fn pre_fault(
     match action? {
         FaultAction::Timeout => {
             record.status = 0;
-            shared.inner.lock().expect("state lock").calls.push(record.clone());
+            shared
+                .inner
+                .lock()
+                .expect("state lock")
+                .calls
+                .push(record.clone());
             sleep_or_shutdown(shared, shared.opts.timeout_fault_delay).await;
-            Some(Reply { status: 0, ..Reply::empty(504) })
+            Some(Reply {
+                status: 0,
+                ..Reply::empty(504)
+            })
         }
-        FaultAction::Error5xx => Some(Reply::json(503, error_envelope("Service Unavailable (simulated fault)."))),
+        FaultAction::Error5xx => Some(Reply::json(
+            503,
+            error_envelope("Service Unavailable (simulated fault)."),
+        )),
         FaultAction::RateLimited => {
             let mut r = Reply::json(429, error_envelope("Too many requests (simulated fault)."));
             r.headers = rate_headers;
@@ -199,19 +269,32 @@ async fn pre_fault(
 }
 
 fn authorize(shared: &Shared, query: &str) -> Reply {
-    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
     if get("response_type") != "code" {
-        return Reply { body: ReplyBody::Text("response_type must be 'code'.".into()), ..Reply::empty(400) };
+        return Reply {
+            body: ReplyBody::Text("response_type must be 'code'.".into()),
+            ..Reply::empty(400)
+        };
     }
     let now = shared.now_ms();
-    let code = shared.inner.lock().expect("state lock").oauth.consent(&shared.opts, get("client_id"), get("redirect_uri"), now);
+    let code = shared.inner.lock().expect("state lock").oauth.consent(
+        &shared.opts,
+        get("client_id"),
+        get("redirect_uri"),
+        now,
+    );
     match code {
         Ok(code) => {
             let mut target = match url::Url::parse(get("redirect_uri")) {
                 Ok(u) => u,
                 Err(e) => {
-                    return Reply { body: ReplyBody::Text(format!("Invalid redirect_uri: {e}.")), ..Reply::empty(400) };
+                    return Reply {
+                        body: ReplyBody::Text(format!("Invalid redirect_uri: {e}.")),
+                        ..Reply::empty(400)
+                    };
                 }
             };
             target.query_pairs_mut().append_pair("code", &code);
@@ -222,14 +305,22 @@ fn authorize(shared: &Shared, query: &str) -> Reply {
             r.headers.push((header::LOCATION, target.to_string()));
             r
         }
-        Err(msg) => Reply { body: ReplyBody::Text(msg), ..Reply::empty(400) },
+        Err(msg) => Reply {
+            body: ReplyBody::Text(msg),
+            ..Reply::empty(400)
+        },
     }
 }
 
 fn token(shared: &Shared, body: &Bytes) -> Reply {
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let now = shared.now_ms();
-    let r = shared.inner.lock().expect("state lock").oauth.token(&shared.opts, &form, now);
+    let r = shared
+        .inner
+        .lock()
+        .expect("state lock")
+        .oauth
+        .token(&shared.opts, &form, now);
     Reply::json(r.status, r.body)
 }
 
@@ -238,7 +329,10 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -256,14 +350,22 @@ fn parse_target(rest: &str) -> Result<Target<'_>, ApiError> {
             let g = inner
                 .strip_prefix("guid'")
                 .and_then(|s| s.strip_suffix('\''))
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid key '{inner}': use guid'…'.")))?;
-            let u = Uuid::parse_str(g).map_err(|_| ApiError::bad_request(format!("Invalid GUID in key: '{g}'.")))?;
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("Invalid key '{inner}': use guid'…'."))
+                })?;
+            let u = Uuid::parse_str(g)
+                .map_err(|_| ApiError::bad_request(format!("Invalid GUID in key: '{g}'.")))?;
             (p, Some(u))
         }
         None => (rest, None),
     };
-    let ep = schema::endpoint(path).ok_or_else(|| ApiError::not_found(format!("Resource not found: {path}")))?;
-    Ok(Target { ep, requested: path, key })
+    let ep = schema::endpoint(path)
+        .ok_or_else(|| ApiError::not_found(format!("Resource not found: {path}")))?;
+    Ok(Target {
+        ep,
+        requested: path,
+        key,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -284,14 +386,28 @@ async fn api(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .unwrap_or("");
-    let token = shared.inner.lock().expect("state lock").oauth.access(bearer).cloned();
+    let token = shared
+        .inner
+        .lock()
+        .expect("state lock")
+        .oauth
+        .access(bearer)
+        .cloned();
     record.client_id = token.as_ref().map(|t| t.client_id.clone());
-    let endpoint_key = parse_target(entity).map(|t| t.ep.path.to_string()).unwrap_or_else(|_| entity.to_string());
+    let endpoint_key = parse_target(entity)
+        .map(|t| t.ep.path.to_string())
+        .unwrap_or_else(|_| entity.to_string());
     let division: Option<i64> = div_seg.parse().ok();
-    let client = token.as_ref().map(|t| t.client_id.clone()).unwrap_or_default();
+    let client = token
+        .as_ref()
+        .map(|t| t.client_id.clone())
+        .unwrap_or_default();
 
     let finish = |reply: Reply| -> Option<(Reply, bool)> {
         if let Some(div) = division
@@ -299,13 +415,20 @@ async fn api(
             && !reply.budget_block
         {
             let mut inner = shared.inner.lock().expect("state lock");
-            inner.errors.record((client.clone(), div, endpoint_key.clone()), now, shared.opts.error_budget_per_hour);
+            inner.errors.record(
+                (client.clone(), div, endpoint_key.clone()),
+                now,
+                shared.opts.error_budget_per_hour,
+            );
         }
         Some((reply, false))
     };
 
     let Some(token) = token.filter(|t| t.expires_ms > now) else {
-        return finish(Reply::json(401, error_envelope("Unauthorized: the access token is missing, invalid or expired.")));
+        return finish(Reply::json(
+            401,
+            error_envelope("Unauthorized: the access token is missing, invalid or expired."),
+        ));
     };
     // Without `Accept: application/json` Exact answers in Atom XML (spec §4). The simulator answers
     // 406 instead: a client that forgets the header could not parse Atom either, and 406 names the
@@ -317,7 +440,12 @@ async fn api(
         .any(|v| v.to_ascii_lowercase().contains("application/json"));
     if !accepts_json {
         return Some((
-            Reply::json(406, error_envelope("Not Acceptable: send 'Accept: application/json' (otherwise Exact replies in Atom XML).")),
+            Reply::json(
+                406,
+                error_envelope(
+                    "Not Acceptable: send 'Accept: application/json' (otherwise Exact replies in Atom XML).",
+                ),
+            ),
             false,
         ));
     }
@@ -326,7 +454,10 @@ async fn api(
         return Some((me(shared, entity), false));
     }
     let Some(div) = division else {
-        return finish(Reply::json(404, error_envelope(&format!("Invalid division '{div_seg}'."))));
+        return finish(Reply::json(
+            404,
+            error_envelope(&format!("Invalid division '{div_seg}'.")),
+        ));
     };
 
     let rate_headers = {
@@ -348,14 +479,26 @@ async fn api(
             r.budget_block = true;
             return Some((r, false));
         }
-        let decision = inner.rate.admit(&token.client_id, div, now, shared.opts.minutely_limit, shared.opts.daily_limit);
+        let decision = inner.rate.admit(
+            &token.client_id,
+            div,
+            now,
+            shared.opts.minutely_limit,
+            shared.opts.daily_limit,
+        );
         if !decision.allowed {
             let mut r = Reply::json(429, error_envelope(decision.message));
             r.headers = decision.headers;
             return Some((r, false));
         }
         if fault == Some(FaultAction::RateLimited) {
-            inner.rate.peek_headers(&token.client_id, div, now, shared.opts.minutely_limit, shared.opts.daily_limit)
+            inner.rate.peek_headers(
+                &token.client_id,
+                div,
+                now,
+                shared.opts.minutely_limit,
+                shared.opts.daily_limit,
+            )
         } else {
             decision.headers
         }
@@ -383,7 +526,10 @@ async fn api(
 
 fn me(shared: &Shared, entity: &str) -> Reply {
     if !entity.eq_ignore_ascii_case("Me") {
-        return Reply::json(404, error_envelope(&format!("Resource not found: current/{entity}")));
+        return Reply::json(
+            404,
+            error_envelope(&format!("Resource not found: current/{entity}")),
+        );
     }
     let current = shared.inner.lock().expect("state lock").current_division;
     Reply::json(
@@ -399,25 +545,55 @@ fn me(shared: &Shared, entity: &str) -> Reply {
     )
 }
 
-fn dispatch(shared: &Arc<Shared>, method: &Method, div: i64, entity: &str, raw_query: &str, body: &Bytes) -> Result<Reply, ApiError> {
+fn dispatch(
+    shared: &Arc<Shared>,
+    method: &Method,
+    div: i64,
+    entity: &str,
+    raw_query: &str,
+    body: &Bytes,
+) -> Result<Reply, ApiError> {
     let target = parse_target(entity)?;
     let ep = target.ep;
-    let q = Query(url::form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect());
+    let q = Query(
+        url::form_urlencoded::parse(raw_query.as_bytes())
+            .into_owned()
+            .collect(),
+    );
     for (name, _) in &q.0 {
         if name.starts_with('$')
             && !matches!(
                 name.to_ascii_lowercase().as_str(),
-                "$filter" | "$select" | "$top" | "$skip" | "$skiptoken" | "$orderby" | "$expand" | "$inlinecount" | "$format"
+                "$filter"
+                    | "$select"
+                    | "$top"
+                    | "$skip"
+                    | "$skiptoken"
+                    | "$orderby"
+                    | "$expand"
+                    | "$inlinecount"
+                    | "$format"
             )
         {
-            return Err(ApiError::bad_request(format!("The query parameter '{name}' is not supported.")));
+            return Err(ApiError::bad_request(format!(
+                "The query parameter '{name}' is not supported."
+            )));
         }
     }
     let now = shared.now_ms();
     let parse_body = || -> Result<Value, ApiError> {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Error processing request stream. JSON text is invalid: {e}.")))
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "Error processing request stream. JSON text is invalid: {e}."
+            ))
+        })
     };
-    let not_allowed = || ApiError::new(405, format!("Method {method} is not allowed on {}.", ep.path));
+    let not_allowed = || {
+        ApiError::new(
+            405,
+            format!("Method {method} is not allowed on {}.", ep.path),
+        )
+    };
     match *method {
         Method::GET => {
             if !ep.get {
@@ -437,12 +613,28 @@ fn dispatch(shared: &Arc<Shared>, method: &Method, div: i64, entity: &str, raw_q
             }
             let value = parse_body()?;
             let mut inner = shared.inner.lock().expect("state lock");
-            let ctx = Ctx { div, now_ms: now, opts: &shared.opts };
+            let ctx = Ctx {
+                div,
+                now_ms: now,
+                opts: &shared.opts,
+            };
             let posted = entities::post(&mut inner, &ctx, ep, &value, &shared.base_url)?;
             let d = inner.division(div)?;
             let row = d.get(ep.table, &posted.key).expect("just inserted");
             let expand = ep.table == Table::PurchaseEntries;
-            let out = render(shared, d, div, ep, posted.key, row, &Select { all: true, ..Default::default() }, expand);
+            let out = render(
+                shared,
+                d,
+                div,
+                ep,
+                posted.key,
+                row,
+                &Select {
+                    all: true,
+                    ..Default::default()
+                },
+                expand,
+            );
             drop(inner);
             if let Some((topic, url)) = posted.handshake {
                 webhooks::spawn_handshake(shared, div, posted.key, topic, url);
@@ -451,23 +643,35 @@ fn dispatch(shared: &Arc<Shared>, method: &Method, div: i64, entity: &str, raw_q
             Ok(Reply::json(201, json!({ "d": out })))
         }
         Method::PUT => {
-            let key = target.key.ok_or_else(|| ApiError::bad_request("PUT needs a key: Entity(guid'…')."))?;
+            let key = target
+                .key
+                .ok_or_else(|| ApiError::bad_request("PUT needs a key: Entity(guid'…')."))?;
             if !ep.put || ep.kind == Kind::Sync {
                 return Err(not_allowed());
             }
             let value = parse_body()?;
             let mut inner = shared.inner.lock().expect("state lock");
-            let ctx = Ctx { div, now_ms: now, opts: &shared.opts };
+            let ctx = Ctx {
+                div,
+                now_ms: now,
+                opts: &shared.opts,
+            };
             entities::put(&mut inner, &ctx, ep, key, &value)?;
             Ok(Reply::empty(204))
         }
         Method::DELETE => {
-            let key = target.key.ok_or_else(|| ApiError::bad_request("DELETE needs a key: Entity(guid'…')."))?;
+            let key = target
+                .key
+                .ok_or_else(|| ApiError::bad_request("DELETE needs a key: Entity(guid'…')."))?;
             if !ep.delete {
                 return Err(not_allowed());
             }
             let mut inner = shared.inner.lock().expect("state lock");
-            let ctx = Ctx { div, now_ms: now, opts: &shared.opts };
+            let ctx = Ctx {
+                div,
+                now_ms: now,
+                opts: &shared.opts,
+            };
             entities::delete(&mut inner, &ctx, ep, key)?;
             Ok(Reply::empty(204))
         }
@@ -479,25 +683,38 @@ fn parse_expand(q: &Query, ep: &Endpoint) -> Result<bool, ApiError> {
     match q.get("$expand").map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(false),
         Some(x) if x == "PurchaseEntryLines" && ep.table == Table::PurchaseEntries => Ok(true),
-        Some(x) => Err(ApiError::bad_request(format!("$expand: '{x}' is not a navigation property of {}.", ep.path))),
+        Some(x) => Err(ApiError::bad_request(format!(
+            "$expand: '{x}' is not a navigation property of {}.",
+            ep.path
+        ))),
     }
 }
 
 fn parse_select(q: &Query, ep: &Endpoint, expand: bool) -> Result<Select, ApiError> {
     let nested = (ep.table == Table::PurchaseEntries).then_some(LINE_FIELDS);
-    let sel = odata::parse_select(q.get("$select"), ep.fields, nested).map_err(ApiError::bad_request)?;
+    let sel =
+        odata::parse_select(q.get("$select"), ep.fields, nested).map_err(ApiError::bad_request)?;
     if !sel.nested.is_empty() && !expand {
-        return Err(ApiError::bad_request("$select on PurchaseEntryLines/… needs $expand=PurchaseEntryLines."));
+        return Err(ApiError::bad_request(
+            "$select on PurchaseEntryLines/… needs $expand=PurchaseEntryLines.",
+        ));
     }
     Ok(sel)
 }
 
-fn get_one(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, key: Uuid, q: &Query) -> Result<Value, ApiError> {
+fn get_one(
+    shared: &Shared,
+    d: &DivisionData,
+    div: i64,
+    ep: &Endpoint,
+    key: Uuid,
+    q: &Query,
+) -> Result<Value, ApiError> {
     let expand = parse_expand(q, ep)?;
     let sel = parse_select(q, ep, expand)?;
-    let row = d
-        .get(ep.table, &key)
-        .ok_or_else(|| ApiError::not_found(format!("{} with key {key} does not exist.", ep.path)))?;
+    let row = d.get(ep.table, &key).ok_or_else(|| {
+        ApiError::not_found(format!("{} with key {key} does not exist.", ep.path))
+    })?;
     Ok(json!({ "d": render(shared, d, div, ep, key, row, &sel, expand) }))
 }
 
@@ -506,7 +723,14 @@ fn sync_filter_ok(e: &Expr) -> bool {
         if matches!(&**l, Expr::Field(f) if f == "Timestamp") && matches!(&**r, Expr::Lit(Lit::Num(_))))
 }
 
-fn get_collection(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, requested: &str, q: &Query) -> Result<Value, ApiError> {
+fn get_collection(
+    shared: &Shared,
+    d: &DivisionData,
+    div: i64,
+    ep: &Endpoint,
+    requested: &str,
+    q: &Query,
+) -> Result<Value, ApiError> {
     let filter = q
         .get("$filter")
         .filter(|f| !f.trim().is_empty())
@@ -517,17 +741,27 @@ fn get_collection(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, re
     if sync {
         // Spec §4: "Only the Timestamp filter is allowed" on sync APIs.
         match &filter {
-            None => return Err(ApiError::bad_request("A required filter is missing: use $filter=Timestamp gt {n}L.")),
+            None => {
+                return Err(ApiError::bad_request(
+                    "A required filter is missing: use $filter=Timestamp gt {n}L.",
+                ));
+            }
             Some(f) if !sync_filter_ok(f) => {
-                return Err(ApiError::bad_request("Only the filter 'Timestamp gt {n}L' is allowed on sync endpoints."));
+                return Err(ApiError::bad_request(
+                    "Only the filter 'Timestamp gt {n}L' is allowed on sync endpoints.",
+                ));
             }
             Some(_) => {}
         }
         if q.get("$select").is_none() && q.get("$top") != Some("1") {
-            return Err(ApiError::bad_request("Please add a $select or a $top=1 statement to the query string."));
+            return Err(ApiError::bad_request(
+                "Please add a $select or a $top=1 statement to the query string.",
+            ));
         }
         if q.get("$skip").is_some() || q.get("$orderby").is_some() {
-            return Err(ApiError::bad_request("$skip and $orderby are not supported on sync endpoints; page with __next."));
+            return Err(ApiError::bad_request(
+                "$skip and $orderby are not supported on sync endpoints; page with __next.",
+            ));
         }
     } else if ep.mandatory_filter && shared.opts.enforce_mandatory_filter && filter.is_none() {
         return Err(ApiError::bad_request("A required filter is missing."));
@@ -539,11 +773,18 @@ fn get_collection(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, re
         None => Vec::new(),
     };
     let top = match q.get("$top") {
-        Some(t) => Some(t.trim().parse::<usize>().map_err(|_| ApiError::bad_request(format!("Invalid $top '{t}'.")))?),
+        Some(t) => Some(
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("Invalid $top '{t}'.")))?,
+        ),
         None => None,
     };
     let skip = match q.get("$skip") {
-        Some(s) => s.trim().parse::<usize>().map_err(|_| ApiError::bad_request(format!("Invalid $skip '{s}'.")))?,
+        Some(s) => s
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request(format!("Invalid $skip '{s}'.")))?,
         None => 0,
     };
 
@@ -559,8 +800,11 @@ fn get_collection(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, re
         rows.sort_by(|(ka, a), (kb, b)| {
             for (field, desc) in &orderby {
                 let ty = odata::field_type(ep.fields, field).unwrap_or(Edm::String);
-                let ord = odata::compare(&odata::read_value(a, field, ty), &odata::read_value(b, field, ty))
-                    .unwrap_or(std::cmp::Ordering::Equal);
+                let ord = odata::compare(
+                    &odata::read_value(a, field, ty),
+                    &odata::read_value(b, field, ty),
+                )
+                .unwrap_or(std::cmp::Ordering::Equal);
                 let ord = if *desc { ord.reverse() } else { ord };
                 if ord.is_ne() {
                     return ord;
@@ -590,7 +834,11 @@ fn get_collection(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, re
             if orderby.is_empty() {
                 rows.retain(|(k, _)| *k > g);
             } else {
-                let pos = rows.iter().position(|(k, _)| *k == g).map(|p| p + 1).unwrap_or(0);
+                let pos = rows
+                    .iter()
+                    .position(|(k, _)| *k == g)
+                    .map(|p| p + 1)
+                    .unwrap_or(0);
                 rows.drain(..pos);
             }
         }
@@ -608,19 +856,31 @@ fn get_collection(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, re
     out.insert("results".into(), Value::Array(results));
     if has_more {
         let (last_key, last_row) = rows[shown - 1];
-        let token = if sync { format!("{}L", ts(last_row)) } else { format!("guid'{last_key}'") };
+        let token = if sync {
+            format!("{}L", ts(last_row))
+        } else {
+            format!("guid'{last_key}'")
+        };
         let mut params: Vec<String> = Vec::new();
         for (name, value) in &q.0 {
             match name.to_ascii_lowercase().as_str() {
                 "$skiptoken" | "$skip" => {}
                 "$top" => params.push(format!("$top={}", top.map(|t| t - shown).unwrap_or(0))),
-                _ => params.push(format!("{}={}", encode_query_value(name), encode_query_value(value))),
+                _ => params.push(format!(
+                    "{}={}",
+                    encode_query_value(name),
+                    encode_query_value(value)
+                )),
             }
         }
         params.push(format!("$skiptoken={}", encode_query_value(&token)));
         out.insert(
             "__next".into(),
-            Value::String(format!("{}/api/v1/{div}/{requested}?{}", shared.base_url, params.join("&"))),
+            Value::String(format!(
+                "{}/api/v1/{div}/{requested}?{}",
+                shared.base_url,
+                params.join("&")
+            )),
         );
     }
     if q.get("$inlinecount") == Some("allpages") {
@@ -652,10 +912,22 @@ pub fn lines_of_entry(d: &DivisionData, entry: Uuid, select: Option<&[String]>) 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn render(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, key: Uuid, row: &Row, sel: &Select, expand: bool) -> Value {
+fn render(
+    shared: &Shared,
+    d: &DivisionData,
+    div: i64,
+    ep: &Endpoint,
+    key: Uuid,
+    row: &Row,
+    sel: &Select,
+    expand: bool,
+) -> Value {
     let uri = format!("{}/api/v1/{div}/{}(guid'{key}')", shared.base_url, ep.path);
     let mut m = Map::new();
-    m.insert("__metadata".into(), json!({"uri": uri, "type": ep.type_name}));
+    m.insert(
+        "__metadata".into(),
+        json!({"uri": uri, "type": ep.type_name}),
+    );
     for (name, ty) in ep.fields {
         if !sel.all && !sel.top.iter().any(|t| t == name) {
             continue;
@@ -683,7 +955,10 @@ fn render(shared: &Shared, d: &DivisionData, div: i64, ep: &Endpoint, key: Uuid,
             };
             m.insert(name.to_string(), v);
         } else {
-            m.insert(name.to_string(), row.get(*name).cloned().unwrap_or(Value::Null));
+            m.insert(
+                name.to_string(),
+                row.get(*name).cloned().unwrap_or(Value::Null),
+            );
         }
     }
     Value::Object(m)

@@ -26,7 +26,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -58,7 +61,7 @@ pub struct ChangeEvent {
     pub is_create: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DivisionData {
     pub next_ts: i64,
     pub tables: HashMap<Table, BTreeMap<Uuid, Row>>,
@@ -67,13 +70,21 @@ pub struct DivisionData {
     pub last_entry_number: HashMap<String, i64>,
 }
 
-impl DivisionData {
-    pub fn new() -> Self {
+impl Default for DivisionData {
+    fn default() -> Self {
         // Rowversions in real administrations are large numbers; starting high keeps clients from
         // confusing them with counts. `Timestamp gt 1` still returns everything.
-        DivisionData { next_ts: 100_000, ..Default::default() }
+        DivisionData {
+            next_ts: 100_000,
+            tables: HashMap::new(),
+            entries: Vec::new(),
+            attachments: HashMap::new(),
+            last_entry_number: HashMap::new(),
+        }
     }
+}
 
+impl DivisionData {
     pub fn table(&self, t: Table) -> impl Iterator<Item = (&Uuid, &Row)> {
         self.tables.get(&t).into_iter().flat_map(|m| m.iter())
     }
@@ -120,7 +131,7 @@ impl Inner {
         if self.current_division.is_none() {
             self.current_division = Some(div);
         }
-        self.divisions.entry(div).or_insert_with(DivisionData::new)
+        self.divisions.entry(div).or_default()
     }
 
     pub fn division(&self, div: i64) -> Result<&DivisionData, ApiError> {
@@ -161,12 +172,22 @@ impl Inner {
     }
 
     /// Applies already-validated field values to a row, with a new Timestamp and a webhook event.
-    pub fn update(&mut self, div: i64, table: Table, key: Uuid, patch: Row, now_ms: i64) -> Result<(), ApiError> {
+    pub fn update(
+        &mut self,
+        div: i64,
+        table: Table,
+        key: Uuid,
+        patch: Row,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
         let d = self.division_mut(div);
         let ts = d.bump();
-        let row = d
-            .get_mut(table, &key)
-            .ok_or_else(|| ApiError::not_found(format!("{} {key} does not exist.", schema::home(table).path)))?;
+        let row = d.get_mut(table, &key).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "{} {key} does not exist.",
+                schema::home(table).path
+            ))
+        })?;
         for (k, v) in patch {
             row.insert(k, v);
         }
@@ -179,13 +200,24 @@ impl Inner {
     }
 
     /// Removes a row; tables with a known `sync/Deleted` EntityType get a deletion record.
-    pub fn delete(&mut self, div: i64, table: Table, key: Uuid, now_ms: i64) -> Result<Row, ApiError> {
+    pub fn delete(
+        &mut self,
+        div: i64,
+        table: Table,
+        key: Uuid,
+        now_ms: i64,
+    ) -> Result<Row, ApiError> {
         let d = self.division_mut(div);
         let row = d
             .tables
             .get_mut(&table)
             .and_then(|m| m.remove(&key))
-            .ok_or_else(|| ApiError::not_found(format!("{} {key} does not exist.", schema::home(table).path)))?;
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "{} {key} does not exist.",
+                    schema::home(table).path
+                ))
+            })?;
         if let Some(entity_type) = schema::deleted_entity_type(table) {
             let mut del = Row::new();
             del.insert("EntityKey".into(), Value::String(key.to_string()));
@@ -205,7 +237,15 @@ impl Inner {
         Ok(row)
     }
 
-    fn event(&mut self, div: i64, table: Table, key: Uuid, action: &'static str, is_create: bool, now_ms: i64) {
+    fn event(
+        &mut self,
+        div: i64,
+        table: Table,
+        key: Uuid,
+        action: &'static str,
+        is_create: bool,
+        now_ms: i64,
+    ) {
         if let Some(topic) = schema::topic(table) {
             // PurchaseEntryLines changes fire the PurchaseEntries topic with the entry's key.
             if table == Table::PurchaseEntryLines {
@@ -233,13 +273,21 @@ pub fn json_date(ms: i64) -> Value {
 }
 
 pub fn date_ms(row: &Row, field: &str) -> Option<i64> {
-    row.get(field).and_then(Value::as_str).and_then(parse_json_date)
+    row.get(field)
+        .and_then(Value::as_str)
+        .and_then(parse_json_date)
 }
 
 /// Money leaves the simulator as `Edm.Double` (spec §4); arithmetic stays in Decimal.
 pub fn dec_json(d: Decimal) -> Value {
-    let f: f64 = d.normalize().to_string().parse().expect("a decimal prints as a float");
-    serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+    let f: f64 = d
+        .normalize()
+        .to_string()
+        .parse()
+        .expect("a decimal prints as a float");
+    serde_json::Number::from_f64(f)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 pub fn row_dec(row: &Row, field: &str) -> Decimal {

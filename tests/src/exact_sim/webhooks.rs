@@ -27,14 +27,16 @@ struct Content<'a> {
 
 /// `UPPERCASE_HEX(HMAC-SHA256(webhook secret, raw Content bytes))` (spec §3 "HashCode").
 pub fn hash_code(secret: &str, content: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(content);
     hex::encode_upper(mac.finalize().into_bytes())
 }
 
 /// The exact bytes Exact posts: compact JSON, `HashCode` computed over the `Content` substring as sent.
 pub fn payload(shared: &Shared, event: &ChangeEvent) -> String {
-    let action = if event.action == "Update" && shared.opts.webhook_create_action && event.is_create {
+    let action = if event.action == "Update" && shared.opts.webhook_create_action && event.is_create
+    {
         "Create"
     } else {
         event.action
@@ -50,7 +52,9 @@ pub fn payload(shared: &Shared, event: &ChangeEvent) -> String {
             shared.base_url, event.division, event.endpoint, event.key
         ),
         // ISO without zone, as in the real sample (spec §3); `/Date()/` per another source [U].
-        event_created_on: ms_to_utc(event.at_ms).format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+        event_created_on: ms_to_utc(event.at_ms)
+            .format("%Y-%m-%dT%H:%M:%S%.3f")
+            .to_string(),
     };
     let content = serde_json::to_string(&content).expect("the content struct serializes");
     let hash = hash_code(&shared.opts.webhook_secret, content.as_bytes());
@@ -64,7 +68,9 @@ pub fn flush(shared: &Arc<Shared>) {
         let events = std::mem::take(&mut inner.events);
         let mut jobs = Vec::new();
         for ev in events {
-            let Some(d) = inner.divisions.get(&ev.division) else { continue };
+            let Some(d) = inner.divisions.get(&ev.division) else {
+                continue;
+            };
             for (_, sub) in d.table(Table::WebhookSubscriptions) {
                 if row_str(sub, "Topic") == Some(ev.topic.as_str())
                     && let Some(url) = row_str(sub, "CallbackURL")
@@ -77,7 +83,9 @@ pub fn flush(shared: &Arc<Shared>) {
     };
     for (ev, url) in jobs {
         let s = shared.clone();
-        shared.runtime.spawn(async move { deliver(s, ev, url).await });
+        shared
+            .runtime
+            .spawn(async move { deliver(s, ev, url).await });
     }
 }
 
@@ -133,7 +141,13 @@ pub fn spawn_handshake(shared: &Arc<Shared>, division: i64, id: Uuid, topic: Str
         if !sleep_or_shutdown(&s, s.opts.webhook_handshake_delay).await {
             return;
         }
-        let result = s.http.post(&url).header("content-length", "0").body(Vec::<u8>::new()).send().await;
+        let result = s
+            .http
+            .post(&url)
+            .header("content-length", "0")
+            .body(Vec::<u8>::new())
+            .send()
+            .await;
         let status = result.as_ref().ok().map(|r| r.status().as_u16());
         let accepted = matches!(status, Some(200) | Some(201));
         let mut inner = s.inner.lock().expect("state lock");

@@ -1,0 +1,514 @@
+//! Benchmark: the real ingress (`POST /webhooks/exact`, verify, publish with confirm, answer) against
+//! a raw lapin publisher with the same number of confirms in flight.
+//!
+//! Both sides run in this process on the same runtime, against the RabbitMQ and Redis on
+//! 127.0.0.1: the ingress side also pays for the HTTP client, which is part of what a sender sees.
+//! Every level is a closed loop: N tasks, each sending its next request when the previous reply
+//! arrived, so N is exactly the number of requests (and confirms) in flight.
+//!
+//! Run: `cargo run --release --bin bench-ingress [-- --seconds N] [--quick]`. Prints a markdown
+//! table; exits non-zero if the broker or Redis is unreachable or any request failed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use shared::bus::topology::Names;
+use shared::bus::{Envelope, Source};
+use shared::config::Config;
+use testbed::harness::{EnvSpec, Inspector, TenantSpec, config};
+
+/// The routing key every request of the benchmark produces (Topic Accounts, Action Update).
+const ROUTING_KEY: &str = "exact.accounts.update";
+/// The flow queue `exact.accounts.*` lands in (no consumer: it only grows, so it is purged
+/// between runs and deleted at the end).
+const FLOW: &str = "suppliers";
+/// Stop a run early past this many messages so a long `--seconds` cannot fill the broker's disk.
+const MESSAGE_CAP: u64 = 200_000;
+
+#[derive(Parser)]
+#[command(about = "Ingress webhook throughput and latency vs a raw lapin publisher")]
+struct Args {
+    /// Measured seconds per level (after the warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// One second per level (overrides --seconds).
+    #[arg(long)]
+    quick: bool,
+    /// Requests / confirms in flight to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    levels: Vec<usize>,
+}
+
+impl Args {
+    /// (measured window, warm-up) per level.
+    fn durations(&self) -> (Duration, Duration) {
+        if self.quick {
+            (Duration::from_secs(1), Duration::from_millis(300))
+        } else {
+            (
+                Duration::from_secs(self.seconds.max(1)),
+                Duration::from_secs(1),
+            )
+        }
+    }
+}
+
+/// Where a closed-loop run is.
+const WARMING: u8 = 0;
+const MEASURING: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// What one task saw during the measured window.
+#[derive(Default)]
+struct Samples {
+    latencies_us: Vec<u32>,
+    failures: u64,
+    first_failure: Option<String>,
+}
+
+/// One side's result at one level.
+struct RunResult {
+    ok: u64,
+    failures: u64,
+    first_failure: Option<String>,
+    elapsed: Duration,
+    p50_ms: f64,
+    p99_ms: f64,
+    capped: bool,
+}
+
+impl RunResult {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Run `concurrency` closed-loop tasks calling `op(task)` for `warmup` then `measure`.
+/// `op` returns Ok on success or a description of the failure.
+async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+    op: F,
+) -> RunResult
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let phase = Arc::new(AtomicU8::new(WARMING));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let (phase, sent, op) = (phase.clone(), sent.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = Samples::default();
+            loop {
+                if phase.load(Ordering::Acquire) == STOPPED {
+                    break;
+                }
+                let started = Instant::now();
+                let result = op(i).await;
+                let took = started.elapsed();
+                sent.fetch_add(1, Ordering::Relaxed);
+                // Only what completed inside the window counts, whichever side it is on.
+                if phase.load(Ordering::Acquire) != MEASURING {
+                    continue;
+                }
+                match result {
+                    Ok(()) => s
+                        .latencies_us
+                        .push(took.as_micros().min(u32::MAX as u128) as u32),
+                    Err(e) => {
+                        s.failures += 1;
+                        s.first_failure.get_or_insert(e);
+                    }
+                }
+            }
+            s
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    phase.store(MEASURING, Ordering::Release);
+    let window_start = Instant::now();
+    let mut capped = false;
+    while window_start.elapsed() < measure {
+        if sent.load(Ordering::Relaxed) >= MESSAGE_CAP {
+            capped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20).min(measure)).await;
+    }
+    phase.store(STOPPED, Ordering::Release);
+    let elapsed = window_start.elapsed();
+    let mut all = Vec::new();
+    let mut failures = 0;
+    let mut first_failure = None;
+    for t in tasks {
+        let s = t.await.expect("benchmark task panicked");
+        all.extend(s.latencies_us);
+        failures += s.failures;
+        if first_failure.is_none() {
+            first_failure = s.first_failure;
+        }
+    }
+    all.sort_unstable();
+    RunResult {
+        ok: all.len() as u64,
+        failures,
+        first_failure,
+        elapsed,
+        p50_ms: percentile_ms(&all, 0.50),
+        p99_ms: percentile_ms(&all, 0.99),
+        capped,
+    }
+}
+
+/// Nearest-rank percentile of sorted microsecond samples, in ms (NaN when there are none).
+fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+    f64::from(sorted_us[rank - 1]) / 1000.0
+}
+
+/// A validly signed Exact webhook for `division`, with a fresh `Key` (specs/exact-online.md §3:
+/// `HashCode` = uppercase hex HMAC-SHA256 of the raw `Content` bytes).
+fn exact_webhook(secret: &str, division: i64) -> String {
+    let key = uuid::Uuid::new_v4();
+    let content = format!(
+        concat!(
+            r#"{{"Topic":"Accounts","ClientId":"9a4c6f0e-7f63-4a4b-9a8e-3f1c2d6b5e10","#,
+            r#""Division":{div},"Action":"Update","Key":"{key}","#,
+            r#""ExactOnlineEndpoint":"https://start.exactonline.nl/api/v1/{div}/crm/Accounts(guid'{key}')","#,
+            r#""EventCreatedOn":"2025-03-14T09:26:53.589"}}"#
+        ),
+        div = division,
+        key = key,
+    );
+    let hash = shared::webhook::exact_hashcode(secret.as_bytes(), content.as_bytes());
+    format!(r#"{{"Content":{content},"HashCode":"{hash}"}}"#)
+}
+
+/// The bytes the ingress publishes for such a webhook, so the raw publisher sends the same size.
+fn envelope_like(config: &Config, secret: &str, division: i64) -> anyhow::Result<Vec<u8>> {
+    let body = exact_webhook(secret, division);
+    let (tenant, content) = shared::webhook::verify_exact(config, body.as_bytes())
+        .map_err(|r| anyhow::anyhow!("the benchmark's own webhook does not verify: {r}"))?;
+    let env = Envelope::new(
+        tenant.id.clone(),
+        Source::Exact,
+        &content.topic,
+        &content.action,
+        serde_json::to_value(&content)?,
+    );
+    Ok(env.to_bytes())
+}
+
+/// `publish_confirm_seconds` sum and count from the ingress's Prometheus text (the recorder is
+/// process-wide; only the ingress's publisher records it, the raw side does not).
+fn confirm_totals(metrics_text: &str) -> (f64, f64) {
+    let mut sum = 0.0;
+    let mut count = 0.0;
+    for line in metrics_text.lines() {
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next().and_then(|v| v.parse::<f64>().ok())) {
+            (Some("publish_confirm_seconds_sum"), Some(v)) => sum = v,
+            (Some("publish_confirm_seconds_count"), Some(v)) => count = v,
+            _ => {}
+        }
+    }
+    (sum, count)
+}
+
+async fn preflight(config: &Config) -> anyhow::Result<()> {
+    let amqp = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(&config.broker.url, ConnectionProperties::default()),
+    )
+    .await;
+    match amqp {
+        Ok(Ok(conn)) => {
+            let _ = conn.close(200, "preflight".into()).await;
+        }
+        Ok(Err(e)) => bail!("RabbitMQ is not reachable at 127.0.0.1:5672: {e}"),
+        Err(_) => bail!("RabbitMQ at 127.0.0.1:5672 did not answer within 5 s"),
+    }
+    let redis = tokio::time::timeout(Duration::from_secs(5), async {
+        let store = shared::store::Store::connect(&config.redis).await?;
+        store.ping().await
+    })
+    .await;
+    match redis {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => bail!("Redis is not reachable at 127.0.0.1:6379: {e}"),
+        Err(_) => bail!("Redis at 127.0.0.1:6379 did not answer within 5 s"),
+    }
+}
+
+struct Level {
+    in_flight: usize,
+    ingress: RunResult,
+    confirm_mean_ms: f64,
+    raw: RunResult,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (measure, warmup) = args.durations();
+    if args.levels.is_empty() || args.levels.contains(&0) {
+        bail!("--levels needs positive numbers, e.g. 1,16,64,256");
+    }
+
+    // No tracing subscriber on purpose: the ingress logs every webhook at info and that output
+    // would swamp the table (and the terminal would become the bottleneck).
+    let env = EnvSpec::new("bench");
+    let tenant = TenantSpec::new("bench-co", 3_141_592);
+    let config = config(&env, std::slice::from_ref(&tenant));
+    preflight(&config).await?;
+
+    let app = ingress::Application::build(config.clone())
+        .await
+        .context("starting the ingress")?;
+    if !app.state().publisher.is_ready().await {
+        bail!("the ingress could not connect to RabbitMQ at 127.0.0.1:5672");
+    }
+    let metrics = app.state().metrics.clone();
+    let url = format!("http://{}/webhooks/exact", app.local_addr());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let inspector = Inspector::connect().await;
+    let flow_queue = Names::new(&config.broker.prefix).flow_queue(FLOW);
+    let render_metrics = move || metrics.render();
+    let result = run_levels(
+        &args,
+        &config,
+        &tenant,
+        &url,
+        &render_metrics,
+        &inspector,
+        &flow_queue,
+    )
+    .await;
+
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    inspector.purge(&flow_queue).await;
+    inspector.delete_topology(&config.broker).await;
+
+    let levels = result?;
+    print_table(&levels, &config, measure, warmup, &args);
+    let bad: Vec<String> = levels
+        .iter()
+        .filter(|l| l.ingress.failures + l.raw.failures > 0)
+        .map(|l| {
+            format!(
+                "{} in flight: {} ingress failures (first: {}), {} raw failures (first: {})",
+                l.in_flight,
+                l.ingress.failures,
+                l.ingress.first_failure.as_deref().unwrap_or("-"),
+                l.raw.failures,
+                l.raw.first_failure.as_deref().unwrap_or("-"),
+            )
+        })
+        .collect();
+    if !bad.is_empty() {
+        bail!("some requests failed:\n{}", bad.join("\n"));
+    }
+    Ok(())
+}
+
+async fn run_levels(
+    args: &Args,
+    config: &Config,
+    tenant: &TenantSpec,
+    url: &str,
+    render_metrics: &(dyn Fn() -> String + Sync),
+    inspector: &Inspector,
+    flow_queue: &str,
+) -> anyhow::Result<Vec<Level>> {
+    let (measure, warmup) = args.durations();
+    // reqwest keeps an unbounded number of idle connections per host by default, so N client
+    // tasks end up on N keep-alive HTTP/1.1 connections.
+    let http = shared::http::client(Duration::from_secs(30));
+    let raw_body: Arc<Vec<u8>> = Arc::new(envelope_like(
+        config,
+        &tenant.webhook_secret,
+        tenant.division,
+    )?);
+    let exchange = Names::new(&config.broker.prefix).events_exchange();
+
+    // The raw side: one connection, as many confirm channels as the ingress's publisher.
+    let conn = Connection::connect(&config.broker.url, ConnectionProperties::default())
+        .await
+        .context("raw publisher: connecting to RabbitMQ")?;
+    let mut channels = Vec::new();
+    for _ in 0..config.broker.confirm_channels {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        channels.push(ch);
+    }
+    let channels = Arc::new(channels);
+    let next = Arc::new(AtomicUsize::new(0));
+
+    let mut levels = Vec::new();
+    for &n in &args.levels {
+        inspector.purge(flow_queue).await;
+        let (sum0, count0) = confirm_totals(&render_metrics());
+        let ingress = {
+            let http = http.clone();
+            let url: Arc<str> = url.into();
+            let secret: Arc<str> = tenant.webhook_secret.as_str().into();
+            let division = tenant.division;
+            closed_loop(n, warmup, measure, move |_| {
+                let (http, url, secret) = (http.clone(), url.clone(), secret.clone());
+                async move {
+                    let body = exact_webhook(&secret, division);
+                    let resp = http
+                        .post(&*url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| format!("request failed: {e}"))?;
+                    let status = resp.status();
+                    // Read the reply so the connection goes back to the pool.
+                    let text = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| format!("reading the reply: {e}"))?;
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&text)))
+                    }
+                }
+            })
+            .await
+        };
+        let (sum1, count1) = confirm_totals(&render_metrics());
+        let confirm_mean_ms = if count1 > count0 {
+            (sum1 - sum0) / (count1 - count0) * 1000.0
+        } else {
+            f64::NAN
+        };
+
+        inspector.purge(flow_queue).await;
+        let raw = {
+            let (channels, next, body) = (channels.clone(), next.clone(), raw_body.clone());
+            let exchange: Arc<str> = exchange.as_str().into();
+            closed_loop(n, warmup, measure, move |_| {
+                let (channels, next, body, exchange) = (
+                    channels.clone(),
+                    next.clone(),
+                    body.clone(),
+                    exchange.clone(),
+                );
+                async move {
+                    let ch = &channels[next.fetch_add(1, Ordering::Relaxed) % channels.len()];
+                    let confirm = ch
+                        .basic_publish(
+                            (&*exchange).into(),
+                            ROUTING_KEY.into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            &body,
+                            BasicProperties::default().with_delivery_mode(2),
+                        )
+                        .await
+                        .map_err(|e| format!("publish failed: {e}"))?;
+                    match confirm.await {
+                        Ok(Confirmation::Ack(None)) => Ok(()),
+                        Ok(Confirmation::Ack(Some(_))) => Err("returned as unroutable".into()),
+                        Ok(Confirmation::Nack(_)) => Err("nacked".into()),
+                        Ok(Confirmation::NotRequested) => Err("channel not in confirm mode".into()),
+                        Err(e) => Err(format!("confirm failed: {e}")),
+                    }
+                }
+            })
+            .await
+        };
+        eprintln!(
+            "{n:>4} in flight: ingress {:>8.0} req/s, raw {:>8.0} msg/s",
+            ingress.rate(),
+            raw.rate()
+        );
+        levels.push(Level {
+            in_flight: n,
+            ingress,
+            confirm_mean_ms,
+            raw,
+        });
+    }
+    let _ = conn.close(200, "benchmark done".into()).await;
+    Ok(levels)
+}
+
+fn print_table(
+    levels: &[Level],
+    config: &Config,
+    measure: Duration,
+    warmup: Duration,
+    args: &Args,
+) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "# bench-ingress: {cores} cores (nproc), {:.1} s measured per level after {:.1} s warm-up, \
+         {} confirm channels, RabbitMQ {} (quorum flow queue), levels {:?}",
+        measure.as_secs_f64(),
+        warmup.as_secs_f64(),
+        config.broker.confirm_channels,
+        config.broker.url.rsplit('@').next().unwrap_or("?"),
+        args.levels,
+    );
+    println!();
+    println!(
+        "| in flight | ingress req/s | ingress p50 ms | ingress p99 ms | raw msg/s | raw p50 ms | raw p99 ms | ingress/raw | ingress non-2xx | raw failed | ingress mean confirm ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for l in levels {
+        let cap = |r: &RunResult| if r.capped { " (capped)" } else { "" };
+        println!(
+            "| {} | {:.0}{} | {:.2} | {:.2} | {:.0}{} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} |",
+            l.in_flight,
+            l.ingress.rate(),
+            cap(&l.ingress),
+            l.ingress.p50_ms,
+            l.ingress.p99_ms,
+            l.raw.rate(),
+            cap(&l.raw),
+            l.raw.p50_ms,
+            l.raw.p99_ms,
+            l.ingress.rate() / l.raw.rate(),
+            l.ingress.failures,
+            l.raw.failures,
+            l.confirm_mean_ms,
+        );
+    }
+    if let Some(l) = levels.iter().find(|l| l.in_flight == 64) {
+        let ratio = l.ingress.rate() / l.raw.rate();
+        println!();
+        println!(
+            "target at 64 in flight: ingress/raw {ratio:.2} (need >= 0.70, aim 0.80): {}; \
+             ingress p99 {:.2} ms (need < 25, aim 10): {}",
+            if ratio >= 0.7 { "met" } else { "NOT met" },
+            l.ingress.p99_ms,
+            if l.ingress.p99_ms < 25.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+        );
+    }
+}

@@ -10,7 +10,7 @@ mod entities;
 mod faults;
 mod limits;
 mod oauth;
-pub mod odata;
+mod odata;
 mod schema;
 mod server;
 mod state;

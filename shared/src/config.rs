@@ -191,6 +191,7 @@ struct RawPrecoro {
     requests_per_second: Option<u32>,
     hourly_limit: Option<u32>,
     daily_limit: Option<u32>,
+    identical_get_window: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -351,6 +352,9 @@ pub struct PrecoroConfig {
     pub requests_per_second: u32,
     pub hourly_limit: u32,
     pub daily_limit: u32,
+    /// Precoro refuses an identical GET within a minute (specs/precoro.md §2); zero only for a
+    /// Precoro (simulator) that does not enforce it.
+    pub identical_get_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -792,6 +796,10 @@ fn validate_tenant(
         requests_per_second: p.requests_per_second.unwrap_or(1),
         hourly_limit: p.hourly_limit.unwrap_or(1500),
         daily_limit: p.daily_limit.unwrap_or(3000),
+        identical_get_window: p
+            .identical_get_window
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(60)),
     };
     if precoro.requests_per_second == 0 || precoro.hourly_limit == 0 || precoro.daily_limit == 0 {
         return Err(field_err(f("precoro"), "rate limits must be at least 1"));

@@ -4,3 +4,4 @@
 pub mod exact_sim;
 pub mod harness;
 pub mod precoro_sim;
+pub mod world;

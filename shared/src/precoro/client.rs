@@ -348,7 +348,11 @@ fn record(status: &str) {
 
 impl PrecoroClient {
     pub fn new(tenant: &TenantConfig, store: Store, limiter: RateLimiter) -> Self {
-        Self::with_options(tenant, store, limiter, ClientOptions::default())
+        let opts = ClientOptions {
+            identical_get_window: tenant.precoro.identical_get_window,
+            ..ClientOptions::default()
+        };
+        Self::with_options(tenant, store, limiter, opts)
     }
 
     pub fn with_options(

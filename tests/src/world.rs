@@ -1,0 +1,477 @@
+//! A whole demo world for end-to-end tests, the sandbox and the benchmarks: both simulators seeded
+//! with one company whose Precoro records carry the Exact ids (as reference and supplier sync
+//! would stamp them), the company connected to Exact, and the ingress and workers running
+//! in-process against the real RabbitMQ and Redis.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use shared::config::Config;
+use shared::exact::client::ExactClient;
+use shared::ids::{Division, ExactGuid};
+use shared::store::Store;
+use shared::store::ratelimit::RateLimiter;
+
+use crate::exact_sim::{DemoIds as ExactDemo, ExactSim, ExactSimOptions};
+use crate::harness::{self, EnvSpec, TenantSpec};
+use crate::precoro_sim::{
+    AttachmentSeed, DocFieldSeed, InvoiceSeed, ItemSeed, OptionSeed, PaymentTermSeed, PrecoroSim,
+    PrecoroSimOptions, SupplierSeed, TaxSeed,
+};
+
+pub const TENANT: &str = "demo";
+
+/// Precoro ids of the linked demo data.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    pub tax_21: i64,
+    pub tax_9: i64,
+    pub tax_0: i64,
+    pub term_30: i64,
+    pub gl_field: i64,
+    pub cc_field: i64,
+    pub cu_field: i64,
+    pub project_field: i64,
+    pub send_field: i64,
+    pub send_yes: i64,
+    pub send_no: i64,
+    /// GL code → option id.
+    pub gl: BTreeMap<String, i64>,
+    pub cc: BTreeMap<String, i64>,
+    pub cu: BTreeMap<String, i64>,
+    pub project: i64,
+    /// Precoro supplier ids linked to the Exact demo suppliers.
+    pub suppliers: Vec<i64>,
+    /// A supplier not yet in Exact.
+    pub unlinked_supplier: i64,
+}
+
+/// Options for building a world.
+#[derive(Debug, Clone)]
+pub struct WorldOptions {
+    pub tag: &'static str,
+    pub precoro_limits: bool,
+    pub exact_minutely: u32,
+    pub exact_daily: u32,
+    /// Extra TOML for the tenant (flows).
+    pub tenant_toml: String,
+    pub env: Option<EnvSpec>,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        WorldOptions {
+            tag: "world",
+            precoro_limits: false,
+            exact_minutely: 60,
+            exact_daily: 5000,
+            tenant_toml: String::new(),
+            env: None,
+        }
+    }
+}
+
+pub struct World {
+    pub exact: ExactSim,
+    pub precoro: PrecoroSim,
+    pub config: Config,
+    pub tenant: TenantSpec,
+    pub division: Division,
+    pub exact_ids: ExactDemo,
+    pub ids: Linked,
+    pub store: Store,
+}
+
+impl World {
+    /// Start both simulators, seed and link them, write the config, connect Exact.
+    pub async fn build(opts: WorldOptions) -> World {
+        let exact = ExactSim::start(ExactSimOptions {
+            minutely_limit: opts.exact_minutely,
+            daily_limit: opts.exact_daily,
+            ..ExactSimOptions::default()
+        })
+        .await;
+        let precoro = PrecoroSim::start(PrecoroSimOptions {
+            enforce_limits: opts.precoro_limits,
+            ..PrecoroSimOptions::default()
+        })
+        .await;
+        let division = Division(100_000 + (rand::random::<u32>() % 800_000) as i64);
+        exact.add_division(division);
+        let exact_ids = exact.seed_demo(division);
+        let ids = link(&precoro, &exact_ids);
+
+        let mut tenant = TenantSpec::new(TENANT, division.0);
+        tenant.precoro_url = precoro.base_url();
+        tenant.precoro_token = precoro.token().to_string();
+        tenant.precoro_email = precoro.email().to_string();
+        tenant.exact_host = exact.base_url().to_string();
+        tenant.client_id = exact.options().client_id.clone();
+        tenant.client_secret = exact.options().client_secret.clone();
+        tenant.webhook_secret = exact.options().webhook_secret.clone();
+        tenant.extra_toml = format!(
+            "[tenants.flows.invoices]\npoll_every = \"1h\"\n{}\n[tenants.custom_fields]\ngl_account = {}\ncost_center = {}\ncost_unit = {}\nproject = {}\n",
+            opts.tenant_toml, ids.gl_field, ids.cc_field, ids.cu_field, ids.project_field
+        );
+        let mut env = opts.env.unwrap_or_else(|| EnvSpec::new(opts.tag));
+        env.retry_tiers = vec!["300ms", "1s", "2s"];
+        env.max_attempts = 12;
+        let mut toml = harness::config_toml(&env, std::slice::from_ref(&tenant));
+        // The harness writes default custom_fields; ours replace them.
+        toml = toml.replace("[tenants.custom_fields]\ngl_account = 1\ncost_center = 2\ncost_unit = 3\nproject = 4\n", "");
+        toml = toml.replace(
+            "journal = \"70\"\n",
+            &format!(
+                "journal = \"70\"\nminutely_limit = {}\ndaily_limit = {}\n",
+                opts.exact_minutely, opts.exact_daily
+            ),
+        );
+        if !opts.precoro_limits {
+            // The simulator enforces no limits here: let the client go at full speed too.
+            toml = toml.replace(
+                "[tenants.exact]\n",
+                "requests_per_second = 1000\nhourly_limit = 1000000\ndaily_limit = 1000000\nidentical_get_window = \"0s\"\n[tenants.exact]\n",
+            );
+        }
+        let config = Config::from_toml(&toml, &|_| None).expect("world config is valid");
+        let store = Store::connect(&config.redis)
+            .await
+            .expect("Redis at 127.0.0.1:6379");
+
+        // The finance user consents once; the worker then refreshes by itself.
+        let t = &config.tenants[0];
+        let client = ExactClient::for_tenant(
+            t,
+            store.clone(),
+            RateLimiter::new(store.clone(), Duration::from_secs(5)),
+        );
+        let code = exact
+            .grant_consent(&t.exact.client_id, &t.exact.redirect_uri)
+            .expect("consent");
+        client.exchange_code(&code).await.expect("code exchange");
+
+        World {
+            exact,
+            precoro,
+            config,
+            tenant,
+            division,
+            exact_ids,
+            ids,
+            store,
+        }
+    }
+
+    /// An approved invoice with `lines` of (description, quantity, unit price, GL code, VAT %).
+    pub fn approved_invoice(
+        &self,
+        number: &str,
+        supplier: i64,
+        lines: &[(&str, i64, &str, &str, u32)],
+    ) -> (i64, i64) {
+        self.invoice(InvoiceDraft {
+            number: number.to_string(),
+            supplier,
+            lines: lines
+                .iter()
+                .map(|l| (l.0.to_string(), l.1, l.2.to_string(), l.3.to_string(), l.4))
+                .collect(),
+            status: 2,
+            ..Default::default()
+        })
+    }
+
+    pub fn invoice(&self, d: InvoiceDraft) -> (i64, i64) {
+        let tax = |pct: u32| match pct {
+            21 => self.ids.tax_21,
+            9 => self.ids.tax_9,
+            _ => self.ids.tax_0,
+        };
+        let items = d
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, (name, qty, price, gl, vat))| {
+                let mut options = vec![(
+                    self.ids.gl_field,
+                    *self.ids.gl.get(gl).expect("known GL code"),
+                )];
+                if d.dimensions {
+                    let cc = if i % 2 == 0 { "CC100" } else { "CC200" };
+                    let cu = if i % 2 == 0 { "CU1" } else { "CU2" };
+                    options.push((self.ids.cc_field, self.ids.cc[cc]));
+                    options.push((self.ids.cu_field, self.ids.cu[cu]));
+                }
+                ItemSeed {
+                    name: name.clone(),
+                    quantity: Decimal::from(*qty),
+                    price: price.parse().expect("a decimal price"),
+                    tax_id: Some(tax(*vat)),
+                    options,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mut document_fields = vec![DocFieldSeed {
+            field_id: self.ids.send_field,
+            option_id: Some(if d.send_to_exact {
+                self.ids.send_yes
+            } else {
+                self.ids.send_no
+            }),
+            value: None,
+        }];
+        if d.dimensions {
+            document_fields.push(DocFieldSeed {
+                field_id: self.ids.project_field,
+                option_id: Some(self.ids.project),
+                value: None,
+            });
+        }
+        self.precoro.add_invoice(InvoiceSeed {
+            supplier_id: Some(d.supplier),
+            invoice_number: Some(d.number.clone()),
+            status: d.status,
+            logic_type: d.logic_type,
+            issue_date: NaiveDate::from_ymd_opt(2026, 11, 2),
+            payment_term_id: Some(self.ids.term_30),
+            items,
+            document_fields,
+            attachments: if d.pdf {
+                vec![AttachmentSeed {
+                    name: format!("{}.pdf", d.number),
+                    format_type: "pdf".into(),
+                    bytes: fake_pdf(&d.number),
+                }]
+            } else {
+                vec![]
+            },
+            parent_idn: d.parent_idn,
+            split_index: d.split_index,
+            ..Default::default()
+        })
+    }
+
+    /// The Exact entries booked for a YourRef.
+    pub fn entries_for(&self, your_ref: &str) -> Vec<serde_json::Value> {
+        self.exact
+            .purchase_entries(self.division)
+            .into_iter()
+            .filter(|e| e.request["YourRef"] == your_ref)
+            .map(|e| e.request)
+            .collect()
+    }
+
+    /// The Precoro webhook URL of the demo company at `ingress_base`.
+    pub fn precoro_webhook_url(&self, ingress_base: &str) -> String {
+        format!(
+            "{ingress_base}/webhooks/precoro/{TENANT}/{}",
+            self.tenant.webhook_token
+        )
+    }
+}
+
+/// What an invoice in the demo world looks like.
+#[derive(Debug, Clone)]
+pub struct InvoiceDraft {
+    pub number: String,
+    pub supplier: i64,
+    /// (description, quantity, unit price, GL code, VAT %).
+    pub lines: Vec<(String, i64, String, String, u32)>,
+    pub status: i64,
+    pub logic_type: i64,
+    pub dimensions: bool,
+    pub pdf: bool,
+    pub send_to_exact: bool,
+    pub parent_idn: Option<i64>,
+    pub split_index: Option<i64>,
+}
+
+impl Default for InvoiceDraft {
+    fn default() -> Self {
+        InvoiceDraft {
+            number: String::new(),
+            supplier: 0,
+            lines: vec![],
+            status: 2,
+            logic_type: 0,
+            dimensions: false,
+            pdf: false,
+            send_to_exact: true,
+            parent_idn: None,
+            split_index: None,
+        }
+    }
+}
+
+/// A small valid-looking PDF.
+pub fn fake_pdf(title: &str) -> Vec<u8> {
+    format!("%PDF-1.4\n% invoice {title}\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n").into_bytes()
+}
+
+/// Seed Precoro with the demo company and stamp the Exact ids as externalIds.
+fn link(p: &PrecoroSim, e: &ExactDemo) -> Linked {
+    let tax = |name: &str, pct: i64, code: &str| {
+        p.add_tax(TaxSeed {
+            name: name.into(),
+            percent: Decimal::from(pct),
+            external_id: Some(code.into()),
+            ..Default::default()
+        })
+    };
+    let tax_21 = tax("VAT 21%", 21, "1");
+    let tax_9 = tax("VAT 9%", 9, "2");
+    let tax_0 = tax("VAT 0%", 0, "0");
+    let term_30 = p.add_payment_term(PaymentTermSeed {
+        name: "Net 30 days".into(),
+        days: 30,
+        external_id: Some("30".into()),
+    });
+    let gl_field = p.add_item_custom_field("GL account");
+    let cc_field = p.add_item_custom_field("Cost center");
+    let cu_field = p.add_item_custom_field("Cost unit");
+    let project_field = p.add_document_custom_field("Project");
+    let send_field = p.add_document_custom_field("Send to Exact Online");
+    let option = |field: i64, name: &str, code: &str, ext: Option<String>| {
+        p.add_option(
+            field,
+            OptionSeed {
+                name: name.into(),
+                code: Some(code.into()),
+                external_id: ext,
+                ..Default::default()
+            },
+        )
+    };
+    let gl = e
+        .gl_accounts
+        .iter()
+        .map(|(code, id)| {
+            (
+                code.clone(),
+                option(gl_field, &format!("GL {code}"), code, Some(id.to_string())),
+            )
+        })
+        .collect();
+    let cc = e
+        .cost_centers
+        .keys()
+        .map(|code| {
+            (
+                code.clone(),
+                option(cc_field, code, code, Some(code.clone())),
+            )
+        })
+        .collect();
+    let cu = e
+        .cost_units
+        .keys()
+        .map(|code| {
+            (
+                code.clone(),
+                option(cu_field, code, code, Some(code.clone())),
+            )
+        })
+        .collect();
+    let (pcode, pid): (&String, &ExactGuid) = e.projects.iter().next().expect("a demo project");
+    let project = option(project_field, pcode, pcode, Some(pid.to_string()));
+    let send_yes = option(send_field, "Yes", "YES", None);
+    let send_no = option(send_field, "No", "NO", None);
+    let suppliers = e
+        .suppliers
+        .iter()
+        .map(|s| {
+            p.add_supplier(SupplierSeed {
+                name: s.name.clone(),
+                unique_code: Some(s.code.clone()),
+                tax_payer_number: Some(s.vat_number.clone()),
+                external_id: Some(s.id.to_string()),
+                payment_term_ids: vec![term_30],
+                ..Default::default()
+            })
+        })
+        .collect();
+    let unlinked_supplier = p.add_supplier(SupplierSeed {
+        name: "Initech LLC".into(),
+        unique_code: Some("INITECH".into()),
+        tax_payer_number: Some("US987654321".into()),
+        ..Default::default()
+    });
+    Linked {
+        tax_21,
+        tax_9,
+        tax_0,
+        term_30,
+        gl_field,
+        cc_field,
+        cu_field,
+        project_field,
+        send_field,
+        send_yes,
+        send_no,
+        gl,
+        cc,
+        cu,
+        project,
+        suppliers,
+        unlinked_supplier,
+    }
+}
+
+/// The service itself, running in-process: one ingress and `workers` workers.
+pub struct Stack {
+    pub ingress_base: String,
+    stop_ingress: Option<tokio::sync::oneshot::Sender<()>>,
+    ingress_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub workers: Vec<worker::Worker>,
+}
+
+impl Stack {
+    /// Start the ingress and `workers` workers (invoice flow; no scheduler unless asked), and
+    /// point the Precoro simulator's webhooks at the ingress.
+    pub async fn start(world: &World, workers: usize, scheduler: bool) -> Stack {
+        let app = ingress::Application::build(world.config.clone())
+            .await
+            .expect("ingress builds");
+        let ingress_base = format!("http://127.0.0.1:{}", app.port());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let ingress_task = tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        }));
+        let mut ws = Vec::new();
+        for i in 0..workers {
+            let parts = worker::Parts {
+                scheduler: scheduler && i == 0,
+                ..worker::Parts::default()
+            };
+            ws.push(
+                worker::Worker::start(world.config.clone(), parts)
+                    .await
+                    .expect("worker starts"),
+            );
+        }
+        world
+            .precoro
+            .set_webhook_urls(vec![world.precoro_webhook_url(&ingress_base)]);
+        Stack {
+            ingress_base,
+            stop_ingress: Some(tx),
+            ingress_task: Some(ingress_task),
+            workers: ws,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        for w in self.workers.drain(..) {
+            w.shutdown().await;
+        }
+        if let Some(tx) = self.stop_ingress.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.ingress_task.take() {
+            let _ = t.await;
+        }
+    }
+}

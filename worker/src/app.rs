@@ -1,0 +1,99 @@
+//! Building and running a worker: one consumer per flow and the scheduler, stopped together.
+
+use std::sync::Arc;
+
+use shared::bus::Publisher;
+use shared::bus::consumer::FlowConsumer;
+use shared::config::Config;
+use shared::store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::flows::Context;
+use crate::flows::invoices::InvoiceFlow;
+use crate::scheduler;
+
+/// Which parts a worker runs (all by default; tests and the CLI pick).
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub flows: Vec<&'static str>,
+    pub scheduler: bool,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            flows: vec!["invoices"],
+            scheduler: true,
+        }
+    }
+}
+
+/// A running worker.
+pub struct Worker {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    pub context: Arc<Context>,
+}
+
+impl Worker {
+    pub async fn start(config: Config, parts: Parts) -> anyhow::Result<Worker> {
+        use anyhow::Context as _;
+        let store = Store::connect(&config.redis)
+            .await
+            .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
+        let publisher = Publisher::new(&config.broker);
+        let config = Arc::new(config);
+        let ctx = Context::new(config.clone(), store.clone(), publisher.clone());
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for flow in &parts.flows {
+            match *flow {
+                "invoices" => {
+                    let handler = Arc::new(InvoiceFlow::new(ctx.clone()));
+                    let c = FlowConsumer::new(
+                        &config.broker,
+                        &config.worker,
+                        handler,
+                        publisher.clone(),
+                        store.clone(),
+                    );
+                    tasks.spawn(c.run(rx.clone()));
+                }
+                other => anyhow::bail!("unknown flow '{other}'"),
+            }
+        }
+        if parts.scheduler {
+            tasks.spawn(scheduler::run(
+                (*config).clone(),
+                store,
+                publisher,
+                rx.clone(),
+            ));
+        }
+        Ok(Worker {
+            stop,
+            tasks,
+            context: ctx,
+        })
+    }
+
+    /// Stop taking messages, finish those in flight (bounded by `worker.shutdown_grace`), close.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.context
+            .publisher
+            .close(self.context.config.worker.shutdown_grace)
+            .await;
+    }
+
+    /// Run until one of the parts ends by itself (it should not) or `shutdown` resolves.
+    pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = self.tasks.join_next() => { tracing::error!("a worker part stopped unexpectedly; shutting down"); }
+        }
+        self.shutdown().await;
+    }
+}

@@ -1,0 +1,353 @@
+//! Invoices: approved in Precoro → purchase entry in Exact, exactly once.
+//!
+//! Triggers: a Precoro invoice webhook (a hint: we fetch the invoice) and the backstop poll, which
+//! enqueues one `export` message per approved, not yet exported invoice.
+//!
+//! Exactly once, in layers:
+//! 1. An entity idempotency key per invoice (`invoice:{tenant}:{id}`): `done:{EntryID}` answers
+//!    every later duplicate without a single API call.
+//! 2. The entry id is remembered in Redis the moment Exact returns it, so a failed stamp is
+//!    retried without posting again.
+//! 3. Lookup-before-create by supplier + `YourRef` whenever an earlier attempt may have reached
+//!    Exact (a retry, a redelivery, an expired lease, a poll), since Exact has no idempotency key
+//!    (specs/exact-online.md §5).
+//!
+//! Happy path: Precoro GET invoice, Exact POST entry, Precoro PATCH externalId (plus, with
+//! attachments on, the PDF download and two Exact document calls).
+
+use std::sync::Arc;
+
+use serde_json::json;
+use shared::bus::consumer::{Handler, Message, Outcome};
+use shared::bus::{Envelope, Source};
+use shared::error::{Error, Result};
+use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
+use shared::precoro::{Invoice, InvoiceQuery, PrecoroClient};
+use shared::store::idempotency::Claim;
+
+use super::Context;
+use super::invoice_map::{self, APPROVED};
+
+pub struct InvoiceFlow {
+    ctx: Arc<Context>,
+}
+
+impl InvoiceFlow {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        InvoiceFlow { ctx }
+    }
+}
+
+/// Which invoice a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    id: Option<PrecoroId>,
+    idn: Option<PrecoroIdn>,
+    /// Found by the poll: an earlier export may have booked it without stamping.
+    from_poll: bool,
+}
+
+fn target(env: &Envelope) -> Option<Target> {
+    let id = env
+        .payload
+        .get("id")
+        .and_then(|v| v.as_i64())
+        .map(PrecoroId);
+    let idn = env
+        .payload
+        .get("idn")
+        .and_then(|v| v.as_i64())
+        .map(PrecoroIdn);
+    if id.is_none() && idn.is_none() {
+        return None;
+    }
+    Some(Target {
+        id,
+        idn,
+        from_poll: env.source == Source::Job,
+    })
+}
+
+impl Handler for InvoiceFlow {
+    fn flow(&self) -> &'static str {
+        "invoices"
+    }
+
+    fn entity_key(&self, env: &Envelope) -> Option<String> {
+        let t = target(env)?;
+        Some(match (t.id, t.idn) {
+            (Some(id), _) => format!("id:{id}"),
+            (None, Some(idn)) => format!("idn:{idn}"),
+            (None, None) => return None,
+        })
+    }
+
+    async fn handle(&self, msg: &Message) -> Result<Outcome> {
+        let env = &msg.envelope;
+        let tenant = self.ctx.tenant(&env.tenant)?;
+        if !tenant.flows.invoices.enabled {
+            return Ok(Outcome::Skipped(
+                "invoice flow is off for this company".into(),
+            ));
+        }
+        if env.action == "poll" {
+            return self.poll(&env.tenant).await;
+        }
+        let t = target(env)
+            .ok_or_else(|| Error::Malformed("invoice message without id or idn".into()))?;
+        self.export(&env.tenant, t, msg.maybe_repeated()).await
+    }
+}
+
+impl InvoiceFlow {
+    /// The backstop: enqueue every approved invoice without an externalId.
+    async fn poll(&self, tenant: &TenantId) -> Result<Outcome> {
+        let precoro = self.ctx.precoro(tenant)?;
+        let invoices = precoro
+            .list_invoices(&InvoiceQuery {
+                status: vec![APPROVED],
+                sent_to_external: Some(false),
+                ..Default::default()
+            })
+            .await?;
+        let mut queued = 0;
+        for inv in invoices
+            .iter()
+            .filter(|i| i.external_id.as_deref().is_none_or(|e| e.trim().is_empty()))
+        {
+            let env = Envelope::new(
+                tenant.clone(),
+                Source::Job,
+                "invoices",
+                "export",
+                json!({"id": inv.id.0, "idn": inv.idn.0}),
+            );
+            self.ctx
+                .publisher
+                .publish_envelope(&env, Default::default())
+                .await?;
+            queued += 1;
+        }
+        Ok(Outcome::Done(format!("poll queued {queued} invoice(s)")))
+    }
+
+    async fn fetch(&self, tenant: &TenantId, t: Target) -> Result<Invoice> {
+        let precoro = self.ctx.precoro(tenant)?;
+        match t.idn {
+            // A webhook says the invoice changed: a cached copy could predate the approval.
+            Some(idn) => precoro.get_invoice_fresh(idn).await,
+            None => {
+                let id = t.id.expect("a target has an id or an idn");
+                precoro.find_invoice_by_id(id).await?.ok_or_else(|| {
+                    Error::Invalid(format!("Precoro invoice with id {id} not found"))
+                })
+            }
+        }
+    }
+
+    async fn export(&self, tenant_id: &TenantId, t: Target, repeated: bool) -> Result<Outcome> {
+        // The invoice's internal id names it everywhere; a hint without it costs the fetch first.
+        let invoice_key = match (t.id, t.idn) {
+            (Some(id), _) => format!("id:{id}"),
+            (None, Some(idn)) => format!("idn:{idn}"),
+            (None, None) => unreachable!("target() requires one"),
+        };
+        let scope = format!("invoice:{tenant_id}:{invoice_key}");
+        let (token, maybe_attempted) = match self.ctx.idem.claim(&scope).await? {
+            Claim::Done(entry) => {
+                return Ok(Outcome::Skipped(format!(
+                    "already booked as Exact entry {entry}"
+                )));
+            }
+            Claim::InProgress => {
+                return Err(Error::LeaseHeld(format!(
+                    "invoice {invoice_key} is being exported"
+                )));
+            }
+            Claim::Acquired {
+                token,
+                maybe_attempted,
+            } => (token, maybe_attempted),
+        };
+        match self
+            .export_claimed(
+                tenant_id,
+                t,
+                &scope,
+                repeated || maybe_attempted || t.from_poll,
+            )
+            .await
+        {
+            Ok(Exported::Booked(entry)) | Ok(Exported::AlreadyStamped(entry)) => {
+                self.ctx.idem.complete(&scope, &token, &entry).await?;
+                Ok(Outcome::Done(entry))
+            }
+            Ok(Exported::Skipped(why)) => {
+                // Not done: a later update (e.g. the approval) must be able to export it.
+                self.ctx.idem.release(&scope, &token).await?;
+                Ok(Outcome::Skipped(why))
+            }
+            Err(e) => {
+                let _ = self.ctx.idem.release(&scope, &token).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn export_claimed(
+        &self,
+        tenant_id: &TenantId,
+        t: Target,
+        scope: &str,
+        may_exist: bool,
+    ) -> Result<Exported> {
+        let tenant = self.ctx.tenant(tenant_id)?;
+        let exact = self.ctx.exact(tenant_id)?;
+        let precoro = self.ctx.precoro(tenant_id)?;
+
+        // Fetch.
+        let invoice = self.fetch(tenant_id, t).await?;
+
+        // Decide.
+        if let Err(skip) = invoice_map::decide(&invoice, tenant) {
+            return Ok(match skip {
+                invoice_map::Skip::AlreadyExported(id) => Exported::AlreadyStamped(id),
+                other => Exported::Skipped(other.to_string()),
+            });
+        }
+
+        // Booked before but not stamped (the stamp failed): stamp only.
+        let entry_key =
+            self.ctx
+                .store
+                .key(&["invoice-entry", tenant_id.as_str(), &invoice.id.to_string()]);
+        if let Some(entry) = self.ctx.store.get_string(&entry_key).await? {
+            precoro.set_invoice_external_id(invoice.idn, &entry).await?;
+            return Ok(Exported::Booked(entry));
+        }
+
+        // Map.
+        let supplier = invoice_map::supplier_guid(&invoice)?;
+        let preview = invoice_map::map_invoice(&invoice, tenant, supplier, None)?;
+
+        // Lookup before create whenever an earlier attempt may have reached Exact.
+        if may_exist
+            && let Some(found) = exact
+                .find_purchase_entry(supplier, &preview.your_ref)
+                .await?
+        {
+            let mentions_us = found
+                .description
+                .as_deref()
+                .is_none_or(|d| d.contains(&format!("Precoro invoice {}", invoice.idn)));
+            if !mentions_us {
+                return Err(Error::Invalid(format!(
+                    "supplier invoice number '{}' is already booked in Exact as entry {} ({}), not for Precoro invoice {}: is it entered twice?",
+                    preview.your_ref,
+                    found.entry_number.unwrap_or_default(),
+                    found.description.unwrap_or_default(),
+                    invoice.idn
+                )));
+            }
+            let entry = found.entry_id.to_string();
+            self.remember_and_stamp(&entry_key, precoro, &invoice, &entry)
+                .await?;
+            return Ok(Exported::Booked(entry));
+        }
+
+        // The PDF first, so the entry links it in the same POST.
+        let document = if tenant.flows.invoices.attachments {
+            self.attach_pdf(tenant_id, &invoice, supplier).await?
+        } else {
+            None
+        };
+        let entry = invoice_map::map_invoice(&invoice, tenant, supplier, document)?;
+
+        // Write.
+        self.ctx.idem.mark_attempted(scope).await?;
+        let created = exact.create_purchase_entry(&entry).await?;
+        let entry_id = created.entry_id.to_string();
+        tracing::info!(invoice = invoice.idn.0, entry = %entry_id, entry_number = ?created.entry_number, "booked in Exact");
+
+        // Stamp.
+        self.remember_and_stamp(&entry_key, precoro, &invoice, &entry_id)
+            .await?;
+        Ok(Exported::Booked(entry_id))
+    }
+
+    async fn remember_and_stamp(
+        &self,
+        entry_key: &str,
+        precoro: &PrecoroClient,
+        invoice: &Invoice,
+        entry: &str,
+    ) -> Result<()> {
+        self.ctx
+            .store
+            .set_string(
+                entry_key,
+                entry,
+                Some(self.ctx.config.worker.idempotency_ttl),
+            )
+            .await?;
+        precoro.set_invoice_external_id(invoice.idn, entry).await?;
+        Ok(())
+    }
+
+    /// Create the Exact document with the invoice's PDF(s), once: its id is remembered so a retry
+    /// reuses it instead of uploading again.
+    async fn attach_pdf(
+        &self,
+        tenant_id: &TenantId,
+        invoice: &Invoice,
+        supplier: ExactGuid,
+    ) -> Result<Option<ExactGuid>> {
+        if invoice.attachments.is_empty() {
+            return Ok(None);
+        }
+        let doc_key =
+            self.ctx
+                .store
+                .key(&["invoice-doc", tenant_id.as_str(), &invoice.id.to_string()]);
+        if let Some(existing) = self.ctx.store.get_string(&doc_key).await?
+            && let Ok(g) = existing.parse()
+        {
+            return Ok(Some(g));
+        }
+        let exact = self.ctx.exact(tenant_id)?;
+        let precoro = self.ctx.precoro(tenant_id)?;
+        let subject = format!(
+            "Precoro invoice {} {}",
+            invoice.idn,
+            invoice.invoice_number.as_deref().unwrap_or("")
+        );
+        // Exact document type 20 is a purchase invoice.
+        let document = exact
+            .create_document(subject.trim(), Some(supplier), 20)
+            .await?
+            .id;
+        for att in &invoice.attachments {
+            let bytes = precoro.download_attachment(att).await?;
+            let name = att
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("invoice-{}.pdf", invoice.idn));
+            exact.attach(document, &name, &bytes).await?;
+        }
+        self.ctx
+            .store
+            .set_string(
+                &doc_key,
+                &document.to_string(),
+                Some(self.ctx.config.worker.idempotency_ttl),
+            )
+            .await?;
+        Ok(Some(document))
+    }
+}
+
+enum Exported {
+    Booked(String),
+    AlreadyStamped(String),
+    Skipped(String),
+}

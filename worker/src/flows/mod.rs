@@ -1,0 +1,88 @@
+//! The flows. Each reads top to bottom as the story it tells: fetch, decide, map, write, stamp.
+
+pub mod invoice_map;
+pub mod invoices;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::bus::Publisher;
+use shared::config::{Config, TenantConfig};
+use shared::error::{Error, Result};
+use shared::exact::client::ExactClient;
+use shared::ids::TenantId;
+use shared::precoro::PrecoroClient;
+use shared::store::Store;
+use shared::store::idempotency::Idempotency;
+use shared::store::ratelimit::RateLimiter;
+
+/// Everything a flow needs, shared by all of a worker's consumers.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub publisher: Publisher,
+    pub limiter: RateLimiter,
+    pub idem: Idempotency,
+    exact: HashMap<TenantId, ExactClient>,
+    precoro: HashMap<TenantId, PrecoroClient>,
+}
+
+impl Context {
+    pub fn new(config: Arc<Config>, store: Store, publisher: Publisher) -> Arc<Context> {
+        // Waits up to this long are slept through inside a handler; longer ones re-queue the message.
+        let limiter = RateLimiter::new(store.clone(), Duration::from_secs(20));
+        let idem = Idempotency::new(
+            store.clone(),
+            config.worker.idempotency_lease,
+            config.worker.idempotency_ttl,
+        );
+        let exact = config
+            .tenants
+            .iter()
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    ExactClient::for_tenant(t, store.clone(), limiter.clone()),
+                )
+            })
+            .collect();
+        let precoro = config
+            .tenants
+            .iter()
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    PrecoroClient::new(t, store.clone(), limiter.clone()),
+                )
+            })
+            .collect();
+        Arc::new(Context {
+            config,
+            store,
+            publisher,
+            limiter,
+            idem,
+            exact,
+            precoro,
+        })
+    }
+
+    pub fn tenant(&self, id: &TenantId) -> Result<&TenantConfig> {
+        self.config
+            .tenant(id.as_str())
+            .ok_or_else(|| Error::UnknownTenant(id.to_string()))
+    }
+
+    pub fn exact(&self, id: &TenantId) -> Result<&ExactClient> {
+        self.exact
+            .get(id)
+            .ok_or_else(|| Error::UnknownTenant(id.to_string()))
+    }
+
+    pub fn precoro(&self, id: &TenantId) -> Result<&PrecoroClient> {
+        self.precoro
+            .get(id)
+            .ok_or_else(|| Error::UnknownTenant(id.to_string()))
+    }
+}

@@ -82,6 +82,8 @@ pub struct World {
     pub exact_ids: ExactDemo,
     pub ids: Linked,
     pub store: Store,
+    /// The exact TOML `config` was parsed from, so separate worker processes can load the same.
+    pub toml: String,
 }
 
 impl World {
@@ -161,6 +163,7 @@ impl World {
             exact_ids,
             ids,
             store,
+            toml,
         }
     }
 

@@ -42,6 +42,10 @@ struct Args {
     /// Requests / confirms in flight to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     levels: Vec<usize>,
+    /// Also measure a bare axum handler (read the body, answer 200) behind the same HTTP client:
+    /// the cost of HTTP alone on this machine, to split the ingress's overhead.
+    #[arg(long)]
+    http_floor: bool,
 }
 
 impl Args {
@@ -55,6 +59,90 @@ impl Args {
                 Duration::from_secs(1),
             )
         }
+    }
+}
+
+/// CPU time so far: this process, the broker (`beam.smp`, if visible in /proc) and the machine.
+/// /proc reports in USER_HZ ticks, 100 per second on Linux whatever the kernel's HZ.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    own_ticks: u64,
+    broker_ticks: u64,
+    busy_ticks: u64,
+    all_ticks: u64,
+}
+
+const USER_HZ: f64 = 100.0;
+
+/// utime + stime of a process, fields 14 and 15 of /proc/PID/stat (after the `(comm)`).
+fn proc_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The RabbitMQ node's pid: the Erlang VM `beam.smp` (the only one on this machine).
+fn broker_pid() -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "beam.smp").then_some(pid)
+    })
+}
+
+fn cpu_now(broker: Option<&str>) -> Cpu {
+    let (busy_ticks, all_ticks) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_string();
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal ...
+            let all: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            Some((all - idle, all))
+        })
+        .unwrap_or((0, 0));
+    Cpu {
+        own_ticks: proc_ticks("self").unwrap_or(0),
+        broker_ticks: broker.and_then(proc_ticks).unwrap_or(0),
+        busy_ticks,
+        all_ticks,
+    }
+}
+
+/// Where the CPU went during one measured window.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    /// This process's CPU per successful operation, µs (client, server and publisher together).
+    own_us_per_op: f64,
+    /// The broker's CPU per successful operation, µs.
+    broker_us_per_op: f64,
+    /// Cores used by everything else on the machine (other builds, the kernel's own threads).
+    others_cores: f64,
+    /// Share of the machine's cores busy, 0..1.
+    busy: f64,
+}
+
+fn cpu_use(a: Cpu, b: Cpu, ok: u64, elapsed: Duration) -> CpuUse {
+    let secs = |t: u64| t as f64 / USER_HZ;
+    let per_op = |t: u64| secs(t) * 1e6 / ok.max(1) as f64;
+    let own = b.own_ticks.saturating_sub(a.own_ticks);
+    let broker = b.broker_ticks.saturating_sub(a.broker_ticks);
+    let busy = b.busy_ticks.saturating_sub(a.busy_ticks);
+    let all = b.all_ticks.saturating_sub(a.all_ticks).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // /proc/stat counts ticks of every core: busy/all is the machine's load share.
+    let machine_busy_cores = busy as f64 / all as f64 * cores;
+    CpuUse {
+        own_us_per_op: per_op(own),
+        broker_us_per_op: per_op(broker),
+        others_cores: (machine_busy_cores - secs(own + broker) / elapsed.as_secs_f64()).max(0.0),
+        busy: busy as f64 / all as f64,
     }
 }
 
@@ -80,6 +168,7 @@ struct RunResult {
     p50_ms: f64,
     p99_ms: f64,
     capped: bool,
+    cpu: CpuUse,
 }
 
 impl RunResult {
@@ -91,6 +180,7 @@ impl RunResult {
 /// Run `concurrency` closed-loop tasks calling `op(task)` for `warmup` then `measure`.
 /// `op` returns Ok on success or a description of the failure.
 async fn closed_loop<F, Fut>(
+    broker: Option<&str>,
     concurrency: usize,
     warmup: Duration,
     measure: Duration,
@@ -135,6 +225,7 @@ where
     tokio::time::sleep(warmup).await;
     phase.store(MEASURING, Ordering::Release);
     let window_start = Instant::now();
+    let cpu_start = cpu_now(broker);
     let mut capped = false;
     while window_start.elapsed() < measure {
         if sent.load(Ordering::Relaxed) >= MESSAGE_CAP {
@@ -145,6 +236,7 @@ where
     }
     phase.store(STOPPED, Ordering::Release);
     let elapsed = window_start.elapsed();
+    let cpu_end = cpu_now(broker);
     let mut all = Vec::new();
     let mut failures = 0;
     let mut first_failure = None;
@@ -157,8 +249,10 @@ where
         }
     }
     all.sort_unstable();
+    let ok = all.len() as u64;
     RunResult {
-        ok: all.len() as u64,
+        ok,
+        cpu: cpu_use(cpu_start, cpu_end, ok, elapsed),
         failures,
         first_failure,
         elapsed,
@@ -256,6 +350,7 @@ struct Level {
     ingress: RunResult,
     confirm_mean_ms: f64,
     raw: RunResult,
+    floor: Option<RunResult>,
 }
 
 #[tokio::main]
@@ -309,7 +404,9 @@ async fn main() -> anyhow::Result<()> {
     print_table(&levels, &config, measure, warmup, &args);
     let bad: Vec<String> = levels
         .iter()
-        .filter(|l| l.ingress.failures + l.raw.failures > 0)
+        .filter(|l| {
+            l.ingress.failures + l.raw.failures + l.floor.as_ref().map_or(0, |f| f.failures) > 0
+        })
         .map(|l| {
             format!(
                 "{} in flight: {} ingress failures (first: {}), {} raw failures (first: {})",
@@ -327,6 +424,55 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One signed webhook over HTTP; Ok only for a 2xx.
+async fn post_webhook(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    division: i64,
+) -> Result<(), String> {
+    let body = exact_webhook(secret, division);
+    let resp = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status();
+    // Read the reply so the connection goes back to the pool.
+    let text = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the reply: {e}"))?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&text)))
+    }
+}
+
+/// A bare axum server answering what the ingress answers, without verifying or publishing.
+async fn start_http_floor() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    use axum::routing::post;
+    async fn accept(body: axum::body::Bytes) -> impl axum::response::IntoResponse {
+        let id = uuid::Uuid::new_v4().to_string();
+        (
+            axum::http::StatusCode::OK,
+            axum::Json(
+                serde_json::json!({"status": "accepted", "event_id": id, "len": body.len()}),
+            ),
+        )
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/webhooks/exact", listener.local_addr()?);
+    let router = axum::Router::new().route("/webhooks/exact", post(accept));
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok((url, handle))
+}
+
 async fn run_levels(
     args: &Args,
     config: &Config,
@@ -337,6 +483,10 @@ async fn run_levels(
     flow_queue: &str,
 ) -> anyhow::Result<Vec<Level>> {
     let (measure, warmup) = args.durations();
+    let broker = broker_pid();
+    if broker.is_none() {
+        eprintln!("note: no beam.smp in /proc, the broker CPU column will read 0");
+    }
     // reqwest keeps an unbounded number of idle connections per host by default, so N client
     // tasks end up on N keep-alive HTTP/1.1 connections.
     let http = shared::http::client(Duration::from_secs(30));
@@ -345,7 +495,15 @@ async fn run_levels(
         &tenant.webhook_secret,
         tenant.division,
     )?);
-    let exchange = Names::new(&config.broker.prefix).events_exchange();
+    let exchange: Arc<str> = Names::new(&config.broker.prefix)
+        .events_exchange()
+        .as_str()
+        .into();
+    let floor = if args.http_floor {
+        Some(start_http_floor().await?)
+    } else {
+        None
+    };
 
     // The raw side: one connection, as many confirm channels as the ingress's publisher.
     let conn = Connection::connect(&config.broker.url, ConnectionProperties::default())
@@ -359,39 +517,18 @@ async fn run_levels(
     }
     let channels = Arc::new(channels);
     let next = Arc::new(AtomicUsize::new(0));
+    let secret: Arc<str> = tenant.webhook_secret.as_str().into();
+    let division = tenant.division;
 
     let mut levels = Vec::new();
     for &n in &args.levels {
         inspector.purge(flow_queue).await;
         let (sum0, count0) = confirm_totals(&render_metrics());
         let ingress = {
-            let http = http.clone();
-            let url: Arc<str> = url.into();
-            let secret: Arc<str> = tenant.webhook_secret.as_str().into();
-            let division = tenant.division;
-            closed_loop(n, warmup, measure, move |_| {
-                let (http, url, secret) = (http.clone(), url.clone(), secret.clone());
-                async move {
-                    let body = exact_webhook(&secret, division);
-                    let resp = http
-                        .post(&*url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .map_err(|e| format!("request failed: {e}"))?;
-                    let status = resp.status();
-                    // Read the reply so the connection goes back to the pool.
-                    let text = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| format!("reading the reply: {e}"))?;
-                    if status.is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&text)))
-                    }
-                }
+            let (http, secret, url): (_, _, Arc<str>) = (http.clone(), secret.clone(), url.into());
+            closed_loop(broker.as_deref(), n, warmup, measure, move |_| {
+                let (http, secret, url) = (http.clone(), secret.clone(), url.clone());
+                async move { post_webhook(&http, &url, &secret, division).await }
             })
             .await
         };
@@ -404,9 +541,13 @@ async fn run_levels(
 
         inspector.purge(flow_queue).await;
         let raw = {
-            let (channels, next, body) = (channels.clone(), next.clone(), raw_body.clone());
-            let exchange: Arc<str> = exchange.as_str().into();
-            closed_loop(n, warmup, measure, move |_| {
+            let (channels, next, body, exchange) = (
+                channels.clone(),
+                next.clone(),
+                raw_body.clone(),
+                exchange.clone(),
+            );
+            closed_loop(broker.as_deref(), n, warmup, measure, move |_| {
                 let (channels, next, body, exchange) = (
                     channels.clone(),
                     next.clone(),
@@ -439,6 +580,21 @@ async fn run_levels(
             })
             .await
         };
+
+        let floor_result = match &floor {
+            Some((floor_url, _)) => {
+                let (http, secret, url): (_, _, Arc<str>) =
+                    (http.clone(), secret.clone(), floor_url.as_str().into());
+                Some(
+                    closed_loop(broker.as_deref(), n, warmup, measure, move |_| {
+                        let (http, secret, url) = (http.clone(), secret.clone(), url.clone());
+                        async move { post_webhook(&http, &url, &secret, division).await }
+                    })
+                    .await,
+                )
+            }
+            None => None,
+        };
         eprintln!(
             "{n:>4} in flight: ingress {:>8.0} req/s, raw {:>8.0} msg/s",
             ingress.rate(),
@@ -449,9 +605,13 @@ async fn run_levels(
             ingress,
             confirm_mean_ms,
             raw,
+            floor: floor_result,
         });
     }
     let _ = conn.close(200, "benchmark done".into()).await;
+    if let Some((_, handle)) = floor {
+        handle.abort();
+    }
     Ok(levels)
 }
 
@@ -465,7 +625,7 @@ fn print_table(
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "# bench-ingress: {cores} cores (nproc), {:.1} s measured per level after {:.1} s warm-up, \
-         {} confirm channels, RabbitMQ {} (quorum flow queue), levels {:?}",
+         {} confirm channels, broker {} (quorum flow queue), levels {:?}",
         measure.as_secs_f64(),
         warmup.as_secs_f64(),
         config.broker.confirm_channels,
@@ -496,6 +656,40 @@ fn print_table(
             l.confirm_mean_ms,
         );
     }
+
+    println!();
+    println!(
+        "Where the CPU went (this process = HTTP client + server + publisher; others = everything \
+         else on the machine, e.g. parallel builds):"
+    );
+    println!();
+    println!(
+        "| in flight | side | ops/s | p50 ms | p99 ms | this process µs/op | broker µs/op | others (cores) | machine busy |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for l in levels {
+        let sides = [
+            Some(("ingress", &l.ingress)),
+            Some(("raw lapin", &l.raw)),
+            l.floor
+                .as_ref()
+                .map(|f| ("HTTP floor (no verify, no publish)", f)),
+        ];
+        for (name, r) in sides.into_iter().flatten() {
+            println!(
+                "| {} | {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0}% |",
+                l.in_flight,
+                r.rate(),
+                r.p50_ms,
+                r.p99_ms,
+                r.cpu.own_us_per_op,
+                r.cpu.broker_us_per_op,
+                r.cpu.others_cores,
+                r.cpu.busy * 100.0,
+            );
+        }
+    }
+
     if let Some(l) = levels.iter().find(|l| l.in_flight == 64) {
         let ratio = l.ingress.rate() / l.raw.rate();
         println!();

@@ -1,1 +1,393 @@
-fn main() {}
+//! The sandbox demo: the whole service against both simulators on this machine.
+//!
+//! Starts the Exact and Precoro simulators, seeds a demo company in both, connects it to Exact
+//! (the OAuth consent a finance user would give), starts the ingress and the workers in-process
+//! against the real RabbitMQ and Redis, approves a batch of invoices in Precoro and watches them
+//! land in Exact through webhook → ingress → RabbitMQ → worker. Exits 0 when every invoice was
+//! booked exactly once and stamped back in Precoro; non-zero, saying what went wrong, otherwise.
+//! `--serve` keeps everything running afterwards so a person can fire webhooks by hand.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use rust_decimal::Decimal;
+use shared::config::TelemetryConfig;
+use testbed::world::{InvoiceDraft, Stack, World, WorldOptions};
+
+/// Run the service against the Precoro and Exact simulators and show invoices flowing.
+#[derive(Parser)]
+#[command(about, long_about = None)]
+struct Args {
+    /// How many invoices to approve in Precoro.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    invoices: u32,
+    /// How many workers to run (in this process, each with its own connections).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    workers: u32,
+    /// How long to wait for every invoice to be booked before giving up.
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    timeout: u64,
+    /// Keep the simulators and the service running afterwards and print their URLs.
+    #[arg(long)]
+    serve: bool,
+    /// Log filter for the service's own logs (they are quiet so the progress bar stays readable).
+    #[arg(long, default_value = "warn")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    shared::telemetry::init_logs(&TelemetryConfig {
+        json_logs: false,
+        log_filter: args.log.clone(),
+    });
+    if let Err(e) = services_reachable().await {
+        eprintln!("sandbox: {e}");
+        return ExitCode::from(2);
+    }
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nsandbox: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// RabbitMQ and Redis must run on this machine; say how to start them rather than hang.
+async fn services_reachable() -> Result<(), String> {
+    for (what, addr, start) in [
+        ("RabbitMQ", "127.0.0.1:5672", "rabbitmq-server -detached"),
+        (
+            "Redis",
+            "127.0.0.1:6379",
+            "redis-server --daemonize yes --bind 127.0.0.1 --port 6379",
+        ),
+    ] {
+        let probe =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+                .await;
+        if !matches!(probe, Ok(Ok(_))) {
+            return Err(format!(
+                "{what} is not reachable at {addr}. Start it (e.g. `{start}`) and run the sandbox again."
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One demo invoice and what became of it.
+struct Tracked {
+    number: String,
+    id: i64,
+    idn: i64,
+    supplier: String,
+    gross: Decimal,
+    lines: usize,
+    pdf: bool,
+    approved_at: Instant,
+    booked_after: Option<Duration>,
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    println!("precoro-exact sandbox");
+    println!("  starting the Exact Online and Precoro simulators and seeding a demo company…");
+    let world = World::build(WorldOptions {
+        tag: "sandbox",
+        ..Default::default()
+    })
+    .await;
+    let stack = Stack::start(&world, args.workers as usize, true).await;
+    println!(
+        "  Exact simulator  {}  (division {})",
+        world.exact.base_url(),
+        world.division.0
+    );
+    println!("  Precoro simulator {}", world.precoro.base_url());
+    println!(
+        "  ingress          {}  with {} worker(s) on RabbitMQ and Redis at 127.0.0.1",
+        stack.ingress_base, args.workers
+    );
+
+    let suppliers: BTreeMap<i64, String> = world
+        .ids
+        .suppliers
+        .iter()
+        .zip(&world.exact_ids.suppliers)
+        .map(|(p, e)| (*p, e.name.clone()))
+        .collect();
+    let mut tracked = draft_invoices(&world, args.invoices, &suppliers);
+    world.exact.reset_calls();
+    world.precoro.reset_calls();
+
+    println!(
+        "\nApproving {} invoices in Precoro; each approval sends a webhook to the ingress.",
+        tracked.len()
+    );
+    let bar = ProgressBar::new(tracked.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("  booked in Exact [{bar:40}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    for t in &mut tracked {
+        t.approved_at = Instant::now();
+        world.precoro.approve_invoice(t.idn);
+    }
+
+    let deadline = started + Duration::from_secs(args.timeout);
+    loop {
+        let entries = world.exact.purchase_entries(world.division);
+        for t in tracked.iter_mut().filter(|t| t.booked_after.is_none()) {
+            if entries
+                .iter()
+                .any(|e| e.request["YourRef"] == t.number.as_str())
+            {
+                t.booked_after = Some(t.approved_at.elapsed());
+            }
+        }
+        let done = tracked.iter().filter(|t| t.booked_after.is_some()).count();
+        bar.set_position(done as u64);
+        if done == tracked.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.finish_with_message(format!("in {:.1} s", started.elapsed().as_secs_f64()));
+    // A duplicate would show up a moment later (a retry, a second replica): give it the chance.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let verdict = report(&world, &tracked);
+    if args.serve {
+        serve(&world, &stack, &tracked[0]).await;
+    }
+    stack.stop().await;
+    verdict
+}
+
+/// Create the demo invoices (pending approval) across the linked suppliers: one to four lines,
+/// VAT 21/9/0 %, dimensions and a PDF on some, as a month of office purchasing looks.
+fn draft_invoices(world: &World, n: u32, suppliers: &BTreeMap<i64, String>) -> Vec<Tracked> {
+    let goods = [
+        ("Printer paper A4", "4.50", "4000", 21),
+        ("Design software licence", "199.00", "4100", 21),
+        ("Train tickets", "23.10", "4200", 9),
+        ("Toner cartridge", "61.25", "4000", 21),
+        ("Conference fee", "350.00", "4200", 0),
+        ("Cloud storage, monthly", "12.99", "4100", 21),
+    ];
+    let ids: Vec<i64> = suppliers.keys().copied().collect();
+    (0..n as usize)
+        .map(|i| {
+            let supplier = ids[i % ids.len()];
+            let lines: Vec<(String, i64, String, String, u32)> = (0..1 + i % 4)
+                .map(|k| {
+                    let (name, price, gl, vat) = goods[(i + k) % goods.len()];
+                    let qty = 1 + ((i * 7 + k * 3) % 5) as i64;
+                    (
+                        name.to_string(),
+                        qty,
+                        price.to_string(),
+                        gl.to_string(),
+                        vat,
+                    )
+                })
+                .collect();
+            let gross = lines
+                .iter()
+                .map(|(_, q, p, _, v)| {
+                    let net = Decimal::from(*q) * p.parse::<Decimal>().expect("a price");
+                    (net + net * Decimal::from(*v) / Decimal::from(100)).round_dp(2)
+                })
+                .sum();
+            let number = format!("SBX-{:04}", i + 1);
+            let pdf = i % 3 == 0;
+            let (id, idn) = world.invoice(InvoiceDraft {
+                number: number.clone(),
+                supplier,
+                lines: lines.clone(),
+                status: 1,
+                dimensions: i % 2 == 0,
+                pdf,
+                ..Default::default()
+            });
+            Tracked {
+                number,
+                id,
+                idn,
+                supplier: suppliers[&supplier].clone(),
+                gross,
+                lines: lines.len(),
+                pdf,
+                approved_at: Instant::now(),
+                booked_after: None,
+            }
+        })
+        .collect()
+}
+
+/// Print the table and decide: every invoice booked once and stamped, or what went wrong.
+fn report(world: &World, tracked: &[Tracked]) -> Result<(), String> {
+    let entries = world.exact.purchase_entries(world.division);
+    let precoro_calls = world.precoro.calls();
+    println!(
+        "\n{:<10} {:<26} {:>10} {:>5} {:>4} {:<38} {:>9} {:>8}",
+        "invoice", "supplier", "amount", "lines", "pdf", "Exact entry", "latency", "Precoro"
+    );
+    println!("{}", "-".repeat(116));
+    let mut problems = Vec::new();
+    let mut latencies = Vec::new();
+    for t in tracked {
+        let booked: Vec<_> = entries
+            .iter()
+            .filter(|e| e.request["YourRef"] == t.number.as_str())
+            .collect();
+        let stamped = world.precoro.invoice(t.idn)["externalId"].clone();
+        let entry = match booked.as_slice() {
+            [one] => {
+                if stamped != one.entry_id.to_string().as_str() {
+                    problems.push(format!(
+                        "{}: booked as {} but Precoro's externalId is {stamped}",
+                        t.number, one.entry_id
+                    ));
+                }
+                one.entry_id.to_string()
+            }
+            [] => {
+                problems.push(format!("{}: not booked in Exact", t.number));
+                "(not booked)".into()
+            }
+            many => {
+                problems.push(format!(
+                    "{}: booked {} times in Exact",
+                    t.number,
+                    many.len()
+                ));
+                format!("({} entries!)", many.len())
+            }
+        };
+        let own_calls = precoro_calls
+            .iter()
+            .filter(|c| c.path.contains(&format!("/invoices/{}", t.idn)))
+            .count();
+        if let Some(l) = t.booked_after {
+            latencies.push(l);
+        }
+        println!(
+            "{:<10} {:<26} {:>10} {:>5} {:>4} {:<38} {:>9} {:>8}",
+            t.number,
+            truncate(&t.supplier, 26),
+            t.gross.to_string(),
+            t.lines,
+            if t.pdf { "yes" } else { "" },
+            entry,
+            t.booked_after
+                .map(|d| format!("{} ms", d.as_millis()))
+                .unwrap_or_else(|| "-".into()),
+            own_calls,
+        );
+    }
+    println!("{}", "-".repeat(116));
+
+    let n = tracked.len().max(1) as f64;
+    let exact = world.exact.calls();
+    let count = |method: &str, part: &str| {
+        exact
+            .iter()
+            .filter(|c| c.method == method && c.path.contains(part))
+            .count()
+    };
+    let entries_posted = count("POST", "purchaseentry/PurchaseEntries");
+    let docs = count("POST", "documents/");
+    let gets = exact.iter().filter(|c| c.method == "GET").count();
+    let token = exact.iter().filter(|c| c.path.contains("oauth2")).count();
+    println!(
+        "Exact calls: {} in all = {entries_posted} purchase entries + {docs} document/attachment posts + {gets} lookups + {token} token calls ({:.2} per invoice)",
+        exact.len(),
+        exact.len() as f64 / n
+    );
+    println!(
+        "Precoro calls: {} in all ({:.2} per invoice, PDF downloads included)",
+        precoro_calls.len(),
+        precoro_calls.len() as f64 / n
+    );
+    latencies.sort();
+    if !latencies.is_empty() {
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "Approval → Exact entry: p50 {} ms, p90 {} ms, max {} ms",
+            pct(0.5).as_millis(),
+            pct(0.9).as_millis(),
+            pct(1.0).as_millis()
+        );
+    }
+    let strays = entries
+        .iter()
+        .filter(|e| {
+            !tracked
+                .iter()
+                .any(|t| e.request["YourRef"] == t.number.as_str())
+        })
+        .count();
+    if strays > 0 {
+        problems.push(format!("{strays} Exact entries match no approved invoice"));
+    }
+    if problems.is_empty() {
+        println!(
+            "\nOK: {} invoices booked exactly once each and stamped back in Precoro.",
+            tracked.len()
+        );
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Keep running and tell a person how to poke at it.
+async fn serve(world: &World, stack: &Stack, first: &Tracked) {
+    let hook = world.precoro_webhook_url(&stack.ingress_base);
+    println!("\nServing until Ctrl-C:");
+    println!("  ingress             {}", stack.ingress_base);
+    println!(
+        "  health / metrics    {0}/healthz  {0}/readyz  {0}/metrics",
+        stack.ingress_base
+    );
+    println!("  Precoro webhook URL {hook}");
+    println!(
+        "  Exact webhook URL   {}/webhooks/exact",
+        stack.ingress_base
+    );
+    println!(
+        "  Precoro simulator   {}  (X-AUTH-TOKEN: {}, email: {})",
+        world.precoro.base_url(),
+        world.precoro.token(),
+        world.precoro.email()
+    );
+    println!(
+        "  Exact simulator     {}  (division {})",
+        world.exact.base_url(),
+        world.division.0
+    );
+    println!("Try: re-send the first invoice's webhook and see that nothing is booked twice:");
+    println!(
+        "  curl -si -X POST {hook} -H 'content-type: application/json' -d '{{\"id\":{},\"type\":3,\"action\":1,\"idn\":{}}}'",
+        first.id, first.idn
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    println!("stopping");
+}

@@ -287,6 +287,23 @@ impl Inspector {
         q.message_count()
     }
 
+    /// Consumers attached to `queue` (passive declare): how a test sees that workers are up.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        let q = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        q.consumer_count()
+    }
+
     /// Take (and ack) every message now in `queue`.
     pub async fn drain(&self, queue: &str) -> Vec<Taken> {
         let mut out = Vec::new();

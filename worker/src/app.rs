@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::flows::Context;
 use crate::flows::invoices::InvoiceFlow;
+use crate::flows::payments::PaymentFlow;
 use crate::scheduler;
 
 /// Which parts a worker runs (all by default; tests and the CLI pick).
@@ -23,7 +24,7 @@ pub struct Parts {
 impl Default for Parts {
     fn default() -> Self {
         Parts {
-            flows: vec!["invoices"],
+            flows: vec!["invoices", "payments"],
             scheduler: true,
         }
     }
@@ -51,6 +52,17 @@ impl Worker {
             match *flow {
                 "invoices" => {
                     let handler = Arc::new(InvoiceFlow::new(ctx.clone()));
+                    let c = FlowConsumer::new(
+                        &config.broker,
+                        &config.worker,
+                        handler,
+                        publisher.clone(),
+                        store.clone(),
+                    );
+                    tasks.spawn(c.run(rx.clone()));
+                }
+                "payments" => {
+                    let handler = Arc::new(PaymentFlow::new(ctx.clone()));
                     let c = FlowConsumer::new(
                         &config.broker,
                         &config.worker,

@@ -2,6 +2,8 @@
 
 pub mod invoice_map;
 pub mod invoices;
+pub mod payment_lines;
+pub mod payments;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,694 @@
+//! Payments: a payment made in Exact marks the Precoro invoice Partly paid or Paid, once.
+//!
+//! Exact has no payment webhook (`cashflow/Payments` is not webhook-enabled, specs/exact-online.md
+//! §3), so the flow polls `sync/Cashflow/PaymentTerms` with a Timestamp cursor kept in Redis:
+//! a poll with nothing new costs exactly one Exact call and no Precoro call. Three kinds of
+//! message reach the `sync.payments` queue:
+//!
+//! - **Poll hints**: the scheduler's `job.payments.poll`, and Exact's `BankEntries`, `CashEntries`
+//!   and `PurchaseEntries` webhooks, which ask for a poll now. A hint received before the start of
+//!   the last successful poll is already covered and costs nothing; a webhook first waits out the
+//!   debounce window so the rest of its burst lands in the same poll. Hints share one lease per
+//!   company, so polls never overlap.
+//! - **`job.payments.entry`**: published by a poll, one per purchase entry we booked that has new
+//!   payment lines. It reads the Precoro invoice once and posts one Precoro payment per Exact
+//!   payment line, stamped with the line's id, each under its own idempotency key.
+//! - **`job.payments.reversal`**: a payment we synced was undone in Exact. Precoro has no
+//!   documented payment cancel (specs/precoro.md §3), so it is counted, logged and dead-lettered
+//!   for an operator, never applied silently.
+//!
+//! The first poll of a company reads the sync endpoint from the start (a Timestamp is a rowversion,
+//! not a date, §4 "Sync APIs"), but only acts on payments made within `initial_window`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shared::bus::consumer::{Handler, Message, Outcome};
+use shared::bus::{Envelope, Source};
+use shared::error::{Error, Result};
+use shared::exact::client::SYNC_START;
+use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
+use shared::precoro::{Invoice, InvoiceQuery, Read};
+use shared::store::idempotency::Claim;
+
+use super::Context;
+use super::payment_lines::{self, Decision, PaidLine, SNAP};
+
+/// The sync cursor's name (`cursor:exact:{tenant}:payment-terms`).
+pub const CURSOR: &str = "payment-terms";
+
+/// Precoro invoice statuses (specs/precoro.md §3).
+const APPROVED: i64 = 2;
+const PARTLY_PAID: i64 = 4;
+const PAID: i64 = 5;
+
+/// How long "this Exact entry has no Precoro invoice" is believed. Short: an entry booked by the
+/// invoice flow whose stamp is still being retried must not stay "foreign" for long.
+const NOT_OURS_TTL: Duration = Duration::from_secs(3600);
+/// How long a synced line is remembered, to skip it when it shows up again and to notice when
+/// Exact reverses it. A reversal may come late in the financial year.
+const LINE_TTL: Duration = Duration::from_secs(400 * 86_400);
+/// `external_id[]` values per Precoro lookup, to keep the URL short.
+const LOOKUP_CHUNK: usize = 25;
+
+/// The key holding the Redis time (ms) at which the last successful poll of `tenant` started.
+pub fn last_poll_key(ctx: &Context, tenant: &TenantId) -> String {
+    ctx.store.key(&["payments", "last-poll", tenant.as_str()])
+}
+
+pub struct PaymentFlow {
+    ctx: Arc<Context>,
+}
+
+impl PaymentFlow {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        PaymentFlow { ctx }
+    }
+}
+
+/// The Precoro invoice a purchase entry was booked from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceLink {
+    pub id: PrecoroId,
+    pub idn: PrecoroIdn,
+}
+
+/// Payload of `job.payments.entry`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryPayments {
+    pub entry: ExactGuid,
+    pub invoice: InvoiceLink,
+    pub lines: Vec<PaidLine>,
+}
+
+/// What we remember of a line once it is settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedLine {
+    pub entry: ExactGuid,
+    pub bank: Option<ExactGuid>,
+    /// The Precoro payment that carries it; `None` when Precoro showed the invoice paid already.
+    pub payment: Option<PrecoroIdn>,
+    pub amount: Decimal,
+    pub invoice: InvoiceLink,
+}
+
+/// Payload of `job.payments.reversal`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reversal {
+    pub row: ExactGuid,
+    pub line: SyncedLine,
+}
+
+enum Kind {
+    Hint,
+    Entry(EntryPayments),
+    Reversal(Reversal),
+}
+
+fn kind(env: &Envelope) -> Result<Kind> {
+    let parse = |what: &str| {
+        Error::Malformed(format!(
+            "payments {what} message with an unreadable payload: {}",
+            env.payload
+        ))
+    };
+    Ok(match (env.source, env.action.as_str()) {
+        (Source::Job, "entry") => {
+            Kind::Entry(serde_json::from_value(env.payload.clone()).map_err(|_| parse("entry"))?)
+        }
+        (Source::Job, "reversal") => Kind::Reversal(
+            serde_json::from_value(env.payload.clone()).map_err(|_| parse("reversal"))?,
+        ),
+        _ => Kind::Hint,
+    })
+}
+
+impl Handler for PaymentFlow {
+    fn flow(&self) -> &'static str {
+        "payments"
+    }
+
+    fn entity_key(&self, env: &Envelope) -> Option<String> {
+        match kind(env).ok()? {
+            // One poll per company at a time: hints queue behind it and then find themselves covered.
+            Kind::Hint => Some("poll".into()),
+            Kind::Entry(e) => Some(format!("entry:{}", e.entry)),
+            Kind::Reversal(_) => None,
+        }
+    }
+
+    async fn handle(&self, msg: &Message) -> Result<Outcome> {
+        let env = &msg.envelope;
+        let tenant = self.ctx.tenant(&env.tenant)?;
+        if !tenant.flows.payments.enabled {
+            return Ok(Outcome::Skipped(
+                "payment flow is off for this company".into(),
+            ));
+        }
+        match kind(env)? {
+            Kind::Hint => self.poll(env).await,
+            Kind::Entry(e) => {
+                self.settle_entry(&env.tenant, e, msg.maybe_repeated())
+                    .await
+            }
+            Kind::Reversal(r) => report_reversal(&env.tenant, &r, msg.replay_nonce.is_some()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Poll
+// ---------------------------------------------------------------------------------------------
+
+impl PaymentFlow {
+    async fn poll(&self, env: &Envelope) -> Result<Outcome> {
+        let tenant_id = &env.tenant;
+        let cfg = &self.ctx.tenant(tenant_id)?.flows.payments;
+        let store = &self.ctx.store;
+        let last_key = last_poll_key(&self.ctx, tenant_id);
+        if let Some(covered) = self.covered(&last_key, env.received_at).await? {
+            return Ok(Outcome::Skipped(covered));
+        }
+        if env.source == Source::Exact {
+            // Debounce: a payment run fires a burst of BankEntries/PurchaseEntries webhooks; let
+            // it land so one poll covers it. The wait is bounded well inside the entity lease.
+            let settle = cfg.debounce.min(self.ctx.config.worker.entity_lease / 2);
+            let since = (Utc::now() - env.received_at).to_std().unwrap_or_default();
+            if let Some(left) = settle.checked_sub(since) {
+                tokio::time::sleep(left).await;
+            }
+            // Another hint's poll may have run meanwhile (its lease expired or it came first).
+            if let Some(covered) = self.covered(&last_key, env.received_at).await? {
+                return Ok(Outcome::Skipped(covered));
+            }
+        }
+
+        // Fetch: the rows changed since the cursor (one call when nothing is new).
+        let started_ms = store.now_ms().await?;
+        let now = DateTime::<Utc>::from_timestamp_millis(started_ms).unwrap_or_else(Utc::now);
+        let exact = self.ctx.exact(tenant_id)?;
+        let cursor = exact.load_cursor(CURSOR).await?;
+        let page = exact
+            .sync_payment_terms(cursor.unwrap_or(SYNC_START))
+            .await?;
+        let floor = match cursor {
+            None => Some(
+                now - chrono::Duration::from_std(cfg.initial_window)
+                    .unwrap_or(chrono::Duration::days(30)),
+            ),
+            Some(_) => None,
+        };
+
+        // Decide.
+        let changes = payment_lines::classify(&page.rows, floor, now);
+        let mut reversals: Vec<Reversal> = Vec::new();
+        for open in &changes.open {
+            if let Some(line) = self.synced(tenant_id, open.row).await?
+                && line.payment.is_some()
+            {
+                reversals.push(Reversal {
+                    row: open.row,
+                    line,
+                });
+            }
+        }
+        let mut fresh: BTreeMap<ExactGuid, Vec<PaidLine>> = BTreeMap::new();
+        let mut already = 0usize;
+        for (entry, lines) in &changes.paid {
+            for line in lines {
+                match self.synced(tenant_id, line.row).await? {
+                    Some(s) if s.bank == line.bank => already += 1,
+                    Some(s) => {
+                        // Reopened and paid again between two polls: the old payment was undone.
+                        if s.payment.is_some() {
+                            reversals.push(Reversal {
+                                row: line.row,
+                                line: s,
+                            });
+                        }
+                        fresh.entry(*entry).or_default().push(line.clone());
+                    }
+                    None => fresh.entry(*entry).or_default().push(line.clone()),
+                }
+            }
+        }
+        let entries: Vec<ExactGuid> = fresh.keys().copied().collect();
+        let links = self.invoices_for(tenant_id, &entries).await?;
+
+        // Hand each entry of ours to its own message (own lease, retries and DLQ entry).
+        let mut queued = 0usize;
+        let mut foreign = 0usize;
+        for (entry, lines) in fresh {
+            let Some(invoice) = links.get(&entry) else {
+                foreign += 1;
+                tracing::debug!(tenant = %tenant_id, %entry, "payment on an Exact entry not booked from Precoro; ignored");
+                continue;
+            };
+            let payload = EntryPayments {
+                entry,
+                invoice: *invoice,
+                lines,
+            };
+            self.publish(tenant_id, "entry", json!(payload)).await?;
+            queued += 1;
+        }
+        let mut reported = 0usize;
+        for r in reversals {
+            if self.reversal_noticed(tenant_id, &r).await? {
+                reported += 1;
+            }
+        }
+
+        // Move the cursor only now: everything up to it is handed on.
+        if let Some(ts) = page.max_timestamp
+            && cursor.is_none_or(|c| ts > c)
+        {
+            exact.save_cursor(CURSOR, ts).await?;
+        }
+        store
+            .set_string(&last_key, &started_ms.to_string(), None)
+            .await?;
+        let summary = format!(
+            "{} row(s): {queued} entr(y/ies) queued, {already} line(s) already synced, {foreign} foreign entr(y/ies), {} before the first window, {reported} reversal(s)",
+            page.rows.len(),
+            changes.before_window
+        );
+        tracing::info!(tenant = %tenant_id, cursor = ?cursor, next = ?page.max_timestamp, "{summary}");
+        Ok(Outcome::Done(summary))
+    }
+
+    /// `Some(reason)` when a poll that started after `received_at` has already succeeded.
+    async fn covered(&self, last_key: &str, received_at: DateTime<Utc>) -> Result<Option<String>> {
+        let last = self
+            .ctx
+            .store
+            .get_string(last_key)
+            .await?
+            .and_then(|s| s.parse::<i64>().ok());
+        Ok(match last {
+            Some(ms) if received_at.timestamp_millis() <= ms => Some(format!(
+                "covered by the poll started at {}",
+                DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
+            )),
+            _ => None,
+        })
+    }
+
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        action: &str,
+        payload: serde_json::Value,
+    ) -> Result<()> {
+        let env = Envelope::new(tenant.clone(), Source::Job, "payments", action, payload);
+        self.ctx
+            .publisher
+            .publish_envelope(&env, Default::default())
+            .await?;
+        Ok(())
+    }
+
+    fn line_key(&self, tenant: &TenantId, row: ExactGuid) -> String {
+        self.ctx
+            .store
+            .key(&["payments", "line", tenant.as_str(), &row.to_string()])
+    }
+
+    async fn synced(&self, tenant: &TenantId, row: ExactGuid) -> Result<Option<SyncedLine>> {
+        let raw = self
+            .ctx
+            .store
+            .get_string(&self.line_key(tenant, row))
+            .await?;
+        // An unreadable record is treated as absent: Precoro's externalId check still guards.
+        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    async fn remember(&self, tenant: &TenantId, row: ExactGuid, line: &SyncedLine) -> Result<()> {
+        let v = serde_json::to_string(line).expect("a synced line serialises");
+        self.ctx
+            .store
+            .set_string(&self.line_key(tenant, row), &v, Some(LINE_TTL))
+            .await
+    }
+
+    /// Report a reversal once: count and log it, queue its operator message, forget the line.
+    async fn reversal_noticed(&self, tenant: &TenantId, r: &Reversal) -> Result<bool> {
+        let bank = r.line.bank.map(|b| b.to_string()).unwrap_or("-".into());
+        let once = self.ctx.store.key(&[
+            "payments",
+            "reversal",
+            tenant.as_str(),
+            &r.row.to_string(),
+            &bank,
+        ]);
+        if !self.ctx.store.set_nx(&once, "1", LINE_TTL).await? {
+            return Ok(false);
+        }
+        metrics::counter!("payments_reversed_total", "tenant" => tenant.to_string()).increment(1);
+        tracing::warn!(
+            tenant = %tenant,
+            entry = %r.line.entry,
+            row = %r.row,
+            precoro_payment = ?r.line.payment,
+            invoice = r.line.invoice.idn.0,
+            amount = %r.line.amount,
+            "an Exact payment synced to Precoro was reversed; reporting it to an operator"
+        );
+        if let Err(e) = self.publish(tenant, "reversal", json!(r)).await {
+            self.ctx.store.del(&once).await?;
+            return Err(e);
+        }
+        self.ctx.store.del(&self.line_key(tenant, r.row)).await?;
+        Ok(true)
+    }
+
+    /// Which of `entries` were booked from a Precoro invoice (its `externalId` is the EntryID).
+    /// Answers are cached; the rest is looked up with `external_id[]`, a few at a time.
+    async fn invoices_for(
+        &self,
+        tenant: &TenantId,
+        entries: &[ExactGuid],
+    ) -> Result<HashMap<ExactGuid, InvoiceLink>> {
+        let store = &self.ctx.store;
+        let key =
+            |e: &ExactGuid| store.key(&["payments", "invoice-of", tenant.as_str(), &e.to_string()]);
+        let mut found = HashMap::new();
+        let mut unknown = Vec::new();
+        for e in entries {
+            match store.get_string(&key(e)).await? {
+                Some(v) if v == "-" => {}
+                Some(v) => match serde_json::from_str::<InvoiceLink>(&v) {
+                    Ok(link) => {
+                        found.insert(*e, link);
+                    }
+                    Err(_) => unknown.push(*e),
+                },
+                None => unknown.push(*e),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(found);
+        }
+        let precoro = self.ctx.precoro(tenant)?;
+        let ttl = self.ctx.config.worker.idempotency_ttl.max(LINE_TTL);
+        for chunk in unknown.chunks(LOOKUP_CHUNK) {
+            let invoices = precoro
+                .list_invoices_with(
+                    &InvoiceQuery {
+                        external_ids: chunk.iter().map(ToString::to_string).collect(),
+                        per_page: Some(100),
+                        ..Default::default()
+                    },
+                    // A cached list could predate the invoice flow's stamp.
+                    Read::Fresh,
+                )
+                .await?;
+            for e in chunk {
+                let hit = invoices.iter().find(|i| {
+                    i.external_id
+                        .as_deref()
+                        .and_then(|x| x.parse::<ExactGuid>().ok())
+                        == Some(*e)
+                });
+                match hit {
+                    Some(i) => {
+                        let link = InvoiceLink {
+                            id: i.id,
+                            idn: i.idn,
+                        };
+                        store
+                            .set_string(&key(e), &json!(link).to_string(), Some(ttl))
+                            .await?;
+                        found.insert(*e, link);
+                    }
+                    None => store.set_string(&key(e), "-", Some(NOT_OURS_TTL)).await?,
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One entry's payments
+// ---------------------------------------------------------------------------------------------
+
+/// How a line ended.
+enum Settled {
+    /// We posted this Precoro payment (and stamped it).
+    Posted(PrecoroIdn, Decimal),
+    /// A Precoro payment for it existed already (an earlier attempt); stamped if it was not.
+    Existing(PrecoroIdn),
+    /// Precoro showed the invoice paid already: left alone.
+    LeftAlone,
+}
+
+impl PaymentFlow {
+    async fn settle_entry(
+        &self,
+        tenant: &TenantId,
+        e: EntryPayments,
+        repeated: bool,
+    ) -> Result<Outcome> {
+        let precoro = self.ctx.precoro(tenant)?;
+        // Fetch: the invoice as it is now (sum, sumPaid, status and its payments).
+        let mut invoice = precoro.get_invoice_fresh(e.invoice.idn).await?;
+        if invoice.external_id.as_deref().and_then(|x| x.parse().ok()) != Some(e.entry) {
+            let key = self.ctx.store.key(&[
+                "payments",
+                "invoice-of",
+                tenant.as_str(),
+                &e.entry.to_string(),
+            ]);
+            self.ctx.store.del(&key).await?;
+            return Ok(Outcome::Skipped(format!(
+                "Precoro invoice {} is no longer linked to Exact entry {} (externalId {:?})",
+                e.invoice.idn, e.entry, invoice.external_id
+            )));
+        }
+        let mut done = Vec::new();
+        for line in &e.lines {
+            let scope = format!("payline:{tenant}:{}", line.key());
+            let (token, maybe_attempted) = match self.ctx.idem.claim(&scope).await? {
+                Claim::Done(r) => {
+                    done.push(format!("{}: {r}", line.row));
+                    continue;
+                }
+                Claim::InProgress => {
+                    return Err(Error::LeaseHeld(format!(
+                        "payment line {} is being synced",
+                        line.row
+                    )));
+                }
+                Claim::Acquired {
+                    token,
+                    maybe_attempted,
+                } => (token, maybe_attempted),
+            };
+            let outcome = self
+                .settle_line(
+                    tenant,
+                    &mut invoice,
+                    line,
+                    &scope,
+                    repeated || maybe_attempted,
+                )
+                .await;
+            let settled = match outcome {
+                Ok(s) => s,
+                Err(err) => {
+                    let _ = self.ctx.idem.release(&scope, &token).await;
+                    return Err(err);
+                }
+            };
+            let (payment, result) = match settled {
+                Settled::Posted(idn, amount) => {
+                    (Some(idn), format!("paid {amount} as payment {idn}"))
+                }
+                Settled::Existing(idn) => (Some(idn), format!("already payment {idn}")),
+                Settled::LeftAlone => (None, "invoice already paid in Precoro".to_string()),
+            };
+            self.remember(
+                tenant,
+                line.row,
+                &SyncedLine {
+                    entry: e.entry,
+                    bank: line.bank,
+                    payment,
+                    amount: line.amount,
+                    invoice: e.invoice,
+                },
+            )
+            .await?;
+            self.ctx.idem.complete(&scope, &token, &result).await?;
+            done.push(format!("{}: {result}", line.row));
+        }
+        Ok(Outcome::Done(format!(
+            "invoice {}: {}",
+            e.invoice.idn,
+            done.join("; ")
+        )))
+    }
+
+    async fn settle_line(
+        &self,
+        tenant: &TenantId,
+        invoice: &mut Invoice,
+        line: &PaidLine,
+        scope: &str,
+        may_exist: bool,
+    ) -> Result<Settled> {
+        let precoro = self.ctx.precoro(tenant)?;
+        let external_id = line.row.to_string();
+        let stamped = |p: &shared::precoro::Payment| {
+            p.external_id
+                .as_deref()
+                .and_then(|x| x.parse::<ExactGuid>().ok())
+                == Some(line.row)
+        };
+
+        // Lookup before create, free: the invoice detail lists its payments with their externalId.
+        if let Some(p) = invoice.payments.iter().find(|p| stamped(p)) {
+            return Ok(Settled::Existing(payment_idn(p)?));
+        }
+        // Posted before, but the stamp failed: stamp only.
+        let posted_key = self
+            .ctx
+            .store
+            .key(&["payments", "posted", tenant.as_str(), &line.key()]);
+        if let Some(idn) = self
+            .ctx
+            .store
+            .get_string(&posted_key)
+            .await?
+            .and_then(|s| s.parse::<i64>().ok())
+        {
+            precoro
+                .set_payment_external_id(PrecoroIdn(idn), &external_id)
+                .await?;
+            return Ok(Settled::Existing(PrecoroIdn(idn)));
+        }
+        if may_exist && let Some(idn) = self.find_unstamped(tenant, invoice, line).await? {
+            precoro.set_payment_external_id(idn, &external_id).await?;
+            return Ok(Settled::Existing(idn));
+        }
+
+        // Decide: never more than Precoro's open balance.
+        match invoice.status {
+            PAID => return Ok(Settled::LeftAlone),
+            APPROVED | PARTLY_PAID => {}
+            other => {
+                return Err(Error::Invalid(format!(
+                    "Exact entry paid {} on {}, but Precoro invoice {} is {} (status {other}), which cannot take a payment",
+                    line.amount,
+                    line.paid_on.date_naive(),
+                    invoice.idn,
+                    invoice.status_string.as_deref().unwrap_or("not approved"),
+                )));
+            }
+        }
+        let amount = match payment_lines::decide(line.amount, invoice.sum, invoice.sum_paid) {
+            Decision::FullyPaid => return Ok(Settled::LeftAlone),
+            Decision::Post {
+                amount,
+                adjusted_from,
+            } => {
+                if let Some(from) = adjusted_from {
+                    let kind = if (from - amount).abs() <= SNAP {
+                        "snapped"
+                    } else {
+                        "capped"
+                    };
+                    metrics::counter!("payments_adjusted_total", "tenant" => tenant.to_string(), "kind" => kind)
+                        .increment(1);
+                    tracing::warn!(tenant = %tenant, invoice = invoice.idn.0, row = %line.row, exact_amount = %from, posted = %amount, sum = %invoice.sum, sum_paid = %invoice.sum_paid, kind, "Exact payment adjusted to Precoro's open balance");
+                }
+                amount
+            }
+        };
+
+        // Write, then stamp.
+        self.ctx.idem.mark_attempted(scope).await?;
+        let (_, idn) = precoro
+            .create_payment(invoice.id, amount, line.paid_on)
+            .await?;
+        self.ctx
+            .store
+            .set_string(
+                &posted_key,
+                &idn.to_string(),
+                Some(self.ctx.config.worker.idempotency_ttl),
+            )
+            .await?;
+        invoice.sum_paid += amount;
+        invoice.status = if invoice.sum_paid >= invoice.sum {
+            PAID
+        } else {
+            PARTLY_PAID
+        };
+        tracing::info!(tenant = %tenant, invoice = invoice.idn.0, payment = idn.0, %amount, row = %line.row, "Exact payment recorded in Precoro");
+        precoro.set_payment_external_id(idn, &external_id).await?;
+        Ok(Settled::Posted(idn, amount))
+    }
+
+    /// An earlier attempt's POST whose reply was lost left a payment without externalId: the one
+    /// with our date and (at most) our amount. Invoice details list payments; when they do not,
+    /// ask `/payments` by externalId (a payment stamped by another path).
+    async fn find_unstamped(
+        &self,
+        tenant: &TenantId,
+        invoice: &Invoice,
+        line: &PaidLine,
+    ) -> Result<Option<PrecoroIdn>> {
+        let day = line.paid_on.format("%Y-%m-%d").to_string();
+        let candidate = invoice.payments.iter().find(|p| {
+            p.external_id.as_deref().is_none_or(|x| x.trim().is_empty())
+                && p.pay_date.as_deref().is_some_and(|d| d.starts_with(&day))
+                && p.sum_paid <= line.amount.round_dp(2) + SNAP
+        });
+        if let Some(p) = candidate {
+            return Ok(Some(payment_idn(p)?));
+        }
+        if invoice.payments.is_empty() && invoice.sum_paid > Decimal::ZERO {
+            let precoro = self.ctx.precoro(tenant)?;
+            let found = precoro
+                .find_payments_by_external_id(&[line.row.to_string()])
+                .await?;
+            if let Some(p) = found.first() {
+                return Ok(Some(payment_idn(p)?));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn payment_idn(p: &shared::precoro::Payment) -> Result<PrecoroIdn> {
+    p.idn
+        .map(PrecoroIdn)
+        .ok_or_else(|| Error::Malformed(format!("Precoro payment {} has no idn", p.id)))
+}
+
+/// The operator's DLQ entry for a reversed payment. Replaying it acknowledges it.
+fn report_reversal(tenant: &TenantId, r: &Reversal, replayed: bool) -> Result<Outcome> {
+    let payment = r
+        .line
+        .payment
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "?".into());
+    if replayed {
+        tracing::info!(tenant = %tenant, row = %r.row, payment, "payment reversal acknowledged by an operator");
+        return Ok(Outcome::Done(format!(
+            "reversal of Precoro payment {payment} acknowledged"
+        )));
+    }
+    Err(Error::Invalid(format!(
+        "payment reversed in Exact: payment line {} of entry {} ({} paid) was synced to Precoro invoice {} as payment {payment}, which still counts there. Precoro's API has no documented payment cancel (specs/precoro.md §3): cancel or correct the payment in Precoro by hand, then replay this message to acknowledge it",
+        r.row, r.line.entry, r.line.amount, r.line.invoice.idn
+    )))
+}

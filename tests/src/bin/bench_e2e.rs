@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// One child process: a worker with the invoice flow and no scheduler, until SIGTERM.
-async fn run_worker(path: &PathBuf) -> anyhow::Result<()> {
+async fn run_worker(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(Some(path))?;
     shared::telemetry::init_logs(&config.telemetry);
     let worker = worker::Worker::start(

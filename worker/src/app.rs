@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::flows::Context;
 use crate::flows::invoices::InvoiceFlow;
 use crate::flows::payments::PaymentFlow;
+use crate::flows::reference::ReferenceFlow;
 use crate::scheduler;
 
 /// Which parts a worker runs (all by default; tests and the CLI pick).
@@ -24,7 +25,7 @@ pub struct Parts {
 impl Default for Parts {
     fn default() -> Self {
         Parts {
-            flows: vec!["invoices", "payments"],
+            flows: vec!["invoices", "payments", "reference"],
             scheduler: true,
         }
     }
@@ -63,6 +64,17 @@ impl Worker {
                 }
                 "payments" => {
                     let handler = Arc::new(PaymentFlow::new(ctx.clone()));
+                    let c = FlowConsumer::new(
+                        &config.broker,
+                        &config.worker,
+                        handler,
+                        publisher.clone(),
+                        store.clone(),
+                    );
+                    tasks.spawn(c.run(rx.clone()));
+                }
+                "reference" => {
+                    let handler = Arc::new(ReferenceFlow::new(ctx.clone()));
                     let c = FlowConsumer::new(
                         &config.broker,
                         &config.worker,

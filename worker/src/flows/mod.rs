@@ -4,6 +4,8 @@ pub mod invoice_map;
 pub mod invoices;
 pub mod payment_lines;
 pub mod payments;
+pub mod reference;
+pub mod reference_map;
 
 use std::collections::HashMap;
 use std::sync::Arc;

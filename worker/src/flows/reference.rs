@@ -1,0 +1,802 @@
+//! Reference data: Exact → Precoro, per company and per kind (DESIGN.md "What flows where").
+//!
+//! VAT codes → taxes, payment conditions → payment terms, GL accounts / cost centers / cost units /
+//! projects → options of the Precoro custom fields named in the company's config. Each Precoro
+//! record is upserted by the `externalId` the invoice flow reads back ([`super::reference_map`]).
+//! Blocked, ended or deleted in Exact → disabled in Precoro, never deleted: invoices already
+//! approved may still point at the record.
+//!
+//! Triggers, all on the `sync.reference` queue:
+//! - `job.reference.sync` `{"kind": K, "full": false}` from the scheduler at each kind's own interval,
+//!   `{"kinds": [..], "full": true}` at the slow full-reconciliation interval, and the same from the
+//!   `worker reference sync` command ([`enqueue_sync`]);
+//! - Exact webhooks where a topic exists (`exact.glaccounts.*`; the others bound in the topology are
+//!   accepted too): a hint that runs the incremental sync of that kind.
+//!
+//! Incremental: GL accounts and projects read their sync endpoints from a stored Timestamp cursor
+//! and `sync/Deleted` for deletions (§4 "Sync APIs"); the kinds without a sync endpoint list
+//! everything (one call per 60 rows). Either way, a row whose Exact state matches what was last
+//! applied (a fingerprint kept in Redis) costs no Precoro call at all, and the changed ones are
+//! looked up by `external_id[]` in batches. Full: every Exact row against every Precoro record;
+//! it also repairs edits made by hand in Precoro and disables records whose Exact row is gone.
+//! In both, an equal record gets no write (the Precoro budget is 1,500 calls an hour, §2).
+//!
+//! One sync of a kind per company at a time (a Redis lease). Hints that arrive while one runs
+//! are coalesced into it: the runner notices the new generation and runs once more, so a burst
+//! of 100 webhooks costs a couple of runs, not 100 (Exact allows 60 calls a minute, §2).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::json;
+use shared::bus::consumer::{Handler, Message, Outcome};
+use shared::bus::{Envelope, Source};
+use shared::config::{Config, ReferenceKind, TenantConfig};
+use shared::error::{Error, Result};
+use shared::exact::client::{ExactClient, SYNC_START};
+use shared::exact::types::Deleted;
+use shared::ids::{PrecoroId, TenantId};
+use shared::precoro::{
+    CustomFieldKind, MasterQuery, OptionInput, PaymentTermInput, PrecoroClient, TaxInput,
+};
+use shared::store::lease::Lease;
+
+use super::Context;
+use super::reference_map::{self as map, Changes, Current, Desired, Index, Want};
+use crate::scheduler;
+
+/// Precoro's largest page (§2 "Pagination").
+const PER_PAGE: u32 = 200;
+/// externalIds per `external_id[]` lookup: keeps the URL short (GUIDs are 36 characters).
+const LOOKUP_BATCH: usize = 50;
+/// Extra rounds a runner makes for hints that arrived while it ran, before leaving the rest to
+/// the schedule.
+const MAX_ROUNDS: usize = 5;
+
+pub struct ReferenceFlow {
+    ctx: Arc<Context>,
+}
+
+impl ReferenceFlow {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        ReferenceFlow { ctx }
+    }
+}
+
+/// Where one kind lives in Precoro.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Taxes,
+    PaymentTerms,
+    Options(CustomFieldKind, i64),
+}
+
+fn target(tenant: &TenantConfig, kind: ReferenceKind) -> Result<Target> {
+    let cf = &tenant.custom_fields;
+    let field = |id: Option<i64>, name: &str| {
+        id.ok_or_else(|| {
+            Error::MissingMapping(format!(
+                "company '{}': custom_fields.{name} is not configured, so {} cannot be synced",
+                tenant.id,
+                kind.as_str()
+            ))
+        })
+    };
+    Ok(match kind {
+        ReferenceKind::Taxes => Target::Taxes,
+        ReferenceKind::PaymentTerms => Target::PaymentTerms,
+        // GL account, cost center and cost unit are line-level (item) fields; project is a
+        // header-level (document) field (specs/precoro.md §3 "Accounting dimensions").
+        ReferenceKind::GlAccounts => {
+            Target::Options(CustomFieldKind::Item, field(cf.gl_account, "gl_account")?)
+        }
+        ReferenceKind::CostCenters => {
+            Target::Options(CustomFieldKind::Item, field(cf.cost_center, "cost_center")?)
+        }
+        ReferenceKind::CostUnits => {
+            Target::Options(CustomFieldKind::Item, field(cf.cost_unit, "cost_unit")?)
+        }
+        ReferenceKind::Projects => {
+            Target::Options(CustomFieldKind::Document, field(cf.project, "project")?)
+        }
+    })
+}
+
+/// What one run of one kind did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub created: usize,
+    pub updated: usize,
+    pub disabled: usize,
+    pub unchanged: usize,
+    /// Another run of the kind was in progress and took this hint over.
+    pub coalesced: bool,
+}
+
+impl Report {
+    fn add(&mut self, o: &Report) {
+        self.created += o.created;
+        self.updated += o.updated;
+        self.disabled += o.disabled;
+        self.unchanged += o.unchanged;
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.coalesced {
+            return f.write_str("coalesced into the sync in progress");
+        }
+        write!(
+            f,
+            "{} created, {} updated, {} disabled, {} unchanged",
+            self.created, self.updated, self.disabled, self.unchanged
+        )
+    }
+}
+
+impl Handler for ReferenceFlow {
+    fn flow(&self) -> &'static str {
+        "reference"
+    }
+
+    async fn handle(&self, msg: &Message) -> Result<Outcome> {
+        let env = &msg.envelope;
+        let tenant = self.ctx.tenant(&env.tenant)?;
+        let flow = &tenant.flows.reference;
+        if !flow.enabled {
+            return Ok(Outcome::Skipped(
+                "reference flow is off for this company".into(),
+            ));
+        }
+        let (asked, full) = match env.source {
+            Source::Job => (
+                scheduler::payload_kinds(&env.payload),
+                env.payload.get("full").and_then(|f| f.as_bool()) == Some(true),
+            ),
+            Source::Exact => match map::kind_for_entity(&env.entity) {
+                Some(k) => (vec![k], false),
+                None => {
+                    return Err(Error::Malformed(format!(
+                        "Exact topic '{}' carries no reference data",
+                        env.entity
+                    )));
+                }
+            },
+            Source::Precoro => {
+                return Err(Error::Malformed(
+                    "reference data flows from Exact to Precoro only".into(),
+                ));
+            }
+        };
+        let kinds: Vec<ReferenceKind> = asked
+            .into_iter()
+            .filter(|k| flow.kinds.contains(k))
+            .collect();
+        if kinds.is_empty() {
+            return Ok(Outcome::Skipped(format!(
+                "none of the asked kinds is synced for this company (configured: {})",
+                flow.kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let mut parts = Vec::new();
+        for kind in kinds {
+            let r = self.sync_kind(&env.tenant, kind, full).await?;
+            tracing::info!(tenant = %env.tenant, kind = kind.as_str(), full, created = r.created, updated = r.updated, disabled = r.disabled, unchanged = r.unchanged, coalesced = r.coalesced, "reference sync");
+            parts.push(format!("{}: {r}", kind.as_str()));
+        }
+        Ok(Outcome::Done(parts.join("; ")))
+    }
+}
+
+impl ReferenceFlow {
+    /// Run one kind under its lease, coalescing hints that arrive meanwhile (module docs).
+    pub async fn sync_kind(
+        &self,
+        tenant: &TenantId,
+        kind: ReferenceKind,
+        full: bool,
+    ) -> Result<Report> {
+        let store = &self.ctx.store;
+        let gen_key = store.key(&["ref-gen", tenant.as_str(), kind.as_str()]);
+        let lease_key = store.key(&["lock", "reference", tenant.as_str(), kind.as_str()]);
+        let ttl = self.ctx.config.worker.entity_lease;
+        if !full {
+            // A new generation: whoever holds the lease will see it and run again.
+            store
+                .set_string(
+                    &gen_key,
+                    &uuid::Uuid::new_v4().to_string(),
+                    Some(std::time::Duration::from_secs(86_400)),
+                )
+                .await?;
+        }
+        let mut lease = match Lease::try_acquire(store, lease_key.clone(), ttl).await? {
+            Some(l) => l,
+            None if !full => {
+                return Ok(Report {
+                    coalesced: true,
+                    ..Default::default()
+                });
+            }
+            // A full reconciliation must run itself: try again later.
+            None => {
+                return Err(Error::LeaseHeld(format!(
+                    "a {} sync is running for company '{tenant}'",
+                    kind.as_str()
+                )));
+            }
+        };
+        let mut total = Report::default();
+        let mut full = full;
+        for _ in 0..MAX_ROUNDS {
+            let seen = store.get_string(&gen_key).await?;
+            let round = self.run(tenant, kind, full, &lease).await;
+            // Release before looking at the generation: a hint written after that look finds
+            // the lease free and runs by itself.
+            let _ = lease.release().await;
+            total.add(&round?);
+            full = false;
+            if store.get_string(&gen_key).await? == seen {
+                return Ok(total);
+            }
+            match Lease::try_acquire(store, lease_key.clone(), ttl).await? {
+                Some(l) => lease = l,
+                // Someone else picked the new hint up.
+                None => return Ok(total),
+            }
+        }
+        let _ = lease.release().await;
+        tracing::warn!(tenant = %tenant, kind = kind.as_str(), "reference data keeps changing; the schedule picks up the rest");
+        Ok(total)
+    }
+
+    /// One pass: fetch from Exact, decide what changed, look up and write in Precoro, remember.
+    async fn run(
+        &self,
+        tenant_id: &TenantId,
+        kind: ReferenceKind,
+        full: bool,
+        lease: &Lease,
+    ) -> Result<Report> {
+        let tenant = self.ctx.tenant(tenant_id)?;
+        let target = target(tenant, kind)?;
+        let exact = self.ctx.exact(tenant_id)?;
+        let precoro = self.ctx.precoro(tenant_id)?;
+
+        // Fetch.
+        let mut fetched = fetch_exact(exact, kind, full).await?;
+
+        // Decide: against what was applied last time (incremental), or everything (full).
+        let memo_key = self
+            .ctx
+            .store
+            .key(&["ref-memo", tenant_id.as_str(), kind.as_str()]);
+        let old_memo = self.load_memo(&memo_key).await?;
+        let mut wants: Vec<Want> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        // Later rows win: a sync page is in Timestamp order.
+        for w in std::mem::take(&mut fetched.wants).into_iter().rev() {
+            if seen.insert(map::key(w.external_id())) {
+                wants.push(w);
+            }
+        }
+        wants.reverse();
+        let disabled_fp = Want::Disable(String::new()).fingerprint();
+        if fetched.complete {
+            // Gone from a complete list (no sync/Deleted entry for these kinds): disable.
+            let present: HashSet<String> = wants
+                .iter()
+                .filter(|w| matches!(w, Want::Upsert(_)))
+                .map(|w| map::key(w.external_id()))
+                .collect();
+            for (ext, fp) in &old_memo {
+                if !present.contains(&map::key(ext)) && *fp != disabled_fp {
+                    wants.push(Want::Disable(ext.clone()));
+                }
+            }
+        }
+        let todo: Vec<Want> = if full {
+            wants.clone()
+        } else {
+            wants
+                .iter()
+                .filter(|w| old_memo.get(w.external_id()) != Some(&w.fingerprint()))
+                .cloned()
+                .collect()
+        };
+        let mut report = Report {
+            unchanged: wants.len() - todo.len(),
+            ..Default::default()
+        };
+        if todo.is_empty() && !full {
+            fetched.save_cursors(exact).await?;
+            return Ok(report);
+        }
+
+        // Look up in Precoro: everything on a full run; otherwise only the changed rows, plus the
+        // whole list when a new row may match an unstamped record (adoption before creation).
+        let mut index = if full {
+            Index::new(list_current(precoro, target, None).await?)
+        } else {
+            let ids: Vec<String> = todo.iter().map(|w| w.external_id().to_string()).collect();
+            let mut found = Vec::new();
+            for chunk in ids.chunks(LOOKUP_BATCH) {
+                found.extend(list_current(precoro, target, Some(chunk)).await?);
+            }
+            let index = Index::new(found);
+            if todo
+                .iter()
+                .any(|w| w.wants_enabled() && index.get(w.external_id()).is_none())
+            {
+                Index::new(list_current(precoro, target, None).await?)
+            } else {
+                index
+            }
+        };
+
+        // Write, remembering each applied row so a failure part-way keeps the progress.
+        let mut memo = if full { HashMap::new() } else { old_memo };
+        let applied = self
+            .apply(
+                precoro,
+                target,
+                &todo,
+                &mut index,
+                &mut memo,
+                &mut report,
+                lease,
+            )
+            .await;
+        let applied = match applied {
+            Ok(()) if full => {
+                // Stamped records whose Exact row is gone (deleted more than two months ago,
+                // beyond sync/Deleted, or never listed there): disable.
+                let keep: HashSet<String> =
+                    wants.iter().map(|w| map::key(w.external_id())).collect();
+                let stale: Vec<Current> = index
+                    .stamped_except(&keep)
+                    .filter(|c| c.enabled)
+                    .cloned()
+                    .collect();
+                let mut r = Ok(());
+                for c in stale {
+                    let ext = c.external_id.clone().unwrap_or_default();
+                    let ch = Changes {
+                        enable: Some(false),
+                        ..Default::default()
+                    };
+                    if let Err(e) = patch(precoro, target, c.id, &ch).await {
+                        r = Err(e);
+                        break;
+                    }
+                    report.disabled += 1;
+                    memo.insert(ext, disabled_fp.clone());
+                    if let Err(e) = self.keep_lease(lease).await {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                r
+            }
+            other => other,
+        };
+        self.save_memo(&memo_key, &memo).await?;
+        applied?;
+        fetched.save_cursors(exact).await?;
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        precoro: &PrecoroClient,
+        target: Target,
+        todo: &[Want],
+        index: &mut Index,
+        memo: &mut HashMap<String, String>,
+        report: &mut Report,
+        lease: &Lease,
+    ) -> Result<()> {
+        for want in todo {
+            let ext = want.external_id();
+            let existing = index.get(ext).cloned().or_else(|| match want {
+                Want::Upsert(d) if d.enabled => index.adopt(d),
+                _ => None,
+            });
+            match existing {
+                Some(cur) => match map::diff(want, &cur) {
+                    Some(ch) => {
+                        patch(precoro, target, cur.id, &ch).await?;
+                        if ch.enable == Some(false) {
+                            report.disabled += 1;
+                        } else {
+                            report.updated += 1;
+                        }
+                        self.keep_lease(lease).await?;
+                    }
+                    None => report.unchanged += 1,
+                },
+                None => match want {
+                    Want::Upsert(d) if d.enabled => {
+                        let created = create(precoro, target, d).await?;
+                        index.insert(created);
+                        report.created += 1;
+                        self.keep_lease(lease).await?;
+                    }
+                    // Nothing in Precoro to disable, and a disabled record is never created.
+                    _ => report.unchanged += 1,
+                },
+            }
+            memo.insert(ext.to_string(), want.fingerprint());
+        }
+        Ok(())
+    }
+
+    /// The lease covers one run; a long one (thousands of rows at Precoro's 1 call/s) extends it
+    /// after every write. Lost → stop: another replica may be syncing the same kind.
+    async fn keep_lease(&self, lease: &Lease) -> Result<()> {
+        if lease.extend(self.ctx.config.worker.entity_lease).await? {
+            Ok(())
+        } else {
+            Err(Error::LeaseHeld(
+                "the reference-sync lease expired during the run; another worker may be syncing"
+                    .into(),
+            ))
+        }
+    }
+
+    async fn load_memo(&self, key: &str) -> Result<HashMap<String, String>> {
+        Ok(match self.ctx.store.get_string(key).await? {
+            // A memo that cannot be read is only a cache: start over (costs Precoro reads).
+            Some(s) => serde_json::from_str(&s).unwrap_or_default(),
+            None => HashMap::new(),
+        })
+    }
+
+    async fn save_memo(&self, key: &str, memo: &HashMap<String, String>) -> Result<()> {
+        let text = serde_json::to_string(memo).expect("a string map serialises");
+        self.ctx.store.set_string(key, &text, None).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact side
+// ---------------------------------------------------------------------------------------------
+
+/// The Exact rows of one kind, mapped.
+struct Fetched {
+    wants: Vec<Want>,
+    /// Every current row is in `wants` (a full list), so a row missing from it is gone.
+    complete: bool,
+    /// Sync cursors to store once the rows up to them are applied.
+    cursors: Vec<(String, i64)>,
+}
+
+impl Fetched {
+    async fn save_cursors(&self, exact: &ExactClient) -> Result<()> {
+        for (name, ts) in &self.cursors {
+            exact.save_cursor(name, *ts).await?;
+        }
+        Ok(())
+    }
+}
+
+fn cursor_name(kind: ReferenceKind, deleted: bool) -> String {
+    if deleted {
+        format!("reference-{}-deleted", kind.as_str())
+    } else {
+        format!("reference-{}", kind.as_str())
+    }
+}
+
+async fn fetch_exact(exact: &ExactClient, kind: ReferenceKind, full: bool) -> Result<Fetched> {
+    let now = Utc::now();
+    let all = |wants: Vec<Want>| Fetched {
+        wants,
+        complete: true,
+        cursors: vec![],
+    };
+    let upsert = |d: Option<Desired>| d.map(Want::Upsert);
+    Ok(match kind {
+        // No sync endpoint for these (§4 lists sync twins only for Accounts, GLAccounts,
+        // TransactionLines, PaymentTerms and Projects): list them, one call per 60 rows.
+        ReferenceKind::Taxes => all(exact
+            .list_vat_codes()
+            .await?
+            .iter()
+            .filter_map(|v| upsert(map::tax(v)))
+            .collect()),
+        ReferenceKind::PaymentTerms => all(exact
+            .list_payment_conditions()
+            .await?
+            .iter()
+            .filter_map(|p| upsert(map::payment_term(p)))
+            .collect()),
+        ReferenceKind::CostCenters => all(exact
+            .list_cost_centers()
+            .await?
+            .iter()
+            .filter_map(|c| upsert(map::cost_option(c, now)))
+            .collect()),
+        ReferenceKind::CostUnits => all(exact
+            .list_cost_units()
+            .await?
+            .iter()
+            .filter_map(|c| upsert(map::cost_option(c, now)))
+            .collect()),
+        ReferenceKind::GlAccounts | ReferenceKind::Projects => {
+            let since = if full {
+                SYNC_START
+            } else {
+                exact
+                    .load_cursor(&cursor_name(kind, false))
+                    .await?
+                    .unwrap_or(SYNC_START)
+            };
+            let (mut wants, max) = if kind == ReferenceKind::GlAccounts {
+                let page = exact.sync_gl_accounts(since).await?;
+                let w: Vec<Want> = page
+                    .rows
+                    .iter()
+                    .filter_map(|g| upsert(map::gl_option(g)))
+                    .collect();
+                (w, page.max_timestamp)
+            } else {
+                let page = exact.sync_projects(since).await?;
+                let w: Vec<Want> = page
+                    .rows
+                    .iter()
+                    .filter_map(|p| upsert(map::project_option(p, now)))
+                    .collect();
+                (w, page.max_timestamp)
+            };
+            let mut cursors: Vec<(String, i64)> = max
+                .map(|m| (cursor_name(kind, false), m))
+                .into_iter()
+                .collect();
+            // A sync from the start returns every current row: a complete list. Deletions then
+            // show as absence; an incremental run reads them from sync/Deleted (kept two months,
+            // §4; older ones are caught by the full reconciliation).
+            let complete = since == SYNC_START;
+            if !full {
+                let entity_type = if kind == ReferenceKind::GlAccounts {
+                    Deleted::GL_ACCOUNTS
+                } else {
+                    Deleted::PROJECTS
+                };
+                let dname = cursor_name(kind, true);
+                let dsince = exact.load_cursor(&dname).await?.unwrap_or(SYNC_START);
+                let deleted = exact.sync_deleted(dsince).await?;
+                wants.extend(
+                    deleted
+                        .rows
+                        .iter()
+                        .filter(|d| d.entity_type == Some(entity_type))
+                        .map(|d| Want::Disable(d.entity_key.to_string())),
+                );
+                if let Some(m) = deleted.max_timestamp {
+                    cursors.push((dname, m));
+                }
+            }
+            Fetched {
+                wants,
+                complete,
+                cursors,
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Precoro side
+// ---------------------------------------------------------------------------------------------
+
+async fn list_current(
+    precoro: &PrecoroClient,
+    target: Target,
+    external_ids: Option<&[String]>,
+) -> Result<Vec<Current>> {
+    let q = MasterQuery {
+        external_ids: external_ids.map(<[String]>::to_vec).unwrap_or_default(),
+        per_page: Some(PER_PAGE),
+        ..Default::default()
+    };
+    Ok(match target {
+        Target::Taxes => precoro
+            .list_taxes(&q)
+            .await?
+            .iter()
+            .map(Current::from_tax)
+            .collect(),
+        Target::PaymentTerms => precoro
+            .list_payment_terms(&q)
+            .await?
+            .iter()
+            .filter_map(Current::from_term)
+            .collect(),
+        Target::Options(kind, field) => precoro
+            .list_options(kind, field, &q)
+            .await?
+            .iter()
+            .map(Current::from_option)
+            .collect(),
+    })
+}
+
+/// Create with the externalId in the body; if the reply shows it was not taken (§3 documents
+/// setting it by PATCH, hotglue creates first and PATCHes after), PATCH it.
+async fn create(precoro: &PrecoroClient, target: Target, d: &Desired) -> Result<Current> {
+    let ext = Some(d.external_id.clone());
+    let created = match target {
+        Target::Taxes => Current::from_tax(
+            &precoro
+                .create_tax(&TaxInput {
+                    name: Some(d.name.clone()),
+                    percent: d.percent,
+                    value: d.percent,
+                    external_id: ext,
+                    ..Default::default()
+                })
+                .await?,
+        ),
+        Target::PaymentTerms => {
+            let t = precoro
+                .create_payment_term(&PaymentTermInput {
+                    name: Some(d.name.clone()),
+                    credit_period_days: d.days,
+                    external_id: ext,
+                    enable: None,
+                })
+                .await?;
+            Current::from_term(&t).ok_or_else(|| {
+                Error::Malformed("Precoro POST /paymentterms: the reply has no id".into())
+            })?
+        }
+        Target::Options(kind, field) => Current::from_option(
+            &precoro
+                .create_option(
+                    kind,
+                    field,
+                    &OptionInput {
+                        name: Some(d.name.clone()),
+                        code: d.code.clone(),
+                        external_id: ext,
+                        ..Default::default()
+                    },
+                )
+                .await?,
+        ),
+    };
+    if created.external_id.as_deref().map(map::key) != Some(map::key(&d.external_id)) {
+        patch(
+            precoro,
+            target,
+            created.id,
+            &Changes {
+                external_id: Some(d.external_id.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    Ok(Current {
+        external_id: Some(d.external_id.clone()),
+        ..created
+    })
+}
+
+/// PATCH only the fields that differ.
+///
+/// Disabling uses the `enable` flag. §3 names `enable` for suppliers (the `enable=1` filter) and
+/// lists no disable field for taxes, payment terms or options [U]; we rely on the same `enable`
+/// flag the master-data resources share (the simulator models it on all of them), because
+/// deleting would orphan invoices that still reference the record.
+async fn patch(precoro: &PrecoroClient, target: Target, id: i64, ch: &Changes) -> Result<()> {
+    match target {
+        Target::Taxes => {
+            precoro
+                .patch_tax(
+                    PrecoroId(id),
+                    &TaxInput {
+                        name: ch.name.clone(),
+                        // `value` travels with `percent` as on creation (§3: "create with name,
+                        // value, percent").
+                        percent: ch.percent,
+                        value: ch.percent,
+                        external_id: ch.external_id.clone(),
+                        enable: ch.enable,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+        }
+        Target::PaymentTerms => {
+            precoro
+                .patch_payment_term(
+                    PrecoroId(id),
+                    &PaymentTermInput {
+                        name: ch.name.clone(),
+                        credit_period_days: ch.days,
+                        external_id: ch.external_id.clone(),
+                        enable: ch.enable,
+                    },
+                )
+                .await?;
+        }
+        Target::Options(kind, field) => {
+            precoro
+                .patch_option(
+                    kind,
+                    field,
+                    id,
+                    &OptionInput {
+                        name: ch.name.clone(),
+                        code: ch.code.clone(),
+                        external_id: ch.external_id.clone(),
+                        enable: ch.enable,
+                        parent_id: None,
+                    },
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator command
+// ---------------------------------------------------------------------------------------------
+
+/// Enqueue a reference sync for a company, as `worker reference sync` does: one kind or every
+/// configured kind, incremental or full. Checks the company and kind against the config first so
+/// a typo fails here with a clear message instead of in a worker.
+pub async fn enqueue_sync(
+    config: &Config,
+    tenant: &str,
+    kind: Option<ReferenceKind>,
+    full: bool,
+) -> anyhow::Result<Envelope> {
+    let t = config.tenant(tenant).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no company '{tenant}' in the config (known: {})",
+            config
+                .tenants
+                .iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let flow = &t.flows.reference;
+    if !flow.enabled {
+        anyhow::bail!("the reference flow is off for company '{tenant}' (flows.reference.enabled)");
+    }
+    let payload = match kind {
+        Some(k) if !flow.kinds.contains(&k) => anyhow::bail!(
+            "company '{tenant}' does not sync {} (flows.reference.kinds = [{}])",
+            k.as_str(),
+            flow.kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(k) => json!({"kind": k, "full": full}),
+        None => json!({"kinds": flow.kinds, "full": full}),
+    };
+    let env = Envelope::new(t.id.clone(), Source::Job, "reference", "sync", payload);
+    let publisher = shared::bus::Publisher::new(&config.broker);
+    let sent = publisher
+        .publish_envelope(&env, Default::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("could not enqueue the sync: {e}"));
+    publisher.close(config.worker.shutdown_grace).await;
+    sent?;
+    Ok(env)
+}

@@ -13,6 +13,7 @@ use crate::flows::Context;
 use crate::flows::invoices::InvoiceFlow;
 use crate::flows::payments::PaymentFlow;
 use crate::flows::reference::ReferenceFlow;
+use crate::flows::suppliers::SupplierFlow;
 use crate::scheduler;
 
 /// Which parts a worker runs (all by default; tests and the CLI pick).
@@ -25,7 +26,7 @@ pub struct Parts {
 impl Default for Parts {
     fn default() -> Self {
         Parts {
-            flows: vec!["invoices", "payments", "reference"],
+            flows: vec!["invoices", "payments", "reference", "suppliers"],
             scheduler: true,
         }
     }
@@ -62,6 +63,17 @@ impl Worker {
                     );
                     tasks.spawn(c.run(rx.clone()));
                 }
+                "reference" => {
+                    let handler = Arc::new(ReferenceFlow::new(ctx.clone()));
+                    let c = FlowConsumer::new(
+                        &config.broker,
+                        &config.worker,
+                        handler,
+                        publisher.clone(),
+                        store.clone(),
+                    );
+                    tasks.spawn(c.run(rx.clone()));
+                }
                 "payments" => {
                     let handler = Arc::new(PaymentFlow::new(ctx.clone()));
                     let c = FlowConsumer::new(
@@ -73,8 +85,8 @@ impl Worker {
                     );
                     tasks.spawn(c.run(rx.clone()));
                 }
-                "reference" => {
-                    let handler = Arc::new(ReferenceFlow::new(ctx.clone()));
+                "suppliers" => {
+                    let handler = Arc::new(SupplierFlow::new(ctx.clone()));
                     let c = FlowConsumer::new(
                         &config.broker,
                         &config.worker,

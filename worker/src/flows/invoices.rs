@@ -226,8 +226,17 @@ impl InvoiceFlow {
             return Ok(Exported::Booked(entry));
         }
 
-        // Map.
-        let supplier = invoice_map::supplier_guid(&invoice)?;
+        // Map. A supplier not yet in Exact is synced first, by the supplier flow's rules (matched
+        // by VAT number or code, else created; never by name).
+        let supplier = match invoice_map::supplier_guid(&invoice) {
+            Err(Error::MissingMapping(why)) => {
+                let Some(id) = invoice.supplier.as_ref().and_then(|s| s.id) else {
+                    return Err(Error::MissingMapping(why));
+                };
+                super::suppliers::ensure_in_exact(&self.ctx, tenant_id, PrecoroId(id)).await?
+            }
+            other => other?,
+        };
         let preview = invoice_map::map_invoice(&invoice, tenant, supplier, None)?;
 
         // Lookup before create whenever an earlier attempt may have reached Exact.

@@ -6,6 +6,8 @@ pub mod payment_lines;
 pub mod payments;
 pub mod reference;
 pub mod reference_map;
+pub mod supplier_map;
+pub mod suppliers;
 
 use std::collections::HashMap;
 use std::sync::Arc;

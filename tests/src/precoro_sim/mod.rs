@@ -526,6 +526,35 @@ impl PrecoroSim {
         id
     }
 
+    /// Edits a supplier like a user in Precoro's UI: `fields` in Precoro's names (`email` sets the
+    /// primary contact), bumps `updateDate` and fires the Update webhook (type 7). Panics if the
+    /// supplier does not exist.
+    pub fn edit_supplier(&self, id: i64, fields: Value) {
+        self.with_state(|st, now| {
+            let (rec, _) = st
+                .suppliers
+                .get_mut(&id)
+                .unwrap_or_else(|| panic!("supplier {id} does not exist"));
+            for (k, v) in fields.as_object().expect("fields is an object") {
+                if k == "email" {
+                    rec.fields.insert(
+                        "contacts".into(),
+                        json!({ "data": [{ "email": v, "isPrimary": true }] }),
+                    );
+                } else {
+                    rec.fields.insert(k.clone(), v.clone());
+                }
+            }
+            rec.updated = now;
+        });
+        self.inner.fire(vec![Event {
+            id,
+            kind: TYPE_SUPPLIER,
+            action: ACTION_UPDATE,
+            idn: None,
+        }]);
+    }
+
     pub fn add_tax(&self, t: TaxSeed) -> i64 {
         self.with_state(|st, now| {
             let id = st.new_id();

@@ -1,0 +1,512 @@
+//! Payments end to end: an invoice booked by the invoice flow is paid in the Exact simulator, a
+//! poll (scheduled job or Exact webhook) finds it, and the Precoro simulator shows the invoice
+//! Partly paid / Paid, against the real RabbitMQ and Redis.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use shared::bus::dlq::{DeadLetters, Filter};
+use shared::bus::{Envelope, Source};
+use shared::exact::client::ExactClient;
+use shared::exact::types::{NewPurchaseEntry, NewPurchaseEntryLine};
+use shared::ids::{ExactGuid, PrecoroId, TenantId};
+use shared::precoro::PrecoroClient;
+use shared::store::ratelimit::RateLimiter;
+use testbed::harness::eventually;
+use testbed::world::{Stack, TENANT, World, WorldOptions};
+use worker::flows::payments::{CURSOR, last_poll_key};
+
+const PAYMENTS: &str =
+    "[tenants.flows.payments]\npoll_every = \"1h\"\ninitial_window = \"30d\"\ndebounce = \"1s\"\n";
+const SYNC: &str = "sync/Cashflow/PaymentTerms";
+
+async fn start(tag: &'static str) -> (World, Stack) {
+    let world = World::build(WorldOptions {
+        tag,
+        tenant_toml: PAYMENTS.into(),
+        ..Default::default()
+    })
+    .await;
+    let stack = Stack::start(&world, 1, false).await;
+    (world, stack)
+}
+
+fn tenant() -> TenantId {
+    TenantId::from(TENANT)
+}
+
+fn dec(v: &Value) -> Decimal {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Decimal::from_str(&s)
+        .unwrap_or_else(|e| panic!("not a number: {v} ({e})"))
+        .round_dp(2)
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+fn exact_client(world: &World) -> ExactClient {
+    ExactClient::for_tenant(
+        &world.config.tenants[0],
+        world.store.clone(),
+        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
+    )
+}
+
+/// An approved invoice of one line `price` + 21 % VAT, booked in Exact by the invoice flow.
+/// Returns (internal id, idn, EntryID, total).
+async fn book(world: &World, number: &str, price: &str) -> (i64, i64, ExactGuid, Decimal) {
+    let (id, idn) = world.approved_invoice(
+        number,
+        world.ids.suppliers[0],
+        &[("Standing desk", 1, price, "4000", 21)],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            world.precoro.invoice(idn)["externalId"].is_string()
+        })
+        .await,
+        "invoice {number} booked and stamped"
+    );
+    let inv = world.precoro.invoice(idn);
+    let entry: ExactGuid = inv["externalId"].as_str().unwrap().parse().unwrap();
+    (id, idn, entry, dec(&inv["sum"]))
+}
+
+/// Enqueue a poll as the scheduler would and wait until a poll that started after it succeeded.
+async fn poll(stack: &Stack) {
+    let ctx = &stack.workers[0].context;
+    let env = Envelope::new(tenant(), Source::Job, "payments", "poll", json!({}));
+    let at = env.received_at.timestamp_millis();
+    ctx.publisher
+        .publish_envelope(&env, Default::default())
+        .await
+        .expect("publish poll");
+    let key = last_poll_key(ctx, &tenant());
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            ctx.store
+                .get_string(&key)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v >= at)
+        })
+        .await,
+        "the poll ran"
+    );
+}
+
+async fn status_becomes(world: &World, idn: i64, status: i64, paid: Decimal) -> Value {
+    let ok = eventually(Duration::from_secs(15), || async {
+        let inv = world.precoro.invoice(idn);
+        inv["status"] == json!(status) && dec(&inv["sumPaid"]) == paid
+    })
+    .await;
+    let inv = world.precoro.invoice(idn);
+    assert!(
+        ok,
+        "invoice {idn}: want status {status} and sumPaid {paid}, got {} and {}",
+        inv["status"], inv["sumPaid"]
+    );
+    inv
+}
+
+fn today(world: &World) -> NaiveDate {
+    world.exact.now().date_naive()
+}
+
+#[tokio::test]
+async fn a_full_payment_marks_the_invoice_paid_and_a_quiet_poll_costs_one_exact_call() {
+    let (world, stack) = start("pay-full").await;
+    let (id, idn, entry, total) = book(&world, "PAY-FULL-1", "100.00").await;
+    assert_eq!(total, d("121.00"));
+    // Paid long before the company switched the flow on: outside the first poll's window.
+    let (old_id, old_idn, old_entry, old_total) = book(&world, "PAY-OLD-1", "50.00").await;
+    let long_ago = today(&world) - chrono::Duration::days(60);
+    world
+        .exact
+        .pay_entry(world.division, old_entry, old_total, long_ago)
+        .unwrap();
+    let paid_on = today(&world) - chrono::Duration::days(1);
+    world
+        .exact
+        .pay_entry(world.division, entry, total, paid_on)
+        .unwrap();
+
+    poll(&stack).await;
+    status_becomes(&world, idn, 5, total).await;
+    let payments = world.precoro.payments_for(id);
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert_eq!(dec(&payments[0]["sumPaid"]), total);
+    assert!(
+        payments[0]["payDate"]
+            .as_str()
+            .unwrap()
+            .starts_with(&paid_on.to_string()),
+        "the payment date is Exact's: {}",
+        payments[0]["payDate"]
+    );
+    // Stamped with the Exact payment line it came from.
+    let terms = world.exact.payment_terms(world.division, entry);
+    let row = terms
+        .iter()
+        .find(|t| t["Status"] == json!(50))
+        .expect("a paid row");
+    assert_eq!(
+        payments[0]["externalId"].as_str().unwrap(),
+        row["ID"].as_str().unwrap().to_lowercase()
+    );
+    // The old payment is left out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(world.precoro.payments_for(old_id).is_empty());
+    assert_eq!(world.precoro.invoice(old_idn)["status"], json!(2));
+
+    // Nothing new: one Exact call, no Precoro call.
+    world.exact.reset_calls();
+    world.precoro.reset_calls();
+    poll(&stack).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls: Vec<String> = world
+        .exact
+        .calls()
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].contains(SYNC), "{calls:?}");
+    assert!(
+        world.precoro.calls().is_empty(),
+        "{:?}",
+        world.precoro.calls()
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn two_partial_payments_then_the_rest() {
+    let (world, stack) = start("pay-partial").await;
+    let (id, idn, entry, total) = book(&world, "PAY-PART-1", "100.00").await;
+    let day = today(&world);
+
+    world
+        .exact
+        .pay_entry(world.division, entry, d("40.00"), day)
+        .unwrap();
+    poll(&stack).await;
+    status_becomes(&world, idn, 4, d("40.00")).await;
+
+    world
+        .exact
+        .pay_entry(world.division, entry, d("30.50"), day)
+        .unwrap();
+    poll(&stack).await;
+    status_becomes(&world, idn, 4, d("70.50")).await;
+
+    world
+        .exact
+        .pay_entry(world.division, entry, total - d("70.50"), day)
+        .unwrap();
+    poll(&stack).await;
+    status_becomes(&world, idn, 5, total).await;
+
+    let payments = world.precoro.payments_for(id);
+    let mut sums: Vec<Decimal> = payments.iter().map(|p| dec(&p["sumPaid"])).collect();
+    sums.sort();
+    assert_eq!(sums, vec![d("30.50"), d("40.00"), d("50.50")]);
+    let mut ext: Vec<&str> = payments
+        .iter()
+        .map(|p| p["externalId"].as_str().expect("stamped"))
+        .collect();
+    ext.sort();
+    ext.dedup();
+    assert_eq!(ext.len(), 3, "one Exact payment line each: {payments:?}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_payment_seen_by_two_polls_and_webhooks_is_paid_once() {
+    let (world, stack) = start("pay-once").await;
+    let mut booked = Vec::new();
+    for n in 0..3 {
+        booked.push(book(&world, &format!("PAY-ONCE-{n}"), "80.00").await);
+    }
+    // Exact's webhooks reach the ingress (the handshake is answered there).
+    let exact = exact_client(&world);
+    let callback = format!("{}/webhooks/exact", stack.ingress_base);
+    for topic in ["BankEntries", "PurchaseEntries"] {
+        exact
+            .create_webhook_subscription(topic, &callback)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world.exact.reset_calls();
+
+    // A payment run: three bank payments at once, three webhooks.
+    for (_, _, entry, total) in &booked {
+        world
+            .exact
+            .pay_entry(world.division, *entry, *total, today(&world))
+            .unwrap();
+    }
+    for (_, idn, _, total) in &booked {
+        status_becomes(&world, *idn, 5, *total).await;
+    }
+    assert_eq!(
+        world.exact.count_calls("GET", SYNC),
+        1,
+        "the burst of webhooks cost one poll"
+    );
+    let hooks = world
+        .exact
+        .webhook_deliveries()
+        .into_iter()
+        .filter(|d| d.topic == "BankEntries" && d.action != "Validate" && d.status == Some(200))
+        .count();
+    assert_eq!(hooks, 3);
+
+    // Seen again: a scheduled poll, a late webhook, and a poll after the cursor is rewound.
+    poll(&stack).await;
+    let client = shared::http::client(Duration::from_secs(10));
+    let late = world.exact.webhook_deliveries();
+    let last = late
+        .iter()
+        .rfind(|d| d.topic == "BankEntries" && d.action != "Validate")
+        .unwrap();
+    let r = client
+        .post(&callback)
+        .header("content-type", "application/json")
+        .body(last.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    exact.save_cursor(CURSOR, 1).await.unwrap();
+    poll(&stack).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (id, _, _, total) in &booked {
+        let payments = world.precoro.payments_for(*id);
+        assert_eq!(payments.len(), 1, "{payments:?}");
+        assert_eq!(dec(&payments[0]["sumPaid"]), *total);
+    }
+    let posts: Vec<String> = world
+        .precoro
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/payments")
+        .map(|c| format!("{} {}", c.status, c.at))
+        .collect();
+    assert_eq!(posts.len(), 3, "{posts:?} {:?}", world.precoro.calls());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_for_an_entry_not_from_precoro_is_ignored() {
+    let (world, stack) = start("pay-foreign").await;
+    let exact = exact_client(&world);
+    let supplier = world.exact_ids.suppliers[0].id;
+    let entry = exact
+        .create_purchase_entry(&NewPurchaseEntry {
+            journal: "70".into(),
+            supplier,
+            entry_date: today(&world),
+            due_date: None,
+            your_ref: "TYPED-IN-EXACT-1".into(),
+            description: Some("Booked by hand in Exact".into()),
+            currency: Some("EUR".into()),
+            rate: None,
+            payment_condition: None,
+            payment_reference: None,
+            document: None,
+            entry_number: None,
+            lines: vec![NewPurchaseEntryLine {
+                amount_fc: d("200.00"),
+                vat_code: Some("1".into()),
+                vat_amount_fc: Some(d("42.00")),
+                gl_account: world.exact_ids.gl_accounts["4000"],
+                cost_center: None,
+                cost_unit: None,
+                project: None,
+                description: Some("Chairs".into()),
+                quantity: None,
+            }],
+        })
+        .await
+        .unwrap();
+    world
+        .exact
+        .pay_entry(world.division, entry.entry_id, d("242.00"), today(&world))
+        .unwrap();
+    world.precoro.reset_calls();
+    poll(&stack).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls: Vec<String> = world
+        .precoro
+        .calls()
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(
+        calls,
+        vec!["GET /invoices".to_string()],
+        "one lookup by externalId, no payment"
+    );
+    // Its next change costs no lookup: the answer is cached.
+    world.precoro.reset_calls();
+    exact.save_cursor(CURSOR, 1).await.unwrap();
+    poll(&stack).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(world.precoro.calls().is_empty());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn overpayment_is_capped_and_a_cent_of_rounding_is_snapped() {
+    let (world, stack) = start("pay-over").await;
+    // Someone recorded part of the invoice as paid in Precoro by hand; Exact then pays it all.
+    let (id, idn, entry, total) = book(&world, "PAY-OVER-1", "100.00").await;
+    let precoro = PrecoroClient::new(
+        &world.config.tenants[0],
+        world.store.clone(),
+        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
+    );
+    precoro
+        .create_payment(PrecoroId(id), d("50.00"), chrono::Utc::now())
+        .await
+        .unwrap();
+    world
+        .exact
+        .pay_entry(world.division, entry, total, today(&world))
+        .unwrap();
+    // Exact pays all but a cent: Precoro's open balance is snapped to.
+    let (id2, idn2, entry2, total2) = book(&world, "PAY-SNAP-1", "10.00").await;
+    world
+        .exact
+        .pay_entry(world.division, entry2, total2 - d("0.01"), today(&world))
+        .unwrap();
+
+    poll(&stack).await;
+    status_becomes(&world, idn, 5, total).await;
+    status_becomes(&world, idn2, 5, total2).await;
+    let ours: Vec<Decimal> = world
+        .precoro
+        .payments_for(id)
+        .iter()
+        .filter(|p| p["externalId"].is_string())
+        .map(|p| dec(&p["sumPaid"]))
+        .collect();
+    assert_eq!(ours, vec![total - d("50.00")], "capped at the open balance");
+    assert_eq!(dec(&world.precoro.payments_for(id2)[0]["sumPaid"]), total2);
+
+    // The last cent arrives in Exact: Precoro shows it paid already, so it is left alone.
+    world
+        .exact
+        .pay_entry(world.division, entry2, d("0.01"), today(&world))
+        .unwrap();
+    poll(&stack).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(world.precoro.payments_for(id2).len(), 1);
+    let dead = DeadLetters::connect(&world.config.broker)
+        .await
+        .unwrap()
+        .list(&Filter::default())
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "no rejected payment: {dead:?}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_cursor_survives_a_worker_restart() {
+    let (world, stack) = start("pay-restart").await;
+    let (id, idn, entry, total) = book(&world, "PAY-RESTART-1", "100.00").await;
+    world
+        .exact
+        .pay_entry(world.division, entry, d("21.00"), today(&world))
+        .unwrap();
+    poll(&stack).await;
+    status_becomes(&world, idn, 4, d("21.00")).await;
+    let cursor = exact_client(&world)
+        .load_cursor(CURSOR)
+        .await
+        .unwrap()
+        .expect("a cursor after the first poll");
+    assert!(cursor > 1);
+    stack.stop().await;
+
+    world
+        .exact
+        .pay_entry(world.division, entry, total - d("21.00"), today(&world))
+        .unwrap();
+    world.exact.reset_calls();
+    let stack = Stack::start(&world, 1, false).await;
+    poll(&stack).await;
+    status_becomes(&world, idn, 5, total).await;
+    let syncs: Vec<String> = world
+        .exact
+        .calls()
+        .iter()
+        .filter(|c| c.path.contains(SYNC))
+        .map(|c| c.query.clone())
+        .collect();
+    assert_eq!(syncs.len(), 1, "{syncs:?}");
+    assert!(
+        syncs[0].contains(&format!("{cursor}L")),
+        "continues from the stored cursor {cursor}: {}",
+        syncs[0]
+    );
+    assert_eq!(world.precoro.payments_for(id).len(), 2);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_reversed_payment_is_reported_to_an_operator_not_applied() {
+    let (world, stack) = start("pay-reverse").await;
+    let (id, idn, entry, total) = book(&world, "PAY-REV-1", "100.00").await;
+    world
+        .exact
+        .pay_entry(world.division, entry, total, today(&world))
+        .unwrap();
+    poll(&stack).await;
+    status_becomes(&world, idn, 5, total).await;
+
+    world.exact.reverse_payment(world.division, entry).unwrap();
+    poll(&stack).await;
+    let dlq = DeadLetters::connect(&world.config.broker).await.unwrap();
+    let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
+    let inspector = testbed::harness::Inspector::connect().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            inspector.depth(&names.dlq()).await >= 1
+        })
+        .await,
+        "the reversal lands in the DLQ"
+    );
+    // Seen again by a later poll: reported once.
+    exact_client(&world).save_cursor(CURSOR, 1).await.unwrap();
+    poll(&stack).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dead = dlq.list(&Filter::default()).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let reason = dead[0].error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("payment reversed in Exact")
+            && reason.contains(&format!("Precoro invoice {idn}")),
+        "{reason}"
+    );
+    assert_eq!(dead[0].error_class.as_deref(), Some("permanent"));
+    // Not applied: Precoro still shows the payment.
+    let inv = world.precoro.invoice(idn);
+    assert_eq!(inv["status"], json!(5));
+    assert_eq!(world.precoro.payments_for(id).len(), 1);
+    stack.stop().await;
+}

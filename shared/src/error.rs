@@ -35,8 +35,13 @@ impl std::fmt::Display for Api {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryClass {
-    /// Delayed retry with the attempt counted (network, timeout, 5xx, lease held).
+    /// Delayed retry with the attempt counted (network, timeout, 5xx).
     Transient,
+    /// Someone else holds the entity or the message right now: check again shortly, attempt not
+    /// counted. Bounded by the holder's lease TTL (`worker.entity_lease`), not by `max_attempts`,
+    /// so a duplicate hint that waits behind a slow holder (say one sleeping on Exact's 60
+    /// calls/min) is never dead-lettered for having waited.
+    Busy,
     /// Wait and try again; the attempt is not counted (429, local rate limiter).
     RateLimited,
     /// Dead-letter at once with a readable reason (validation, missing mapping, disabled flow).
@@ -47,6 +52,7 @@ impl RetryClass {
     pub fn as_str(self) -> &'static str {
         match self {
             RetryClass::Transient => "transient",
+            RetryClass::Busy => "busy",
             RetryClass::RateLimited => "rate_limited",
             RetryClass::Permanent => "permanent",
         }
@@ -109,11 +115,10 @@ impl Error {
     /// The one retry-class table.
     pub fn retry_class(&self) -> RetryClass {
         match self {
-            Error::Network { .. }
-            | Error::LeaseHeld(_)
-            | Error::Redis(_)
-            | Error::Broker(_)
-            | Error::Other(_) => RetryClass::Transient,
+            Error::LeaseHeld(_) => RetryClass::Busy,
+            Error::Network { .. } | Error::Redis(_) | Error::Broker(_) | Error::Other(_) => {
+                RetryClass::Transient
+            }
             Error::RateLimited { .. } => RetryClass::RateLimited,
             Error::Upstream { status, .. } => match *status {
                 429 => RetryClass::RateLimited,
@@ -210,7 +215,7 @@ mod tests {
         );
         assert_eq!(
             Error::LeaseHeld("invoice 7".into()).retry_class(),
-            RetryClass::Transient
+            RetryClass::Busy
         );
         assert_eq!(
             Error::RateLimited {

@@ -5,6 +5,8 @@
 //! - Transient → re-publish with attempt+1 to a wait queue (tier by attempt), then ack the original.
 //!   Past `max_attempts` → DLQ.
 //! - Rate-limited → re-publish to the tier that covers the wait, attempt not counted, then ack.
+//! - Busy (another worker holds the entity or the message) → the same, attempt not counted: the
+//!   holder's lease is bounded in time, and a duplicate hint must not reach the DLQ for waiting.
 //! - Permanent → DLQ at once with `x-error`, `x-error-class`, `x-attempts`, first/last failure times
 //!   and the original routing key, then ack.
 //! - A panic → counted like a transient failure but dead-lettered after `PANIC_LIMIT` panics; a
@@ -293,7 +295,7 @@ impl<H: Handler> FlowConsumer<H> {
                         let err = Error::LeaseHeld(format!(
                             "{flow} entity {key} is being worked on by another worker"
                         ));
-                        self.retry(delivery, headers, &msg, &err, true).await;
+                        self.retry(delivery, headers, &msg, &err, false).await;
                         return;
                     }
                     Err(e) => {
@@ -341,7 +343,7 @@ impl<H: Handler> FlowConsumer<H> {
                         .await
                     }
                     RetryClass::Transient => self.retry(delivery, headers, &msg, &err, true).await,
-                    RetryClass::RateLimited => {
+                    RetryClass::RateLimited | RetryClass::Busy => {
                         self.retry(delivery, headers, &msg, &err, false).await
                     }
                 }
@@ -457,10 +459,10 @@ impl<H: Handler> FlowConsumer<H> {
             .await
         {
             Ok(()) => {
-                let outcome = if count_attempt {
-                    "retry"
-                } else {
-                    "rate_limited"
+                let outcome = match (count_attempt, err.retry_class()) {
+                    (true, _) => "retry",
+                    (false, RetryClass::Busy) => "busy",
+                    (false, _) => "rate_limited",
                 };
                 telemetry::event_processed(
                     flow,

@@ -22,7 +22,7 @@ use testbed::world::{InvoiceDraft, Stack, World, WorldOptions};
 #[command(about, long_about = None)]
 struct Args {
     /// How many invoices to approve in Precoro.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=2000))]
     invoices: u32,
     /// How many workers to run (in this process, each with its own connections).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
@@ -271,9 +271,10 @@ fn report(world: &World, tracked: &[Tracked]) -> Result<(), String> {
                 format!("({} entries!)", many.len())
             }
         };
+        let own = format!("/invoices/{}", t.idn);
         let own_calls = precoro_calls
             .iter()
-            .filter(|c| c.path.contains(&format!("/invoices/{}", t.idn)))
+            .filter(|c| c.path == own || c.path.starts_with(&format!("{own}/")))
             .count();
         if let Some(l) = t.booked_after {
             latencies.push(l);
@@ -315,6 +316,10 @@ fn report(world: &World, tracked: &[Tracked]) -> Result<(), String> {
         "Precoro calls: {} in all ({:.2} per invoice, PDF downloads included)",
         precoro_calls.len(),
         precoro_calls.len() as f64 / n
+    );
+    println!(
+        "Exact allows {} calls/min per division (and {}/day): that budget, shared by every worker, paces the bookings.",
+        world.config.tenants[0].exact.minutely_limit, world.config.tenants[0].exact.daily_limit
     );
     latencies.sort();
     if !latencies.is_empty() {

@@ -34,6 +34,16 @@ async fn start(tag: &'static str) -> (World, Stack) {
     (world, stack)
 }
 
+/// Stop the service and remove this test's queues: quorum queues left behind by every run weigh
+/// on the shared broker.
+async fn finish(world: World, stack: Stack) {
+    stack.stop().await;
+    testbed::harness::Inspector::connect()
+        .await
+        .delete_topology(&world.config.broker)
+        .await;
+}
+
 fn tenant() -> TenantId {
     TenantId::from(TENANT)
 }
@@ -120,6 +130,22 @@ async fn status_becomes(world: &World, idn: i64, status: i64, paid: Decimal) -> 
     inv
 }
 
+/// Wait until `n` of the invoice's payments carry an externalId (the stamp follows the POST).
+async fn stamped(world: &World, id: i64, n: usize) -> Vec<Value> {
+    let count = || {
+        world
+            .precoro
+            .payments_for(id)
+            .into_iter()
+            .filter(|p| p["externalId"].is_string())
+            .collect::<Vec<_>>()
+    };
+    let ok = eventually(Duration::from_secs(10), || async { count().len() >= n }).await;
+    let got = count();
+    assert!(ok && got.len() == n, "want {n} stamped payments: {got:?}");
+    got
+}
+
 fn today(world: &World) -> NaiveDate {
     world.exact.now().date_naive()
 }
@@ -144,8 +170,8 @@ async fn a_full_payment_marks_the_invoice_paid_and_a_quiet_poll_costs_one_exact_
 
     poll(&stack).await;
     status_becomes(&world, idn, 5, total).await;
-    let payments = world.precoro.payments_for(id);
-    assert_eq!(payments.len(), 1, "{payments:?}");
+    let payments = stamped(&world, id, 1).await;
+    assert_eq!(world.precoro.payments_for(id).len(), 1);
     assert_eq!(dec(&payments[0]["sumPaid"]), total);
     assert!(
         payments[0]["payDate"]
@@ -188,7 +214,7 @@ async fn a_full_payment_marks_the_invoice_paid_and_a_quiet_poll_costs_one_exact_
         "{:?}",
         world.precoro.calls()
     );
-    stack.stop().await;
+    finish(world, stack).await;
 }
 
 #[tokio::test]
@@ -218,7 +244,7 @@ async fn two_partial_payments_then_the_rest() {
     poll(&stack).await;
     status_becomes(&world, idn, 5, total).await;
 
-    let payments = world.precoro.payments_for(id);
+    let payments = stamped(&world, id, 3).await;
     let mut sums: Vec<Decimal> = payments.iter().map(|p| dec(&p["sumPaid"])).collect();
     sums.sort();
     assert_eq!(sums, vec![d("30.50"), d("40.00"), d("50.50")]);
@@ -229,7 +255,7 @@ async fn two_partial_payments_then_the_rest() {
     ext.sort();
     ext.dedup();
     assert_eq!(ext.len(), 3, "one Exact payment line each: {payments:?}");
-    stack.stop().await;
+    finish(world, stack).await;
 }
 
 #[tokio::test]
@@ -306,7 +332,7 @@ async fn the_same_payment_seen_by_two_polls_and_webhooks_is_paid_once() {
         .map(|c| format!("{} {}", c.status, c.at))
         .collect();
     assert_eq!(posts.len(), 3, "{posts:?} {:?}", world.precoro.calls());
-    stack.stop().await;
+    finish(world, stack).await;
 }
 
 #[tokio::test]
@@ -366,7 +392,7 @@ async fn a_payment_for_an_entry_not_from_precoro_is_ignored() {
     poll(&stack).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(world.precoro.calls().is_empty());
-    stack.stop().await;
+    finish(world, stack).await;
 }
 
 #[tokio::test]
@@ -397,11 +423,9 @@ async fn overpayment_is_capped_and_a_cent_of_rounding_is_snapped() {
     poll(&stack).await;
     status_becomes(&world, idn, 5, total).await;
     status_becomes(&world, idn2, 5, total2).await;
-    let ours: Vec<Decimal> = world
-        .precoro
-        .payments_for(id)
+    let ours: Vec<Decimal> = stamped(&world, id, 1)
+        .await
         .iter()
-        .filter(|p| p["externalId"].is_string())
         .map(|p| dec(&p["sumPaid"]))
         .collect();
     assert_eq!(ours, vec![total - d("50.00")], "capped at the open balance");
@@ -422,7 +446,7 @@ async fn overpayment_is_capped_and_a_cent_of_rounding_is_snapped() {
         .await
         .unwrap();
     assert!(dead.is_empty(), "no rejected payment: {dead:?}");
-    stack.stop().await;
+    finish(world, stack).await;
 }
 
 #[tokio::test]
@@ -465,7 +489,7 @@ async fn the_cursor_survives_a_worker_restart() {
         syncs[0]
     );
     assert_eq!(world.precoro.payments_for(id).len(), 2);
-    stack.stop().await;
+    finish(world, stack).await;
 }
 
 #[tokio::test]
@@ -508,5 +532,68 @@ async fn a_reversed_payment_is_reported_to_an_operator_not_applied() {
     let inv = world.precoro.invoice(idn);
     assert_eq!(inv["status"], json!(5));
     assert_eq!(world.precoro.payments_for(id).len(), 1);
-    stack.stop().await;
+    finish(world, stack).await;
+}
+
+#[tokio::test]
+async fn a_lost_precoro_reply_does_not_pay_twice() {
+    let (world, stack) = start("pay-lost").await;
+    let (id, idn, entry, total) = book(&world, "PAY-LOST-1", "100.00").await;
+    // Precoro records the payment, then the connection drops before the reply: the worker cannot
+    // know it happened, retries, and must find the payment instead of posting it again.
+    world.precoro.faults().set(testbed::precoro_sim::FaultPlan {
+        drop_reply_after_commit: 1.0,
+        path_contains: Some("/payments".into()),
+        method: Some("POST".into()),
+        max_faults: Some(1),
+        ..Default::default()
+    });
+    world
+        .exact
+        .pay_entry(world.division, entry, d("60.00"), today(&world))
+        .unwrap();
+    poll(&stack).await;
+    status_becomes(&world, idn, 4, d("60.00")).await;
+    let row = world
+        .exact
+        .payment_terms(world.division, entry)
+        .into_iter()
+        .find(|t| t["Status"] == json!(50))
+        .expect("the paid row");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            world.precoro.payments_for(id)[0]["externalId"].is_string()
+        })
+        .await,
+        "the found payment is stamped"
+    );
+    let payments = world.precoro.payments_for(id);
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert_eq!(
+        payments[0]["externalId"].as_str().unwrap(),
+        row["ID"].as_str().unwrap().to_lowercase()
+    );
+    let posts: Vec<bool> = world
+        .precoro
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/payments")
+        .map(|c| c.dropped)
+        .collect();
+    assert_eq!(
+        posts,
+        vec![true],
+        "posted once (its reply lost); the retry looked it up"
+    );
+    world.precoro.faults().clear();
+
+    // The rest is paid normally.
+    world
+        .exact
+        .pay_entry(world.division, entry, total - d("60.00"), today(&world))
+        .unwrap();
+    poll(&stack).await;
+    status_becomes(&world, idn, 5, total).await;
+    assert_eq!(world.precoro.payments_for(id).len(), 2);
+    finish(world, stack).await;
 }

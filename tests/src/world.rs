@@ -58,6 +58,11 @@ pub struct WorldOptions {
     /// Extra TOML for the tenant (flows).
     pub tenant_toml: String,
     pub env: Option<EnvSpec>,
+    /// Seed Precoro's taxes, payment terms, options and suppliers already stamped with the Exact
+    /// ids (as the reference and supplier flows would). Off: Precoro holds only the custom fields
+    /// and an unlinked supplier, and the flows fill it in (the sandbox does that); then call
+    /// `World::link_from_precoro` once they have.
+    pub seed_precoro: bool,
 }
 
 impl Default for WorldOptions {
@@ -69,6 +74,7 @@ impl Default for WorldOptions {
             exact_daily: 5000,
             tenant_toml: String::new(),
             env: None,
+            seed_precoro: true,
         }
     }
 }
@@ -103,7 +109,11 @@ impl World {
         let division = Division(100_000 + (rand::random::<u32>() % 800_000) as i64);
         exact.add_division(division);
         let exact_ids = exact.seed_demo(division);
-        let ids = link(&precoro, &exact_ids);
+        let ids = if opts.seed_precoro {
+            link(&precoro, &exact_ids)
+        } else {
+            fields_only(&precoro)
+        };
 
         let mut tenant = TenantSpec::new(TENANT, division.0);
         tenant.precoro_url = precoro.base_url();
@@ -257,6 +267,72 @@ impl World {
         })
     }
 
+    /// Read back the Precoro ids of what the reference and supplier flows created, by the Exact
+    /// ids stamped on them. Names what is still missing, so a caller can wait and try again.
+    pub fn link_from_precoro(&mut self) -> Result<(), String> {
+        let p = &self.precoro;
+        let e = &self.exact_ids;
+        let by_ext = |rows: Vec<serde_json::Value>, ext: &str| {
+            rows.iter()
+                .find(|r| {
+                    r["externalId"]
+                        .as_str()
+                        .is_some_and(|x| x.eq_ignore_ascii_case(ext))
+                })
+                .and_then(|r| r["id"].as_i64())
+        };
+        let missing = |what: String| format!("Precoro has no {what} yet");
+        let tax = |code: &str| {
+            by_ext(p.taxes(), code).ok_or_else(|| missing(format!("tax stamped '{code}'")))
+        };
+        let option = |field: i64, ext: &str, what: &str| {
+            by_ext(p.options(field), ext)
+                .ok_or_else(|| missing(format!("{what} option stamped '{ext}'")))
+        };
+        let mut gl = BTreeMap::new();
+        for (code, id) in &e.gl_accounts {
+            gl.insert(
+                code.clone(),
+                option(self.ids.gl_field, &id.to_string(), "GL account")?,
+            );
+        }
+        let mut cc = BTreeMap::new();
+        for code in e.cost_centers.keys() {
+            cc.insert(
+                code.clone(),
+                option(self.ids.cc_field, code, "cost center")?,
+            );
+        }
+        let mut cu = BTreeMap::new();
+        for code in e.cost_units.keys() {
+            cu.insert(code.clone(), option(self.ids.cu_field, code, "cost unit")?);
+        }
+        let (_, pid) = e.projects.iter().next().expect("a demo project");
+        let project = option(self.ids.project_field, &pid.to_string(), "project")?;
+        let suppliers = e
+            .suppliers
+            .iter()
+            .map(|s| {
+                by_ext(p.suppliers(), &s.id.to_string())
+                    .ok_or_else(|| missing(format!("supplier linked to {}", s.name)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ids = Linked {
+            tax_21: tax("1")?,
+            tax_9: tax("2")?,
+            tax_0: tax("0")?,
+            term_30: by_ext(p.payment_terms(), "30")
+                .ok_or_else(|| missing("payment term stamped '30'".into()))?,
+            gl,
+            cc,
+            cu,
+            project,
+            suppliers,
+            ..self.ids.clone()
+        };
+        Ok(())
+    }
+
     /// The Exact entries booked for a YourRef.
     pub fn entries_for(&self, your_ref: &str) -> Vec<serde_json::Value> {
         self.exact
@@ -312,6 +388,46 @@ impl Default for InvoiceDraft {
 /// A small valid-looking PDF.
 pub fn fake_pdf(title: &str) -> Vec<u8> {
     format!("%PDF-1.4\n% invoice {title}\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n").into_bytes()
+}
+
+/// What a company configures in Precoro by hand before connecting: the custom fields (empty), the
+/// export-condition field, and one supplier that Exact does not know yet.
+fn fields_only(p: &PrecoroSim) -> Linked {
+    let send_field = p.add_document_custom_field("Send to Exact Online");
+    let option = |name: &str, code: &str| {
+        p.add_option(
+            send_field,
+            OptionSeed {
+                name: name.into(),
+                code: Some(code.into()),
+                ..Default::default()
+            },
+        )
+    };
+    Linked {
+        tax_21: 0,
+        tax_9: 0,
+        tax_0: 0,
+        term_30: 0,
+        gl_field: p.add_item_custom_field("GL account"),
+        cc_field: p.add_item_custom_field("Cost center"),
+        cu_field: p.add_item_custom_field("Cost unit"),
+        project_field: p.add_document_custom_field("Project"),
+        send_yes: option("Yes", "YES"),
+        send_no: option("No", "NO"),
+        send_field,
+        gl: BTreeMap::new(),
+        cc: BTreeMap::new(),
+        cu: BTreeMap::new(),
+        project: 0,
+        suppliers: vec![],
+        unlinked_supplier: p.add_supplier(SupplierSeed {
+            name: "Initech LLC".into(),
+            unique_code: Some("INITECH".into()),
+            tax_payer_number: Some("US987654321".into()),
+            ..Default::default()
+        }),
+    }
 }
 
 /// Seed Precoro with the demo company and stamp the Exact ids as externalIds.
@@ -426,6 +542,7 @@ fn link(p: &PrecoroSim, e: &ExactDemo) -> Linked {
 /// The service itself, running in-process: one ingress and `workers` workers.
 pub struct Stack {
     pub ingress_base: String,
+    broker: shared::config::BrokerConfig,
     stop_ingress: Option<tokio::sync::oneshot::Sender<()>>,
     ingress_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     pub workers: Vec<worker::Worker>,
@@ -460,6 +577,7 @@ impl Stack {
             .set_webhook_urls(vec![world.precoro_webhook_url(&ingress_base)]);
         Stack {
             ingress_base,
+            broker: world.config.broker.clone(),
             stop_ingress: Some(tx),
             ingress_task: Some(ingress_task),
             workers: ws,
@@ -476,5 +594,11 @@ impl Stack {
         if let Some(t) = self.ingress_task.take() {
             let _ = t.await;
         }
+        // Every test declares its own prefixed queues: leave the shared broker as it was found,
+        // or hundreds of idle quorum queues pile up across runs and slow every declare.
+        crate::harness::Inspector::connect()
+            .await
+            .delete_topology(&self.broker)
+            .await;
     }
 }

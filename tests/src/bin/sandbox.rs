@@ -1,10 +1,16 @@
 //! The sandbox demo: the whole service against both simulators on this machine.
 //!
-//! Starts the Exact and Precoro simulators, seeds a demo company in both, connects it to Exact
-//! (the OAuth consent a finance user would give), starts the ingress and the workers in-process
-//! against the real RabbitMQ and Redis, approves a batch of invoices in Precoro and watches them
-//! land in Exact through webhook → ingress → RabbitMQ → worker. Exits 0 when every invoice was
-//! booked exactly once and stamped back in Precoro; non-zero, saying what went wrong, otherwise.
+//! Starts the Exact and Precoro simulators, seeds a demo administration in Exact, connects the
+//! company to Exact (the OAuth consent a finance user would give), starts the ingress and the
+//! workers in-process against the real RabbitMQ and Redis, and then shows the three stories:
+//! 1. reference data and suppliers flow from Exact into Precoro through the reference and
+//!    supplier flows (and Precoro's one supplier unknown to Exact goes the other way);
+//! 2. a batch of invoices approved in Precoro lands in Exact through webhook → ingress → RabbitMQ
+//!    → worker, each booked once and stamped back;
+//! 3. payments booked in Exact (full and partial) come back as Paid / Partly paid in Precoro,
+//!    woken by Exact's `BankEntries` webhook.
+//!
+//! Exits 0 when all of that happened exactly once; non-zero, saying what went wrong, otherwise.
 //! `--serve` keeps everything running afterwards so a person can fire webhooks by hand.
 
 use std::collections::BTreeMap;
@@ -15,7 +21,24 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
 use shared::config::TelemetryConfig;
+use shared::exact::client::ExactClient;
+use shared::store::ratelimit::RateLimiter;
+use testbed::harness::eventually;
 use testbed::world::{InvoiceDraft, Stack, World, WorldOptions};
+
+/// The demo company's schedules: everything runs once at start (the scheduler's first slot), then
+/// hourly; payments are woken by Exact's webhook and debounced for a second.
+const FLOWS: &str = r#"
+[tenants.flows.payments]
+poll_every = "1h"
+initial_window = "30d"
+debounce = "1s"
+[tenants.flows.suppliers]
+every = "1h"
+[tenants.flows.reference]
+every = "1h"
+full_every = "1d"
+"#;
 
 /// Run the service against the Precoro and Exact simulators and show invoices flowing.
 #[derive(Parser)]
@@ -91,28 +114,130 @@ struct Tracked {
     pdf: bool,
     approved_at: Instant,
     booked_after: Option<Duration>,
+    entry: Option<shared::ids::ExactGuid>,
 }
 
 async fn run(args: &Args) -> Result<(), String> {
     println!("precoro-exact sandbox");
-    println!("  starting the Exact Online and Precoro simulators and seeding a demo company…");
-    let world = World::build(WorldOptions {
+    println!(
+        "  starting the Exact Online and Precoro simulators and seeding a demo administration in Exact…"
+    );
+    let mut world = World::build(WorldOptions {
         tag: "sandbox",
+        tenant_toml: FLOWS.into(),
+        seed_precoro: false,
         ..Default::default()
     })
     .await;
     let stack = Stack::start(&world, args.workers as usize, true).await;
     println!(
-        "  Exact simulator  {}  (division {})",
+        "  Exact simulator   {}  (division {})",
         world.exact.base_url(),
         world.division.0
     );
     println!("  Precoro simulator {}", world.precoro.base_url());
     println!(
-        "  ingress          {}  with {} worker(s) on RabbitMQ and Redis at 127.0.0.1",
+        "  ingress           {}  with {} worker(s) on RabbitMQ and Redis at 127.0.0.1",
         stack.ingress_base, args.workers
     );
+    let timeout = Duration::from_secs(args.timeout);
+    let mut problems = Vec::new();
 
+    reference_and_suppliers(&mut world, timeout, &mut problems).await;
+    if !problems.is_empty() {
+        stack.stop().await;
+        return Err(problems.join("; "));
+    }
+    let tracked = invoices(&world, args, timeout, &mut problems).await;
+    payments(&world, &stack, &tracked, timeout, &mut problems).await;
+
+    if args.serve {
+        serve(&world, &stack, &tracked[0]).await;
+    }
+    stack.stop().await;
+    if problems.is_empty() {
+        println!(
+            "\nOK: reference data and suppliers synced, {} invoices booked exactly once each and stamped, payments reflected in Precoro.",
+            tracked.len()
+        );
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Phase 1: the scheduler's first slot runs the reference and supplier flows; wait until Precoro
+/// holds every tax, payment term, option and supplier stamped with its Exact id.
+async fn reference_and_suppliers(world: &mut World, timeout: Duration, problems: &mut Vec<String>) {
+    println!(
+        "\n1. Reference data and suppliers, Exact → Precoro (and one supplier Precoro → Exact)"
+    );
+    let started = Instant::now();
+    let mut last = String::new();
+    let initech = world.ids.unlinked_supplier;
+    while started.elapsed() < timeout {
+        let stamped = world.precoro.supplier(initech)["externalId"].is_string();
+        match world.link_from_precoro() {
+            Ok(()) if stamped => break,
+            Ok(()) => last = "Initech LLC is not in Exact yet".into(),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if started.elapsed() >= timeout {
+        problems.push(format!(
+            "reference data and suppliers did not arrive: {last}"
+        ));
+        return;
+    }
+    let ids = &world.ids;
+    let stamped =
+        |rows: Vec<serde_json::Value>| rows.iter().filter(|r| r["externalId"].is_string()).count();
+    println!("   {:<28} {:>6}", "Precoro record (stamped)", "count");
+    for (what, n) in [
+        ("taxes ← VAT codes", stamped(world.precoro.taxes())),
+        (
+            "payment terms ← conditions",
+            stamped(world.precoro.payment_terms()),
+        ),
+        (
+            "GL account options",
+            stamped(world.precoro.options(ids.gl_field)),
+        ),
+        (
+            "cost center options",
+            stamped(world.precoro.options(ids.cc_field)),
+        ),
+        (
+            "cost unit options",
+            stamped(world.precoro.options(ids.cu_field)),
+        ),
+        (
+            "project options",
+            stamped(world.precoro.options(ids.project_field)),
+        ),
+        (
+            "suppliers ↔ Exact accounts",
+            stamped(world.precoro.suppliers()),
+        ),
+    ] {
+        println!("   {what:<28} {n:>6}");
+    }
+    println!(
+        "   done in {:.1} s with {} Exact and {} Precoro calls",
+        started.elapsed().as_secs_f64(),
+        world.exact.calls().len(),
+        world.precoro.calls().len()
+    );
+}
+
+/// Phase 2: approve a batch of invoices and watch them land in Exact.
+async fn invoices(
+    world: &World,
+    args: &Args,
+    timeout: Duration,
+    problems: &mut Vec<String>,
+) -> Vec<Tracked> {
     let suppliers: BTreeMap<i64, String> = world
         .ids
         .suppliers
@@ -120,17 +245,17 @@ async fn run(args: &Args) -> Result<(), String> {
         .zip(&world.exact_ids.suppliers)
         .map(|(p, e)| (*p, e.name.clone()))
         .collect();
-    let mut tracked = draft_invoices(&world, args.invoices, &suppliers);
+    let mut tracked = draft_invoices(world, args.invoices, &suppliers);
     world.exact.reset_calls();
     world.precoro.reset_calls();
 
     println!(
-        "\nApproving {} invoices in Precoro; each approval sends a webhook to the ingress.",
+        "\n2. Invoices, Precoro → Exact: approving {} invoices; each approval sends a webhook to the ingress.",
         tracked.len()
     );
     let bar = ProgressBar::new(tracked.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("  booked in Exact [{bar:40}] {pos}/{len} {msg}")
+        ProgressStyle::with_template("   booked in Exact [{bar:40}] {pos}/{len} {msg}")
             .expect("a valid template")
             .progress_chars("=> "),
     );
@@ -139,8 +264,7 @@ async fn run(args: &Args) -> Result<(), String> {
         t.approved_at = Instant::now();
         world.precoro.approve_invoice(t.idn);
     }
-
-    let deadline = started + Duration::from_secs(args.timeout);
+    let deadline = started + timeout;
     loop {
         let entries = world.exact.purchase_entries(world.division);
         for t in tracked.iter_mut().filter(|t| t.booked_after.is_none()) {
@@ -161,13 +285,131 @@ async fn run(args: &Args) -> Result<(), String> {
     bar.finish_with_message(format!("in {:.1} s", started.elapsed().as_secs_f64()));
     // A duplicate would show up a moment later (a retry, a second replica): give it the chance.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    let verdict = report(&world, &tracked);
-    if args.serve {
-        serve(&world, &stack, &tracked[0]).await;
+    if let Err(e) = report(world, &mut tracked) {
+        problems.push(e);
     }
-    stack.stop().await;
-    verdict
+    tracked
+}
+
+/// Phase 3: pay some entries in Exact, fully or in part, and watch Precoro follow.
+async fn payments(
+    world: &World,
+    stack: &Stack,
+    tracked: &[Tracked],
+    timeout: Duration,
+    problems: &mut Vec<String>,
+) {
+    println!(
+        "\n3. Payments, Exact → Precoro: subscribing to Exact's BankEntries webhook, then paying entries in Exact"
+    );
+    let exact = ExactClient::for_tenant(
+        &world.config.tenants[0],
+        world.store.clone(),
+        RateLimiter::new(world.store.clone(), Duration::from_secs(30)),
+    );
+    let callback = format!("{}/webhooks/exact", stack.ingress_base);
+    // A transient failure (a dropped Redis or HTTP connection) is retried, as the worker would.
+    let mut subscribed = Err(String::new());
+    for _ in 0..3 {
+        subscribed = exact
+            .create_webhook_subscription("BankEntries", &callback)
+            .await
+            .map_err(|e| e.to_string());
+        if subscribed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let Err(e) = subscribed {
+        problems.push(format!("could not subscribe to Exact webhooks: {e}"));
+        return;
+    }
+    world.exact.reset_calls();
+    world.precoro.reset_calls();
+    let today = world.exact.now().date_naive();
+    // (invoice, paid in Exact, expected Precoro status, expected Precoro sumPaid)
+    let mut plan = Vec::new();
+    for (i, t) in tracked.iter().enumerate() {
+        let Some(entry) = t.entry else { continue };
+        // What Exact says is open on the entry: its own total, to the cent.
+        let open: Decimal = world
+            .exact
+            .payment_terms(world.division, entry)
+            .iter()
+            .filter(|r| r["Status"] == 20)
+            .map(|r| amount(&r["AmountFC"]))
+            .sum();
+        let paid = match i % 3 {
+            0 => open,
+            1 => (open / Decimal::from(2)).round_dp(2),
+            _ => continue,
+        };
+        // Paying the whole entry in Exact must make the invoice Paid in Precoro, even where the
+        // two totals differ by rounding cents (Precoro's open balance is snapped within a cent).
+        let (status, precoro_paid) = if paid == open {
+            (5, t.gross)
+        } else {
+            (4, paid)
+        };
+        match world.exact.pay_entry(world.division, entry, paid, today) {
+            Ok(_) => plan.push((t, paid, status, precoro_paid)),
+            Err(e) => problems.push(format!(
+                "{}: the Exact simulator refused the payment: {e}",
+                t.number
+            )),
+        }
+    }
+    let started = Instant::now();
+    let settled = eventually(timeout, || async {
+        plan.iter().all(|(t, _, status, expect)| {
+            let inv = world.precoro.invoice(t.idn);
+            inv["status"] == *status && amount(&inv["sumPaid"]) == *expect
+        })
+    })
+    .await;
+    println!(
+        "   {:<10} {:>10} {:>14} {:<14} {:>12} {:>9}",
+        "invoice", "amount", "paid in Exact", "Precoro", "Precoro paid", "payments"
+    );
+    for (t, paid, status, expect) in &plan {
+        let inv = world.precoro.invoice(t.idn);
+        let payments = world.precoro.payments_for(t.id).len();
+        println!(
+            "   {:<10} {:>10} {:>14} {:<14} {:>12} {:>9}",
+            t.number,
+            format!("{:.2}", t.gross),
+            format!("{paid:.2}"),
+            inv["statusString"].as_str().unwrap_or("?"),
+            format!("{:.2}", amount(&inv["sumPaid"])),
+            payments
+        );
+        if inv["status"] != *status || amount(&inv["sumPaid"]) != *expect || payments != 1 {
+            problems.push(format!(
+                "{}: paid {paid} in Exact but Precoro shows status {} with {} paid in {payments} payment(s)",
+                t.number, inv["status"], inv["sumPaid"]
+            ));
+        }
+    }
+    println!(
+        "   {} in {:.1} s with {} Exact and {} Precoro calls (one Exact poll per webhook burst)",
+        if settled {
+            "reflected"
+        } else {
+            "NOT all reflected"
+        },
+        started.elapsed().as_secs_f64(),
+        world.exact.calls().len(),
+        world.precoro.calls().len()
+    );
+}
+
+/// Precoro sends amounts as numbers or strings.
+fn amount(v: &serde_json::Value) -> Decimal {
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    text.parse::<Decimal>().unwrap_or_default().round_dp(2)
 }
 
 /// Create the demo invoices (pending approval) across the linked suppliers: one to four lines,
@@ -198,13 +440,6 @@ fn draft_invoices(world: &World, n: u32, suppliers: &BTreeMap<i64, String>) -> V
                     )
                 })
                 .collect();
-            let gross = lines
-                .iter()
-                .map(|(_, q, p, _, v)| {
-                    let net = Decimal::from(*q) * p.parse::<Decimal>().expect("a price");
-                    (net + net * Decimal::from(*v) / Decimal::from(100)).round_dp(2)
-                })
-                .sum();
             let number = format!("SBX-{:04}", i + 1);
             let pdf = i % 3 == 0;
             let (id, idn) = world.invoice(InvoiceDraft {
@@ -216,6 +451,8 @@ fn draft_invoices(world: &World, n: u32, suppliers: &BTreeMap<i64, String>) -> V
                 pdf,
                 ..Default::default()
             });
+            // Precoro's own total (its rounding), not one computed here.
+            let gross = amount(&world.precoro.invoice(idn)["sum"]);
             Tracked {
                 number,
                 id,
@@ -226,13 +463,14 @@ fn draft_invoices(world: &World, n: u32, suppliers: &BTreeMap<i64, String>) -> V
                 pdf,
                 approved_at: Instant::now(),
                 booked_after: None,
+                entry: None,
             }
         })
         .collect()
 }
 
 /// Print the table and decide: every invoice booked once and stamped, or what went wrong.
-fn report(world: &World, tracked: &[Tracked]) -> Result<(), String> {
+fn report(world: &World, tracked: &mut [Tracked]) -> Result<(), String> {
     let entries = world.exact.purchase_entries(world.division);
     let precoro_calls = world.precoro.calls();
     println!(
@@ -242,7 +480,7 @@ fn report(world: &World, tracked: &[Tracked]) -> Result<(), String> {
     println!("{}", "-".repeat(116));
     let mut problems = Vec::new();
     let mut latencies = Vec::new();
-    for t in tracked {
+    for t in tracked.iter_mut() {
         let booked: Vec<_> = entries
             .iter()
             .filter(|e| e.request["YourRef"] == t.number.as_str())
@@ -250,6 +488,7 @@ fn report(world: &World, tracked: &[Tracked]) -> Result<(), String> {
         let stamped = world.precoro.invoice(t.idn)["externalId"].clone();
         let entry = match booked.as_slice() {
             [one] => {
+                t.entry = Some(one.entry_id);
                 if stamped != one.entry_id.to_string().as_str() {
                     problems.push(format!(
                         "{}: booked as {} but Precoro's externalId is {stamped}",
@@ -283,7 +522,7 @@ fn report(world: &World, tracked: &[Tracked]) -> Result<(), String> {
             "{:<10} {:<26} {:>10} {:>5} {:>4} {:<38} {:>9} {:>8}",
             t.number,
             truncate(&t.supplier, 26),
-            t.gross.to_string(),
+            format!("{:.2}", t.gross),
             t.lines,
             if t.pdf { "yes" } else { "" },
             entry,
@@ -344,7 +583,7 @@ fn report(world: &World, tracked: &[Tracked]) -> Result<(), String> {
     }
     if problems.is_empty() {
         println!(
-            "\nOK: {} invoices booked exactly once each and stamped back in Precoro.",
+            "   {} invoices booked exactly once each and stamped back in Precoro.",
             tracked.len()
         );
         Ok(())

@@ -46,6 +46,17 @@ use crate::telemetry;
 /// Panics tolerated before a message is dead-lettered.
 const PANIC_LIMIT: i64 = 3;
 
+/// How many consumers died holding this message (broker redeliveries), carried across
+/// re-publishes. A busy retry re-publishes a message as a new one, which resets the quorum queue's
+/// delivery count; after a crash the dead worker's claim is still live, so the redelivery is
+/// always busy-retried, and a message that kills every worker would loop forever without it.
+const WORKER_DEATHS: &str = "x-worker-deaths";
+
+/// Deaths so far, counting this delivery if the broker redelivered it.
+fn worker_deaths(headers: &FieldTable, redelivered: bool) -> i64 {
+    get_i64(headers, WORKER_DEATHS).unwrap_or(0) + i64::from(redelivered)
+}
+
 /// What a handler sees of a message.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -246,6 +257,24 @@ impl<H: Handler> FlowConsumer<H> {
             flow,
             (Utc::now() - env.received_at).num_milliseconds() as f64 / 1000.0,
         );
+        // The crash net of the quorum queue's delivery limit, kept across re-publishes.
+        let deaths = worker_deaths(headers, msg.redelivered);
+        if msg.redelivered && deaths >= i64::from(self.broker.delivery_limit) {
+            let reason = format!(
+                "the worker handling it died {deaths} times (crash, kill or lost connection) before finishing: a poison message?"
+            );
+            self.dead_letter(
+                delivery,
+                headers,
+                &msg.routing_key,
+                "crash",
+                RetryClass::Permanent,
+                &reason,
+                msg.attempt + 1,
+            )
+            .await;
+            return;
+        }
         let scope = match &msg.replay_nonce {
             Some(n) => format!("msg:{flow}:{}:{n}", env.id),
             None => format!("msg:{flow}:{}", env.id),
@@ -440,6 +469,10 @@ impl<H: Handler> FlowConsumer<H> {
             out.insert(k.clone(), v.clone());
         }
         set_i64(&mut out, h::ATTEMPT, attempt as i64);
+        let deaths = worker_deaths(headers, msg.redelivered);
+        if deaths > 0 {
+            set_i64(&mut out, WORKER_DEATHS, deaths);
+        }
         set_str(&mut out, h::RETRY_TIER, &tier_name(tier));
         set_str(&mut out, h::ORIGINAL_ROUTING_KEY, &msg.routing_key);
         set_str(&mut out, h::ERROR, &truncate(&err.to_string(), 1000));

@@ -1,0 +1,34 @@
+//! A worker process for tests/tests/scale.rs: what `worker` (the production binary, in another
+//! package) does by default, every flow and the scheduler, until SIGTERM. Cargo builds the binaries
+//! of the package under test for its integration tests (`CARGO_BIN_EXE_scale-worker`), not those
+//! of other packages, so the scale test re-executes this one instead.
+//!
+//! Run: `scale-worker --config PATH`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use shared::config::Config;
+
+#[derive(Parser)]
+#[command(about = "A worker process (every flow and the scheduler) for the scale-out test")]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(Some(&args.config))?;
+    shared::telemetry::init_logs(&config.telemetry);
+    let worker = worker::Worker::start(config, worker::Parts::default()).await?;
+    tracing::info!("worker running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    worker
+        .run_until(async move { term.recv().await.unwrap_or(()) })
+        .await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

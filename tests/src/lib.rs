@@ -4,4 +4,5 @@
 pub mod exact_sim;
 pub mod harness;
 pub mod precoro_sim;
+pub mod reliability;
 pub mod world;

@@ -1,0 +1,1171 @@
+//! The reliability suite's machinery, shared by `tests/tests/reliability*.rs` (short variants) and
+//! the `reliability` binary (long ones): worker **processes** that can be `kill -9`ed and
+//! respawned, a webhook load generator that behaves like a retrying sender, outages of the broker
+//! and of Redis, and the tally that says what was lost or done twice.
+//!
+//! The promise under test is "never lost, never twice": every webhook answered 2xx ends in exactly
+//! one effect (one Exact purchase entry per invoice, one Precoro payment per Exact payment).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rand::Rng;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use shared::bus::consumer::{FlowConsumer, Handler, Message, Outcome};
+use shared::bus::{Envelope, Publisher, Source};
+use shared::config::Config;
+use shared::error::Error;
+use shared::ids::{ExactGuid, TenantId};
+use shared::store::Store;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::harness::{Inspector, eventually};
+use crate::world::{InvoiceDraft, TENANT, World};
+
+/// Worker child: sleep this long after a handler succeeded and before the runtime records the
+/// result and acks, so a kill lands "after the effect, before the ack" on purpose.
+pub const HOLD_AFTER_ENV: &str = "RELIABILITY_HOLD_AFTER_MS";
+/// Worker child: abort the whole process (as a segfault or OOM kill would) on any message whose
+/// payload has `"poison": true`.
+pub const ABORT_ON_POISON_ENV: &str = "RELIABILITY_ABORT_ON_POISON";
+
+/// The payments flow on, polled only when asked (the parent publishes the hints).
+pub const PAYMENTS_TOML: &str = "[tenants.flows.payments]\npoll_every = \"1h\"\ninitial_window = \"30d\"\ndebounce = \"200ms\"\n";
+
+// ---------------------------------------------------------------------------------------------
+// The report
+// ---------------------------------------------------------------------------------------------
+
+/// One scenario's figures.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub scenario: String,
+    /// Webhooks the ingress answered 2xx (`None` where the trigger is not a webhook).
+    pub accepted: Option<usize>,
+    pub expected: usize,
+    pub found: usize,
+    pub duplicates: usize,
+    pub lost: usize,
+    /// From the end of the last fault until every expected effect was there.
+    pub recover: Option<Duration>,
+    pub note: String,
+}
+
+impl Row {
+    pub fn ok(&self) -> bool {
+        self.duplicates == 0 && self.lost == 0 && self.found == self.expected
+    }
+}
+
+/// The report table (markdown).
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| scenario | webhooks accepted | effects expected | effects found | duplicates | lost | time to recover | notes |\n|---|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.accepted.map_or("-".into(), |a| a.to_string()),
+            r.expected,
+            r.found,
+            r.duplicates,
+            r.lost,
+            r.recover
+                .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            r.note
+        ));
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker processes
+// ---------------------------------------------------------------------------------------------
+
+/// The world's TOML for worker processes: quiet logs, and leases short enough that a killed
+/// worker's claims expire within seconds (the lease must still exceed a handler's run, which the
+/// hooks here keep under a second).
+pub fn worker_toml(world: &World, lease: &str) -> String {
+    world
+        .toml
+        .replace(
+            "[worker]\n",
+            "[telemetry]\nlog_filter = \"error\"\n\n[worker]\n",
+        )
+        .replace(
+            "idempotency_lease = \"30s\"",
+            &format!("idempotency_lease = \"{lease}\""),
+        )
+        .replace(
+            "entity_lease = \"30s\"",
+            &format!("entity_lease = \"{lease}\""),
+        )
+}
+
+/// Worker processes (the `reliability` binary re-executed with `--as-worker`), killable with
+/// SIGKILL and respawned at once, as a supervisor would.
+pub struct Workers {
+    exe: PathBuf,
+    config: PathBuf,
+    flows: String,
+    env: Vec<(String, String)>,
+    pub children: Vec<Child>,
+    pub kills: usize,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Workers {
+    /// Start `n` worker processes consuming `flows` with `toml` as their config.
+    pub fn spawn(
+        exe: &Path,
+        toml: &str,
+        flows: &[&str],
+        n: usize,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Workers> {
+        let dir = std::env::temp_dir().join(format!("reliability-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("config.toml");
+        std::fs::write(&config, toml)?;
+        let mut w = Workers {
+            exe: exe.to_path_buf(),
+            config,
+            flows: flows.join(","),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            children: Vec::new(),
+            kills: 0,
+            _dir: TempDir(dir),
+        };
+        for _ in 0..n {
+            let c = w.start_one()?;
+            w.children.push(c);
+        }
+        Ok(w)
+    }
+
+    fn start_one(&self) -> anyhow::Result<Child> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--as-worker")
+            .arg(&self.config)
+            .arg("--flows")
+            .arg(&self.flows)
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().context("starting a worker process")
+    }
+
+    /// Wait until at least `n` consumers are attached to `queue`.
+    pub async fn ready(&self, insp: &Inspector, queue: &str, n: usize) -> anyhow::Result<()> {
+        if !eventually(Duration::from_secs(30), || async {
+            insp.consumers(queue).await >= n as u32
+        })
+        .await
+        {
+            bail!("worker processes did not start consuming {queue} within 30 s");
+        }
+        Ok(())
+    }
+
+    /// `kill -9` worker `i` (no shutdown, no ack, nothing flushed) and start a replacement.
+    pub async fn kill9(&mut self, i: usize) -> anyhow::Result<()> {
+        let c = &mut self.children[i];
+        c.start_kill().context("SIGKILL")?;
+        let _ = c.wait().await;
+        self.kills += 1;
+        self.children[i] = self.start_one()?;
+        Ok(())
+    }
+
+    pub async fn kill9_random(&mut self) -> anyhow::Result<()> {
+        let i = rand::rng().random_range(0..self.children.len());
+        self.kill9(i).await
+    }
+
+    /// SIGTERM every worker (graceful), SIGKILL any still running after 10 s.
+    pub async fn stop(mut self) {
+        for c in &mut self.children {
+            if let Some(pid) = c.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+        }
+        for c in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(10), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+    }
+}
+
+/// A flow with the test hooks of [`HOLD_AFTER_ENV`] and [`ABORT_ON_POISON_ENV`] around it. With
+/// neither set it is the flow itself.
+struct Hooked<H> {
+    inner: H,
+    hold_after: Duration,
+    abort_on_poison: bool,
+}
+
+impl<H: Handler> Handler for Hooked<H> {
+    fn flow(&self) -> &'static str {
+        self.inner.flow()
+    }
+
+    fn entity_key(&self, envelope: &Envelope) -> Option<String> {
+        self.inner.entity_key(envelope)
+    }
+
+    async fn handle(&self, msg: &Message) -> Result<Outcome, Error> {
+        if self.abort_on_poison && msg.envelope.payload["poison"] == json!(true) {
+            eprintln!("worker {}: poison message, aborting", std::process::id());
+            std::process::abort();
+        }
+        let out = self.inner.handle(msg).await;
+        if out.is_ok() && !self.hold_after.is_zero() {
+            tokio::time::sleep(self.hold_after).await;
+        }
+        out
+    }
+}
+
+/// The body of a worker process: the named flows with the test hooks, until SIGTERM.
+pub async fn run_worker(path: &Path, flows: &[String]) -> anyhow::Result<()> {
+    use worker::flows::Context;
+    let config = Config::load(Some(path))?;
+    shared::telemetry::init_logs(&config.telemetry);
+    let hold_after = Duration::from_millis(
+        std::env::var(HOLD_AFTER_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let abort_on_poison = std::env::var(ABORT_ON_POISON_ENV).is_ok_and(|v| v == "1");
+    let store = Store::connect(&config.redis).await?;
+    let publisher = Publisher::new(&config.broker);
+    let config = Arc::new(config);
+    let ctx = Context::new(config.clone(), store.clone(), publisher.clone());
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    macro_rules! consume {
+        ($flow:expr) => {{
+            let h = Arc::new(Hooked {
+                inner: $flow,
+                hold_after,
+                abort_on_poison,
+            });
+            let c = FlowConsumer::new(
+                &config.broker,
+                &config.worker,
+                h,
+                publisher.clone(),
+                store.clone(),
+            );
+            tasks.spawn(c.run(rx.clone()));
+        }};
+    }
+    for f in flows {
+        match f.as_str() {
+            "invoices" => consume!(worker::flows::invoices::InvoiceFlow::new(ctx.clone())),
+            "payments" => consume!(worker::flows::payments::PaymentFlow::new(ctx.clone())),
+            "suppliers" => consume!(worker::flows::suppliers::SupplierFlow::new(ctx.clone())),
+            other => bail!("unknown flow '{other}'"),
+        }
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    term.recv().await;
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    publisher.close(config.worker.shutdown_grace).await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tallies
+// ---------------------------------------------------------------------------------------------
+
+/// Exact entries per YourRef for `numbers`: (found, duplicates, lost).
+pub fn tally_entries(world: &World, numbers: &[String]) -> (usize, usize, usize) {
+    let mut per_ref: HashMap<String, usize> = HashMap::new();
+    for e in world.exact.purchase_entries(world.division) {
+        if let Some(r) = e.request["YourRef"].as_str() {
+            *per_ref.entry(r.to_string()).or_default() += 1;
+        }
+    }
+    let found = numbers.iter().filter(|n| per_ref.contains_key(*n)).count();
+    let duplicates = per_ref.values().map(|c| c.saturating_sub(1)).sum();
+    (found, duplicates, numbers.len() - found)
+}
+
+/// Wait until every number is booked (or `within` passes), then a little longer so a late
+/// duplicate shows. Returns when the last one was seen.
+pub async fn wait_booked(world: &World, numbers: &[String], within: Duration) -> Option<Instant> {
+    let done = eventually(within, || async {
+        tally_entries(world, numbers).0 == numbers.len()
+    })
+    .await;
+    let at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    done.then_some(at)
+}
+
+/// `n` invoices pending approval (status 1), numbered `{prefix}-{i}`: (number, id, idn).
+pub fn pending_invoices(
+    world: &World,
+    prefix: &str,
+    n: usize,
+    status: i64,
+) -> Vec<(String, i64, i64)> {
+    (0..n)
+        .map(|i| {
+            let number = format!("{prefix}-{i:05}");
+            let (id, idn) = world.invoice(InvoiceDraft {
+                number: number.clone(),
+                supplier: world.ids.suppliers[i % world.ids.suppliers.len()],
+                lines: vec![(
+                    "Printer paper".into(),
+                    1 + (i as i64 % 4),
+                    "12.50".into(),
+                    "4000".into(),
+                    21,
+                )],
+                status,
+                ..Default::default()
+            });
+            (number, id, idn)
+        })
+        .collect()
+}
+
+/// Webhooks the Precoro simulator delivered and the ingress answered 2xx.
+pub fn accepted_deliveries(world: &World) -> usize {
+    world
+        .precoro
+        .webhook_deliveries()
+        .iter()
+        .filter(|d| d.status.is_some_and(|s| (200..300).contains(&s)))
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crashes
+// ---------------------------------------------------------------------------------------------
+
+/// Options of the crash scenarios.
+#[derive(Debug, Clone)]
+pub struct CrashOpts {
+    /// The binary with `--as-worker`.
+    pub exe: PathBuf,
+    pub invoices: usize,
+    pub workers: usize,
+    /// Kills at random moments while the load runs.
+    pub random_kills: usize,
+    /// Also kill at the three chosen points (in the Exact call, after it before the stamp,
+    /// after the stamp before the ack), one invoice each.
+    pub targeted: bool,
+    pub timeout: Duration,
+}
+
+/// Kill one worker at a chosen point of one invoice's export. A single worker runs so that the
+/// one to kill is known; `arm` sets up the slow step, `reached` says the worker is inside it.
+async fn targeted_kill(
+    world: &World,
+    workers: &mut Workers,
+    idn: i64,
+    what: &str,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    world.precoro.approve_invoice(idn);
+    let reached = eventually(Duration::from_secs(20), || async {
+        match what {
+            // The worker fetched the invoice; its Exact POST is now held by the simulator.
+            "in-exact-call" => world
+                .precoro
+                .calls()
+                .iter()
+                .any(|c| c.method == "GET" && c.path == format!("/invoices/{idn}")),
+            // The entry exists; the Precoro stamp (PATCH) is held.
+            "after-exact" => world
+                .exact
+                .purchase_entries(world.division)
+                .iter()
+                .any(|e| {
+                    e.request["Description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains(&format!("Precoro invoice {idn}")))
+                }),
+            // Stamped; the worker holds before recording the result and acking.
+            _ => world.precoro.invoice(idn)["externalId"].is_string(),
+        }
+    })
+    .await;
+    if !reached {
+        bail!("the worker never reached the kill point '{what}'");
+    }
+    if what == "in-exact-call" {
+        // The POST leaves a few ms after the fetch; the simulator holds it for 1 s.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    workers.kill9(0).await?;
+    tracing::info!(
+        what,
+        after_ms = started.elapsed().as_millis() as u64,
+        "killed"
+    );
+    Ok(())
+}
+
+/// Invoices approved under load while worker processes are `kill -9`ed.
+pub async fn crash_invoices(world: &World, opts: &CrashOpts) -> anyhow::Result<Row> {
+    use crate::exact_sim::FaultPlan as ExactFaults;
+    use crate::precoro_sim::FaultPlan as PrecoroFaults;
+    let insp = Inspector::connect().await;
+    let queue = format!("{}sync.invoices", world.config.broker.prefix);
+    let toml = worker_toml(world, "3s");
+    let env = [(HOLD_AFTER_ENV, "400".to_string())];
+    let mut workers = Workers::spawn(&opts.exe, &toml, &["invoices", "payments"], 1, &env)?;
+    workers.ready(&insp, &queue, 1).await?;
+    let invoices = pending_invoices(world, "CRASH", opts.invoices, 1);
+    let numbers: Vec<String> = invoices.iter().map(|i| i.0.clone()).collect();
+
+    let mut next = 0;
+    if opts.targeted && invoices.len() >= 3 {
+        world.exact.faults().set(ExactFaults {
+            latency: Duration::from_millis(1000),
+            path_contains: Some("purchaseentry/PurchaseEntries".into()),
+            ..Default::default()
+        });
+        targeted_kill(world, &mut workers, invoices[0].2, "in-exact-call").await?;
+        world.exact.faults().clear();
+        world.precoro.faults().set(PrecoroFaults {
+            latency: Duration::from_millis(1000),
+            method: Some("PATCH".into()),
+            ..Default::default()
+        });
+        targeted_kill(world, &mut workers, invoices[1].2, "after-exact").await?;
+        world.precoro.faults().clear();
+        targeted_kill(world, &mut workers, invoices[2].2, "before-ack").await?;
+        next = 3;
+    }
+
+    // Random kills under load, with more workers.
+    for _ in 1..opts.workers {
+        let c = workers.start_one()?;
+        workers.children.push(c);
+    }
+    workers.ready(&insp, &queue, opts.workers).await?;
+    // Approvals arrive in waves between the kills, so every kill lands on work in flight.
+    let rest: Vec<i64> = invoices[next..].iter().map(|i| i.2).collect();
+    let wave = rest.len().div_ceil(opts.random_kills + 1).max(1);
+    let mut waves = rest.chunks(wave);
+    let mut kills = 0;
+    let mut last_fault = Instant::now();
+    let deadline = Instant::now() + opts.timeout;
+    while Instant::now() < deadline {
+        let Some(w) = waves.next() else { break };
+        for idn in w {
+            world.precoro.approve_invoice(*idn);
+        }
+        if kills == opts.random_kills {
+            continue;
+        }
+        let pause = rand::rng().random_range(200..900);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        workers.kill9_random().await?;
+        kills += 1;
+        last_fault = Instant::now();
+    }
+    for w in waves {
+        for idn in w {
+            world.precoro.approve_invoice(*idn);
+        }
+    }
+    let booked_at = wait_booked(
+        world,
+        &numbers,
+        deadline.saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let (found, duplicates, lost) = tally_entries(world, &numbers);
+    workers.stop().await;
+    Ok(Row {
+        scenario: format!("kill -9 workers, invoices ({} workers)", opts.workers),
+        accepted: Some(accepted_deliveries(world)),
+        expected: numbers.len(),
+        found,
+        duplicates,
+        lost,
+        recover: booked_at.map(|t| t.saturating_duration_since(last_fault)),
+        note: format!(
+            "{} kills ({} random{})",
+            kills + if opts.targeted { 3 } else { 0 },
+            kills,
+            if opts.targeted {
+                " + in the Exact call, after it, before the ack"
+            } else {
+                ""
+            }
+        ),
+    })
+}
+
+/// Precoro payments per invoice: (found, duplicates, lost) over `ids`.
+pub fn tally_payments(world: &World, ids: &[i64]) -> (usize, usize, usize) {
+    let mut found = 0;
+    let mut duplicates = 0;
+    for id in ids {
+        let n = world.precoro.payments_for(*id).len();
+        if n > 0 {
+            found += 1;
+        }
+        duplicates += n.saturating_sub(1);
+    }
+    (found, duplicates, ids.len() - found)
+}
+
+/// Every booked invoice paid in full in Exact, then polled while workers are `kill -9`ed: one
+/// Precoro payment per invoice.
+pub async fn crash_payments(
+    world: &World,
+    opts: &CrashOpts,
+    booked: &[(String, i64, i64)],
+) -> anyhow::Result<Row> {
+    let insp = Inspector::connect().await;
+    let queue = format!("{}sync.payments", world.config.broker.prefix);
+    let toml = worker_toml(world, "3s");
+    let env = [(HOLD_AFTER_ENV, "300".to_string())];
+    let mut workers = Workers::spawn(&opts.exe, &toml, &["payments"], opts.workers, &env)?;
+    workers.ready(&insp, &queue, opts.workers).await?;
+    let paid_on = world.exact.now().date_naive() - chrono::Duration::days(1);
+    let mut ids = Vec::new();
+    for (number, id, idn) in booked {
+        let inv = world.precoro.invoice(*idn);
+        let Some(entry) = inv["externalId"]
+            .as_str()
+            .and_then(|e| e.parse::<ExactGuid>().ok())
+        else {
+            bail!("invoice {number} is not stamped");
+        };
+        let total = decimal(&inv["sum"])?;
+        world
+            .exact
+            .pay_entry(world.division, entry, total, paid_on)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ids.push(*id);
+    }
+    let publisher = Publisher::connect(&world.config.broker).await?;
+    let poll = || {
+        Envelope::new(
+            TenantId::from(TENANT),
+            Source::Job,
+            "payments",
+            "poll",
+            json!({}),
+        )
+    };
+    publisher
+        .publish_envelope(&poll(), Default::default())
+        .await?;
+    let deadline = Instant::now() + opts.timeout;
+    let mut kills = 0;
+    let mut last_fault = Instant::now();
+    let mut last_poll = Instant::now();
+    while Instant::now() < deadline && tally_payments(world, &ids).0 < ids.len() {
+        let pause = rand::rng().random_range(100..400);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if kills < opts.random_kills && tally_payments(world, &ids).0 < ids.len() {
+            workers.kill9_random().await?;
+            kills += 1;
+            last_fault = Instant::now();
+        }
+        // A poll whose worker died is redelivered; a fresh hint now and then stands in for the
+        // scheduler.
+        if last_poll.elapsed() > Duration::from_secs(2) {
+            publisher
+                .publish_envelope(&poll(), Default::default())
+                .await?;
+            last_poll = Instant::now();
+        }
+    }
+    let all = tally_payments(world, &ids).0 == ids.len();
+    let at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (found, duplicates, lost) = tally_payments(world, &ids);
+    workers.stop().await;
+    publisher.close(Duration::from_secs(2)).await;
+    Ok(Row {
+        scenario: format!("kill -9 workers, payments ({} workers)", opts.workers),
+        accepted: None,
+        expected: ids.len(),
+        found,
+        duplicates,
+        lost,
+        recover: all.then(|| at.saturating_duration_since(last_fault)),
+        note: format!("{kills} random kills while polling"),
+    })
+}
+
+fn decimal(v: &Value) -> anyhow::Result<Decimal> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Ok(s.parse::<Decimal>()
+        .with_context(|| format!("not a number: {v}"))?
+        .round_dp(2))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook load through an outage
+// ---------------------------------------------------------------------------------------------
+
+/// What the sender saw.
+#[derive(Debug, Clone, Default)]
+pub struct SenderLog {
+    /// Invoice numbers whose webhook was answered 2xx.
+    pub accepted: Vec<String>,
+    /// Answers by status (0: no answer).
+    pub statuses: BTreeMap<u16, usize>,
+    /// When the first non-2xx answer came, and the first 2xx after it.
+    pub first_refusal: Option<Instant>,
+    pub first_accept_after_refusal: Option<Instant>,
+}
+
+/// Post one approved invoice's webhook every `every`, like Precoro would, retrying a refused one
+/// after 300 ms until it is accepted; stop creating new ones at `until`.
+pub async fn send_webhooks(
+    world: &World,
+    ingress_base: &str,
+    prefix: &str,
+    every: Duration,
+    until: Instant,
+) -> SenderLog {
+    let http = shared::http::client(Duration::from_secs(10));
+    let url = world.precoro_webhook_url(ingress_base);
+    let mut log = SenderLog::default();
+    let mut waiting: Vec<(String, i64, i64)> = Vec::new();
+    let mut i = 0usize;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if Instant::now() < until {
+            let number = format!("{prefix}-{i:05}");
+            let (id, idn) = world.invoice(InvoiceDraft {
+                number: number.clone(),
+                supplier: world.ids.suppliers[i % world.ids.suppliers.len()],
+                lines: vec![("Toner".into(), 1, "40.00".into(), "4000".into(), 21)],
+                status: 2,
+                ..Default::default()
+            });
+            waiting.push((number, id, idn));
+            i += 1;
+        } else if waiting.is_empty() {
+            break;
+        }
+        let batch = std::mem::take(&mut waiting);
+        for (number, id, idn) in batch {
+            let body = json!({"id": id, "type": 3, "action": 1, "idn": idn}).to_string();
+            let status = match http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            };
+            *log.statuses.entry(status).or_default() += 1;
+            if (200..300).contains(&status) {
+                if log.first_refusal.is_some() && log.first_accept_after_refusal.is_none() {
+                    log.first_accept_after_refusal = Some(Instant::now());
+                }
+                log.accepted.push(number);
+            } else {
+                log.first_refusal.get_or_insert_with(Instant::now);
+                waiting.push((number, id, idn));
+            }
+        }
+        if Instant::now() > until + Duration::from_secs(120) {
+            break;
+        }
+    }
+    log
+}
+
+// ---------------------------------------------------------------------------------------------
+// Poison
+// ---------------------------------------------------------------------------------------------
+
+/// An invoice message that makes the worker process abort.
+pub fn poison_envelope() -> Envelope {
+    Envelope::new(
+        TenantId::from(TENANT),
+        Source::Precoro,
+        "invoice",
+        "update",
+        json!({"id": 999_999_999, "idn": 999_999_999, "type": 3, "action": 1, "poison": true}),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outages
+// ---------------------------------------------------------------------------------------------
+
+/// A way to take a dependency away and bring it back.
+pub enum Outage<'a> {
+    /// Cut a [`CuttableProxy`](crate::harness::CuttableProxy) in front of the broker or Redis:
+    /// only the test's own connections see it (safe in the shared test suite).
+    Proxy(&'a crate::harness::CuttableProxy),
+    /// `rabbitmqctl stop_app` … `start_app`: the real broker goes away for everybody.
+    RabbitApp,
+    /// Every Redis client disconnected and every command held for the outage (`CLIENT KILL`,
+    /// `CLIENT PAUSE … ALL`), as while Redis restarts, without ending the server process.
+    RedisPause(Duration),
+}
+
+impl Outage<'_> {
+    pub async fn begin(&self) -> anyhow::Result<()> {
+        match self {
+            Outage::Proxy(p) => p.cut().await,
+            Outage::RabbitApp => run("rabbitmqctl", &["stop_app"]).await?,
+            Outage::RedisPause(d) => {
+                // One connection: drop the others first, then hold every command. (A client that
+                // pauses is paused too, so the kill must come first.)
+                let script = format!(
+                    "CLIENT KILL TYPE normal SKIPME yes\nCLIENT PAUSE {} ALL\n",
+                    d.as_millis()
+                );
+                let mut child = Command::new("redis-cli")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("redis-cli")?;
+                use tokio::io::AsyncWriteExt;
+                let mut stdin = child.stdin.take().context("redis-cli stdin")?;
+                stdin.write_all(script.as_bytes()).await?;
+                drop(stdin);
+                child.wait().await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn end(&self) -> anyhow::Result<()> {
+        match self {
+            Outage::Proxy(p) => p.restore(),
+            Outage::RabbitApp => run("rabbitmqctl", &["start_app"]).await?,
+            // The pause ends by itself.
+            Outage::RedisPause(_) => {}
+        }
+        Ok(())
+    }
+}
+
+async fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Timings of an outage under load.
+#[derive(Debug, Clone, Copy)]
+pub struct OutagePlan {
+    /// Load before the outage.
+    pub before: Duration,
+    pub away: Duration,
+    /// Load after it.
+    pub after: Duration,
+    /// One new webhook this often.
+    pub every: Duration,
+}
+
+/// Webhooks sent steadily (and refused ones re-sent) while `outage` happens; whatever workers the
+/// caller runs must then book every accepted invoice once.
+pub async fn outage_under_load(
+    world: &World,
+    ingress_base: &str,
+    scenario: &str,
+    outage: &Outage<'_>,
+    plan: OutagePlan,
+) -> anyhow::Result<(Row, SenderLog)> {
+    // Only this sender posts webhooks; the simulator's own would double the load.
+    world.precoro.set_webhook_urls(vec![]);
+    let until = Instant::now() + plan.before + plan.away + plan.after;
+    let tag = format!("OUT{}", rand::rng().random_range(1000..9999));
+    let driver = async {
+        tokio::time::sleep(plan.before).await;
+        outage.begin().await?;
+        tokio::time::sleep(plan.away).await;
+        outage.end().await?;
+        anyhow::Ok(Instant::now())
+    };
+    let (log, back) = tokio::join!(
+        send_webhooks(world, ingress_base, &tag, plan.every, until),
+        driver
+    );
+    let back = back?;
+    let booked_at = wait_booked(world, &log.accepted, Duration::from_secs(90)).await;
+    let (found, duplicates, lost) = tally_entries(world, &log.accepted);
+    let refused: usize = log
+        .statuses
+        .iter()
+        .filter(|(s, _)| !(200..300).contains(*s))
+        .map(|(_, n)| n)
+        .sum();
+    let ingress_back = log
+        .first_accept_after_refusal
+        .map(|t| format!("{:.1} s", t.saturating_duration_since(back).as_secs_f64()))
+        .unwrap_or_else(|| "-".into());
+    let answers = log
+        .statuses
+        .iter()
+        .map(|(s, n)| format!("{s}×{n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((
+        Row {
+            scenario: scenario.to_string(),
+            accepted: Some(log.accepted.len()),
+            expected: log.accepted.len(),
+            found,
+            duplicates,
+            lost,
+            recover: booked_at.map(|t| t.saturating_duration_since(back)),
+            note: format!(
+                "{:.0} s away; answers {answers}; {refused} refused then re-sent; ingress accepting again after {ingress_back}",
+                plan.away.as_secs_f64()
+            ),
+        },
+        log,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream storms
+// ---------------------------------------------------------------------------------------------
+
+/// Options of an upstream storm.
+#[derive(Debug, Clone)]
+pub struct StormOpts {
+    pub valid: usize,
+    /// Invoices Exact refuses with a validation error (their GL account is blocked in Exact).
+    pub invalid: usize,
+    pub storm_for: Duration,
+    /// Include Exact 429s (each pauses every replica until Exact's minute resets) and timeouts.
+    pub exact_429_and_timeouts: bool,
+    /// Include Precoro 429s (with the Precoro simulator's limits off: a spurious 429 is only a fault).
+    pub precoro_429: bool,
+    pub seed: u64,
+}
+
+/// What a storm showed besides the row.
+#[derive(Debug, Clone)]
+pub struct StormReport {
+    pub row: Row,
+    /// Errors Exact counted against its hourly budget, per endpoint.
+    pub exact_errors: BTreeMap<String, usize>,
+    pub exact_max_per_minute: u32,
+    /// Exact 429s the simulator gave because the limit was really exceeded (not injected).
+    pub exact_real_429: usize,
+    /// Precoro 429s (only counted when Precoro 429 faults are off).
+    pub precoro_429: usize,
+    pub dead_lettered: usize,
+}
+
+/// 30 % of the upstream calls fail (5xx, 429, timeouts, replies dropped after the write) for
+/// `storm_for` while approved invoices flow; some invoices are invalid for Exact. Whatever workers
+/// the caller runs must book every valid one once, dead-letter every invalid one after exactly one
+/// Exact error, and keep to the limits.
+pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormReport> {
+    use crate::exact_sim::{FaultPlan as ExactFaults, RefKind};
+    use crate::precoro_sim::FaultPlan as PrecoroFaults;
+    let blocked = world.exact_ids.gl_accounts["4200"];
+    world
+        .exact
+        .block(world.division, RefKind::GlAccounts, blocked)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut numbers = Vec::new();
+    let mut idns = Vec::new();
+    let mut invalid = Vec::new();
+    for i in 0..opts.valid + opts.invalid {
+        let bad = i < opts.invalid;
+        let number = format!("STORM-{i:05}");
+        let (_, idn) = world.invoice(InvoiceDraft {
+            number: number.clone(),
+            supplier: world.ids.suppliers[i % world.ids.suppliers.len()],
+            lines: vec![(
+                "Consulting".into(),
+                1,
+                "99.00".into(),
+                if bad { "4200" } else { "4000" }.into(),
+                21,
+            )],
+            status: 1,
+            ..Default::default()
+        });
+        if bad {
+            invalid.push(number);
+        } else {
+            numbers.push(number);
+        }
+        idns.push(idn);
+    }
+    let (e429, etimeout) = if opts.exact_429_and_timeouts {
+        (0.03, 0.03)
+    } else {
+        (0.0, 0.0)
+    };
+    world.exact.faults().set(ExactFaults {
+        error_5xx: 0.18 - e429 - etimeout,
+        rate_429: e429,
+        timeout: etimeout,
+        drop_reply_after_commit: 0.12,
+        seed: opts.seed,
+        ..Default::default()
+    });
+    let p429 = if opts.precoro_429 { 0.06 } else { 0.0 };
+    world.precoro.faults().set(PrecoroFaults {
+        error_5xx: 0.14 - p429,
+        rate_429: p429,
+        timeout: 0.06,
+        hang: Duration::from_secs(2),
+        drop_reply_after_commit: 0.10,
+        seed: opts.seed + 1,
+        ..Default::default()
+    });
+    // Approvals spread over the storm.
+    let started = Instant::now();
+    let per = opts.storm_for / (idns.len().max(1) as u32 + 1);
+    for idn in &idns {
+        world.precoro.approve_invoice(*idn);
+        tokio::time::sleep(per).await;
+    }
+    tokio::time::sleep(opts.storm_for.saturating_sub(started.elapsed())).await;
+    world.exact.faults().clear();
+    world.precoro.faults().clear();
+    let calm = Instant::now();
+    // No backstop poll here: the simulator's webhooks are not subject to the faults, and a poll
+    // would export the invalid invoices once more.
+    let booked_at = wait_booked(world, &numbers, Duration::from_secs(150)).await;
+    let (found, duplicates, lost) = tally_entries(world, &numbers);
+    let (_, invalid_dups, _) = tally_entries(world, &invalid);
+    let dead_lettered = shared::bus::dlq::DeadLetters::connect(&world.config.broker)
+        .await?
+        .list(&shared::bus::dlq::Filter::default())
+        .await?
+        .iter()
+        .filter(|d| d.error.as_deref().is_some_and(|e| e.contains("blocked")))
+        .count();
+    let mut exact_errors = BTreeMap::new();
+    for c in world.exact.error_counts() {
+        if c.division == world.division {
+            *exact_errors.entry(c.endpoint).or_default() += c.errors_last_hour;
+        }
+    }
+    let calls = world.exact.calls();
+    let exact_real_429 = calls
+        .iter()
+        .filter(|c| c.status == 429 && c.fault.is_none())
+        .count();
+    let precoro_429 = if opts.precoro_429 {
+        0
+    } else {
+        world
+            .precoro
+            .calls()
+            .iter()
+            .filter(|c| c.status == 429)
+            .count()
+    };
+    Ok(StormReport {
+        row: Row {
+            scenario: format!(
+                "upstream storm, 30 % faults for {:.0} s",
+                opts.storm_for.as_secs_f64()
+            ),
+            accepted: Some(accepted_deliveries(world)),
+            expected: numbers.len(),
+            found,
+            duplicates: duplicates + invalid_dups,
+            lost,
+            recover: booked_at.map(|t| t.saturating_duration_since(calm)),
+            note: format!(
+                "{} invalid → {dead_lettered} dead-lettered; Exact errors per endpoint {exact_errors:?} (budget 10/h); Exact max {} calls/min, {exact_real_429} real 429s",
+                invalid.len(),
+                world.exact.max_calls_per_minute(world.division),
+            ),
+        },
+        exact_max_per_minute: world.exact.max_calls_per_minute(world.division),
+        exact_errors,
+        exact_real_429,
+        precoro_429,
+        dead_lettered,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis data loss
+// ---------------------------------------------------------------------------------------------
+
+/// Delete every key of the world's own prefix (never anybody else's), keeping the Exact tokens
+/// when `keep_tokens` (as Redis with AOF would after a restart). Returns how many were deleted.
+pub async fn flush_prefix(world: &World, keep_tokens: bool) -> anyhow::Result<usize> {
+    let mut conn = world.store.conn();
+    let pattern = format!("{}:*", world.store.prefix());
+    let tokens = world.store.key(&["oauth", "exact"]);
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        let doomed: Vec<&String> = keys
+            .iter()
+            .filter(|k| !(keep_tokens && k.starts_with(&tokens)))
+            .collect();
+        if !doomed.is_empty() {
+            let n: usize = redis::cmd("DEL")
+                .arg(&doomed)
+                .query_async(&mut conn)
+                .await?;
+            deleted += n;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+/// The outcome of [`token_loss`].
+#[derive(Debug, Clone, Default)]
+pub struct TokenCheck {
+    pub summary: String,
+    pub failures: Vec<String>,
+}
+
+/// Redis loses everything of ours, the Exact tokens included: the next invoice must be
+/// dead-lettered with a clear "connection broken, reconnect" reason (never retried against Exact's
+/// error budget), and after the company reconnects a replay must book it once.
+pub async fn token_loss(world: &World, ingress_base: &str) -> anyhow::Result<TokenCheck> {
+    use shared::bus::dlq::{DeadLetters, Filter};
+    let mut check = TokenCheck::default();
+    world
+        .precoro
+        .set_webhook_urls(vec![world.precoro_webhook_url(ingress_base)]);
+    flush_prefix(world, false).await?;
+    let (_, _, idn) = pending_invoices(world, "TOKENLOSS", 1, 1).remove(0);
+    let number = "TOKENLOSS-00000".to_string();
+    world.exact.reset_calls();
+    world.precoro.approve_invoice(idn);
+    let filter = Filter {
+        error_class: Some("permanent".into()),
+        ..Default::default()
+    };
+    let mut reason = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reason.is_none() && Instant::now() < deadline {
+        let dead = DeadLetters::connect(&world.config.broker)
+            .await?
+            .list(&filter)
+            .await?;
+        reason = dead.into_iter().find_map(|d| {
+            d.error
+                .filter(|e| e.contains("connection") && e.contains("broken"))
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(reason) = reason else {
+        check.failures.push(
+            "losing the Exact tokens did not dead-letter with a 'connection broken' reason".into(),
+        );
+        check.summary = "no clear report".into();
+        return Ok(check);
+    };
+    if !reason.contains("Reconnect") {
+        check.failures.push(format!(
+            "the broken-connection reason does not say what to do: {reason}"
+        ));
+    }
+    let exact_calls = world.exact.calls().len();
+    if exact_calls > 0 {
+        check.failures.push(format!(
+            "{exact_calls} Exact call(s) made without a token (they count against the error budget)"
+        ));
+    }
+    // The finance user reconnects; the operator replays.
+    let t = &world.config.tenants[0];
+    let client = shared::exact::client::ExactClient::for_tenant(
+        t,
+        world.store.clone(),
+        shared::store::ratelimit::RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
+    );
+    let code = world
+        .exact
+        .grant_consent(&t.exact.client_id, &t.exact.redirect_uri)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    client.exchange_code(&code).await?;
+    DeadLetters::connect(&world.config.broker)
+        .await?
+        .replay(&filter, false)
+        .await?;
+    wait_booked(
+        world,
+        std::slice::from_ref(&number),
+        Duration::from_secs(30),
+    )
+    .await;
+    let (found, dups, _) = tally_entries(world, std::slice::from_ref(&number));
+    if found != 1 || dups != 0 {
+        check.failures.push(format!(
+            "after reconnecting and replaying: {found} booked, {dups} duplicates"
+        ));
+    }
+    check.summary = format!(
+        "dead-lettered with \"{}\"; booked once after reconnect + replay",
+        reason.chars().take(90).collect::<String>()
+    );
+    Ok(check)
+}

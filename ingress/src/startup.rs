@@ -13,7 +13,7 @@ use shared::config::Config;
 use shared::store::Store;
 use tokio::net::TcpListener;
 
-use crate::routes::{health, webhooks};
+use crate::routes::{health, oauth, webhooks};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -73,6 +73,8 @@ impl Application {
                 post(webhooks::precoro),
             )
             .route("/webhooks/exact", post(webhooks::exact))
+            .route("/oauth/exact/{tenant}/connect", get(oauth::connect))
+            .route("/oauth/exact/callback", get(oauth::callback))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .route("/metrics", get(health::metrics))

@@ -1,12 +1,14 @@
 //! Exact Online API client (OAuth, OData, rate limits), per specs/exact-online.md.
 //!
 //! - [`oauth`]: authorize URL, code exchange, single-flight refresh of the rotating token pair.
+//! - [`oauth_state`]: the signed `state` that carries the company through Exact's consent page.
 //! - [`odata`]: `$filter`/`$select` builders, envelopes, `/Date()/` values, `Edm.Double` ↔ `Decimal`.
 //! - [`client`]: [`ExactClient`], the HTTP calls with rate limiting, paging and sync cursors.
 //! - [`types`]: the entities the flows read and write.
 
 pub mod client;
 pub mod oauth;
+pub mod oauth_state;
 pub mod odata;
 pub mod types;
 

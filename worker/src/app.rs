@@ -14,6 +14,7 @@ use crate::flows::invoices::InvoiceFlow;
 use crate::flows::payments::PaymentFlow;
 use crate::flows::reference::ReferenceFlow;
 use crate::flows::suppliers::SupplierFlow;
+use crate::last_run::Recorded;
 use crate::scheduler;
 
 /// Which parts a worker runs (all by default; tests and the CLI pick).
@@ -53,7 +54,8 @@ impl Worker {
         for flow in &parts.flows {
             match *flow {
                 "invoices" => {
-                    let handler = Arc::new(InvoiceFlow::new(ctx.clone()));
+                    let handler =
+                        Arc::new(Recorded::new(InvoiceFlow::new(ctx.clone()), store.clone()));
                     let c = FlowConsumer::new(
                         &config.broker,
                         &config.worker,
@@ -64,7 +66,10 @@ impl Worker {
                     tasks.spawn(c.run(rx.clone()));
                 }
                 "reference" => {
-                    let handler = Arc::new(ReferenceFlow::new(ctx.clone()));
+                    let handler = Arc::new(Recorded::new(
+                        ReferenceFlow::new(ctx.clone()),
+                        store.clone(),
+                    ));
                     let c = FlowConsumer::new(
                         &config.broker,
                         &config.worker,
@@ -75,7 +80,8 @@ impl Worker {
                     tasks.spawn(c.run(rx.clone()));
                 }
                 "payments" => {
-                    let handler = Arc::new(PaymentFlow::new(ctx.clone()));
+                    let handler =
+                        Arc::new(Recorded::new(PaymentFlow::new(ctx.clone()), store.clone()));
                     let c = FlowConsumer::new(
                         &config.broker,
                         &config.worker,
@@ -86,7 +92,8 @@ impl Worker {
                     tasks.spawn(c.run(rx.clone()));
                 }
                 "suppliers" => {
-                    let handler = Arc::new(SupplierFlow::new(ctx.clone()));
+                    let handler =
+                        Arc::new(Recorded::new(SupplierFlow::new(ctx.clone()), store.clone()));
                     let c = FlowConsumer::new(
                         &config.broker,
                         &config.worker,

@@ -2,7 +2,9 @@
 //! the operator commands.
 
 pub mod app;
+pub mod cli;
 pub mod flows;
+pub mod last_run;
 pub mod scheduler;
 
 pub use app::{Parts, Worker};

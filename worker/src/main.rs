@@ -22,6 +22,169 @@ enum Command {
     /// units, projects → Precoro taxes, payment terms and custom-field options).
     #[command(subcommand)]
     Reference(ReferenceCommand),
+    /// Dead letters: messages a flow could not process (a missing mapping, a validation error
+    /// from Exact, too many transient failures). Fix the cause, then replay.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Enqueue a flow's work for a past period; running workers do it at their normal pace.
+    ///
+    /// invoices:  every approved Precoro invoice without an Exact entry whose invoice date lies
+    ///            in --from..--to becomes one export (already booked ones are skipped).
+    /// payments:  re-read Exact's payment terms and apply payments made since --from (no --to);
+    ///            payments already in Precoro are skipped.
+    /// suppliers: compare suppliers changed in Precoro since --from (no --to) and every Exact
+    ///            supplier account; only differences are written.
+    /// reference: a full reconciliation of every kind (no dates).
+    ///
+    /// Examples:
+    ///   worker backfill --tenant acme --flow invoices --from 2026-01-01 --to 2026-01-31
+    ///   worker backfill --tenant acme --flow payments --from 2026-01-01
+    #[command(verbatim_doc_comment)]
+    Backfill {
+        /// The company's `id` in the config.
+        #[arg(long)]
+        tenant: String,
+        /// invoices, payments, suppliers or reference.
+        #[arg(long)]
+        flow: String,
+        /// First day (YYYY-MM-DD, inclusive).
+        #[arg(long, value_parser = parse_date)]
+        from: Option<chrono::NaiveDate>,
+        /// Last day (YYYY-MM-DD, inclusive).
+        #[arg(long, value_parser = parse_date)]
+        to: Option<chrono::NaiveDate>,
+    },
+    /// The company's Exact Online connection and webhook subscriptions.
+    #[command(subcommand)]
+    Exact(ExactCommand),
+    /// Per company: Exact connection and token expiry, API budget left today, cursors and last
+    /// successful run per flow, dead letters; queue depths. Reads only (calls no API).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which dead letters a command applies to.
+#[derive(clap::Args)]
+struct DlqFilter {
+    /// Only this company (its `id` in the config).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only this flow: invoices, payments, suppliers or reference.
+    #[arg(long)]
+    flow: Option<String>,
+    /// Only this error class: permanent, transient, busy or rate_limited.
+    #[arg(long = "class")]
+    error_class: Option<String>,
+    /// Only those that last failed since then: an age (2h, 3d), a date (2026-01-31) or an
+    /// RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DlqFilter {
+    fn selection(self, id: Option<String>) -> worker::cli::dlq::Selection {
+        worker::cli::dlq::Selection {
+            id,
+            tenant: self.tenant,
+            flow: self.flow,
+            error_class: self.error_class,
+            since: self.since,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters (id, company, flow, class, attempts, last failure, reason).
+    ///
+    /// Examples:
+    ///   worker dlq list
+    ///   worker dlq list --tenant acme --flow invoices --since 1d
+    ///   worker dlq list --class permanent --json
+    #[command(verbatim_doc_comment)]
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter in full: reason, headers and payload.
+    Show {
+        /// The id from `worker dlq list`.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to their flow for another try (after fixing the cause).
+    ///
+    /// Each is re-published with a fresh replay nonce (so deduplication lets it through) and
+    /// removed from the DLQ only once the broker confirmed the re-publish: an interrupted
+    /// replay loses nothing. Flows never book twice, so replaying a done one is harmless.
+    ///
+    /// Examples:
+    ///   worker dlq replay 5f0c…                    one
+    ///   worker dlq replay --tenant acme --flow invoices --dry-run
+    ///   worker dlq replay --all
+    #[command(verbatim_doc_comment)]
+    Replay {
+        /// One dead letter by id.
+        id: Option<String>,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Count what would be replayed; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters for good (asks first unless --yes).
+    ///
+    /// Examples:
+    ///   worker dlq purge 5f0c…
+    ///   worker dlq purge --tenant acme --class permanent --yes
+    #[command(verbatim_doc_comment)]
+    Purge {
+        /// One dead letter by id.
+        id: Option<String>,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExactCommand {
+    /// Print the link that connects a company to Exact Online (OAuth consent).
+    ///
+    /// A finance user of the company opens it, logs in to Exact and consents; Exact sends the
+    /// browser back to the ingress (tenants.exact.redirect_uri), which stores the tokens. Run it
+    /// again to repair a broken connection.
+    Connect {
+        /// The company's `id` in the config.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Create the Exact webhook subscriptions the company's enabled flows need.
+    ///
+    /// Callbacks go to {ingress.public_url}/webhooks/exact, which must be reachable by Exact
+    /// (HTTPS, on the redirect URI's domain) and running. Safe to run again: topics already
+    /// subscribed are left alone.
+    Subscribe {
+        /// The company's `id` in the config.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -52,6 +215,14 @@ enum ReferenceCommand {
     },
 }
 
+fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
+    worker::cli::parse_date(s)
+}
+
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    worker::cli::parse_when(s, chrono::Utc::now())
+}
+
 fn parse_kind(s: &str) -> Result<ReferenceKind, String> {
     ReferenceKind::parse(s).ok_or_else(|| {
         format!(
@@ -80,6 +251,69 @@ async fn main() -> anyhow::Result<()> {
                 env.routing_key(),
                 env.id
             );
+        }
+        Command::Dlq(cmd) => dlq(&config, cmd).await?,
+        Command::Backfill {
+            tenant,
+            flow,
+            from,
+            to,
+        } => {
+            let req = worker::cli::backfill::Request {
+                tenant,
+                flow,
+                from,
+                to,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            worker::cli::backfill::run(&config, &req, &mut std::io::stdout()).await?;
+        }
+        Command::Exact(ExactCommand::Connect { tenant }) => {
+            worker::cli::exact::connect(&config, &tenant, &mut std::io::stdout()).await?;
+        }
+        Command::Exact(ExactCommand::Subscribe { tenant }) => {
+            worker::cli::exact::subscribe(&config, &tenant, &mut std::io::stdout()).await?;
+        }
+        Command::Status { json } => {
+            worker::cli::status::status(&config, json, &mut std::io::stdout()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {
+    use worker::cli::dlq;
+    let out = &mut std::io::stdout();
+    match cmd {
+        DlqCommand::List { filter, json } => {
+            dlq::list(config, &filter.selection(None), json, out).await?;
+        }
+        DlqCommand::Show { id, json } => {
+            dlq::show(config, &id, json, out).await?;
+        }
+        DlqCommand::Replay {
+            id,
+            filter,
+            all,
+            dry_run,
+        } => {
+            dlq::replay(config, &filter.selection(id), all, dry_run, out).await?;
+        }
+        DlqCommand::Purge {
+            id,
+            filter,
+            all,
+            yes,
+        } => {
+            dlq::purge(
+                config,
+                &filter.selection(id),
+                all,
+                yes,
+                &mut std::io::stdin().lock(),
+                out,
+            )
+            .await?;
         }
     }
     Ok(())

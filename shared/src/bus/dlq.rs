@@ -113,6 +113,54 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// Every AMQP header as text, sorted by name (for `worker dlq show`).
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .headers
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), header_text(v)))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+fn header_text(v: &lapin::types::AMQPValue) -> String {
+    use lapin::types::AMQPValue as V;
+    match v {
+        V::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        V::ShortString(s) => s.as_str().to_string(),
+        V::Boolean(b) => b.to_string(),
+        V::ShortShortInt(n) => n.to_string(),
+        V::ShortShortUInt(n) => n.to_string(),
+        V::ShortInt(n) => n.to_string(),
+        V::ShortUInt(n) => n.to_string(),
+        V::LongInt(n) => n.to_string(),
+        V::LongUInt(n) => n.to_string(),
+        V::LongLongInt(n) => n.to_string(),
+        V::Timestamp(n) => n.to_string(),
+        V::FieldArray(a) => format!(
+            "[{}]",
+            a.as_slice()
+                .iter()
+                .map(header_text)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        V::FieldTable(t) => format!(
+            "{{{}}}",
+            t.inner()
+                .iter()
+                .map(|(k, v)| format!("{}: {}", k.as_str(), header_text(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
 /// What a replay or purge did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Moved {

@@ -171,7 +171,18 @@ impl PaymentFlow {
         let cfg = &self.ctx.tenant(tenant_id)?.flows.payments;
         let store = &self.ctx.store;
         let last_key = last_poll_key(&self.ctx, tenant_id);
-        if let Some(covered) = self.covered(&last_key, env.received_at).await? {
+        // `worker backfill --flow payments --from D` asks for a re-read from the start that
+        // applies payments made since D (a Timestamp is a rowversion, not a date: §4). No other
+        // poll covers that, so it is never skipped as covered.
+        let rescan_from = env
+            .payload
+            .get("rescan_from")
+            .and_then(|v| v.as_str())
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.with_timezone(&Utc));
+        if rescan_from.is_none()
+            && let Some(covered) = self.covered(&last_key, env.received_at).await?
+        {
             return Ok(Outcome::Skipped(covered));
         }
         if env.source == Source::Exact {
@@ -193,15 +204,18 @@ impl PaymentFlow {
         let now = DateTime::<Utc>::from_timestamp_millis(started_ms).unwrap_or_else(Utc::now);
         let exact = self.ctx.exact(tenant_id)?;
         let cursor = exact.load_cursor(CURSOR).await?;
-        let page = exact
-            .sync_payment_terms(cursor.unwrap_or(SYNC_START))
-            .await?;
-        let floor = match cursor {
-            None => Some(
+        let start = match rescan_from {
+            Some(_) => SYNC_START,
+            None => cursor.unwrap_or(SYNC_START),
+        };
+        let page = exact.sync_payment_terms(start).await?;
+        let floor = match (rescan_from, cursor) {
+            (Some(from), _) => Some(from),
+            (None, None) => Some(
                 now - chrono::Duration::from_std(cfg.initial_window)
                     .unwrap_or(chrono::Duration::days(30)),
             ),
-            Some(_) => None,
+            (None, Some(_)) => None,
         };
 
         // Decide.

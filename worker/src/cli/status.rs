@@ -1,0 +1,355 @@
+//! `worker status`: per company, the Exact connection and token expiry, the API budget left
+//! today, each flow's cursors and last successful run, its dead letters; and the queue depths.
+//!
+//! Read-only and free: it reads Redis and the broker, and calls neither API (a status check
+//! must not spend the 5,000 Exact calls a day it reports on).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use serde::Serialize;
+use shared::bus::dlq::DeadLetters;
+use shared::bus::topology::{FLOWS, Names};
+use shared::config::{Config, TenantConfig};
+use shared::exact::{ExactClient, TokenStore};
+use shared::precoro::PrecoroClient;
+use shared::store::Store;
+use shared::store::ratelimit::{Limits, RateLimiter};
+
+use super::{relative, short_time};
+use crate::last_run;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub at: DateTime<Utc>,
+    pub companies: Vec<CompanyStatus>,
+    /// Ready messages per flow queue (`sync.{flow}`), and `dlq`.
+    pub queues: BTreeMap<String, u32>,
+    pub dead_letters: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompanyStatus {
+    pub id: String,
+    pub name: String,
+    pub exact: ExactConnection,
+    pub budgets: Vec<Budget>,
+    pub flows: Vec<FlowStatus>,
+    pub dead_letters: usize,
+}
+
+/// The stored Exact connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExactConnection {
+    /// `connected`, `expired` (a refresh will renew it), `broken` or `not_connected`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    pub last_token_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Budget {
+    pub api: String,
+    pub used_today: u64,
+    pub daily_limit: u32,
+    pub left_today: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowStatus {
+    pub flow: String,
+    pub enabled: bool,
+    /// `{api}:{name}` → value (Exact Timestamps, Precoro modification times).
+    pub cursors: BTreeMap<String, String>,
+    pub last_success: Option<DateTime<Utc>>,
+}
+
+fn enabled(t: &TenantConfig, flow: &str) -> bool {
+    match flow {
+        "invoices" => t.flows.invoices.enabled,
+        "payments" => t.flows.payments.enabled,
+        "suppliers" => t.flows.suppliers.enabled,
+        "reference" => t.flows.reference.enabled,
+        _ => false,
+    }
+}
+
+/// Which flow a cursor (`cursor:{api}:{tenant}:{name}`) belongs to.
+fn flow_of_cursor(name: &str) -> &'static str {
+    if name.starts_with("payment") {
+        "payments"
+    } else if name.starts_with("reference") {
+        "reference"
+    } else if name.starts_with("supplier") {
+        "suppliers"
+    } else if name.starts_with("invoice") {
+        "invoices"
+    } else {
+        "other"
+    }
+}
+
+/// Every cursor of `tenant`, by flow: `{api}:{name}` → value.
+async fn cursors(
+    store: &Store,
+    tenant: &str,
+) -> anyhow::Result<BTreeMap<&'static str, BTreeMap<String, String>>> {
+    let pattern = store.key(&["cursor", "*", tenant, "*"]);
+    let mut conn = store.conn();
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    let base = store.key(&["cursor"]);
+    let mut out: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
+    for key in keys {
+        // `{prefix}:cursor:{api}:{tenant}:{name}`; a tenant id has no ':' (config validation).
+        let Some(rest) = key.strip_prefix(&format!("{base}:")) else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, ':');
+        let (Some(api), Some(t), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if t != tenant {
+            continue;
+        }
+        if let Some(v) = store.get_string(&key).await? {
+            out.entry(flow_of_cursor(name))
+                .or_default()
+                .insert(format!("{api}:{name}"), v);
+        }
+    }
+    Ok(out)
+}
+
+async fn budget(limiter: &RateLimiter, limits: &Limits) -> anyhow::Result<Budget> {
+    let used = limiter.used_today(limits).await?;
+    let limit = limits.daily.unwrap_or(0);
+    Ok(Budget {
+        api: limits.api.as_str().to_string(),
+        used_today: used,
+        daily_limit: limit,
+        left_today: (limit as u64).saturating_sub(used),
+    })
+}
+
+async fn connection(
+    store: &Store,
+    t: &TenantConfig,
+    now_ms: i64,
+) -> anyhow::Result<ExactConnection> {
+    let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms);
+    Ok(
+        match TokenStore::new(store.clone(), t.id.clone()).load().await? {
+            None => ExactConnection {
+                state: "not_connected".into(),
+                reason: Some("no token stored: run worker exact connect".into()),
+                access_token_expires_at: None,
+                last_token_at: None,
+            },
+            Some(r) => ExactConnection {
+                state: if r.broken.is_some() {
+                    "broken"
+                } else if r.expires_at_ms <= now_ms {
+                    // Normal for an idle company: the next call refreshes it (10 min lifetime, §1).
+                    "expired"
+                } else {
+                    "connected"
+                }
+                .into(),
+                reason: r.broken.clone(),
+                access_token_expires_at: at(r.expires_at_ms),
+                last_token_at: at(r.refreshed_at_ms),
+            },
+        },
+    )
+}
+
+/// Gather the report (no output).
+pub async fn collect(config: &Config) -> anyhow::Result<Report> {
+    let store = Store::connect(&config.redis).await?;
+    let limiter = RateLimiter::new(store.clone(), Duration::from_secs(1));
+    let now_ms = store.now_ms().await?;
+    let now = DateTime::<Utc>::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now);
+
+    let dead = DeadLetters::connect(&config.broker)
+        .await?
+        .list(&Default::default())
+        .await?;
+    let mut queues = BTreeMap::new();
+    let conn = Connection::connect(&config.broker.url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let names = Names::new(&config.broker.prefix);
+    let mut queue_names: Vec<(String, String)> = FLOWS
+        .iter()
+        .map(|f| (format!("sync.{f}"), names.flow_queue(f)))
+        .collect();
+    queue_names.push(("sync.dlq".into(), names.dlq()));
+    for (label, q) in queue_names {
+        let declared = channel
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(d) => {
+                queues.insert(label, d.message_count());
+            }
+            // A passive declare of a missing queue closes the channel: the topology is not
+            // declared yet (no worker ever ran), which the output shows as a missing row.
+            Err(_) => break,
+        }
+    }
+    let _ = conn.close(200, "status".into()).await;
+
+    let mut companies = Vec::new();
+    for t in &config.tenants {
+        let exact = ExactClient::for_tenant(t, store.clone(), limiter.clone());
+        let precoro = PrecoroClient::new(t, store.clone(), limiter.clone());
+        let budgets = vec![
+            budget(&limiter, exact.limits()).await?,
+            budget(&limiter, precoro.limits()).await?,
+        ];
+        let mut cursors = cursors(&store, t.id.as_str()).await?;
+        let mut flows = Vec::new();
+        for flow in FLOWS {
+            flows.push(FlowStatus {
+                flow: flow.to_string(),
+                enabled: enabled(t, flow),
+                cursors: cursors.remove(flow).unwrap_or_default(),
+                last_success: last_run::last_success(&store, t.id.as_str(), flow).await?,
+            });
+        }
+        companies.push(CompanyStatus {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            exact: connection(&store, t, now_ms).await?,
+            budgets,
+            flows,
+            dead_letters: dead
+                .iter()
+                .filter(|d| d.tenant.as_deref() == Some(t.id.as_str()))
+                .count(),
+        });
+    }
+    Ok(Report {
+        at: now,
+        companies,
+        queues,
+        dead_letters: dead.len(),
+    })
+}
+
+/// `worker status [--json]`.
+pub async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Result<Report> {
+    let r = collect(config).await?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &r)?;
+        writeln!(out)?;
+        return Ok(r);
+    }
+    let now = r.at;
+    for c in &r.companies {
+        writeln!(out, "Company {} ({})", c.id, c.name)?;
+        let e = &c.exact;
+        let conn = match e.state.as_str() {
+            "connected" => format!(
+                "connected; access token expires {} ({} UTC)",
+                e.access_token_expires_at
+                    .map(|t| relative(t, now))
+                    .unwrap_or_default(),
+                e.access_token_expires_at
+                    .map(short_time)
+                    .unwrap_or_default()
+            ),
+            "expired" => format!(
+                "connected; access token expired {} and is renewed on the next call",
+                e.access_token_expires_at
+                    .map(|t| relative(t, now))
+                    .unwrap_or_default()
+            ),
+            "broken" => format!(
+                "BROKEN: {}; reconnect with: worker exact connect --tenant {}",
+                e.reason.as_deref().unwrap_or("unknown reason"),
+                c.id
+            ),
+            _ => format!(
+                "NOT CONNECTED; connect with: worker exact connect --tenant {}",
+                c.id
+            ),
+        };
+        writeln!(out, "  Exact connection: {conn}")?;
+        for b in &c.budgets {
+            writeln!(
+                out,
+                "  {} budget today: {} of {} calls left ({} used)",
+                b.api, b.left_today, b.daily_limit, b.used_today
+            )?;
+        }
+        for f in &c.flows {
+            let cursors = if f.cursors.is_empty() {
+                "no cursor".to_string()
+            } else {
+                f.cursors
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let last = f
+                .last_success
+                .map(|t| format!("{} ({} UTC)", relative(t, now), short_time(t)))
+                .unwrap_or_else(|| "never".into());
+            writeln!(
+                out,
+                "  flow {:<10} {:<3}  last successful run: {last}; {cursors}",
+                f.flow,
+                if f.enabled { "on" } else { "off" }
+            )?;
+        }
+        writeln!(out, "  dead letters: {}", c.dead_letters)?;
+    }
+    let depths = r
+        .queues
+        .iter()
+        .map(|(q, n)| format!("{q}={n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    writeln!(
+        out,
+        "Queues (ready messages): {}",
+        if depths.is_empty() {
+            "not declared yet (no worker has run)".to_string()
+        } else {
+            depths
+        }
+    )?;
+    writeln!(out, "Dead letters in total: {}", r.dead_letters)?;
+    Ok(r)
+}

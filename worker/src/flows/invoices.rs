@@ -95,7 +95,13 @@ impl Handler for InvoiceFlow {
         }
         let t = target(env)
             .ok_or_else(|| Error::Malformed("invoice message without id or idn".into()))?;
-        self.export(&env.tenant, t, msg.maybe_repeated()).await
+        self.export(
+            &env.tenant,
+            t,
+            msg.maybe_repeated(),
+            msg.replay_nonce.is_some(),
+        )
+        .await
     }
 }
 
@@ -145,7 +151,13 @@ impl InvoiceFlow {
         }
     }
 
-    async fn export(&self, tenant_id: &TenantId, t: Target, repeated: bool) -> Result<Outcome> {
+    async fn export(
+        &self,
+        tenant_id: &TenantId,
+        t: Target,
+        repeated: bool,
+        replayed: bool,
+    ) -> Result<Outcome> {
         // The invoice's internal id names it everywhere; a hint without it costs the fetch first.
         let invoice_key = match (t.id, t.idn) {
             (Some(id), _) => format!("id:{id}"),
@@ -175,6 +187,7 @@ impl InvoiceFlow {
                 t,
                 &scope,
                 repeated || maybe_attempted || t.from_poll,
+                replayed,
             )
             .await
         {
@@ -200,6 +213,7 @@ impl InvoiceFlow {
         t: Target,
         scope: &str,
         may_exist: bool,
+        replayed: bool,
     ) -> Result<Exported> {
         let tenant = self.ctx.tenant(tenant_id)?;
         let exact = self.ctx.exact(tenant_id)?;
@@ -272,9 +286,62 @@ impl InvoiceFlow {
         };
         let entry = invoice_map::map_invoice(&invoice, tenant, supplier, document)?;
 
+        // Exact blocks an endpoint for an hour after 10 errors in an hour (DESIGN.md "Worker"). A
+        // refused entry is dead-lettered, but every later hint for the same invoice (its Create
+        // and Update webhooks, the poll) would POST it again and spend another error. So the
+        // refusal is remembered with the exact payload it was given for: the same payload is
+        // refused here without a call, a changed invoice is tried again, and an operator's replay
+        // (after fixing the data in Exact) always is.
+        let refused_key = self.ctx.store.key(&[
+            "invoice-refused",
+            tenant_id.as_str(),
+            &invoice.id.to_string(),
+        ]);
+        let fingerprint = {
+            // SipHash with fixed keys: stable across processes of one build; a build that hashes
+            // differently only costs one more attempt.
+            use std::hash::{Hash, Hasher};
+            let body = serde_json::to_string(&entry).map_err(|e| Error::Other(e.into()))?;
+            let mut h = std::hash::DefaultHasher::new();
+            body.hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        if !replayed
+            && let Some(before) = self.ctx.store.get_string(&refused_key).await?
+            && let Some((fp, reason)) = before.split_once(' ')
+            && fp == fingerprint
+        {
+            return Err(Error::Invalid(format!(
+                "Exact refused this entry before and the invoice has not changed since (not sent again, to spare Exact's error budget): {reason}"
+            )));
+        }
+
         // Write.
         self.ctx.idem.mark_attempted(scope).await?;
-        let created = exact.create_purchase_entry(&entry).await?;
+        let created = match exact.create_purchase_entry(&entry).await {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(
+                    e,
+                    Error::Upstream {
+                        status: 400..=499,
+                        ..
+                    }
+                ) && e.retry_class() == shared::error::RetryClass::Permanent
+                {
+                    let _ = self
+                        .ctx
+                        .store
+                        .set_string(
+                            &refused_key,
+                            &format!("{fingerprint} {e}"),
+                            Some(self.ctx.config.worker.idempotency_ttl),
+                        )
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         let entry_id = created.entry_id.to_string();
         tracing::info!(invoice = invoice.idn.0, entry = %entry_id, entry_number = ?created.entry_number, "booked in Exact");
 

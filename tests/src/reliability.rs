@@ -906,6 +906,10 @@ pub struct StormReport {
     /// Precoro 429s (only counted when Precoro 429 faults are off).
     pub precoro_429: usize,
     pub dead_lettered: usize,
+    /// Exact validation refusals of purchase entries the worker received (each must be final).
+    pub exact_refusals_seen: usize,
+    /// Refusals whose reply the simulator dropped: the worker could not know, so it tried again.
+    pub exact_refusals_unseen: usize,
 }
 
 /// 30 % of the upstream calls fail (5xx, 429, timeouts, replies dropped after the write) for
@@ -999,6 +1003,20 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
         }
     }
     let calls = world.exact.calls();
+    let refusals = |dropped: bool| {
+        calls
+            .iter()
+            .filter(|c| {
+                c.method == "POST"
+                    && c.path.contains("purchaseentry/PurchaseEntries")
+                    && (400..500).contains(&c.status)
+                    && c.status != 429
+                    && (c.fault == Some(crate::exact_sim::FaultAction::DropReply)) == dropped
+            })
+            .count()
+    };
+    let exact_refusals_seen = refusals(false);
+    let exact_refusals_unseen = refusals(true);
     let exact_real_429 = calls
         .iter()
         .filter(|c| c.status == 429 && c.fault.is_none())
@@ -1026,7 +1044,7 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
             lost,
             recover: booked_at.map(|t| t.saturating_duration_since(calm)),
             note: format!(
-                "{} invalid → {dead_lettered} dead-lettered; Exact errors per endpoint {exact_errors:?} (budget 10/h); Exact max {} calls/min, {exact_real_429} real 429s",
+                "{} invalid → {exact_refusals_seen} refusals seen (+{exact_refusals_unseen} with the reply dropped), {dead_lettered} dead letters; Exact errors per endpoint {exact_errors:?} (budget 10/h); Exact max {} calls/min, {exact_real_429} real 429s",
                 invalid.len(),
                 world.exact.max_calls_per_minute(world.division),
             ),
@@ -1036,6 +1054,8 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
         exact_real_429,
         precoro_429,
         dead_lettered,
+        exact_refusals_seen,
+        exact_refusals_unseen,
     })
 }
 

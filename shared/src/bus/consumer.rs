@@ -339,8 +339,21 @@ impl<H: Handler> FlowConsumer<H> {
 
         let handler = self.handler.clone();
         let task_msg = msg.clone();
-        let joined =
-            tokio::spawn(async move { handler.handle(&task_msg).await }.in_current_span()).await;
+        let work = tokio::spawn(async move { handler.handle(&task_msg).await }.in_current_span());
+        // Renew the message claim and the entity lease while the handler runs: a slow but live
+        // handler must not be overtaken by a duplicate that would then act a second time.
+        let every = self.worker.entity_lease.min(self.worker.idempotency_lease) / 3;
+        let joined = crate::store::lease::keep_alive(work, every, || async {
+            if let Err(e) = self.idem.extend(&scope, &token).await {
+                tracing::warn!(error = %e, "could not renew the message claim");
+            }
+            if let Some(l) = &lease
+                && !l.extend(self.worker.entity_lease).await.unwrap_or(true)
+            {
+                tracing::warn!("entity lease lost while the handler ran");
+            }
+        })
+        .await;
         if let Some(l) = lease {
             let _ = l.release().await;
         }

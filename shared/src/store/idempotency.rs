@@ -104,6 +104,38 @@ impl Idempotency {
         Ok(n == 1)
     }
 
+    /// Keep our processing lease on `scope` alive; false when it was lost meanwhile.
+    pub async fn extend(&self, scope: &str, token: &str) -> Result<bool> {
+        super::lease::extend_if_owner(
+            &self.store,
+            &self.key(scope),
+            &format!("processing:{token}"),
+            self.lease,
+        )
+        .await
+    }
+
+    /// Run `work` holding the claim on `scope`, renewed every third of the lease (see
+    /// [`super::lease::keep_alive`]).
+    pub async fn while_held<F: std::future::Future>(
+        &self,
+        scope: &str,
+        token: &str,
+        work: F,
+    ) -> F::Output {
+        super::lease::keep_alive(work, self.lease / 3, || async {
+            match self.extend(scope, token).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    scope,
+                    "idempotency lease lost while working; lookup-before-create guards the effect"
+                ),
+                Err(e) => tracing::warn!(scope, error = %e, "could not renew an idempotency lease"),
+            }
+        })
+        .await
+    }
+
     /// Give the claim up after a retriable failure so the retry can run.
     pub async fn release(&self, scope: &str, token: &str) -> Result<()> {
         super::lease::release_if_owner(

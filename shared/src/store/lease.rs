@@ -3,6 +3,7 @@
 //! outlive it (specs/practice.md §4) — so every effect behind one is also guarded by
 //! lookup-before-create.
 
+use std::future::Future;
 use std::time::Duration;
 
 use redis::Script;
@@ -76,19 +77,47 @@ impl Lease {
 
     /// Extend the lease; false when it was lost (expired and maybe taken by another holder).
     pub async fn extend(&self, ttl: Duration) -> Result<bool> {
-        let mut c = self.store.conn();
-        let n: i64 = Script::new(EXTEND)
-            .key(&self.key)
-            .arg(&self.token)
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(n == 1)
+        extend_if_owner(&self.store, &self.key, &self.token, ttl).await
     }
 
     /// Release the lease if it is still ours.
     pub async fn release(self) -> Result<bool> {
         release_if_owner(&self.store, &self.key, &self.token).await
+    }
+}
+
+/// Compare-and-pexpire: extends `key` to `ttl` only while it still holds `token`.
+pub async fn extend_if_owner(store: &Store, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+    let mut c = store.conn();
+    let n: i64 = Script::new(EXTEND)
+        .key(key)
+        .arg(token)
+        .arg(ttl.as_millis().max(1) as u64)
+        .invoke_async(&mut c)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Run `work` while `beat` renews its leases every `every`, so a holder that is slow but alive
+/// (sleeping on Exact's 60 calls/min, waiting out a 429 pause or a hung request) is never taken
+/// over mid-way: a second worker that claimed the entity after the lease lapsed would look up,
+/// find nothing yet and create the entry a second time. A lost lease is only logged; the effect
+/// stays guarded by lookup-before-create.
+pub async fn keep_alive<F, B, BF>(work: F, every: Duration, beat: B) -> F::Output
+where
+    F: Future,
+    B: Fn() -> BF,
+    BF: Future<Output = ()>,
+{
+    let every = every.max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => beat().await,
+        }
     }
 }
 

@@ -26,6 +26,8 @@ pub struct FaultPlan {
     pub path_contains: Option<String>,
     /// Stop injecting after this many faults (latency excluded); `None`: no limit.
     pub max_faults: Option<u32>,
+    /// Only writes (POST/PUT/DELETE) are affected: e.g. a slow create while lookups stay quick.
+    pub writes_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +90,7 @@ impl Faults {
             Some(s) => path.contains(s.as_str()),
             None => path.starts_with("/api/v1/"),
         };
-        if !applies {
+        if !applies || (a.plan.writes_only && !is_write) {
             return none;
         }
         let latency = a.plan.latency;

@@ -181,16 +181,18 @@ impl InvoiceFlow {
                 maybe_attempted,
             } => (token, maybe_attempted),
         };
-        match self
-            .export_claimed(
+        let exported = self.ctx.idem.while_held(
+            &scope,
+            &token,
+            self.export_claimed(
                 tenant_id,
                 t,
                 &scope,
                 repeated || maybe_attempted || t.from_poll,
                 replayed,
-            )
-            .await
-        {
+            ),
+        );
+        match exported.await {
             Ok(Exported::Booked(entry)) | Ok(Exported::AlreadyStamped(entry)) => {
                 self.ctx.idem.complete(&scope, &token, &entry).await?;
                 Ok(Outcome::Done(entry))

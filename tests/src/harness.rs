@@ -270,10 +270,9 @@ impl Inspector {
         }
     }
 
-    /// Messages ready in `queue` (passive declare).
-    pub async fn depth(&self, queue: &str) -> u32 {
-        let q = self
-            .channel
+    /// What the broker says of `queue` now (passive declare: fails if it does not exist).
+    async fn inspect(&self, queue: &str) -> lapin::Queue {
+        self.channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -283,25 +282,17 @@ impl Inspector {
                 FieldTable::default(),
             )
             .await
-            .expect("queue exists");
-        q.message_count()
+            .expect("queue exists")
     }
 
-    /// Consumers attached to `queue` (passive declare): how a test sees that workers are up.
+    /// Messages ready in `queue`.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.message_count()
+    }
+
+    /// Consumers attached to `queue`: how a test sees that workers are up.
     pub async fn consumers(&self, queue: &str) -> u32 {
-        let q = self
-            .channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue exists");
-        q.consumer_count()
+        self.inspect(queue).await.consumer_count()
     }
 
     /// Take (and ack) every message now in `queue`.

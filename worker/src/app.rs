@@ -52,57 +52,12 @@ impl Worker {
         let (stop, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for flow in &parts.flows {
+            let on = (&*config, &store, &publisher, &rx);
             match *flow {
-                "invoices" => {
-                    let handler =
-                        Arc::new(Recorded::new(InvoiceFlow::new(ctx.clone()), store.clone()));
-                    let c = FlowConsumer::new(
-                        &config.broker,
-                        &config.worker,
-                        handler,
-                        publisher.clone(),
-                        store.clone(),
-                    );
-                    tasks.spawn(c.run(rx.clone()));
-                }
-                "reference" => {
-                    let handler = Arc::new(Recorded::new(
-                        ReferenceFlow::new(ctx.clone()),
-                        store.clone(),
-                    ));
-                    let c = FlowConsumer::new(
-                        &config.broker,
-                        &config.worker,
-                        handler,
-                        publisher.clone(),
-                        store.clone(),
-                    );
-                    tasks.spawn(c.run(rx.clone()));
-                }
-                "payments" => {
-                    let handler =
-                        Arc::new(Recorded::new(PaymentFlow::new(ctx.clone()), store.clone()));
-                    let c = FlowConsumer::new(
-                        &config.broker,
-                        &config.worker,
-                        handler,
-                        publisher.clone(),
-                        store.clone(),
-                    );
-                    tasks.spawn(c.run(rx.clone()));
-                }
-                "suppliers" => {
-                    let handler =
-                        Arc::new(Recorded::new(SupplierFlow::new(ctx.clone()), store.clone()));
-                    let c = FlowConsumer::new(
-                        &config.broker,
-                        &config.worker,
-                        handler,
-                        publisher.clone(),
-                        store.clone(),
-                    );
-                    tasks.spawn(c.run(rx.clone()));
-                }
+                "invoices" => spawn_flow(&mut tasks, InvoiceFlow::new(ctx.clone()), on),
+                "reference" => spawn_flow(&mut tasks, ReferenceFlow::new(ctx.clone()), on),
+                "payments" => spawn_flow(&mut tasks, PaymentFlow::new(ctx.clone()), on),
+                "suppliers" => spawn_flow(&mut tasks, SupplierFlow::new(ctx.clone()), on),
                 other => anyhow::bail!("unknown flow '{other}'"),
             }
         }
@@ -139,4 +94,21 @@ impl Worker {
         }
         self.shutdown().await;
     }
+}
+
+/// One consumer on the flow's own queue; `Recorded` notes when its scheduled jobs last succeeded
+/// (for `worker status`).
+fn spawn_flow<H: shared::bus::consumer::Handler>(
+    tasks: &mut JoinSet<()>,
+    handler: H,
+    (config, store, publisher, stop): (&Config, &Store, &Publisher, &watch::Receiver<bool>),
+) {
+    let consumer = FlowConsumer::new(
+        &config.broker,
+        &config.worker,
+        Arc::new(Recorded::new(handler, store.clone())),
+        publisher.clone(),
+        store.clone(),
+    );
+    tasks.spawn(consumer.run(stop.clone()));
 }

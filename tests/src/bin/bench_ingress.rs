@@ -295,6 +295,31 @@ fn exact_webhook(secret: &str, division: i64) -> String {
     format!(r#"{{"Content":{content},"HashCode":"{hash}"}}"#)
 }
 
+/// The AMQP properties the ingress's publisher sets on every event (persistent, JSON, a fresh
+/// message id, a timestamp, and the tenant/source/kind headers), so the raw side publishes the
+/// same message and the ratio measures the ingress, not a lighter message.
+fn same_properties_as_the_ingress(division: i64) -> BasicProperties {
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    use shared::bus::envelope::headers;
+    let mut h = FieldTable::default();
+    for (k, v) in [
+        (headers::TENANT, format!("bench-{division}")),
+        (headers::SOURCE, "exact".to_string()),
+        (headers::KIND, "accounts".to_string()),
+    ] {
+        h.insert(
+            k.into(),
+            AMQPValue::LongString(LongString::from(v.as_str())),
+        );
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(uuid::Uuid::new_v4().to_string()))
+        .with_timestamp(chrono::Utc::now().timestamp() as u64)
+        .with_headers(h)
+}
+
 /// The bytes the ingress publishes for such a webhook, so the raw publisher sends the same size.
 fn envelope_like(config: &Config, secret: &str, division: i64) -> anyhow::Result<Vec<u8>> {
     let body = exact_webhook(secret, division);
@@ -712,7 +737,7 @@ async fn run_levels(
                                 ..Default::default()
                             },
                             &body,
-                            BasicProperties::default().with_delivery_mode(2),
+                            same_properties_as_the_ingress(division),
                         )
                         .await
                         .map_err(|e| format!("publish failed: {e}"))?;

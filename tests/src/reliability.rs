@@ -1069,32 +1069,17 @@ pub async fn flush_prefix(world: &World, keep_tokens: bool) -> anyhow::Result<us
     let mut conn = world.store.conn();
     let pattern = format!("{}:*", world.store.prefix());
     let tokens = world.store.key(&["oauth", "exact"]);
-    let mut cursor: u64 = 0;
+    let doomed: Vec<String> = world
+        .store
+        .scan_keys(&pattern)
+        .await?
+        .into_iter()
+        .filter(|k| !(keep_tokens && k.starts_with(&tokens)))
+        .collect();
     let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut conn)
-            .await?;
-        let doomed: Vec<&String> = keys
-            .iter()
-            .filter(|k| !(keep_tokens && k.starts_with(&tokens)))
-            .collect();
-        if !doomed.is_empty() {
-            let n: usize = redis::cmd("DEL")
-                .arg(&doomed)
-                .query_async(&mut conn)
-                .await?;
-            deleted += n;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
+    for chunk in doomed.chunks(500) {
+        let n: usize = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await?;
+        deleted += n;
     }
     Ok(deleted)
 }

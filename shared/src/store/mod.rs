@@ -119,4 +119,27 @@ impl Store {
         let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut c).await?;
         Ok(())
     }
+
+    /// Every key matching `pattern` (a full key pattern, see [`Store::key`]), by `SCAN` so a large
+    /// keyspace never blocks Redis the way `KEYS` would.
+    pub async fn scan_keys(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut c = self.conn();
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut c)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
 }

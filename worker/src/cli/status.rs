@@ -101,24 +101,7 @@ async fn cursors(
     tenant: &str,
 ) -> anyhow::Result<BTreeMap<&'static str, BTreeMap<String, String>>> {
     let pattern = store.key(&["cursor", "*", tenant, "*"]);
-    let mut conn = store.conn();
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let mut keys = store.scan_keys(&pattern).await?;
     keys.sort();
     let base = store.key(&["cursor"]);
     let mut out: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();

@@ -52,6 +52,9 @@ struct Args {
     /// redirects, no header map) is the closer stand-in for a sender on another machine.
     #[arg(long)]
     reqwest: bool,
+    /// Confirm channels of the ingress's publisher (and of the raw side); default: the config's.
+    #[arg(long)]
+    confirm_channels: Option<usize>,
 }
 
 impl Args {
@@ -396,7 +399,10 @@ async fn main() -> anyhow::Result<()> {
     // would swamp the table (and the terminal would become the bottleneck).
     let env = EnvSpec::new("bench");
     let tenant = TenantSpec::new("bench-co", 3_141_592);
-    let config = config(&env, std::slice::from_ref(&tenant));
+    let mut config = config(&env, std::slice::from_ref(&tenant));
+    if let Some(n) = args.confirm_channels {
+        config.broker.confirm_channels = n.max(1);
+    }
     preflight(&config).await?;
 
     let app = ingress::Application::build(config.clone())

@@ -39,6 +39,18 @@ pub const ABORT_ON_POISON_ENV: &str = "RELIABILITY_ABORT_ON_POISON";
 /// The payments flow on, polled only when asked (the parent publishes the hints).
 pub const PAYMENTS_TOML: &str = "[tenants.flows.payments]\npoll_every = \"1h\"\ninitial_window = \"30d\"\ndebounce = \"200ms\"\n";
 
+/// A world whose Exact limits do not pace the scenario (the storm sets its own), with payments
+/// polled on demand: what every reliability scenario starts from.
+pub fn fast_world(tag: &'static str) -> crate::world::WorldOptions {
+    crate::world::WorldOptions {
+        tag,
+        exact_minutely: 1_000_000,
+        exact_daily: 100_000_000,
+        tenant_toml: PAYMENTS_TOML.into(),
+        ..Default::default()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The report
 // ---------------------------------------------------------------------------------------------

@@ -34,16 +34,6 @@ async fn start(tag: &'static str) -> (World, Stack) {
     (world, stack)
 }
 
-/// Stop the service and remove this test's queues: quorum queues left behind by every run weigh
-/// on the shared broker.
-async fn finish(world: World, stack: Stack) {
-    stack.stop().await;
-    testbed::harness::Inspector::connect()
-        .await
-        .delete_topology(&world.config.broker)
-        .await;
-}
-
 fn tenant() -> TenantId {
     TenantId::from(TENANT)
 }
@@ -214,7 +204,7 @@ async fn a_full_payment_marks_the_invoice_paid_and_a_quiet_poll_costs_one_exact_
         "{:?}",
         world.precoro.calls()
     );
-    finish(world, stack).await;
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -255,7 +245,7 @@ async fn two_partial_payments_then_the_rest() {
     ext.sort();
     ext.dedup();
     assert_eq!(ext.len(), 3, "one Exact payment line each: {payments:?}");
-    finish(world, stack).await;
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -332,7 +322,7 @@ async fn the_same_payment_seen_by_two_polls_and_webhooks_is_paid_once() {
         .map(|c| format!("{} {}", c.status, c.at))
         .collect();
     assert_eq!(posts.len(), 3, "{posts:?} {:?}", world.precoro.calls());
-    finish(world, stack).await;
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -392,7 +382,7 @@ async fn a_payment_for_an_entry_not_from_precoro_is_ignored() {
     poll(&stack).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(world.precoro.calls().is_empty());
-    finish(world, stack).await;
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -446,7 +436,7 @@ async fn overpayment_is_capped_and_a_cent_of_rounding_is_snapped() {
         .await
         .unwrap();
     assert!(dead.is_empty(), "no rejected payment: {dead:?}");
-    finish(world, stack).await;
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -489,7 +479,7 @@ async fn the_cursor_survives_a_worker_restart() {
         syncs[0]
     );
     assert_eq!(world.precoro.payments_for(id).len(), 2);
-    finish(world, stack).await;
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -532,7 +522,7 @@ async fn a_reversed_payment_is_reported_to_an_operator_not_applied() {
     let inv = world.precoro.invoice(idn);
     assert_eq!(inv["status"], json!(5));
     assert_eq!(world.precoro.payments_for(id).len(), 1);
-    finish(world, stack).await;
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -595,5 +585,5 @@ async fn a_lost_precoro_reply_does_not_pay_twice() {
     poll(&stack).await;
     status_becomes(&world, idn, 5, total).await;
     assert_eq!(world.precoro.payments_for(id).len(), 2);
-    finish(world, stack).await;
+    stack.stop().await;
 }

@@ -458,10 +458,6 @@ async fn gl_account_webhook_and_the_sync_command_reach_precoro_through_the_broke
     );
 
     stack.stop().await;
-    Inspector::connect()
-        .await
-        .delete_topology(&world.config.broker)
-        .await;
 }
 
 /// Two companies, each with its own Exact division and Precoro account, syncing taxes every

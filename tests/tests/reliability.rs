@@ -9,8 +9,7 @@ use std::time::Duration;
 use shared::bus::dlq::{DeadLetters, Filter};
 use testbed::harness::{CuttableProxy, Inspector};
 use testbed::reliability::{
-    self as rel, ABORT_ON_POISON_ENV, CrashOpts, Outage, OutagePlan, PAYMENTS_TOML, StormOpts,
-    Workers,
+    self as rel, ABORT_ON_POISON_ENV, CrashOpts, Outage, OutagePlan, StormOpts, Workers,
 };
 use testbed::world::{Stack, World, WorldOptions};
 
@@ -18,29 +17,12 @@ fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_reliability"))
 }
 
-fn fast(tag: &'static str) -> WorldOptions {
-    WorldOptions {
-        tag,
-        exact_minutely: 1_000_000,
-        exact_daily: 100_000_000,
-        tenant_toml: PAYMENTS_TOML.into(),
-        ..Default::default()
-    }
-}
-
-async fn cleanup(world: &World) {
-    Inspector::connect()
-        .await
-        .delete_topology(&world.config.broker)
-        .await;
-}
-
 /// 60 invoices, a worker killed in the Exact call, after it, and after the stamp before the ack,
 /// then 3 random kills under load; then every invoice paid in Exact and polled while workers are
 /// killed again. One entry and one payment each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_workers_mid_invoice_and_mid_payment_loses_nothing_and_doubles_nothing() {
-    let world = World::build(fast("rel-crash")).await;
+    let world = World::build(rel::fast_world("rel-crash")).await;
     let stack = Stack::start(&world, 0, false).await;
     let opts = CrashOpts {
         exe: exe(),
@@ -92,7 +74,6 @@ async fn kill_9_workers_mid_invoice_and_mid_payment_loses_nothing_and_doubles_no
     println!("{}", rel::table(std::slice::from_ref(&pay)));
     assert!(pay.ok(), "{pay:?}");
     stack.stop().await;
-    cleanup(&world).await;
 }
 
 /// The broker goes away (a proxy cut) under steady webhook load: the ingress answers 503 while it
@@ -101,7 +82,7 @@ async fn kill_9_workers_mid_invoice_and_mid_payment_loses_nothing_and_doubles_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_under_load_answers_503_and_books_every_accepted_webhook_once() {
     let proxy = CuttableProxy::start("127.0.0.1:5672").await;
-    let world = World::build(fast("rel-broker")).await;
+    let world = World::build(rel::fast_world("rel-broker")).await;
     let mut config = world.config.clone();
     config.broker.url = proxy.amqp_url();
     let world = World { config, ..world };
@@ -140,7 +121,6 @@ async fn broker_outage_under_load_answers_503_and_books_every_accepted_webhook_o
         "the ingress accepts again"
     );
     stack.stop().await;
-    cleanup(&world).await;
 }
 
 /// Redis goes away (a proxy cut) under load: work pauses and retries, nothing is booked twice, and
@@ -148,7 +128,7 @@ async fn broker_outage_under_load_answers_503_and_books_every_accepted_webhook_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_under_load_pauses_work_and_recovers_without_duplicates() {
     let proxy = CuttableProxy::start("127.0.0.1:6379").await;
-    let world = World::build(fast("rel-redis")).await;
+    let world = World::build(rel::fast_world("rel-redis")).await;
     let mut config = world.config.clone();
     config.redis.url = format!("redis://127.0.0.1:{}", proxy.port);
     let world = World { config, ..world };
@@ -172,7 +152,6 @@ async fn redis_outage_under_load_pauses_work_and_recovers_without_duplicates() {
     assert!(row.ok(), "{row:?}");
     assert!(row.expected > 50, "load ran: {row:?}");
     stack.stop().await;
-    cleanup(&world).await;
 }
 
 /// Our Redis prefix flushed twice mid-load (idempotency keys, leases, remembered entry ids, rate
@@ -181,7 +160,7 @@ async fn redis_outage_under_load_pauses_work_and_recovers_without_duplicates() {
 /// once after reconnecting and replaying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_redis_loses_only_caches_and_a_lost_token_is_reported_as_a_broken_connection() {
-    let world = World::build(fast("rel-flush")).await;
+    let world = World::build(rel::fast_world("rel-flush")).await;
     let stack = Stack::start(&world, 2, false).await;
     let invoices = rel::pending_invoices(&world, "FLUSH", 40, 1);
     let numbers: Vec<String> = invoices.iter().map(|i| i.0.clone()).collect();
@@ -203,7 +182,6 @@ async fn a_flushed_redis_loses_only_caches_and_a_lost_token_is_reported_as_a_bro
     let check = rel::token_loss(&world, &stack.ingress_base).await.unwrap();
     assert!(check.failures.is_empty(), "{check:?}");
     stack.stop().await;
-    cleanup(&world).await;
 }
 
 /// 30 % of Exact and Precoro calls fail for 15 s (5xx, Precoro 429s and hangs, replies dropped
@@ -251,14 +229,13 @@ async fn an_upstream_storm_books_everything_once_within_the_limits_and_the_error
     assert!(report.exact_max_per_minute <= 60, "{report:?}");
     assert_eq!(report.exact_real_429, 0, "{report:?}");
     stack.stop().await;
-    cleanup(&world).await;
 }
 
 /// A message that crashes its worker process (abort) is redelivered, crashes the next one, and
 /// ends in the DLQ after the delivery limit with a reason; the invoices behind it are booked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_that_kills_workers_ends_in_the_dlq_and_does_not_block_the_queue() {
-    let world = World::build(fast("rel-poison")).await;
+    let world = World::build(rel::fast_world("rel-poison")).await;
     let stack = Stack::start(&world, 0, false).await;
     let insp = Inspector::connect().await;
     let queue = format!("{}sync.invoices", world.config.broker.prefix);
@@ -321,5 +298,4 @@ async fn a_poison_message_that_kills_workers_ends_in_the_dlq_and_does_not_block_
     workers.stop().await;
     publisher.close(Duration::from_secs(2)).await;
     stack.stop().await;
-    cleanup(&world).await;
 }

@@ -260,7 +260,6 @@ async fn round(workers: usize, n: usize, timeout: Duration) -> anyhow::Result<Ro
         }
     }
     stack.stop().await;
-    insp.delete_topology(&world.config.broker).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Round {
         workers,

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use shared::config::TelemetryConfig;
-use testbed::reliability::{
-    self as rel, CrashOpts, Outage, OutagePlan, PAYMENTS_TOML, Row, StormOpts, Workers,
-};
+use testbed::reliability::{self as rel, CrashOpts, Outage, OutagePlan, Row, StormOpts, Workers};
 use testbed::world::{Stack, World, WorldOptions};
 
 #[derive(Parser)]
@@ -133,25 +131,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fast_world(tag: &'static str) -> WorldOptions {
-    WorldOptions {
-        tag,
-        exact_minutely: 1_000_000,
-        exact_daily: 100_000_000,
-        tenant_toml: PAYMENTS_TOML.into(),
-        ..Default::default()
-    }
-}
-
-async fn cleanup(world: &World) {
-    testbed::harness::Inspector::connect()
-        .await
-        .delete_topology(&world.config.broker)
-        .await;
-}
-
 async fn crashes(exe: &std::path::Path, quick: bool) -> anyhow::Result<(Row, Row)> {
-    let world = World::build(fast_world("rel-crash")).await;
+    let world = World::build(rel::fast_world("rel-crash")).await;
     let stack = Stack::start(&world, 0, false).await;
     let opts = CrashOpts {
         exe: exe.to_path_buf(),
@@ -185,7 +166,6 @@ async fn crashes(exe: &std::path::Path, quick: bool) -> anyhow::Result<(Row, Row
         .collect();
     let pay = rel::crash_payments(&world, &opts, &booked).await?;
     stack.stop().await;
-    cleanup(&world).await;
     Ok((inv, pay))
 }
 
@@ -196,7 +176,7 @@ async fn restart(
     away: Duration,
     quick: bool,
 ) -> anyhow::Result<Row> {
-    let world = World::build(fast_world("rel-restart")).await;
+    let world = World::build(rel::fast_world("rel-restart")).await;
     let stack = Stack::start(&world, 0, false).await;
     let insp = testbed::harness::Inspector::connect().await;
     let queue = format!("{}sync.invoices", world.config.broker.prefix);
@@ -220,7 +200,6 @@ async fn restart(
     }
     workers.stop().await;
     stack.stop().await;
-    cleanup(&world).await;
     Ok(row)
 }
 
@@ -228,7 +207,7 @@ async fn restart(
 /// would keep them): lookup-before-create must stop every duplicate. Then the tokens too: the
 /// Exact connection must be reported broken, and reconnecting plus a replay must finish the work.
 async fn redis_flush(exe: &std::path::Path, quick: bool) -> anyhow::Result<(Row, Vec<String>)> {
-    let world = World::build(fast_world("rel-flush")).await;
+    let world = World::build(rel::fast_world("rel-flush")).await;
     let stack = Stack::start(&world, 0, false).await;
     let insp = testbed::harness::Inspector::connect().await;
     let queue = format!("{}sync.invoices", world.config.broker.prefix);
@@ -267,7 +246,6 @@ async fn redis_flush(exe: &std::path::Path, quick: bool) -> anyhow::Result<(Row,
         .push_str(&format!("; then tokens lost: {}", token_check.summary));
     workers.stop().await;
     stack.stop().await;
-    cleanup(&world).await;
     Ok((row, token_check.failures))
 }
 
@@ -323,6 +301,5 @@ async fn storm(quick: bool) -> anyhow::Result<(Row, Vec<String>)> {
         ));
     }
     stack.stop().await;
-    cleanup(&world).await;
     Ok((report.row, extra))
 }

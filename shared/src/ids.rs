@@ -59,6 +59,13 @@ impl From<&str> for TenantId {
     }
 }
 
+/// A random (v4) UUID from the thread-local CSPRNG. `Uuid::new_v4` asks the kernel for every id
+/// (one `getrandom` syscall each); event ids and lease tokens are minted per message, so they come
+/// from here.
+pub fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
 /// An Exact Online entity key. Always stored lowercase, without braces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -96,6 +103,15 @@ impl fmt::Display for ExactGuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_uuids_are_version_4_and_distinct() {
+        let a = random_uuid();
+        let b = random_uuid();
+        assert_eq!(a.get_version(), Some(uuid::Version::Random));
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn exact_guid_parses_odata_and_braced_forms() {

@@ -555,7 +555,7 @@ impl<H: Handler> FlowConsumer<H> {
             .message_id()
             .as_ref()
             .map(|m| m.to_string())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| crate::ids::random_uuid().to_string());
         let exchange = self.publisher.names().dead_exchange();
         match self
             .publisher

@@ -273,7 +273,7 @@ impl DeadLetters {
             set_str(
                 &mut hdrs,
                 h::REPLAY_NONCE,
-                &uuid::Uuid::new_v4().to_string(),
+                &crate::ids::random_uuid().to_string(),
             );
             set_str(&mut hdrs, h::ORIGINAL_ROUTING_KEY, &d.routing_key);
             let exchange = self.names.events_exchange();

@@ -61,7 +61,7 @@ impl Idempotency {
     /// Try to claim `scope` (e.g. `invoice:acme:4711`).
     pub async fn claim(&self, scope: &str) -> Result<Claim> {
         let key = self.key(scope);
-        let token = uuid::Uuid::new_v4().to_string();
+        let token = crate::ids::random_uuid().to_string();
         let value = format!("processing:{token}");
         if self.store.set_nx(&key, &value, self.lease).await? {
             let maybe_attempted = self

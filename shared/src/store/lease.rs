@@ -34,7 +34,7 @@ pub struct Lease {
 impl Lease {
     /// Try once to take the lease on `key` (a full key, see [`Store::key`]).
     pub async fn try_acquire(store: &Store, key: String, ttl: Duration) -> Result<Option<Lease>> {
-        let token = uuid::Uuid::new_v4().to_string();
+        let token = crate::ids::random_uuid().to_string();
         if store.set_nx(&key, &token, ttl).await? {
             Ok(Some(Lease {
                 store: store.clone(),

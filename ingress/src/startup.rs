@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -89,13 +90,84 @@ impl Application {
     ) -> std::io::Result<()> {
         let state = self.state.clone();
         let grace = state.config.worker.shutdown_grace;
-        axum::serve(self.listener, Self::router(state.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        serve(self.listener, Self::router(state.clone()), shutdown).await;
         state.publisher.close(grace).await;
         Ok(())
     }
 }
+
+/// The HTTP/1.1 accept loop: one task per connection, keep-alive, no Nagle delay.
+///
+/// Our own rather than `axum::serve` for one setting: `half_close`. Without it hyper, while a
+/// request is in flight, reads the socket once more to notice a sender that hung up, and that
+/// read reserves a fresh 8 KiB buffer per request (the old one is still shared with the body we
+/// are verifying). With it, a sender that goes away mid-request is noticed when we write the
+/// reply instead; the publish it started completes either way, and a sender that got no reply
+/// retries (the worker's dedup makes that harmless).
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // `stop` tells every connection to finish its request and close; `open` counts them.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Replies are small and latency is what a sender waits on.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let conn =
+            http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
+        let (mut stop, open) = (stop_rx.clone(), open_rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let stopping = stop.wait_for(|stop| *stop);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(open);
+                    return;
+                }
+                _ = stopping => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// How long a sender may take to send a request's head before the connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The URL without its password, for logs.
 pub fn redact(url: &str) -> String {

@@ -348,6 +348,68 @@ async fn broker_outage_answers_503_then_recovers_without_restart() {
     drop(ing);
 }
 
+#[tokio::test]
+async fn shutdown_lets_the_request_in_flight_finish_and_publish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = EnvSpec::new("drain");
+    let tenant = TenantSpec::new("acme", 4245);
+    let cfg = harness::config(&env, std::slice::from_ref(&tenant));
+    let app = ingress::Application::build(cfg.clone())
+        .await
+        .expect("ingress builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+
+    // A sender mid-request when the stop comes: head and half the body are sent.
+    let body = r#"{"id":777,"type":3,"action":1,"idn":7}"#;
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/precoro/acme/{} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        tenant.webhook_token,
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !server.is_finished(),
+        "the ingress stopped with a request in flight"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a stopping ingress accepts no new connections"
+    );
+
+    tcp.write_all(rest.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
+        .await
+        .expect("the reply and the close come")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+    assert!(reply.contains(r#""status":"accepted""#), "{reply}");
+    tokio::time::timeout(Duration::from_secs(10), &mut server)
+        .await
+        .expect("the ingress stops once its last request is answered")
+        .unwrap()
+        .unwrap();
+
+    let insp = Inspector::connect().await;
+    let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
+    let got = insp
+        .wait_for(&names.flow_queue("invoices"), 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(got.len(), 1, "the answered webhook is in the queue");
+    insp.delete_topology(&cfg.broker).await;
+}
+
 /// A test flow whose behaviour each message chooses through its payload.
 #[derive(Default)]
 struct Probe {

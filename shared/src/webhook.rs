@@ -203,13 +203,22 @@ struct DivisionOnly {
     division: i64,
 }
 
+/// A verified Exact webhook: the company it is for, its parsed `Content`, and that `Content`
+/// exactly as received (what the signature covers, and what the ingress publishes).
+#[derive(Debug)]
+pub struct VerifiedExact<'c, 'b> {
+    pub tenant: &'c TenantConfig,
+    pub content: ExactContent,
+    pub raw_content: &'b RawValue,
+}
+
 /// Verify then parse an Exact webhook. The secret is the app's; several companies may share one
 /// app, so the signature is checked against each distinct configured secret first and only then
 /// is the company looked up by `Division` (never trust a field before its signature).
-pub fn verify_exact<'c>(
+pub fn verify_exact<'c, 'b>(
     config: &'c Config,
-    body: &[u8],
-) -> Result<(&'c TenantConfig, ExactContent), Rejection> {
+    body: &'b [u8],
+) -> Result<VerifiedExact<'c, 'b>, Rejection> {
     let outer: ExactOuter =
         serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
     let content = outer.content.get().as_bytes();
@@ -231,17 +240,27 @@ pub fn verify_exact<'c>(
     if matched.is_empty() {
         return Err(Rejection::BadSignature);
     }
-    let div: DivisionOnly = serde_json::from_slice(content)
-        .map_err(|e| Rejection::Malformed(format!("Content: {e}")))?;
-    let tenant = config
-        .tenants
-        .iter()
-        .find(|t| {
-            t.exact.division.0 == div.division && matched.contains(&t.exact.webhook_secret.expose())
-        })
-        .ok_or(Rejection::UnknownTenant)?;
-    let parsed: ExactContent = serde_json::from_slice(content)
-        .map_err(|e| Rejection::Malformed(format!("Content: {e}")))?;
+    let tenant_for = |division: i64| {
+        config
+            .tenants
+            .iter()
+            .find(|t| {
+                t.exact.division.0 == division && matched.contains(&t.exact.webhook_secret.expose())
+            })
+            .ok_or(Rejection::UnknownTenant)
+    };
+    let parsed: ExactContent = match serde_json::from_slice(content) {
+        Ok(parsed) => parsed,
+        // Only on this error path is `Division` read on its own: an unknown company is a 404
+        // whatever else is wrong with the content, a known one with a broken content a 400.
+        Err(e) => {
+            let div: DivisionOnly = serde_json::from_slice(content)
+                .map_err(|_| Rejection::Malformed(format!("Content: {e}")))?;
+            tenant_for(div.division)?;
+            return Err(Rejection::Malformed(format!("Content: {e}")));
+        }
+    };
+    let tenant = tenant_for(parsed.division)?;
     if parsed.topic.is_empty()
         || parsed.topic.len() > 64
         || !parsed.topic.chars().all(|c| c.is_ascii_alphanumeric())
@@ -258,7 +277,11 @@ pub fn verify_exact<'c>(
             "Content.Action must be a word such as Update or Delete".into(),
         ));
     }
-    Ok((tenant, parsed))
+    Ok(VerifiedExact {
+        tenant,
+        content: parsed,
+        raw_content: outer.content,
+    })
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::json;
+use serde::Serialize;
 use shared::bus::topology::flow_for;
 use shared::bus::{Envelope, Source};
 use shared::telemetry::webhook_received;
@@ -50,7 +50,35 @@ fn refuse(source: &'static str, tenant: Option<&str>, r: Rejection) -> ApiError 
     r.into()
 }
 
-async fn publish(state: &AppState, source: &'static str, env: &Envelope) -> Result<(), ApiError> {
+/// A webhook's reply body: `{"status": …}`, with the event id once the broker has it.
+#[derive(Serialize)]
+struct Reply {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+}
+
+impl Reply {
+    fn status(status: &'static str) -> Self {
+        Reply {
+            status,
+            event_id: None,
+        }
+    }
+
+    fn accepted(event_id: String) -> Self {
+        Reply {
+            status: "accepted",
+            event_id: Some(event_id),
+        }
+    }
+}
+
+async fn publish<P: Serialize>(
+    state: &AppState,
+    source: &'static str,
+    env: &Envelope<P>,
+) -> Result<(), ApiError> {
     state
         .publisher
         .publish_envelope(env, Default::default())
@@ -73,11 +101,12 @@ async fn publish(state: &AppState, source: &'static str, env: &Envelope) -> Resu
 pub async fn precoro(
     State(state): State<AppState>,
     Path((tenant_id, token)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     const SRC: &str = "precoro";
-    let body = read_body(&state, &headers, body)
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let body = read_body(&state, headers, body)
         .await
         .map_err(|r| refuse(SRC, None, r))?;
     let tenant = state
@@ -85,7 +114,7 @@ pub async fn precoro(
         .tenant(&tenant_id)
         .ok_or_else(|| refuse(SRC, None, Rejection::UnknownTenant))?;
     let signature = headers.get("x-precoro-auth").and_then(|v| v.to_str().ok());
-    let hook = webhook::check_content_type(content_type(&headers))
+    let hook = webhook::check_content_type(content_type(headers))
         .and_then(|()| webhook::verify_precoro(tenant, &token, signature, &body))
         .map_err(|r| refuse(SRC, Some(tenant.id.as_str()), r))?;
     let Some(entity) = hook.entity() else {
@@ -95,7 +124,7 @@ pub async fn precoro(
             "ignored",
             &format!("type {} is not synced", hook.kind),
         );
-        return Ok((StatusCode::ACCEPTED, Json(json!({"status": "ignored"}))));
+        return Ok((StatusCode::ACCEPTED, Json(Reply::status("ignored"))));
     };
     let payload = serde_json::to_value(&hook).expect("a parsed hook serialises");
     let env = Envelope::new(
@@ -114,55 +143,50 @@ pub async fn precoro(
         "accepted",
         &env.routing_key(),
     );
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"status": "accepted", "event_id": env.id})),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(Reply::accepted(env.id))))
 }
 
 /// `POST /webhooks/exact`
 pub async fn exact(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     const SRC: &str = "exact";
-    let body = read_body(&state, &headers, body)
+    let (parts, body) = request.into_parts();
+    let body = read_body(&state, &parts.headers, body)
         .await
         .map_err(|r| refuse(SRC, None, r))?;
     // Exact's validation handshake: an empty POST right after subscribing must get 200
     // (specs/exact-online.md §3), before any signature check.
     if body.iter().all(u8::is_ascii_whitespace) {
         webhook_received(SRC, None, "handshake", "");
-        return Ok((StatusCode::OK, Json(json!({"status": "ok"}))));
+        return Ok((StatusCode::OK, Json(Reply::status("ok"))));
     }
-    let (tenant, content) = webhook::check_content_type(content_type(&headers))
+    let hook = webhook::check_content_type(content_type(&parts.headers))
         .and_then(|()| webhook::verify_exact(&state.config, &body))
         .map_err(|r| refuse(SRC, None, r))?;
-    let entity = content.topic.to_ascii_lowercase();
-    let action = content.action.to_ascii_lowercase();
-    if flow_for(&format!("exact.{entity}.{action}")).is_none() {
+    let tenant = hook.tenant;
+    // The signed Content travels as received: the worker reads the same fields from it.
+    let env = Envelope::with_payload(
+        tenant.id.clone(),
+        Source::Exact,
+        &hook.content.topic,
+        &hook.content.action,
+        hook.raw_content.to_owned(),
+    );
+    let routing_key = env.routing_key();
+    if flow_for(&routing_key).is_none() {
         webhook_received(
             SRC,
             Some(tenant.id.as_str()),
             "ignored",
-            &format!("topic {} is not synced", content.topic),
+            &format!("topic {} is not synced", hook.content.topic),
         );
-        return Ok((StatusCode::OK, Json(json!({"status": "ignored"}))));
+        return Ok((StatusCode::OK, Json(Reply::status("ignored"))));
     }
-    let payload = serde_json::to_value(&content).expect("parsed content serialises");
-    let env = Envelope::new(tenant.id.clone(), Source::Exact, &entity, &action, payload);
     let span =
         tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);
     publish(&state, SRC, &env).instrument(span).await?;
-    webhook_received(
-        SRC,
-        Some(tenant.id.as_str()),
-        "accepted",
-        &env.routing_key(),
-    );
-    Ok((
-        StatusCode::OK,
-        Json(json!({"status": "accepted", "event_id": env.id})),
-    ))
+    webhook_received(SRC, Some(tenant.id.as_str()), "accepted", &routing_key);
+    Ok((StatusCode::OK, Json(Reply::accepted(env.id))))
 }

@@ -27,8 +27,12 @@ impl Source {
 
 /// One event. The payload is the webhook body (Precoro `{id,type,action,idn}`, Exact `Content`) or a
 /// job's parameters; handlers treat it as a hint and fetch the current state from the source.
+///
+/// Consumers read it with a `Value` payload (the default). The ingress publishes an Exact webhook
+/// with `P = Box<RawValue>`: the signed `Content` exactly as received, neither rebuilt as a
+/// `Value` nor re-serialised, and the same JSON on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
+pub struct Envelope<P = serde_json::Value> {
     /// Unique per accepted event; also the AMQP `message_id` and the dedup key.
     pub id: String,
     pub tenant: TenantId,
@@ -38,7 +42,7 @@ pub struct Envelope {
     /// Lowercase action: `create`, `update`, `delete`, `poll`, `sync`, …
     pub action: String,
     pub received_at: DateTime<Utc>,
-    pub payload: serde_json::Value,
+    pub payload: P,
 }
 
 impl Envelope {
@@ -49,8 +53,25 @@ impl Envelope {
         action: &str,
         payload: serde_json::Value,
     ) -> Self {
+        Self::with_payload(tenant, source, entity, action, payload)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+impl<P: Serialize> Envelope<P> {
+    /// A new event with a fresh id, received now; entity and action are lowercased.
+    pub fn with_payload(
+        tenant: TenantId,
+        source: Source,
+        entity: &str,
+        action: &str,
+        payload: P,
+    ) -> Self {
         Envelope {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::ids::random_uuid().to_string(),
             tenant,
             source,
             entity: entity.to_ascii_lowercase(),
@@ -67,10 +88,6 @@ impl Envelope {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an envelope always serialises")
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
     }
 }
 
@@ -93,4 +110,28 @@ pub mod headers {
     pub const LAST_FAILED: &str = "x-last-failed";
     pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
     pub const FLOW: &str = "x-flow";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn a_raw_payload_travels_byte_for_byte_and_reads_back_as_a_value() {
+        let content = r#"{ "Topic":"Accounts",  "Division":42,"Key":"k-1","Extra":[1, 2]}"#;
+        let raw = RawValue::from_string(content.to_string()).unwrap();
+        let env = Envelope::with_payload("acme".into(), Source::Exact, "Accounts", "Update", raw);
+        assert_eq!(env.routing_key(), "exact.accounts.update");
+        let bytes = env.to_bytes();
+        assert!(
+            String::from_utf8_lossy(&bytes).contains(content),
+            "the payload is the content as received"
+        );
+        let read = Envelope::from_bytes(&bytes).unwrap();
+        assert_eq!(read.id, env.id);
+        assert_eq!(read.entity, "accounts");
+        assert_eq!(read.payload["Key"], "k-1");
+        assert_eq!(read.payload["Extra"], serde_json::json!([1, 2]));
+    }
 }

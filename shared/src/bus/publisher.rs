@@ -178,9 +178,9 @@ impl Publisher {
     }
 
     /// Publish an envelope to `sync.events` under its routing key, with the standard headers.
-    pub async fn publish_envelope(
+    pub async fn publish_envelope<P: serde::Serialize>(
         &self,
-        env: &Envelope,
+        env: &Envelope<P>,
         extra: FieldTable,
     ) -> Result<(), PublishError> {
         let mut h = extra;

@@ -326,14 +326,14 @@ fn same_properties_as_the_ingress(division: i64) -> BasicProperties {
 /// The bytes the ingress publishes for such a webhook, so the raw publisher sends the same size.
 fn envelope_like(config: &Config, secret: &str, division: i64) -> anyhow::Result<Vec<u8>> {
     let body = exact_webhook(secret, division);
-    let (tenant, content) = shared::webhook::verify_exact(config, body.as_bytes())
+    let hook = shared::webhook::verify_exact(config, body.as_bytes())
         .map_err(|r| anyhow::anyhow!("the benchmark's own webhook does not verify: {r}"))?;
-    let env = Envelope::new(
-        tenant.id.clone(),
+    let env = Envelope::with_payload(
+        hook.tenant.id.clone(),
         Source::Exact,
-        &content.topic,
-        &content.action,
-        serde_json::to_value(&content)?,
+        &hook.content.topic,
+        &hook.content.action,
+        hook.raw_content.to_owned(),
     );
     Ok(env.to_bytes())
 }

@@ -26,7 +26,7 @@ pub struct AppState {
 
 pub struct Application {
     listener: TcpListener,
-    state: AppState,
+    state: Arc<AppState>,
 }
 
 impl Application {
@@ -44,12 +44,14 @@ impl Application {
         if !publisher.is_ready().await {
             tracing::warn!(url = %redact(&config.broker.url), "broker not reachable yet; will keep trying on demand");
         }
-        let state = AppState {
+        // Shared by every request: one Arc to clone, not a clone of each part (the Store's
+        // prefix is a String).
+        let state = Arc::new(AppState {
             config: Arc::new(config),
             publisher,
             store,
             metrics: shared::telemetry::metrics_handle(),
-        };
+        });
         Ok(Application { listener, state })
     }
 
@@ -67,7 +69,7 @@ impl Application {
         &self.state
     }
 
-    pub fn router(state: AppState) -> Router {
+    pub fn router(state: Arc<AppState>) -> Router {
         Router::new()
             .route(
                 "/webhooks/precoro/{tenant}/{token}",

@@ -1,5 +1,7 @@
 //! Liveness, readiness and metrics.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +15,7 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready when both the broker and Redis answer: without them a webhook cannot be accepted.
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let broker = state.publisher.is_ready().await;
     let redis = state.store.ping().await.is_ok();
     let status = if broker && redis {
@@ -24,7 +26,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(json!({"broker": broker, "redis": redis})))
 }
 
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -7,6 +7,8 @@
 //!
 //! Errors are for a person in a browser: a bad or expired state is a 400 that says to start again.
 
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use axum::Json;
@@ -93,7 +95,7 @@ fn exact_client(state: &AppState, tenant: &shared::config::TenantConfig) -> Exac
 
 /// Start the consent: redirect to Exact's login/consent page for this company.
 pub async fn connect(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -128,7 +130,7 @@ pub struct Callback {
 
 /// Exact sends the user back here with `code` and our `state`.
 pub async fn callback(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(q): Query<Callback>,
     headers: HeaderMap,
 ) -> Response {

@@ -2,6 +2,8 @@
 //! publish with confirm, answer. Nothing is published for a refused request, and a 2xx means the
 //! broker has the message.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -99,7 +101,7 @@ async fn publish<P: Serialize>(
 
 /// `POST /webhooks/precoro/{tenant}/{token}`
 pub async fn precoro(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((tenant_id, token)): Path<(String, String)>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -148,7 +150,7 @@ pub async fn precoro(
 
 /// `POST /webhooks/exact`
 pub async fn exact(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     const SRC: &str = "exact";

@@ -87,7 +87,11 @@ impl<P: Serialize> Envelope<P> {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an envelope always serialises")
+        // Sized for a typical event (a webhook's payload is a few hundred bytes) so serialising
+        // does not regrow the buffer several times.
+        let mut bytes = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut bytes, self).expect("an envelope always serialises");
+        bytes
     }
 }
 

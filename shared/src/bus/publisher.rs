@@ -69,6 +69,8 @@ impl Pool {
 struct Inner {
     cfg: BrokerConfig,
     names: Names,
+    /// `names.events_exchange()`, named once rather than per publish.
+    events_exchange: String,
     pool: Mutex<Option<Arc<Pool>>>,
     connecting: tokio::sync::Mutex<Option<Instant>>,
     next: AtomicUsize,
@@ -88,6 +90,7 @@ impl Publisher {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
                 names: Names::new(&cfg.prefix),
+                events_exchange: Names::new(&cfg.prefix).events_exchange(),
                 pool: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(None),
                 next: AtomicUsize::new(0),
@@ -196,8 +199,8 @@ impl Publisher {
             headers::KIND.into(),
             AMQPValue::LongString(LongString::from(env.entity.as_str())),
         );
-        let exchange = self.inner.names.events_exchange();
-        self.publish(&exchange, &env.routing_key(), &env.to_bytes(), &env.id, h)
+        let exchange = &self.inner.events_exchange;
+        self.publish(exchange, &env.routing_key(), &env.to_bytes(), &env.id, h)
             .await
     }
 

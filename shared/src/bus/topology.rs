@@ -52,12 +52,22 @@ pub fn bindings(flow: &str) -> &'static [&'static str] {
 /// The flow whose queue receives `routing_key`, if any (topic matching with `*` = one word).
 pub fn flow_for(routing_key: &str) -> Option<&'static str> {
     FLOWS.into_iter().find(|flow| {
-        bindings(flow).iter().any(|pattern| {
-            let p: Vec<&str> = pattern.split('.').collect();
-            let k: Vec<&str> = routing_key.split('.').collect();
-            p.len() == k.len() && p.iter().zip(&k).all(|(a, b)| *a == "*" || a == b)
-        })
+        bindings(flow)
+            .iter()
+            .any(|pattern| topic_matches(pattern, routing_key))
     })
+}
+
+/// AMQP topic matching for patterns that use `*` only: same number of words, each equal or `*`.
+fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    let (mut p, mut k) = (pattern.split('.'), routing_key.split('.'));
+    loop {
+        match (p.next(), k.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == "*" || a == b => {}
+            _ => return false,
+        }
+    }
 }
 
 /// The names of every exchange and queue, under the configured prefix.
@@ -253,6 +263,8 @@ mod tests {
         assert_eq!(flow_for("job.reference.sync"), Some("reference"));
         assert_eq!(flow_for("exact.salesinvoices.update"), None);
         assert_eq!(flow_for("precoro.invoice"), None);
+        assert_eq!(flow_for("precoro.invoice.update.more"), None);
+        assert_eq!(flow_for(""), None);
     }
 
     #[test]

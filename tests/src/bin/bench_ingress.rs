@@ -5,9 +5,14 @@
 //! 127.0.0.1: the ingress side also pays for the HTTP client, which is part of what a sender sees.
 //! Every level is a closed loop: N tasks, each sending its next request when the previous reply
 //! arrived, so N is exactly the number of requests (and confirms) in flight.
+//! The webhooks are signed before the clock starts (4096 distinct ones, sent in turn), as a
+//! sender on another machine would have signed them: the ingress side pays for verifying, not for
+//! signing. At each level the sides take turns for `--rounds` rounds and each side's figures
+//! cover all of its rounds, so a slow moment of the broker (a WAL roll-over, segment writes) or of
+//! the shared machine does not land on one side only.
 //!
-//! Run: `cargo run --release --bin bench-ingress [-- --seconds N] [--quick]`. Prints a markdown
-//! table; exits non-zero if the broker or Redis is unreachable or any request failed.
+//! Run: `cargo run --release --bin bench-ingress [-- --seconds N] [--rounds R] [--quick]`. Prints a
+//! markdown table; exits non-zero if the broker or Redis is unreachable or any request failed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -29,13 +34,20 @@ const ROUTING_KEY: &str = "exact.accounts.update";
 const FLOW: &str = "suppliers";
 /// Stop a run early past this many messages so a long `--seconds` cannot fill the broker's disk.
 const MESSAGE_CAP: u64 = 200_000;
+/// Distinct signed webhooks (each its own `Key`) prepared before the clock starts and sent in
+/// turn: signing is the sender's work, done on Exact's side, not the ingress's.
+const SIGNED_WEBHOOKS: usize = 4096;
 
 #[derive(Parser)]
 #[command(about = "Ingress webhook throughput and latency vs a raw lapin publisher")]
 struct Args {
-    /// Measured seconds per level (after the warm-up).
-    #[arg(long, default_value_t = 5)]
+    /// Measured seconds per side, level and round (after the warm-up).
+    #[arg(long, default_value_t = 3)]
     seconds: u64,
+    /// Rounds per level: the ingress, raw (and floor) sides take turns this many times and each
+    /// side's figures cover all its rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// One second per level (overrides --seconds).
     #[arg(long)]
     quick: bool,
@@ -137,13 +149,33 @@ struct CpuUse {
     busy: f64,
 }
 
-fn cpu_use(a: Cpu, b: Cpu, ok: u64, elapsed: Duration) -> CpuUse {
+impl Cpu {
+    /// Ticks spent from `earlier` to `self`.
+    fn since(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            own_ticks: self.own_ticks.saturating_sub(earlier.own_ticks),
+            broker_ticks: self.broker_ticks.saturating_sub(earlier.broker_ticks),
+            busy_ticks: self.busy_ticks.saturating_sub(earlier.busy_ticks),
+            all_ticks: self.all_ticks.saturating_sub(earlier.all_ticks),
+        }
+    }
+
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            own_ticks: self.own_ticks + other.own_ticks,
+            broker_ticks: self.broker_ticks + other.broker_ticks,
+            busy_ticks: self.busy_ticks + other.busy_ticks,
+            all_ticks: self.all_ticks + other.all_ticks,
+        }
+    }
+}
+
+/// Where the ticks `spent` during `elapsed` went, per successful operation.
+fn cpu_use(spent: Cpu, ok: u64, elapsed: Duration) -> CpuUse {
     let secs = |t: u64| t as f64 / USER_HZ;
     let per_op = |t: u64| secs(t) * 1e6 / ok.max(1) as f64;
-    let own = b.own_ticks.saturating_sub(a.own_ticks);
-    let broker = b.broker_ticks.saturating_sub(a.broker_ticks);
-    let busy = b.busy_ticks.saturating_sub(a.busy_ticks);
-    let all = b.all_ticks.saturating_sub(a.all_ticks).max(1);
+    let (own, broker, busy) = (spent.own_ticks, spent.broker_ticks, spent.busy_ticks);
+    let all = spent.all_ticks.max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     // /proc/stat counts ticks of every core: busy/all is the machine's load share.
     let machine_busy_cores = busy as f64 / all as f64 * cores;
@@ -168,7 +200,17 @@ struct Samples {
     first_failure: Option<String>,
 }
 
-/// One side's result at one level.
+/// One measured window of one side.
+struct Window {
+    latencies_us: Vec<u32>,
+    failures: u64,
+    first_failure: Option<String>,
+    elapsed: Duration,
+    capped: bool,
+    cpu: Cpu,
+}
+
+/// One side's result at one level: its windows of every round together.
 struct RunResult {
     ok: u64,
     failures: u64,
@@ -184,6 +226,32 @@ impl RunResult {
     fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
+
+    fn merge(windows: Vec<Window>) -> RunResult {
+        let mut all = Vec::new();
+        let (mut failures, mut first_failure, mut elapsed) = (0, None, Duration::ZERO);
+        let (mut capped, mut cpu) = (false, Cpu::default());
+        for w in windows {
+            all.extend(w.latencies_us);
+            failures += w.failures;
+            first_failure = first_failure.or(w.first_failure);
+            elapsed += w.elapsed;
+            capped |= w.capped;
+            cpu = cpu.add(w.cpu);
+        }
+        all.sort_unstable();
+        let ok = all.len() as u64;
+        RunResult {
+            ok,
+            failures,
+            first_failure,
+            elapsed,
+            p50_ms: percentile_ms(&all, 0.50),
+            p99_ms: percentile_ms(&all, 0.99),
+            capped,
+            cpu: cpu_use(cpu, ok, elapsed),
+        }
+    }
 }
 
 /// Run `concurrency` closed-loop tasks calling `op(task)` for `warmup` then `measure`.
@@ -194,7 +262,7 @@ async fn closed_loop<F, Fut>(
     warmup: Duration,
     measure: Duration,
     op: F,
-) -> RunResult
+) -> Window
 where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
@@ -246,29 +314,21 @@ where
     phase.store(STOPPED, Ordering::Release);
     let elapsed = window_start.elapsed();
     let cpu_end = cpu_now(broker);
-    let mut all = Vec::new();
-    let mut failures = 0;
-    let mut first_failure = None;
+    let mut window = Window {
+        latencies_us: Vec::new(),
+        failures: 0,
+        first_failure: None,
+        elapsed,
+        capped,
+        cpu: cpu_end.since(cpu_start),
+    };
     for t in tasks {
         let s = t.await.expect("benchmark task panicked");
-        all.extend(s.latencies_us);
-        failures += s.failures;
-        if first_failure.is_none() {
-            first_failure = s.first_failure;
-        }
+        window.latencies_us.extend(s.latencies_us);
+        window.failures += s.failures;
+        window.first_failure = window.first_failure.or(s.first_failure);
     }
-    all.sort_unstable();
-    let ok = all.len() as u64;
-    RunResult {
-        ok,
-        cpu: cpu_use(cpu_start, cpu_end, ok, elapsed),
-        failures,
-        first_failure,
-        elapsed,
-        p50_ms: percentile_ms(&all, 0.50),
-        p99_ms: percentile_ms(&all, 0.99),
-        capped,
-    }
+    window
 }
 
 /// Nearest-rank percentile of sorted microsecond samples, in ms (NaN when there are none).
@@ -318,7 +378,7 @@ fn same_properties_as_the_ingress(division: i64) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(ShortString::from("application/json"))
-        .with_message_id(ShortString::from(uuid::Uuid::new_v4().to_string()))
+        .with_message_id(ShortString::from(shared::ids::random_uuid().to_string()))
         .with_timestamp(chrono::Utc::now().timestamp() as u64)
         .with_headers(h)
 }
@@ -381,6 +441,8 @@ async fn preflight(config: &Config) -> anyhow::Result<()> {
 
 struct Level {
     in_flight: usize,
+    /// ingress/raw of each round on its own, to show the spread behind the merged ratio.
+    round_ratios: Vec<f64>,
     ingress: RunResult,
     confirm_mean_ms: f64,
     raw: RunResult,
@@ -393,6 +455,9 @@ async fn main() -> anyhow::Result<()> {
     let (measure, warmup) = args.durations();
     if args.levels.is_empty() || args.levels.contains(&0) {
         bail!("--levels needs positive numbers, e.g. 1,16,64,256");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds needs at least 1");
     }
 
     // No tracing subscriber on purpose: the ingress logs every webhook at info and that output
@@ -465,7 +530,8 @@ async fn main() -> anyhow::Result<()> {
 /// request; enough of the protocol for our own servers' replies (status line, `content-length`).
 struct LeanClient {
     addr: std::net::SocketAddr,
-    path: String,
+    /// Whole requests (head and body), one per signed webhook.
+    requests: Vec<Vec<u8>>,
     conns: Vec<tokio::sync::Mutex<Option<LeanConn>>>,
 }
 
@@ -475,19 +541,33 @@ struct LeanConn {
 }
 
 impl LeanClient {
-    fn new(url: &str, slots: usize) -> anyhow::Result<LeanClient> {
+    fn new(url: &str, slots: usize, webhooks: &[bytes::Bytes]) -> anyhow::Result<LeanClient> {
         let u = url::Url::parse(url)?;
         let host = u.host_str().context("URL without host")?;
         let port = u.port_or_known_default().context("URL without port")?;
         let addr = format!("{host}:{port}").parse()?;
+        let requests = webhooks
+            .iter()
+            .map(|body| {
+                let mut req = format!(
+                    "POST {} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    u.path(),
+                    body.len()
+                )
+                .into_bytes();
+                req.extend_from_slice(body);
+                req
+            })
+            .collect();
         Ok(LeanClient {
             addr,
-            path: u.path().to_string(),
+            requests,
             conns: (0..slots).map(|_| tokio::sync::Mutex::new(None)).collect(),
         })
     }
 
-    async fn post(&self, slot: usize, body: &[u8]) -> Result<(), String> {
+    /// POST the `n`th prepared webhook on slot `slot`'s connection.
+    async fn post(&self, slot: usize, n: usize) -> Result<(), String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut guard = self.conns[slot % self.conns.len()].lock().await;
         if guard.is_none() {
@@ -501,17 +581,10 @@ impl LeanClient {
             });
         }
         let conn = guard.as_mut().expect("connected above");
-        let mut req = format!(
-            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            self.path,
-            self.addr,
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
+        let req = &self.requests[n % self.requests.len()];
         let result = async {
             conn.stream
-                .write_all(&req)
+                .write_all(req)
                 .await
                 .map_err(|e| format!("write: {e}"))?;
             conn.buf.clear();
@@ -576,39 +649,53 @@ impl LeanClient {
 
 /// How the benchmark sends its webhooks.
 #[derive(Clone)]
-enum Sender {
+struct Sender {
+    client: Client,
+    /// Which prepared webhook goes next, shared by all slots.
+    next: Arc<AtomicUsize>,
+}
+
+#[derive(Clone)]
+enum Client {
     Lean(Arc<LeanClient>),
-    Reqwest(reqwest::Client, Arc<str>),
+    Reqwest(reqwest::Client, Arc<str>, Arc<[bytes::Bytes]>),
 }
 
 impl Sender {
-    fn new(url: &str, args: &Args, slots: usize) -> anyhow::Result<Sender> {
-        Ok(if args.reqwest {
-            Sender::Reqwest(shared::http::client(Duration::from_secs(30)), url.into())
+    fn new(
+        url: &str,
+        args: &Args,
+        slots: usize,
+        webhooks: &Arc<[bytes::Bytes]>,
+    ) -> anyhow::Result<Sender> {
+        let client = if args.reqwest {
+            Client::Reqwest(
+                shared::http::client(Duration::from_secs(30)),
+                url.into(),
+                webhooks.clone(),
+            )
         } else {
-            Sender::Lean(Arc::new(LeanClient::new(url, slots)?))
+            Client::Lean(Arc::new(LeanClient::new(url, slots, webhooks)?))
+        };
+        Ok(Sender {
+            client,
+            next: Arc::new(AtomicUsize::new(0)),
         })
     }
 
-    async fn send(&self, slot: usize, secret: &str, division: i64) -> Result<(), String> {
-        match self {
-            Sender::Lean(c) => {
-                c.post(slot, exact_webhook(secret, division).as_bytes())
-                    .await
+    async fn send(&self, slot: usize) -> Result<(), String> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        match &self.client {
+            Client::Lean(c) => c.post(slot, n).await,
+            Client::Reqwest(http, url, webhooks) => {
+                post_webhook(http, url, webhooks[n % webhooks.len()].clone()).await
             }
-            Sender::Reqwest(http, url) => post_webhook(http, url, secret, division).await,
         }
     }
 }
 
 /// One signed webhook over HTTP; Ok only for a 2xx.
-async fn post_webhook(
-    http: &reqwest::Client,
-    url: &str,
-    secret: &str,
-    division: i64,
-) -> Result<(), String> {
-    let body = exact_webhook(secret, division);
+async fn post_webhook(http: &reqwest::Client, url: &str, body: bytes::Bytes) -> Result<(), String> {
     let resp = http
         .post(url)
         .header("content-type", "application/json")
@@ -633,7 +720,7 @@ async fn post_webhook(
 async fn start_http_floor() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     use axum::routing::post;
     async fn accept(body: axum::body::Bytes) -> impl axum::response::IntoResponse {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = shared::ids::random_uuid().to_string();
         (
             axum::http::StatusCode::OK,
             axum::Json(
@@ -644,6 +731,10 @@ async fn start_http_floor() -> anyhow::Result<(String, tokio::task::JoinHandle<(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/webhooks/exact", listener.local_addr()?);
     let router = axum::Router::new().route("/webhooks/exact", post(accept));
+    // Like the ingress: no Nagle delay on replies.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
@@ -667,7 +758,10 @@ async fn run_levels(
     // Either way, N client tasks end up on N keep-alive HTTP/1.1 connections (reqwest keeps an
     // unbounded number of idle connections per host by default; the lean client has one per slot).
     let slots = args.levels.iter().copied().max().unwrap_or(1);
-    let sender = Sender::new(url, args, slots)?;
+    let webhooks: Arc<[bytes::Bytes]> = (0..SIGNED_WEBHOOKS)
+        .map(|_| bytes::Bytes::from(exact_webhook(&tenant.webhook_secret, tenant.division)))
+        .collect();
+    let sender = Sender::new(url, args, slots, &webhooks)?;
     let raw_body: Arc<Vec<u8>> = Arc::new(envelope_like(
         config,
         &tenant.webhook_secret,
@@ -695,82 +789,95 @@ async fn run_levels(
     }
     let channels = Arc::new(channels);
     let next = Arc::new(AtomicUsize::new(0));
-    let secret: Arc<str> = tenant.webhook_secret.as_str().into();
     let division = tenant.division;
+
+    let raw_publish = move |_slot: usize| {
+        let (channels, next, body, exchange) = (
+            channels.clone(),
+            next.clone(),
+            raw_body.clone(),
+            exchange.clone(),
+        );
+        async move {
+            let ch = &channels[next.fetch_add(1, Ordering::Relaxed) % channels.len()];
+            let confirm = ch
+                .basic_publish(
+                    (&*exchange).into(),
+                    ROUTING_KEY.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    same_properties_as_the_ingress(division),
+                )
+                .await
+                .map_err(|e| format!("publish failed: {e}"))?;
+            match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(_))) => Err("returned as unroutable".into()),
+                Ok(Confirmation::Nack(_)) => Err("nacked".into()),
+                Ok(Confirmation::NotRequested) => Err("channel not in confirm mode".into()),
+                Err(e) => Err(format!("confirm failed: {e}")),
+            }
+        }
+    };
+    let floor_sender = match &floor {
+        Some((floor_url, _)) => Some(Sender::new(floor_url, args, slots, &webhooks)?),
+        None => None,
+    };
 
     let mut levels = Vec::new();
     for &n in &args.levels {
-        inspector.purge(flow_queue).await;
-        let (sum0, count0) = confirm_totals(&render_metrics());
-        let ingress = {
-            let (sender, secret) = (sender.clone(), secret.clone());
-            closed_loop(broker.as_deref(), n, warmup, measure, move |slot| {
-                let (sender, secret) = (sender.clone(), secret.clone());
-                async move { sender.send(slot, &secret, division).await }
-            })
-            .await
-        };
-        let (sum1, count1) = confirm_totals(&render_metrics());
-        let confirm_mean_ms = if count1 > count0 {
-            (sum1 - sum0) / (count1 - count0) * 1000.0
-        } else {
-            f64::NAN
-        };
-
-        inspector.purge(flow_queue).await;
-        let raw = {
-            let (channels, next, body, exchange) = (
-                channels.clone(),
-                next.clone(),
-                raw_body.clone(),
-                exchange.clone(),
+        // The sides take turns, round after round, so the broker's slow moments (a WAL roll-over,
+        // segment writes, another tenant of the machine) fall on both rather than on one.
+        let (mut ingress, mut raw, mut floor_windows) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut confirm_sum, mut confirm_count) = (0.0, 0.0);
+        for _ in 0..args.rounds {
+            inspector.purge(flow_queue).await;
+            let (sum0, count0) = confirm_totals(&render_metrics());
+            let sender = sender.clone();
+            ingress.push(
+                closed_loop(broker.as_deref(), n, warmup, measure, move |slot| {
+                    let sender = sender.clone();
+                    async move { sender.send(slot).await }
+                })
+                .await,
             );
-            closed_loop(broker.as_deref(), n, warmup, measure, move |_| {
-                let (channels, next, body, exchange) = (
-                    channels.clone(),
-                    next.clone(),
-                    body.clone(),
-                    exchange.clone(),
-                );
-                async move {
-                    let ch = &channels[next.fetch_add(1, Ordering::Relaxed) % channels.len()];
-                    let confirm = ch
-                        .basic_publish(
-                            (&*exchange).into(),
-                            ROUTING_KEY.into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                ..Default::default()
-                            },
-                            &body,
-                            same_properties_as_the_ingress(division),
-                        )
-                        .await
-                        .map_err(|e| format!("publish failed: {e}"))?;
-                    match confirm.await {
-                        Ok(Confirmation::Ack(None)) => Ok(()),
-                        Ok(Confirmation::Ack(Some(_))) => Err("returned as unroutable".into()),
-                        Ok(Confirmation::Nack(_)) => Err("nacked".into()),
-                        Ok(Confirmation::NotRequested) => Err("channel not in confirm mode".into()),
-                        Err(e) => Err(format!("confirm failed: {e}")),
-                    }
-                }
-            })
-            .await
-        };
+            let (sum1, count1) = confirm_totals(&render_metrics());
+            confirm_sum += sum1 - sum0;
+            confirm_count += count1 - count0;
 
-        let floor_result = match &floor {
-            Some((floor_url, _)) => {
-                let (floor_sender, secret) = (Sender::new(floor_url, args, slots)?, secret.clone());
-                Some(
+            inspector.purge(flow_queue).await;
+            raw.push(closed_loop(broker.as_deref(), n, warmup, measure, raw_publish.clone()).await);
+
+            if let Some(floor_sender) = &floor_sender {
+                let floor_sender = floor_sender.clone();
+                floor_windows.push(
                     closed_loop(broker.as_deref(), n, warmup, measure, move |slot| {
-                        let (sender, secret) = (floor_sender.clone(), secret.clone());
-                        async move { sender.send(slot, &secret, division).await }
+                        let sender = floor_sender.clone();
+                        async move { sender.send(slot).await }
                     })
                     .await,
-                )
+                );
             }
-            None => None,
+        }
+        let round_ratios = ingress
+            .iter()
+            .zip(&raw)
+            .map(|(i, r)| {
+                let rate = |w: &Window| w.latencies_us.len() as f64 / w.elapsed.as_secs_f64();
+                rate(i) / rate(r)
+            })
+            .collect();
+        let (ingress, raw) = (RunResult::merge(ingress), RunResult::merge(raw));
+        let floor_result = floor_sender
+            .is_some()
+            .then(|| RunResult::merge(floor_windows));
+        let confirm_mean_ms = if confirm_count > 0.0 {
+            confirm_sum / confirm_count * 1000.0
+        } else {
+            f64::NAN
         };
         eprintln!(
             "{n:>4} in flight: ingress {:>8.0} req/s, raw {:>8.0} msg/s",
@@ -779,6 +886,7 @@ async fn run_levels(
         );
         levels.push(Level {
             in_flight: n,
+            round_ratios,
             ingress,
             confirm_mean_ms,
             raw,
@@ -801,8 +909,10 @@ fn print_table(
 ) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "# bench-ingress: {cores} cores (nproc), {:.1} s measured per level after {:.1} s warm-up, \
-         {} confirm channels, broker {} (quorum flow queue), levels {:?}, HTTP client {}",
+        "# bench-ingress: {cores} cores (nproc), per level {} rounds of {:.1} s measured per side \
+         after {:.1} s warm-up, {} confirm channels, broker {} (quorum flow queue), levels {:?}, \
+         HTTP client {}",
+        args.rounds,
         measure.as_secs_f64(),
         warmup.as_secs_f64(),
         config.broker.confirm_channels,
@@ -870,6 +980,14 @@ fn print_table(
                 r.cpu.busy * 100.0,
             );
         }
+    }
+
+    println!();
+    println!("ingress/raw of each round (the sides take turns; the table merges the rounds):");
+    println!();
+    for l in levels {
+        let rounds: Vec<String> = l.round_ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!("- {} in flight: {}", l.in_flight, rounds.join(", "));
     }
 
     if let Some(l) = levels.iter().find(|l| l.in_flight == 64) {

@@ -683,6 +683,21 @@ impl Sender {
         })
     }
 
+    /// One closed-loop operation: send the next webhook on the task's slot.
+    fn op(
+        &self,
+    ) -> impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+    + Send
+    + Sync
+    + Clone
+    + 'static {
+        let sender = self.clone();
+        move |slot| {
+            let sender = sender.clone();
+            Box::pin(async move { sender.send(slot).await })
+        }
+    }
+
     async fn send(&self, slot: usize) -> Result<(), String> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         match &self.client {
@@ -836,14 +851,7 @@ async fn run_levels(
         for _ in 0..args.rounds {
             inspector.purge(flow_queue).await;
             let (sum0, count0) = confirm_totals(&render_metrics());
-            let sender = sender.clone();
-            ingress.push(
-                closed_loop(broker.as_deref(), n, warmup, measure, move |slot| {
-                    let sender = sender.clone();
-                    async move { sender.send(slot).await }
-                })
-                .await,
-            );
+            ingress.push(closed_loop(broker.as_deref(), n, warmup, measure, sender.op()).await);
             let (sum1, count1) = confirm_totals(&render_metrics());
             confirm_sum += sum1 - sum0;
             confirm_count += count1 - count0;
@@ -852,13 +860,8 @@ async fn run_levels(
             raw.push(closed_loop(broker.as_deref(), n, warmup, measure, raw_publish.clone()).await);
 
             if let Some(floor_sender) = &floor_sender {
-                let floor_sender = floor_sender.clone();
                 floor_windows.push(
-                    closed_loop(broker.as_deref(), n, warmup, measure, move |slot| {
-                        let sender = floor_sender.clone();
-                        async move { sender.send(slot).await }
-                    })
-                    .await,
+                    closed_loop(broker.as_deref(), n, warmup, measure, floor_sender.op()).await,
                 );
             }
         }

@@ -492,3 +492,48 @@ async fn a_handler_slower_than_its_leases_is_not_overtaken_by_a_duplicate() {
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_pdf_upload_is_retried_on_the_same_exact_document() {
+    let world = World::build(WorldOptions {
+        tag: "inv-doc",
+        ..Default::default()
+    })
+    .await;
+    let stack = Stack::start(&world, 1, false).await;
+    let (_, idn) = world.invoice(InvoiceDraft {
+        number: "INV-DOC-1".into(),
+        supplier: world.ids.suppliers[0],
+        lines: vec![line("Toner", 2, "61.00", "4000", 21)],
+        status: 1,
+        pdf: true,
+        ..Default::default()
+    });
+    // The document is created, then uploading the PDF to it fails once (a 503 from Exact).
+    world.exact.faults().set(ExactFaults {
+        error_5xx: 1.0,
+        path_contains: Some("documents/DocumentAttachments".into()),
+        writes_only: true,
+        max_faults: Some(1),
+        ..Default::default()
+    });
+    world.precoro.approve_invoice(idn);
+
+    let entries = booked(&world, "INV-DOC-1", Duration::from_secs(30)).await;
+    assert_eq!(entries.len(), 1, "booked once");
+    let documents = world.exact.rows(world.division, "documents/Documents");
+    assert_eq!(
+        documents.len(),
+        1,
+        "the retry attaches to the document it created, leaving no orphan: {documents:?}"
+    );
+    let attachments = world.exact.document_attachments(world.division);
+    assert_eq!(attachments.len(), 1, "the PDF is attached once");
+    assert_eq!(attachments[0].bytes, testbed::world::fake_pdf("INV-DOC-1"));
+    assert_eq!(
+        entries[0]["Document"].as_str(),
+        documents[0]["ID"].as_str(),
+        "the entry links that document"
+    );
+    stack.stop().await;
+}

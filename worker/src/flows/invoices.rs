@@ -387,38 +387,55 @@ impl InvoiceFlow {
             self.ctx
                 .store
                 .key(&["invoice-doc", tenant_id.as_str(), &invoice.id.to_string()]);
-        if let Some(existing) = self.ctx.store.get_string(&doc_key).await?
-            && let Ok(g) = existing.parse()
-        {
-            return Ok(Some(g));
-        }
+        // The document is remembered as soon as Exact has created it, with how many of the
+        // invoice's files it holds so far: `{id} {n}` while uploading, `{id}` once complete. A retry
+        // after a failed upload goes on with the same document rather than leaving an orphan in
+        // Exact. (An upload whose reply was lost is sent again: a duplicate file on the one
+        // document is the price, not a second document.)
+        let ttl = Some(self.ctx.config.worker.idempotency_ttl);
+        let stored = self.ctx.store.get_string(&doc_key).await?;
+        let resumed = stored.as_deref().and_then(|v| match v.split_once(' ') {
+            None => v.parse().ok().map(|g| (g, None)),
+            Some((g, n)) => Some((g.parse().ok()?, Some(n.parse::<usize>().ok()?))),
+        });
         let exact = self.ctx.exact(tenant_id)?;
+        let (document, uploaded): (ExactGuid, usize) = match resumed {
+            Some((document, None)) => return Ok(Some(document)),
+            Some((document, Some(n))) => (document, n),
+            None => {
+                let subject = format!(
+                    "Precoro invoice {} {}",
+                    invoice.idn,
+                    invoice.invoice_number.as_deref().unwrap_or("")
+                );
+                // Exact document type 20 is a purchase invoice.
+                let document = exact
+                    .create_document(subject.trim(), Some(supplier), 20)
+                    .await?
+                    .id;
+                self.ctx
+                    .store
+                    .set_string(&doc_key, &format!("{document} 0"), ttl)
+                    .await?;
+                (document, 0)
+            }
+        };
         let precoro = self.ctx.precoro(tenant_id)?;
-        let subject = format!(
-            "Precoro invoice {} {}",
-            invoice.idn,
-            invoice.invoice_number.as_deref().unwrap_or("")
-        );
-        // Exact document type 20 is a purchase invoice.
-        let document = exact
-            .create_document(subject.trim(), Some(supplier), 20)
-            .await?
-            .id;
-        for att in &invoice.attachments {
+        for (i, att) in invoice.attachments.iter().enumerate().skip(uploaded) {
             let bytes = precoro.download_attachment(att).await?;
             let name = att
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("invoice-{}.pdf", invoice.idn));
             exact.attach(document, &name, &bytes).await?;
+            self.ctx
+                .store
+                .set_string(&doc_key, &format!("{document} {}", i + 1), ttl)
+                .await?;
         }
         self.ctx
             .store
-            .set_string(
-                &doc_key,
-                &document.to_string(),
-                Some(self.ctx.config.worker.idempotency_ttl),
-            )
+            .set_string(&doc_key, &document.to_string(), ttl)
             .await?;
         Ok(Some(document))
     }

@@ -17,7 +17,7 @@ use shared::precoro::PrecoroClient;
 use shared::store::ratelimit::RateLimiter;
 use testbed::harness::eventually;
 use testbed::world::{Stack, TENANT, World, WorldOptions};
-use worker::flows::payments::{CURSOR, last_poll_key};
+use worker::flows::payments::{CURSOR, entry_key, last_poll_key};
 
 const PAYMENTS: &str =
     "[tenants.flows.payments]\npoll_every = \"1h\"\ninitial_window = \"30d\"\ndebounce = \"1s\"\n";
@@ -585,5 +585,57 @@ async fn a_lost_precoro_reply_does_not_pay_twice() {
     poll(&stack).await;
     status_becomes(&world, idn, 5, total).await;
     assert_eq!(world.precoro.payments_for(id).len(), 2);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_poll_waits_for_an_entry_being_settled_rather_than_step_over_its_rows() {
+    let (world, stack) = start("pay-wait").await;
+    // A booked, unpaid entry: its open term row is on the next sync page, with no record of ours.
+    let (_, _, entry, _) = book(&world, "PAY-WAIT-1", "40.00").await;
+    let ctx = &stack.workers[0].context;
+    // A worker is settling this entry (it holds the entry's lease): it may have posted a payment to
+    // Precoro and not yet recorded it, so the poll must not decide about the entry's rows yet.
+    let lock = shared::bus::consumer::entity_lock_key(
+        &ctx.store,
+        "payments",
+        &tenant(),
+        &entry_key(entry),
+    );
+    ctx.store
+        .set_string(&lock, "held-by-a-test", Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let env = Envelope::new(tenant(), Source::Job, "payments", "poll", json!({}));
+    let at = env.received_at.timestamp_millis();
+    ctx.publisher
+        .publish_envelope(&env, Default::default())
+        .await
+        .unwrap();
+    let key = last_poll_key(ctx, &tenant());
+    let polled = || async {
+        ctx.store
+            .get_string(&key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|v| v >= at)
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !polled().await,
+        "the poll completed while the entry was being settled"
+    );
+    assert!(
+        world.exact.calls().iter().any(|c| c.path.contains(SYNC)),
+        "the poll did read the page"
+    );
+
+    ctx.store.del(&lock).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), polled).await,
+        "the poll completes once the entry is settled"
+    );
     stack.stop().await;
 }

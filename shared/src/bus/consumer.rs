@@ -77,6 +77,17 @@ impl Message {
     }
 }
 
+/// The Redis key of the lease a consumer holds on `entity_key` (see `Handler::entity_key`) while
+/// it handles a message about it: another flow step can ask whether that work is under way.
+pub fn entity_lock_key(
+    store: &crate::store::Store,
+    flow: &str,
+    tenant: &crate::ids::TenantId,
+    entity_key: &str,
+) -> String {
+    store.key(&["lock", "entity", flow, tenant.as_str(), entity_key])
+}
+
 /// How a handled message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -307,9 +318,7 @@ impl<H: Handler> FlowConsumer<H> {
 
         let lease = match self.handler.entity_key(env) {
             Some(key) => {
-                let lkey = self
-                    .store
-                    .key(&["lock", "entity", flow, env.tenant.as_str(), &key]);
+                let lkey = entity_lock_key(&self.store, flow, &env.tenant, &key);
                 match Lease::acquire_within(
                     &self.store,
                     lkey,

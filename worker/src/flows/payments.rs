@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shared::bus::consumer::{Handler, Message, Outcome};
+use shared::bus::consumer::{Handler, Message, Outcome, entity_lock_key};
 use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::exact::client::SYNC_START;
@@ -110,6 +110,11 @@ enum Kind {
     Reversal(Reversal),
 }
 
+/// The entity key of an entry's `job.payments.entry` messages: one worker settles an entry at a time.
+pub fn entry_key(entry: ExactGuid) -> String {
+    format!("entry:{entry}")
+}
+
 fn kind(env: &Envelope) -> Result<Kind> {
     let parse = |what: &str| {
         Error::Malformed(format!(
@@ -137,7 +142,7 @@ impl Handler for PaymentFlow {
         match kind(env).ok()? {
             // One poll per company at a time: hints queue behind it and then find themselves covered.
             Kind::Hint => Some("poll".into()),
-            Kind::Entry(e) => Some(format!("entry:{}", e.entry)),
+            Kind::Entry(e) => Some(entry_key(e.entry)),
             Kind::Reversal(_) => None,
         }
     }
@@ -222,13 +227,23 @@ impl PaymentFlow {
         let changes = payment_lines::classify(&page.rows, floor, now);
         let mut reversals: Vec<Reversal> = Vec::new();
         for open in &changes.open {
-            if let Some(line) = self.synced(tenant_id, open.row).await?
-                && line.payment.is_some()
-            {
-                reversals.push(Reversal {
+            match self.synced(tenant_id, open.row).await? {
+                Some(line) if line.payment.is_some() => reversals.push(Reversal {
                     row: open.row,
                     line,
-                });
+                }),
+                Some(_) => {}
+                // No record: never paid through us, or a worker is settling this entry right now
+                // and has posted the payment to Precoro without having recorded it yet. In that
+                // case a reversal would be stepped over (the cursor moves past the row), so the
+                // poll waits for that worker and reads the page again (attempt not counted).
+                None if self.entry_in_progress(tenant_id, open.entry).await? => {
+                    return Err(Error::LeaseHeld(format!(
+                        "payments of Exact entry {} are being synced; polling again once they are",
+                        open.entry
+                    )));
+                }
+                None => {}
             }
         }
         let mut fresh: BTreeMap<ExactGuid, Vec<PaidLine>> = BTreeMap::new();
@@ -325,6 +340,12 @@ impl PaymentFlow {
             .publish_envelope(&env, Default::default())
             .await?;
         Ok(())
+    }
+
+    /// Whether a worker holds the lease of `entry`'s `job.payments.entry` message.
+    async fn entry_in_progress(&self, tenant: &TenantId, entry: ExactGuid) -> Result<bool> {
+        let key = entity_lock_key(&self.ctx.store, "payments", tenant, &entry_key(entry));
+        Ok(self.ctx.store.get_string(&key).await?.is_some())
     }
 
     fn line_key(&self, tenant: &TenantId, row: ExactGuid) -> String {

@@ -89,20 +89,22 @@ async fn poll(stack: &Stack) {
         .publish_envelope(&env, Default::default())
         .await
         .expect("publish poll");
-    let key = last_poll_key(ctx, &tenant());
     assert!(
-        eventually(Duration::from_secs(15), || async {
-            ctx.store
-                .get_string(&key)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|v| v.parse::<i64>().ok())
-                .is_some_and(|v| v >= at)
-        })
-        .await,
+        eventually(Duration::from_secs(15), || polled_since(stack, at)).await,
         "the poll ran"
     );
+}
+
+/// Whether a payments poll that started at or after `at` (ms) has completed.
+async fn polled_since(stack: &Stack, at: i64) -> bool {
+    let ctx = &stack.workers[0].context;
+    ctx.store
+        .get_string(&last_poll_key(ctx, &tenant()))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<i64>().ok())
+        .is_some_and(|v| v >= at)
 }
 
 async fn status_becomes(world: &World, idn: i64, status: i64, paid: Decimal) -> Value {
@@ -612,19 +614,9 @@ async fn a_poll_waits_for_an_entry_being_settled_rather_than_step_over_its_rows(
         .publish_envelope(&env, Default::default())
         .await
         .unwrap();
-    let key = last_poll_key(ctx, &tenant());
-    let polled = || async {
-        ctx.store
-            .get_string(&key)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<i64>().ok())
-            .is_some_and(|v| v >= at)
-    };
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        !polled().await,
+        !polled_since(&stack, at).await,
         "the poll completed while the entry was being settled"
     );
     assert!(
@@ -634,7 +626,7 @@ async fn a_poll_waits_for_an_entry_being_settled_rather_than_step_over_its_rows(
 
     ctx.store.del(&lock).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(15), polled).await,
+        eventually(Duration::from_secs(15), || polled_since(&stack, at)).await,
         "the poll completes once the entry is settled"
     );
     stack.stop().await;

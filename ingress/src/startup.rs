@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 
 use crate::routes::{health, oauth, webhooks};
 
-#[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub publisher: Publisher,
@@ -143,23 +142,22 @@ async fn serve(
             http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
         let (mut stop, open) = (stop_rx.clone(), open_rx.clone());
         tokio::spawn(async move {
+            let _open = open; // counted until this connection ends
             tokio::pin!(conn);
-            let stopping = stop.wait_for(|stop| *stop);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    drop(open);
-                    return;
+            let ended = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            let result = match ended {
+                Some(result) => result,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
                 }
-                _ = stopping => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(open);
         });
     }
     drop(listener);

@@ -8,7 +8,6 @@
 //! Errors are for a person in a browser: a bad or expired state is a 400 that says to start again.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use axum::Json;

@@ -128,13 +128,12 @@ pub async fn precoro(
         );
         return Ok((StatusCode::ACCEPTED, Json(Reply::status("ignored"))));
     };
-    let payload = serde_json::to_value(&hook).expect("a parsed hook serialises");
-    let env = Envelope::new(
+    let env = Envelope::with_payload(
         tenant.id.clone(),
         Source::Precoro,
         entity,
         hook.action_name(),
-        payload,
+        &hook,
     );
     let span =
         tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);

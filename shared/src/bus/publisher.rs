@@ -86,11 +86,12 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher that connects on first use (and declares the topology then).
     pub fn new(cfg: &BrokerConfig) -> Self {
+        let names = Names::new(&cfg.prefix);
         Publisher {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
-                names: Names::new(&cfg.prefix),
-                events_exchange: Names::new(&cfg.prefix).events_exchange(),
+                events_exchange: names.events_exchange(),
+                names,
                 pool: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(None),
                 next: AtomicUsize::new(0),

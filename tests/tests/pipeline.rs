@@ -673,3 +673,52 @@ async fn a_worker_killed_mid_message_is_redelivered_and_completes_once() {
     drop(doomed.stop);
     insp.delete_topology(&cfg.broker).await;
 }
+
+#[tokio::test]
+async fn listing_the_dead_letters_leaves_them_all_for_the_next_command() {
+    use shared::bus::dlq::{DeadLetters, Filter};
+    let (cfg, publisher, insp) = runtime_setup("dlq-list").await;
+    let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
+    // Declares the topology, DLQ included.
+    DeadLetters::connect(&cfg.broker).await.unwrap();
+    const N: usize = 40;
+    for i in 0..N {
+        publisher
+            .publish(
+                "",
+                &names.dlq(),
+                b"{}",
+                &format!("dead-{i}"),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            insp.depth(&names.dlq()).await as usize == N
+        })
+        .await
+    );
+    // An operator lists, then at once replays (here a dry run, which counts what a replay would
+    // move): a quorum queue returns a closed reader's messages asynchronously, and the second
+    // command must still see every one of them.
+    for round in 0..5 {
+        let listed = DeadLetters::connect(&cfg.broker)
+            .await
+            .unwrap()
+            .list(&Filter::default())
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), N, "round {round}: listed");
+        let counted = DeadLetters::connect(&cfg.broker)
+            .await
+            .unwrap()
+            .replay(&Filter::default(), true)
+            .await
+            .unwrap();
+        assert_eq!(counted.matched, N, "round {round}: a replay right after");
+        assert_eq!(counted.left, N, "round {round}: a dry run leaves all");
+    }
+    insp.delete_topology(&cfg.broker).await;
+}

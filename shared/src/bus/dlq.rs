@@ -1,7 +1,9 @@
 //! Dead-letter queue operations: list, show, replay and purge, with filters.
 //!
 //! Reading holds the messages unacknowledged on one channel and returns them to the queue when it
-//! closes, so looking never loses anything. Replay re-publishes a message (confirmed) to
+//! closes, so looking never loses anything. A quorum queue takes those returns back through its
+//! log, after the close is acknowledged; every operation waits until they are ready again before
+//! it reports, so the next command (a replay right after a list) sees the whole DLQ. Replay re-publishes a message (confirmed) to
 //! `sync.events` under its original routing key with a fresh replay nonce and the attempt count
 //! reset, and only then acks it out of the DLQ: an interrupted replay leaves every message either
 //! still in the DLQ or re-published (or, at worst, both — and dedup absorbs the copy).
@@ -169,6 +171,9 @@ pub struct Moved {
     pub left: usize,
 }
 
+/// How long an operation waits for the messages it held to be ready in the DLQ again.
+const RETURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct DeadLetters {
     conn: Connection,
     channel: Channel,
@@ -207,18 +212,48 @@ impl DeadLetters {
 
     /// Every matching dead letter; the DLQ is unchanged afterwards.
     pub async fn list(self, filter: &Filter) -> Result<Vec<DeadLetter>> {
-        let (all, _) = self.take_all().await?;
+        let all = self.take_all().await?;
+        let held = all.len();
         let out = all
             .into_iter()
             .map(|(_, d)| d)
             .filter(|d| filter.matches(d))
             .collect();
-        // Closing the channel returns every unacked message to the DLQ.
-        let _ = self.conn.close(200, "listed".into()).await;
+        self.give_back(held, "listed").await?;
         Ok(out)
     }
 
-    async fn take_all(&self) -> Result<(Vec<(u64, DeadLetter)>, u32)> {
+    /// Close the connection, which returns every message still unacked on it to the DLQ, and wait
+    /// (up to [`RETURN_WAIT`]) until at least `held` messages are ready there again. Returns the
+    /// DLQ's depth then.
+    async fn give_back(self, held: usize, why: &str) -> Result<usize> {
+        if let Err(e) = self.conn.close(200, why.into()).await {
+            tracing::warn!(error = %e, "closing the DLQ connection failed; the broker returns its messages when the socket drops");
+        }
+        let probe = DeadLetters::connect(&self.broker).await?;
+        let deadline = tokio::time::Instant::now() + RETURN_WAIT;
+        loop {
+            let depth = probe.depth().await? as usize;
+            if depth >= held {
+                let _ = probe.conn.close(200, "counted".into()).await;
+                return Ok(depth);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Another reader holds some (an operator's concurrent list or replay): report what
+                // is ready now rather than wait on them.
+                tracing::warn!(
+                    depth,
+                    held,
+                    "the DLQ has not taken every returned message back yet"
+                );
+                let _ = probe.conn.close(200, "counted".into()).await;
+                return Ok(depth);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn take_all(&self) -> Result<Vec<(u64, DeadLetter)>> {
         let depth = self.depth().await?;
         let mut out = Vec::new();
         for _ in 0..depth {
@@ -238,13 +273,14 @@ impl DeadLetters {
             );
             out.push((d.delivery_tag, dl));
         }
-        Ok((out, depth))
+        Ok(out)
     }
 
     /// Re-publish the matching dead letters for another try. `dry_run` only counts.
     pub async fn replay(self, filter: &Filter, dry_run: bool) -> Result<Moved> {
         let publisher = Publisher::new(&self.broker);
-        let (all, _) = self.take_all().await?;
+        let all = self.take_all().await?;
+        let held = all.len();
         let mut moved = Moved::default();
         for (tag, d) in all {
             if !filter.matches(&d) {
@@ -287,14 +323,14 @@ impl DeadLetters {
             moved.moved += 1;
         }
         publisher.close(std::time::Duration::from_secs(5)).await;
-        let _ = self.conn.close(200, "replayed".into()).await;
-        moved.left = DeadLetters::connect(&self.broker).await?.depth().await? as usize;
+        moved.left = self.give_back(held - moved.moved, "replayed").await?;
         Ok(moved)
     }
 
     /// Delete the matching dead letters for good.
     pub async fn purge(self, filter: &Filter) -> Result<Moved> {
-        let (all, _) = self.take_all().await?;
+        let all = self.take_all().await?;
+        let held = all.len();
         let mut moved = Moved::default();
         for (tag, d) in all {
             if filter.matches(&d) {
@@ -305,8 +341,7 @@ impl DeadLetters {
                 moved.moved += 1;
             }
         }
-        let _ = self.conn.close(200, "purged".into()).await;
-        moved.left = DeadLetters::connect(&self.broker).await?.depth().await? as usize;
+        moved.left = self.give_back(held - moved.moved, "purged").await?;
         Ok(moved)
     }
 }

@@ -7,6 +7,8 @@
 //!   `Content` object exactly as received) (specs/exact-online.md §3). `serde_json::value::RawValue`
 //!   hands us exactly those bytes, whatever the key order or spacing, so nothing is re-serialised.
 
+use std::borrow::Cow;
+
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -62,9 +64,25 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Uppercase hex HMAC-SHA256, Exact's `HashCode` format.
 pub fn exact_hashcode(secret: &[u8], content: &[u8]) -> String {
+    hex::encode_upper(hmac_sha256(secret, content))
+}
+
+fn hmac_sha256(secret: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(content);
-    hex::encode_upper(mac.finalize().into_bytes())
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// A `HashCode` as Exact sends it, 64 uppercase hex digits, as the 32 bytes it stands for.
+/// Lowercase fails at Exact too (specs §3), so there is no case folding.
+fn decode_hashcode(hash: &str) -> Option<[u8; 32]> {
+    let upper_hex = |b: &u8| b.is_ascii_digit() || (b'A'..=b'F').contains(b);
+    if hash.len() != 64 || !hash.as_bytes().iter().all(upper_hex) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hash, &mut out).ok()?;
+    Some(out)
 }
 
 fn hmac_hex_lower(secret: &[u8], body: &[u8]) -> String {
@@ -78,13 +96,8 @@ pub fn check_content_type(content_type: Option<&str>) -> Result<(), Rejection> {
     match content_type {
         None => Ok(()),
         Some(ct) => {
-            let essence = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if essence == "application/json" || essence.is_empty() {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if essence.eq_ignore_ascii_case("application/json") || essence.is_empty() {
                 Ok(())
             } else {
                 Err(Rejection::UnsupportedMediaType(
@@ -173,28 +186,29 @@ pub fn verify_precoro(
 struct ExactOuter<'a> {
     #[serde(rename = "Content", borrow)]
     content: &'a RawValue,
-    #[serde(rename = "HashCode")]
-    hash_code: String,
+    #[serde(rename = "HashCode", borrow)]
+    hash_code: Cow<'a, str>,
 }
 
-/// Exact's `Content` (specs/exact-online.md §3). A thin payload: the key only.
+/// Exact's `Content` (specs/exact-online.md §3). A thin payload: the key only. Its text fields
+/// borrow from the received body unless they hold JSON escapes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct ExactContent {
-    #[serde(rename = "Topic")]
-    pub topic: String,
-    #[serde(rename = "ClientId", default)]
-    pub client_id: Option<String>,
+pub struct ExactContent<'a> {
+    #[serde(rename = "Topic", borrow)]
+    pub topic: Cow<'a, str>,
+    #[serde(rename = "ClientId", default, borrow)]
+    pub client_id: Option<Cow<'a, str>>,
     #[serde(rename = "Division")]
     pub division: i64,
-    #[serde(rename = "Action")]
-    pub action: String,
-    #[serde(rename = "Key")]
-    pub key: String,
-    #[serde(rename = "ExactOnlineEndpoint", default)]
-    pub endpoint: Option<String>,
+    #[serde(rename = "Action", borrow)]
+    pub action: Cow<'a, str>,
+    #[serde(rename = "Key", borrow)]
+    pub key: Cow<'a, str>,
+    #[serde(rename = "ExactOnlineEndpoint", default, borrow)]
+    pub endpoint: Option<Cow<'a, str>>,
     /// ISO without zone in the real sample, `/Date(…)/` per another source: kept as sent.
-    #[serde(rename = "EventCreatedOn", default)]
-    pub event_created_on: Option<String>,
+    #[serde(rename = "EventCreatedOn", default, borrow)]
+    pub event_created_on: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -208,7 +222,7 @@ struct DivisionOnly {
 #[derive(Debug)]
 pub struct VerifiedExact<'c, 'b> {
     pub tenant: &'c TenantConfig,
-    pub content: ExactContent,
+    pub content: ExactContent<'b>,
     pub raw_content: &'b RawValue,
 }
 
@@ -222,18 +236,17 @@ pub fn verify_exact<'c, 'b>(
     let outer: ExactOuter =
         serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
     let content = outer.content.get().as_bytes();
-    if outer.hash_code.len() != 64 {
+    let Some(sent) = decode_hashcode(&outer.hash_code) else {
         return Err(Rejection::BadSignature);
-    }
+    };
     let mut matched: Vec<&str> = Vec::new();
     for t in &config.tenants {
         let secret = t.exact.webhook_secret.expose();
         if matched.contains(&secret) {
             continue;
         }
-        let expected = exact_hashcode(secret.as_bytes(), content);
-        // Exact sends uppercase; lowercase hex fails there too (specs §3), so no case folding.
-        if constant_time_eq(outer.hash_code.as_bytes(), expected.as_bytes()) {
+        let expected = hmac_sha256(secret.as_bytes(), content);
+        if constant_time_eq(&sent, &expected) {
             matched.push(secret);
         }
     }
@@ -299,9 +312,38 @@ mod tests {
     }
 
     #[test]
+    fn hashcode_decodes_only_64_uppercase_hex_digits() {
+        let h = exact_hashcode(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            decode_hashcode(&h),
+            Some(hmac_sha256(b"Jefe", b"what do ya want for nothing?"))
+        );
+        assert_eq!(decode_hashcode(&h.to_ascii_lowercase()), None);
+        assert_eq!(decode_hashcode(&h[..62]), None);
+        assert_eq!(decode_hashcode(&format!("{h}00")), None);
+        assert_eq!(decode_hashcode(&format!("{}G", &h[..63])), None);
+        assert_eq!(decode_hashcode(""), None);
+    }
+
+    #[test]
+    fn content_fields_with_json_escapes_are_read_too() {
+        let content = r#"{"Topic":"Acc\u006funts","Division":7,"Action":"Update","Key":"k\"1"}"#;
+        let parsed: ExactContent = serde_json::from_str(content).unwrap();
+        assert_eq!(parsed.topic, "Accounts");
+        assert!(matches!(parsed.topic, Cow::Owned(_)));
+        assert_eq!(parsed.key, "k\"1");
+        let plain: ExactContent = serde_json::from_str(
+            r#"{"Topic":"Accounts","Division":7,"Action":"Update","Key":"k"}"#,
+        )
+        .unwrap();
+        assert!(matches!(plain.topic, Cow::Borrowed("Accounts")));
+    }
+
+    #[test]
     fn content_type_check() {
         assert!(check_content_type(None).is_ok());
         assert!(check_content_type(Some("application/json; charset=utf-8")).is_ok());
+        assert!(check_content_type(Some(" Application/JSON ")).is_ok());
         assert_eq!(
             check_content_type(Some("text/xml")).unwrap_err().status(),
             415

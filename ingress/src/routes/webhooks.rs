@@ -80,10 +80,11 @@ async fn publish<P: Serialize>(
     state: &AppState,
     source: &'static str,
     env: &Envelope<P>,
+    routing_key: &str,
 ) -> Result<(), ApiError> {
     state
         .publisher
-        .publish_envelope(env, Default::default())
+        .publish_envelope_as(env, routing_key, Default::default())
         .await
         .map_err(|e| {
             webhook_received(
@@ -137,13 +138,11 @@ pub async fn precoro(
     );
     let span =
         tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);
-    publish(&state, SRC, &env).instrument(span).await?;
-    webhook_received(
-        SRC,
-        Some(tenant.id.as_str()),
-        "accepted",
-        &env.routing_key(),
-    );
+    let routing_key = env.routing_key();
+    publish(&state, SRC, &env, &routing_key)
+        .instrument(span)
+        .await?;
+    webhook_received(SRC, Some(tenant.id.as_str()), "accepted", &routing_key);
     Ok((StatusCode::ACCEPTED, Json(Reply::accepted(env.id))))
 }
 
@@ -187,7 +186,9 @@ pub async fn exact(
     }
     let span =
         tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);
-    publish(&state, SRC, &env).instrument(span).await?;
+    publish(&state, SRC, &env, &routing_key)
+        .instrument(span)
+        .await?;
     webhook_received(SRC, Some(tenant.id.as_str()), "accepted", &routing_key);
     Ok((StatusCode::OK, Json(Reply::accepted(env.id))))
 }

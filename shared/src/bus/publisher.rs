@@ -187,6 +187,18 @@ impl Publisher {
         env: &Envelope<P>,
         extra: FieldTable,
     ) -> Result<(), PublishError> {
+        self.publish_envelope_as(env, &env.routing_key(), extra)
+            .await
+    }
+
+    /// [`Publisher::publish_envelope`] for a caller that already holds `env.routing_key()`.
+    pub async fn publish_envelope_as<P: serde::Serialize>(
+        &self,
+        env: &Envelope<P>,
+        routing_key: &str,
+        extra: FieldTable,
+    ) -> Result<(), PublishError> {
+        debug_assert_eq!(routing_key, env.routing_key());
         let mut h = extra;
         h.insert(
             headers::TENANT.into(),
@@ -201,7 +213,7 @@ impl Publisher {
             AMQPValue::LongString(LongString::from(env.entity.as_str())),
         );
         let exchange = &self.inner.events_exchange;
-        self.publish(exchange, &env.routing_key(), &env.to_bytes(), &env.id, h)
+        self.publish(exchange, routing_key, &env.to_bytes(), &env.id, h)
             .await
     }
 

@@ -7,9 +7,9 @@
 //! arrived, so N is exactly the number of requests (and confirms) in flight.
 //! The webhooks are signed before the clock starts (4096 distinct ones, sent in turn), as a
 //! sender on another machine would have signed them: the ingress side pays for verifying, not for
-//! signing. At each level the sides take turns for `--rounds` rounds and each side's figures
-//! cover all of its rounds, so a slow moment of the broker (a WAL roll-over, segment writes) or of
-//! the shared machine does not land on one side only.
+//! signing. At each level the sides take turns for `--rounds` rounds (who goes first alternates)
+//! and each side's figures cover all of its rounds, so a slow moment of the broker (a WAL
+//! roll-over, segment writes) or of the shared machine does not land on one side only.
 //!
 //! Run: `cargo run --release --bin bench-ingress [-- --seconds N] [--rounds R] [--quick]`. Prints a
 //! markdown table; exits non-zero if the broker or Redis is unreachable or any request failed.
@@ -588,17 +588,17 @@ impl LeanClient {
                 .await
                 .map_err(|e| format!("write: {e}"))?;
             conn.buf.clear();
+            // Replies are read straight into the connection's buffer (no chunk on the stack), so
+            // this future stays small: the closed loop boxes one per request.
             let (head_end, status, length) = loop {
-                let mut chunk = [0u8; 1024];
                 let n = conn
                     .stream
-                    .read(&mut chunk)
+                    .read_buf(&mut conn.buf)
                     .await
                     .map_err(|e| format!("read: {e}"))?;
                 if n == 0 {
                     return Err("connection closed by the server".to_string());
                 }
-                conn.buf.extend_from_slice(&chunk[..n]);
                 if let Some(i) = conn.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     let head = std::str::from_utf8(&conn.buf[..i]).map_err(|e| e.to_string())?;
                     let status: u16 = head
@@ -618,16 +618,14 @@ impl LeanClient {
                 }
             };
             while conn.buf.len() < head_end + length {
-                let mut chunk = [0u8; 1024];
                 let n = conn
                     .stream
-                    .read(&mut chunk)
+                    .read_buf(&mut conn.buf)
                     .await
                     .map_err(|e| format!("read: {e}"))?;
                 if n == 0 {
                     return Err("connection closed mid-body".to_string());
                 }
-                conn.buf.extend_from_slice(&chunk[..n]);
             }
             if (200..300).contains(&status) {
                 Ok(())
@@ -848,17 +846,35 @@ async fn run_levels(
         // segment writes, another tenant of the machine) fall on both rather than on one.
         let (mut ingress, mut raw, mut floor_windows) = (Vec::new(), Vec::new(), Vec::new());
         let (mut confirm_sum, mut confirm_count) = (0.0, 0.0);
-        for _ in 0..args.rounds {
-            inspector.purge(flow_queue).await;
-            let (sum0, count0) = confirm_totals(&render_metrics());
-            ingress.push(closed_loop(broker.as_deref(), n, warmup, measure, sender.op()).await);
-            let (sum1, count1) = confirm_totals(&render_metrics());
-            confirm_sum += sum1 - sum0;
-            confirm_count += count1 - count0;
-
-            inspector.purge(flow_queue).await;
-            raw.push(closed_loop(broker.as_deref(), n, warmup, measure, raw_publish.clone()).await);
-
+        for round in 0..args.rounds {
+            // Who goes first alternates too: a window that follows a purge of the other side's
+            // messages, or a long run of the broker, is not always the same side's.
+            for side in [round % 2, 1 - round % 2] {
+                inspector.purge(flow_queue).await;
+                if side == 0 {
+                    let (sum0, count0) = confirm_totals(&render_metrics());
+                    ingress.push(
+                        closed_loop(broker.as_deref(), n, warmup, measure, sender.op()).await,
+                    );
+                    let (sum1, count1) = confirm_totals(&render_metrics());
+                    confirm_sum += sum1 - sum0;
+                    confirm_count += count1 - count0;
+                } else {
+                    raw.push(
+                        closed_loop(broker.as_deref(), n, warmup, measure, raw_publish.clone())
+                            .await,
+                    );
+                }
+            }
+            if let (Some(i), Some(r)) = (ingress.last(), raw.last()) {
+                let rate = |w: &Window| w.latencies_us.len() as f64 / w.elapsed.as_secs_f64();
+                eprintln!(
+                    "{n:>4} in flight, round {}: ingress {:>6.0}/s, raw {:>6.0}/s",
+                    round + 1,
+                    rate(i),
+                    rate(r)
+                );
+            }
             if let Some(floor_sender) = &floor_sender {
                 floor_windows.push(
                     closed_loop(broker.as_deref(), n, warmup, measure, floor_sender.op()).await,

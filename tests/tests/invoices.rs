@@ -493,47 +493,65 @@ async fn a_handler_slower_than_its_leases_is_not_overtaken_by_a_duplicate() {
     stack.stop().await;
 }
 
+/// A failed or unanswered call while the PDF goes to Exact: the retry goes on with what the
+/// earlier try made (no orphan document, no second copy of the file).
+/// - a 503 on the upload: the document exists, the file does not;
+/// - Exact commits the create or the upload, then the connection breaks before the reply: the
+///   worker cannot tell it landed, and must find it rather than make it again.
 #[tokio::test]
-async fn a_failed_pdf_upload_is_retried_on_the_same_exact_document() {
-    let world = World::build(WorldOptions {
-        tag: "inv-doc",
-        ..Default::default()
-    })
-    .await;
-    let stack = Stack::start(&world, 1, false).await;
-    let (_, idn) = world.invoice(InvoiceDraft {
-        number: "INV-DOC-1".into(),
-        supplier: world.ids.suppliers[0],
-        lines: vec![line("Toner", 2, "61.00", "4000", 21)],
-        status: 1,
-        pdf: true,
-        ..Default::default()
-    });
-    // The document is created, then uploading the PDF to it fails once (a 503 from Exact).
-    world.exact.faults().set(ExactFaults {
-        error_5xx: 1.0,
-        path_contains: Some("documents/DocumentAttachments".into()),
+async fn a_failed_or_unanswered_pdf_step_leaves_one_document_with_one_file() {
+    let lost_reply = |path: &str| ExactFaults {
+        drop_reply_after_commit: 1.0,
+        path_contains: Some(path.into()),
         writes_only: true,
         max_faults: Some(1),
         ..Default::default()
-    });
-    world.precoro.approve_invoice(idn);
+    };
+    let upload_503 = ExactFaults {
+        error_5xx: 1.0,
+        drop_reply_after_commit: 0.0,
+        ..lost_reply("documents/DocumentAttachments")
+    };
+    for (tag, faults) in [
+        ("inv-doc-503", upload_503),
+        ("inv-doc-lost", lost_reply("documents/Documents")),
+        ("inv-att-lost", lost_reply("documents/DocumentAttachments")),
+    ] {
+        let world = World::build(WorldOptions {
+            tag,
+            ..Default::default()
+        })
+        .await;
+        let stack = Stack::start(&world, 1, false).await;
+        let number = format!("INV-{tag}");
+        let (_, idn) = world.invoice(InvoiceDraft {
+            number: number.clone(),
+            supplier: world.ids.suppliers[0],
+            lines: vec![line("Toner", 2, "61.00", "4000", 21)],
+            status: 1,
+            pdf: true,
+            ..Default::default()
+        });
+        world.exact.faults().set(faults);
+        world.precoro.approve_invoice(idn);
 
-    let entries = booked(&world, "INV-DOC-1", Duration::from_secs(30)).await;
-    assert_eq!(entries.len(), 1, "booked once");
-    let documents = world.exact.rows(world.division, "documents/Documents");
-    assert_eq!(
-        documents.len(),
-        1,
-        "the retry attaches to the document it created, leaving no orphan: {documents:?}"
-    );
-    let attachments = world.exact.document_attachments(world.division);
-    assert_eq!(attachments.len(), 1, "the PDF is attached once");
-    assert_eq!(attachments[0].bytes, testbed::world::fake_pdf("INV-DOC-1"));
-    assert_eq!(
-        entries[0]["Document"].as_str(),
-        documents[0]["ID"].as_str(),
-        "the entry links that document"
-    );
-    stack.stop().await;
+        let entries = booked(&world, &number, Duration::from_secs(30)).await;
+        assert_eq!(entries.len(), 1, "{tag}: booked once");
+        let documents = world.exact.rows(world.division, "documents/Documents");
+        assert_eq!(documents.len(), 1, "{tag}: one document: {documents:?}");
+        let attachments = world.exact.document_attachments(world.division);
+        assert_eq!(attachments.len(), 1, "{tag}: the PDF is attached once");
+        assert_eq!(attachments[0].bytes, testbed::world::fake_pdf(&number));
+        assert_eq!(
+            entries[0]["Document"].as_str(),
+            documents[0]["ID"].as_str(),
+            "{tag}: the entry links that document"
+        );
+        assert_eq!(
+            world.exact.faults().injected(),
+            1,
+            "{tag}: the fault happened"
+        );
+        stack.stop().await;
+    }
 }

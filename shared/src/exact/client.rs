@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use super::ExactOptions;
 use super::oauth::{OAuth, TokenRecord};
 use super::odata::{
-    Filter, error_message, lenient_i64, parse_page, parse_page_values, parse_single, query_string,
-    select,
+    Filter, Literal, error_message, lenient_i64, parse_page, parse_page_values, parse_single,
+    query_string, select,
 };
 use super::types::*;
 use crate::config::{ExactConfig, TenantConfig};
@@ -762,6 +762,34 @@ impl ExactClient {
             body["Account"] = json!(a);
         }
         self.post_entity(paths::DOCUMENTS, &body).await
+    }
+
+    /// The documents with this subject, account and type: how a retry finds the document an
+    /// earlier try created when Exact's reply to it was lost.
+    pub async fn find_documents(
+        &self,
+        subject: &str,
+        account: Option<ExactGuid>,
+        doc_type: i32,
+    ) -> Result<Vec<Document>> {
+        let mut filter =
+            Filter::eq("Subject", subject).and(Filter::eq("Type", Literal::Int(doc_type.into())));
+        if let Some(a) = account {
+            filter = filter.and(Filter::eq("Account", a));
+        }
+        self.list(paths::DOCUMENTS, Some(&filter)).await
+    }
+
+    /// The files attached to a document (names and sizes, not their content).
+    pub async fn document_attachments(
+        &self,
+        document: ExactGuid,
+    ) -> Result<Vec<DocumentAttachment>> {
+        self.list(
+            paths::DOCUMENT_ATTACHMENTS,
+            Some(&Filter::eq("Document", document)),
+        )
+        .await
     }
 
     /// Attach a file (base64 in JSON) to a document.

@@ -923,6 +923,10 @@ pub struct Document {
     pub account: Option<ExactGuid>,
 }
 
+impl Entity for Document {
+    const SELECT: &'static [&'static str] = &["ID", "Subject", "Type", "Account"];
+}
+
 /// documents/DocumentAttachments.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct DocumentAttachment {
@@ -934,6 +938,11 @@ pub struct DocumentAttachment {
     pub file_name: Option<String>,
     #[serde(rename = "FileSize", default, with = "edm_double::option")]
     pub file_size: Option<Decimal>,
+}
+
+/// Without `Attachment`: listing a document's files never downloads them.
+impl Entity for DocumentAttachment {
+    const SELECT: &'static [&'static str] = &["ID", "Document", "FileName", "FileSize"];
 }
 
 /// webhooks/WebhookSubscriptions.

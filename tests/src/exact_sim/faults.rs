@@ -69,6 +69,15 @@ impl Faults {
         *self.active.lock().expect("faults lock") = None;
     }
 
+    /// Faults injected since the plan was set (latency not counted).
+    pub fn injected(&self) -> u32 {
+        self.active
+            .lock()
+            .expect("faults lock")
+            .as_ref()
+            .map_or(0, |a| a.injected)
+    }
+
     pub fn current(&self) -> Option<FaultPlan> {
         self.active
             .lock()

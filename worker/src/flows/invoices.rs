@@ -387,32 +387,68 @@ impl InvoiceFlow {
             self.ctx
                 .store
                 .key(&["invoice-doc", tenant_id.as_str(), &invoice.id.to_string()]);
-        // The document is remembered as soon as Exact has created it, with how many of the
-        // invoice's files it holds so far: `{id} {n}` while uploading, `{id}` once complete. A retry
-        // after a failed upload goes on with the same document rather than leaving an orphan in
-        // Exact. (An upload whose reply was lost is sent again: a duplicate file on the one
-        // document is the price, not a second document.)
+        // The document's progress is kept in Redis: `creating` while Exact is asked for it,
+        // `{id} {n}` once it exists and holds the first n of the invoice's files, `{id}` when
+        // complete. A retry picks up there instead of leaving an orphan document in Exact, and
+        // where the previous try's last call may have landed with its reply lost (a create or an
+        // upload), it asks Exact first: one read, on retries only.
         let ttl = Some(self.ctx.config.worker.idempotency_ttl);
         let stored = self.ctx.store.get_string(&doc_key).await?;
-        let resumed = stored.as_deref().and_then(|v| match v.split_once(' ') {
-            None => v.parse().ok().map(|g| (g, None)),
-            Some((g, n)) => Some((g.parse().ok()?, Some(n.parse::<usize>().ok()?))),
-        });
+        let resumed = match stored.as_deref() {
+            None => None,
+            Some(CREATING) => Some(DocProgress::Creating),
+            Some(v) => match v.split_once(' ') {
+                None => v.parse().ok().map(DocProgress::Complete),
+                Some((g, n)) => g
+                    .parse()
+                    .ok()
+                    .zip(n.parse::<usize>().ok())
+                    .map(|(g, n)| DocProgress::Uploading(g, n)),
+            },
+        };
         let exact = self.ctx.exact(tenant_id)?;
+        let subject = format!(
+            "Precoro invoice {} {}",
+            invoice.idn,
+            invoice.invoice_number.as_deref().unwrap_or("")
+        );
+        let subject = subject.trim();
+        // Exact document type 20 is a purchase invoice.
+        const PURCHASE_INVOICE: i32 = 20;
         let (document, uploaded): (ExactGuid, usize) = match resumed {
-            Some((document, None)) => return Ok(Some(document)),
-            Some((document, Some(n))) => (document, n),
-            None => {
-                let subject = format!(
-                    "Precoro invoice {} {}",
-                    invoice.idn,
-                    invoice.invoice_number.as_deref().unwrap_or("")
-                );
-                // Exact document type 20 is a purchase invoice.
-                let document = exact
-                    .create_document(subject.trim(), Some(supplier), 20)
-                    .await?
-                    .id;
+            Some(DocProgress::Complete(document)) => return Ok(Some(document)),
+            Some(DocProgress::Uploading(document, n)) => {
+                // Files go up in order, so what the document holds says how far the last try got.
+                let held = exact.document_attachments(document).await?.len();
+                let done = held.clamp(n, invoice.attachments.len());
+                if done != n {
+                    self.ctx
+                        .store
+                        .set_string(&doc_key, &format!("{document} {done}"), ttl)
+                        .await?;
+                }
+                (document, done)
+            }
+            resumed => {
+                let earlier = if matches!(resumed, Some(DocProgress::Creating)) {
+                    exact
+                        .find_documents(subject, Some(supplier), PURCHASE_INVOICE)
+                        .await?
+                        .into_iter()
+                        .next()
+                } else {
+                    None
+                };
+                let document = match earlier {
+                    Some(d) => d.id,
+                    None => {
+                        self.ctx.store.set_string(&doc_key, CREATING, ttl).await?;
+                        exact
+                            .create_document(subject, Some(supplier), PURCHASE_INVOICE)
+                            .await?
+                            .id
+                    }
+                };
                 self.ctx
                     .store
                     .set_string(&doc_key, &format!("{document} 0"), ttl)
@@ -439,6 +475,16 @@ impl InvoiceFlow {
             .await?;
         Ok(Some(document))
     }
+}
+
+/// The invoice document's Redis marker while Exact is asked to create it.
+const CREATING: &str = "creating";
+
+/// How far an earlier try got with an invoice's Exact document.
+enum DocProgress {
+    Creating,
+    Uploading(ExactGuid, usize),
+    Complete(ExactGuid),
 }
 
 enum Exported {

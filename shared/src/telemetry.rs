@@ -69,8 +69,10 @@ pub fn webhook_received(
     }
 }
 
-/// A message was handled by a flow, with its outcome (`ok`, `retry`, `rate_limited`, `dead_lettered`,
-/// `duplicate`).
+/// A message was handled by a flow, with its outcome (`ok`, `retry`, `busy`, `rate_limited`,
+/// `dead_lettered`, `duplicate`). Waiting on another worker's lease (`busy`) or on Exact's call
+/// budget (`rate_limited`) is the system pacing itself, logged at info; a failure that will be
+/// retried is a warning.
 pub fn event_processed(
     flow: &str,
     tenant: &str,
@@ -83,6 +85,9 @@ pub fn event_processed(
     match outcome {
         "ok" | "duplicate" | "skipped" => {
             tracing::info!(flow, tenant, event_id, outcome, detail, "event processed")
+        }
+        "busy" | "rate_limited" => {
+            tracing::info!(flow, tenant, event_id, outcome, detail, "event waits")
         }
         "dead_lettered" => tracing::error!(
             flow,

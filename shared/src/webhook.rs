@@ -86,9 +86,7 @@ fn decode_hashcode(hash: &str) -> Option<[u8; 32]> {
 }
 
 fn hmac_hex_lower(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    hex::encode(hmac_sha256(secret, body))
 }
 
 /// Accept `application/json` (with parameters) or no content type at all.

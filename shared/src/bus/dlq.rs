@@ -3,10 +3,12 @@
 //! Reading holds the messages unacknowledged on one channel and returns them to the queue when it
 //! closes, so looking never loses anything. A quorum queue takes those returns back through its
 //! log, after the close is acknowledged; every operation waits until they are ready again before
-//! it reports, so the next command (a replay right after a list) sees the whole DLQ. Replay re-publishes a message (confirmed) to
-//! `sync.events` under its original routing key with a fresh replay nonce and the attempt count
-//! reset, and only then acks it out of the DLQ: an interrupted replay leaves every message either
-//! still in the DLQ or re-published (or, at worst, both — and dedup absorbs the copy).
+//! it reports, so the next command (a replay right after a list) sees the whole DLQ.
+//!
+//! Replay re-publishes a message (confirmed) to `sync.events` under its original routing key with
+//! a fresh replay nonce and the attempt count reset, and only then acks it out of the DLQ: an
+//! interrupted replay leaves every message either still in the DLQ or re-published (or, at worst,
+//! both — and dedup absorbs the copy).
 
 use chrono::{DateTime, Utc};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};

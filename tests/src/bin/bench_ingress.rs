@@ -211,6 +211,13 @@ struct Window {
     cpu: Cpu,
 }
 
+impl Window {
+    /// Successful operations per second in this window.
+    fn rate(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
 /// One side's result at one level: its windows of every round together.
 struct RunResult {
     ok: u64,
@@ -850,9 +857,10 @@ async fn run_levels(
         for round in 0..args.rounds {
             // Who goes first alternates too: a window that follows a purge of the other side's
             // messages, or a long run of the broker, is not always the same side's.
-            for side in [round % 2, 1 - round % 2] {
+            let ingress_first = round % 2 == 0;
+            for ingress_turn in [ingress_first, !ingress_first] {
                 inspector.purge(flow_queue).await;
-                if side == 0 {
+                if ingress_turn {
                     let (sum0, count0) = confirm_totals(&render_metrics());
                     ingress.push(
                         closed_loop(broker.as_deref(), n, warmup, measure, sender.op()).await,
@@ -868,12 +876,11 @@ async fn run_levels(
                 }
             }
             if let (Some(i), Some(r)) = (ingress.last(), raw.last()) {
-                let rate = |w: &Window| w.latencies_us.len() as f64 / w.elapsed.as_secs_f64();
                 eprintln!(
                     "{n:>4} in flight, round {}: ingress {:>6.0}/s, raw {:>6.0}/s",
                     round + 1,
-                    rate(i),
-                    rate(r)
+                    i.rate(),
+                    r.rate()
                 );
             }
             if let Some(floor_sender) = &floor_sender {
@@ -885,10 +892,7 @@ async fn run_levels(
         let round_ratios = ingress
             .iter()
             .zip(&raw)
-            .map(|(i, r)| {
-                let rate = |w: &Window| w.latencies_us.len() as f64 / w.elapsed.as_secs_f64();
-                rate(i) / rate(r)
-            })
+            .map(|(i, r)| i.rate() / r.rate())
             .collect();
         let (ingress, raw) = (RunResult::merge(ingress), RunResult::merge(raw));
         let floor_result = floor_sender

@@ -387,24 +387,16 @@ impl InvoiceFlow {
             self.ctx
                 .store
                 .key(&["invoice-doc", tenant_id.as_str(), &invoice.id.to_string()]);
-        // The document's progress is kept in Redis: `creating` while Exact is asked for it,
-        // `{id} {n}` once it exists and holds the first n of the invoice's files, `{id}` when
-        // complete. A retry picks up there instead of leaving an orphan document in Exact, and
-        // where the previous try's last call may have landed with its reply lost (a create or an
-        // upload), it asks Exact first: one read, on retries only.
+        // The document's progress is kept in Redis (DocProgress). A retry picks up there instead
+        // of leaving an orphan document in Exact, and where the previous try's last call may have
+        // landed with its reply lost (a create or an upload), it asks Exact first: one read, on
+        // retries only.
         let ttl = Some(self.ctx.config.worker.idempotency_ttl);
         let stored = self.ctx.store.get_string(&doc_key).await?;
-        let resumed = match stored.as_deref() {
-            None => None,
-            Some(CREATING) => Some(DocProgress::Creating),
-            Some(v) => match v.split_once(' ') {
-                None => v.parse().ok().map(DocProgress::Complete),
-                Some((g, n)) => g
-                    .parse()
-                    .ok()
-                    .zip(n.parse::<usize>().ok())
-                    .map(|(g, n)| DocProgress::Uploading(g, n)),
-            },
+        let resumed = stored.as_deref().and_then(DocProgress::parse);
+        let save = |progress: DocProgress| {
+            let (store, key) = (&self.ctx.store, &doc_key);
+            async move { store.set_string(key, &progress.to_string(), ttl).await }
         };
         let exact = self.ctx.exact(tenant_id)?;
         let subject = format!(
@@ -422,10 +414,7 @@ impl InvoiceFlow {
                 let held = exact.document_attachments(document).await?.len();
                 let done = held.clamp(n, invoice.attachments.len());
                 if done != n {
-                    self.ctx
-                        .store
-                        .set_string(&doc_key, &format!("{document} {done}"), ttl)
-                        .await?;
+                    save(DocProgress::Uploading(document, done)).await?;
                 }
                 (document, done)
             }
@@ -442,17 +431,14 @@ impl InvoiceFlow {
                 let document = match earlier {
                     Some(d) => d.id,
                     None => {
-                        self.ctx.store.set_string(&doc_key, CREATING, ttl).await?;
+                        save(DocProgress::Creating).await?;
                         exact
                             .create_document(subject, Some(supplier), PURCHASE_INVOICE)
                             .await?
                             .id
                     }
                 };
-                self.ctx
-                    .store
-                    .set_string(&doc_key, &format!("{document} 0"), ttl)
-                    .await?;
+                save(DocProgress::Uploading(document, 0)).await?;
                 (document, 0)
             }
         };
@@ -464,27 +450,44 @@ impl InvoiceFlow {
                 .clone()
                 .unwrap_or_else(|| format!("invoice-{}.pdf", invoice.idn));
             exact.attach(document, &name, &bytes).await?;
-            self.ctx
-                .store
-                .set_string(&doc_key, &format!("{document} {}", i + 1), ttl)
-                .await?;
+            save(DocProgress::Uploading(document, i + 1)).await?;
         }
-        self.ctx
-            .store
-            .set_string(&doc_key, &document.to_string(), ttl)
-            .await?;
+        save(DocProgress::Complete(document)).await?;
         Ok(Some(document))
     }
 }
 
-/// The invoice document's Redis marker while Exact is asked to create it.
-const CREATING: &str = "creating";
-
-/// How far an earlier try got with an invoice's Exact document.
+/// How far a try got with an invoice's Exact document, as kept in Redis: `creating` while Exact
+/// is asked for it, `{id} {n}` once it exists and holds the invoice's first n files, `{id}` when
+/// complete.
 enum DocProgress {
     Creating,
     Uploading(ExactGuid, usize),
     Complete(ExactGuid),
+}
+
+impl DocProgress {
+    const CREATING: &str = "creating";
+
+    fn parse(stored: &str) -> Option<DocProgress> {
+        if stored == Self::CREATING {
+            return Some(DocProgress::Creating);
+        }
+        match stored.split_once(' ') {
+            None => stored.parse().ok().map(DocProgress::Complete),
+            Some((g, n)) => Some(DocProgress::Uploading(g.parse().ok()?, n.parse().ok()?)),
+        }
+    }
+}
+
+impl std::fmt::Display for DocProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DocProgress::Creating => f.write_str(Self::CREATING),
+            DocProgress::Uploading(document, n) => write!(f, "{document} {n}"),
+            DocProgress::Complete(document) => write!(f, "{document}"),
+        }
+    }
 }
 
 enum Exported {

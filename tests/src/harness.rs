@@ -348,21 +348,29 @@ impl Inspector {
             .collect();
         queues.push(names.dlq());
         queues.extend(cfg.retry_tiers.iter().map(|t| names.wait_queue(*t)));
+        // A failure is reported rather than hidden: after one, the channel is closed and the
+        // rest of the topology stays behind on the broker.
         for q in queues {
-            let _ = self
+            if let Err(e) = self
                 .channel
-                .queue_delete(q.into(), QueueDeleteOptions::default())
-                .await;
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+            {
+                eprintln!("cleanup: could not delete queue {q}: {e}");
+            }
         }
-        for e in [
+        for x in [
             names.events_exchange(),
             names.retry_exchange(),
             names.dead_exchange(),
         ] {
-            let _ = self
+            if let Err(e) = self
                 .channel
-                .exchange_delete(e.into(), ExchangeDeleteOptions::default())
-                .await;
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+            {
+                eprintln!("cleanup: could not delete exchange {x}: {e}");
+            }
         }
     }
 }

@@ -158,6 +158,7 @@ struct RawWorker {
     entity_lease: Option<HumanDuration>,
     scheduler_tick: Option<HumanDuration>,
     shutdown_grace: Option<HumanDuration>,
+    rate_limit_wait: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -312,6 +313,9 @@ pub struct WorkerConfig {
     pub entity_lease: Duration,
     pub scheduler_tick: Duration,
     pub shutdown_grace: Duration,
+    /// The longest wait for an API's call budget a handler sleeps through; a longer one puts the
+    /// message back (rate-limited, attempt not counted) so the consumer is free meanwhile.
+    pub rate_limit_wait: Duration,
 }
 
 impl WorkerConfig {
@@ -680,6 +684,12 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             .shutdown_grace
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(30)),
+        rate_limit_wait: positive(
+            "worker.rate_limit_wait",
+            w.rate_limit_wait
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(20)),
+        )?,
     };
     if worker.prefetch == 0 {
         return Err(field_err("worker.prefetch", "must be at least 1"));

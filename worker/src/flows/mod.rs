@@ -11,7 +11,6 @@ pub mod suppliers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use shared::bus::Publisher;
 use shared::config::{Config, TenantConfig};
@@ -37,7 +36,7 @@ pub struct Context {
 impl Context {
     pub fn new(config: Arc<Config>, store: Store, publisher: Publisher) -> Arc<Context> {
         // Waits up to this long are slept through inside a handler; longer ones re-queue the message.
-        let limiter = RateLimiter::new(store.clone(), Duration::from_secs(20));
+        let limiter = RateLimiter::new(store.clone(), config.worker.rate_limit_wait);
         let idem = Idempotency::new(
             store.clone(),
             config.worker.idempotency_lease,

@@ -136,6 +136,21 @@ impl Error {
         }
     }
 
+    /// The other side certainly did not act on the request: it never left (our rate limiter
+    /// refused it, or the company's Exact connection needs re-consent) or it was refused whole
+    /// (a 429, or any other 4xx but 408 and 409, which can follow a write that landed). A write
+    /// that failed so left nothing behind, so its retry needs no lookup before it creates.
+    /// Network errors and 5xx are never certain: the write may have been committed.
+    pub fn certainly_not_applied(&self) -> bool {
+        match self {
+            Error::RateLimited { .. } | Error::ConnectionBroken { .. } => true,
+            Error::Upstream { status, .. } => {
+                (400..500).contains(status) && !matches!(status, 408 | 409)
+            }
+            _ => false,
+        }
+    }
+
     /// How long to wait before trying again, when the error says.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -225,5 +240,32 @@ mod tests {
             .retry_after(),
             Some(Duration::from_secs(3))
         );
+    }
+
+    #[test]
+    fn only_refusals_before_any_effect_are_certainly_not_applied() {
+        let limited = Error::RateLimited {
+            api: Api::Exact,
+            retry_after: Duration::from_secs(30),
+        };
+        let broken = Error::ConnectionBroken {
+            tenant: "acme".into(),
+            message: "refresh token refused".into(),
+        };
+        for refused in [limited, broken, upstream(400), upstream(422), upstream(429)] {
+            assert!(refused.certainly_not_applied(), "{refused}");
+        }
+        // A write may have landed before any of these.
+        for unsure in [
+            upstream(408),
+            upstream(409),
+            upstream(500),
+            upstream(503),
+            Error::network(Api::Exact, "got no reply"),
+            Error::Redis("connection reset".into()),
+            Error::Other(anyhow::anyhow!("?")),
+        ] {
+            assert!(!unsure.certainly_not_applied(), "{unsure}");
+        }
     }
 }

@@ -555,3 +555,75 @@ async fn a_failed_or_unanswered_pdf_step_leaves_one_document_with_one_file() {
         stack.stop().await;
     }
 }
+
+/// A create our own rate limiter refuses never reached Exact, so its retry goes straight to the
+/// create: no lookup for an entry or a document that cannot exist, which would spend the same
+/// budget that was just exhausted. Exact's budget for the company is paused for 6 s while two
+/// invoices are approved (handlers sleep through waits of up to 1 s here, so the first try of
+/// each is refused and put back): one with a PDF, whose first Exact call is the document create,
+/// and one without, whose first is the entry create.
+#[tokio::test]
+async fn a_create_refused_by_the_rate_limiter_is_retried_without_a_lookup() {
+    let world = World::build(WorldOptions {
+        tag: "inv-limited",
+        ..Default::default()
+    })
+    .await;
+    let mut config = world.config.clone();
+    config.worker.rate_limit_wait = Duration::from_secs(1);
+    let world = World { config, ..world };
+    let stack = Stack::start(&world, 1, false).await;
+    let tenant = &world.config.tenants[0];
+    let limiter = RateLimiter::new(world.store.clone(), Duration::from_secs(1));
+    let exact =
+        shared::exact::ExactClient::for_tenant(tenant, world.store.clone(), limiter.clone());
+    let mut approve = Vec::new();
+    for (number, pdf) in [("LIM-PDF", true), ("LIM-PLAIN", false)] {
+        let (_, idn) = world.invoice(InvoiceDraft {
+            number: number.into(),
+            supplier: world.ids.suppliers[0],
+            lines: vec![line("Paper", 5, "4.20", "4000", 21)],
+            status: 1,
+            pdf,
+            ..Default::default()
+        });
+        approve.push(idn);
+    }
+    let pause = Duration::from_secs(6);
+    limiter.pause_for(exact.limits(), pause).await.unwrap();
+    let started = std::time::Instant::now();
+    for idn in approve {
+        world.precoro.approve_invoice(idn);
+    }
+
+    for number in ["LIM-PDF", "LIM-PLAIN"] {
+        let entries = booked(&world, number, Duration::from_secs(30)).await;
+        assert_eq!(entries.len(), 1, "{number}: booked once");
+    }
+    assert!(
+        started.elapsed() >= pause - Duration::from_secs(1),
+        "the bookings waited for the pause ({:?}), so the first tries were refused",
+        started.elapsed()
+    );
+    assert_eq!(
+        world
+            .exact
+            .count_calls("GET", "purchaseentry/PurchaseEntries"),
+        0,
+        "no entry lookup"
+    );
+    assert_eq!(
+        world.exact.count_calls("GET", "documents/Documents"),
+        0,
+        "no document lookup"
+    );
+    assert_eq!(
+        world
+            .exact
+            .rows(world.division, "documents/Documents")
+            .len(),
+        1
+    );
+    assert_eq!(world.exact.document_attachments(world.division).len(), 1);
+    stack.stop().await;
+}

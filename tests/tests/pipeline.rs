@@ -722,3 +722,54 @@ async fn listing_the_dead_letters_leaves_them_all_for_the_next_command() {
     }
     insp.delete_topology(&cfg.broker).await;
 }
+
+/// The "an earlier attempt may have written" mark: a claim after it reports `maybe_attempted`,
+/// the attempt that set it can take it back (its write certainly did not happen), and taking
+/// back one's own mark never removes a mark another attempt set meanwhile.
+#[tokio::test]
+async fn an_attempt_mark_is_taken_back_only_by_the_attempt_that_set_it() {
+    use shared::store::idempotency::{Claim, Idempotency};
+    let env = EnvSpec::new("attempt-mark");
+    let cfg = harness::config(&env, &[TenantSpec::new("acme", 4246)]);
+    let store = Store::connect(&cfg.redis).await.expect("redis up");
+    let idem = Idempotency::new(
+        store.clone(),
+        Duration::from_secs(30),
+        Duration::from_secs(300),
+    );
+    let scope = "invoice:acme:id:1";
+    let maybe_attempted = |claim: Claim| match claim {
+        Claim::Acquired {
+            maybe_attempted, ..
+        } => maybe_attempted,
+        other => panic!("expected to acquire, got {other:?}"),
+    };
+    let claim = |idem: &Idempotency| {
+        let idem = idem.clone();
+        async move {
+            let c = idem.claim(scope).await.unwrap();
+            if let Claim::Acquired { token, .. } = &c {
+                idem.release(scope, token).await.unwrap();
+            }
+            c
+        }
+    };
+
+    assert!(!maybe_attempted(claim(&idem).await), "a fresh scope");
+    let mine = idem.mark_attempted(scope).await.unwrap();
+    assert!(maybe_attempted(claim(&idem).await), "marked");
+    idem.unmark_attempted(scope, &mine).await.unwrap();
+    assert!(!maybe_attempted(claim(&idem).await), "taken back");
+
+    // Another attempt marks after ours: taking ours back leaves theirs.
+    let mine = idem.mark_attempted(scope).await.unwrap();
+    let _theirs = idem.mark_attempted(scope).await.unwrap();
+    idem.unmark_attempted(scope, &mine).await.unwrap();
+    assert!(
+        maybe_attempted(claim(&idem).await),
+        "the other attempt's mark stays"
+    );
+    for key in store.scan_keys(&store.key(&["*"])).await.unwrap() {
+        store.del(&key).await.unwrap();
+    }
+}

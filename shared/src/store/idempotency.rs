@@ -38,6 +38,10 @@ pub enum Claim {
     InProgress,
 }
 
+/// One attempt's "the write may have happened" mark (see [`Idempotency::mark_attempted`]).
+#[derive(Debug)]
+pub struct AttemptMark(String);
+
 #[derive(Clone)]
 pub struct Idempotency {
     store: Store,
@@ -85,10 +89,21 @@ impl Idempotency {
     }
 
     /// Record that the external write is about to happen. Kept as long as a result would be.
-    pub async fn mark_attempted(&self, scope: &str) -> Result<()> {
+    /// The returned mark takes it back if the write certainly did not happen.
+    pub async fn mark_attempted(&self, scope: &str) -> Result<AttemptMark> {
+        let token = crate::ids::random_uuid().to_string();
         self.store
-            .set_string(&self.attempted_key(scope), "1", Some(self.ttl))
-            .await
+            .set_string(&self.attempted_key(scope), &token, Some(self.ttl))
+            .await?;
+        Ok(AttemptMark(token))
+    }
+
+    /// Take back a mark whose write certainly did not reach the other side (see
+    /// [`crate::Error::certainly_not_applied`]), so the retry is not charged a lookup. Only our
+    /// own mark goes: one set meanwhile by another worker's attempt stays.
+    pub async fn unmark_attempted(&self, scope: &str, mark: &AttemptMark) -> Result<()> {
+        super::lease::release_if_owner(&self.store, &self.attempted_key(scope), &mark.0).await?;
+        Ok(())
     }
 
     /// Store the result; false when the lease had been taken over by someone else meanwhile.

@@ -24,6 +24,7 @@ use shared::error::{Error, Result};
 use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, InvoiceQuery, PrecoroClient};
 use shared::store::idempotency::Claim;
+use shared::store::lease::release_if_owner;
 
 use super::Context;
 use super::invoice_map::{self, APPROVED};
@@ -319,10 +320,16 @@ impl InvoiceFlow {
         }
 
         // Write.
-        self.ctx.idem.mark_attempted(scope).await?;
+        let mark = self.ctx.idem.mark_attempted(scope).await?;
         let created = match exact.create_purchase_entry(&entry).await {
             Ok(c) => c,
             Err(e) => {
+                // Refused before Exact acted on it (most often our own rate limiter, which
+                // refuses while the budget is spent): the retry need not look up first. Where an
+                // earlier attempt may have written, its lookup found nothing but the mark stays.
+                if !may_exist && e.certainly_not_applied() {
+                    let _ = self.ctx.idem.unmark_attempted(scope, &mark).await;
+                }
                 if matches!(
                     e,
                     Error::Upstream {
@@ -432,10 +439,25 @@ impl InvoiceFlow {
                     Some(d) => d.id,
                     None => {
                         save(DocProgress::Creating).await?;
-                        exact
+                        match exact
                             .create_document(subject, Some(supplier), PURCHASE_INVOICE)
-                            .await?
-                            .id
+                            .await
+                        {
+                            Ok(created) => created.id,
+                            Err(e) => {
+                                // As for the entry: a create Exact never acted on leaves no
+                                // `creating` behind to be looked up, unless an earlier one did.
+                                if resumed.is_none() && e.certainly_not_applied() {
+                                    let _ = release_if_owner(
+                                        &self.ctx.store,
+                                        &doc_key,
+                                        DocProgress::CREATING,
+                                    )
+                                    .await;
+                                }
+                                return Err(e);
+                            }
+                        }
                     }
                 };
                 save(DocProgress::Uploading(document, 0)).await?;

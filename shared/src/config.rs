@@ -1024,6 +1024,7 @@ mod tests {
         );
         assert!(t.flows.invoices.enabled);
         assert_eq!(t.flows.reference.kinds.len(), 6);
+        assert_eq!(c.worker.rate_limit_wait, Duration::from_secs(20));
         assert!(
             !format!("{t:?}").contains("s3cret"),
             "secrets never reach Debug output"
@@ -1077,6 +1078,13 @@ mod tests {
             "[tenants.flows.payments]\npoll_every = \"10 parsecs\"\n[tenants.custom_fields]",
         );
         assert!(err(&bad_every, &env).contains("unknown unit"));
+        assert!(
+            err(
+                &format!("[worker]\nrate_limit_wait = \"0s\"\n{MINIMAL}"),
+                &env
+            )
+            .starts_with("worker.rate_limit_wait:")
+        );
     }
 
     #[test]
@@ -1093,6 +1101,7 @@ mod tests {
             c.tenants[0].flows.reference.every[&ReferenceKind::GlAccounts],
             Duration::from_secs(900)
         );
+        assert_eq!(c.worker.rate_limit_wait, Duration::from_secs(20));
     }
 
     #[test]

@@ -438,16 +438,21 @@ impl InvoiceFlow {
                 let document = match earlier {
                     Some(d) => d.id,
                     None => {
-                        save(DocProgress::Creating).await?;
+                        // `creating` goes in before the call (an earlier try's is still there),
+                        // so a create whose reply is lost is looked up on the next try.
+                        let marked_now = resumed.is_none();
+                        if marked_now {
+                            save(DocProgress::Creating).await?;
+                        }
                         match exact
                             .create_document(subject, Some(supplier), PURCHASE_INVOICE)
                             .await
                         {
                             Ok(created) => created.id,
                             Err(e) => {
-                                // As for the entry: a create Exact never acted on leaves no
-                                // `creating` behind to be looked up, unless an earlier one did.
-                                if resumed.is_none() && e.certainly_not_applied() {
+                                // As for the entry: a create Exact never acted on takes back the
+                                // `creating` it wrote, so the retry does not look it up.
+                                if marked_now && e.certainly_not_applied() {
                                     let _ = release_if_owner(
                                         &self.ctx.store,
                                         &doc_key,

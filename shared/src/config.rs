@@ -136,6 +136,10 @@ struct RawBroker {
 struct RawRedis {
     url: Option<String>,
     prefix: Option<String>,
+    loss_fence: Option<HumanDuration>,
+    loss_recovery: Option<HumanDuration>,
+    min_replicas: Option<u32>,
+    replica_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -159,6 +163,7 @@ struct RawWorker {
     scheduler_tick: Option<HumanDuration>,
     shutdown_grace: Option<HumanDuration>,
     rate_limit_wait: Option<HumanDuration>,
+    request_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -292,6 +297,32 @@ pub struct RedisConfig {
     pub url: String,
     /// Prefix for every key; tests use a unique one each.
     pub prefix: String,
+    /// After Redis lost its data: how long every claim waits, so that work begun before the loss
+    /// has finished its write (`store::claim`). At least `2 × worker.request_timeout +
+    /// worker.rate_limit_wait`; by default the longer of that and the leases.
+    pub loss_fence: Duration,
+    /// After Redis lost its data: how long every claim looks up before creating (by default
+    /// `worker.idempotency_ttl`, the life of an attempt mark).
+    pub loss_recovery: Duration,
+    /// Replicas that must acknowledge each claim and attempt mark (`WAIT`) before an external
+    /// write; 0 for a single node.
+    pub min_replicas: u32,
+    /// How long a claim waits for those acknowledgements.
+    pub replica_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// A single node at `url` with every other setting at its default (tools and tests).
+    pub fn single_node(url: &str, prefix: &str) -> Self {
+        RedisConfig {
+            url: url.into(),
+            prefix: prefix.into(),
+            loss_fence: Duration::from_secs(140),
+            loss_recovery: Duration::from_secs(14 * 86_400),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +347,8 @@ pub struct WorkerConfig {
     /// The longest wait for an API's call budget a handler sleeps through; a longer one puts the
     /// message back (rate-limited, attempt not counted) so the consumer is free meanwhile.
     pub rate_limit_wait: Duration,
+    /// Timeout of one Exact or Precoro request.
+    pub request_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -602,8 +635,9 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         return Err(field_err("broker.max_attempts", "must be at least 1"));
     }
 
+    let mut raw_redis = raw.redis;
     let redis_url = env(REDIS_URL_ENV)
-        .or(raw.redis.url)
+        .or(raw_redis.url.take())
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
         return Err(field_err(
@@ -611,10 +645,6 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             format!("'{redis_url}' must start with redis:// or rediss://"),
         ));
     }
-    let redis = RedisConfig {
-        url: redis_url,
-        prefix: raw.redis.prefix.unwrap_or_else(|| "pe".into()),
-    };
 
     let listen = env(LISTEN_ENV)
         .or(raw.ingress.listen)
@@ -690,6 +720,12 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(20)),
         )?,
+        request_timeout: positive(
+            "worker.request_timeout",
+            w.request_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(60)),
+        )?,
     };
     if worker.prefetch == 0 {
         return Err(field_err("worker.prefetch", "must be at least 1"));
@@ -717,6 +753,42 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             "must be longer than worker.idempotency_lease",
         ));
     }
+
+    // The longest time between a claim's last check and the end of the write it guards: the
+    // budget wait, a token call, the request (store::claim).
+    let write_window = 2 * worker.request_timeout + worker.rate_limit_wait;
+    let loss_fence = match raw_redis.loss_fence {
+        Some(d) if d.0 < write_window => {
+            return Err(field_err(
+                "redis.loss_fence",
+                format!(
+                    "must be at least 2 × worker.request_timeout + worker.rate_limit_wait ({} s), so that work begun before a loss has finished writing",
+                    write_window.as_secs()
+                ),
+            ));
+        }
+        Some(d) => d.0,
+        None => write_window
+            .max(worker.idempotency_lease)
+            .max(worker.entity_lease),
+    };
+    let redis = RedisConfig {
+        url: redis_url,
+        prefix: raw_redis.prefix.unwrap_or_else(|| "pe".into()),
+        loss_fence,
+        loss_recovery: raw_redis
+            .loss_recovery
+            .map(|d| d.0)
+            .unwrap_or(worker.idempotency_ttl),
+        min_replicas: raw_redis.min_replicas.unwrap_or(0),
+        replica_timeout: positive(
+            "redis.replica_timeout",
+            raw_redis
+                .replica_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(2)),
+        )?,
+    };
 
     let telemetry = TelemetryConfig {
         json_logs: raw.telemetry.json_logs.unwrap_or(false),
@@ -1102,6 +1174,29 @@ mod tests {
             Duration::from_secs(900)
         );
         assert_eq!(c.worker.rate_limit_wait, Duration::from_secs(20));
+        assert_eq!(c.worker.request_timeout, Duration::from_secs(60));
+        assert_eq!(c.redis.min_replicas, 0);
+    }
+
+    #[test]
+    fn the_loss_fence_covers_a_write_begun_before_the_loss() {
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        // 2 × 60 s + 20 s, longer than the 2 min leases.
+        assert_eq!(c.redis.loss_fence, Duration::from_secs(140));
+        assert_eq!(c.redis.loss_recovery, c.worker.idempotency_ttl);
+        let short = format!(
+            "[worker]\nrequest_timeout = \"5s\"\nrate_limit_wait = \"2s\"\nidempotency_lease = \"3s\"\nentity_lease = \"3s\"\n{MINIMAL}"
+        );
+        assert_eq!(
+            Config::from_toml(&short, &env).unwrap().redis.loss_fence,
+            Duration::from_secs(12)
+        );
+        let too_short = format!(
+            "[redis]\nloss_fence = \"30s\"\n[worker]\nrequest_timeout = \"20s\"\n{MINIMAL}"
+        );
+        let e = err(&too_short, &env);
+        assert!(e.starts_with("redis.loss_fence:"), "{e}");
+        assert!(e.contains("60 s"), "{e}");
     }
 
     #[test]

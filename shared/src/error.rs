@@ -98,6 +98,14 @@ pub enum Error {
     #[error("busy: {0}")]
     LeaseHeld(String),
 
+    /// Claims are held back for a while (Redis lost its state, or its replicas did not
+    /// acknowledge): wait without counting an attempt.
+    #[error("waiting: {reason}; retry in {}s", retry_after.as_secs().max(1))]
+    Fenced {
+        reason: String,
+        retry_after: Duration,
+    },
+
     #[error("redis: {0}")]
     Redis(String),
 
@@ -115,7 +123,7 @@ impl Error {
     /// The one retry-class table.
     pub fn retry_class(&self) -> RetryClass {
         match self {
-            Error::LeaseHeld(_) => RetryClass::Busy,
+            Error::LeaseHeld(_) | Error::Fenced { .. } => RetryClass::Busy,
             Error::Network { .. } | Error::Redis(_) | Error::Broker(_) | Error::Other(_) => {
                 RetryClass::Transient
             }
@@ -154,7 +162,9 @@ impl Error {
     /// How long to wait before trying again, when the error says.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            Error::RateLimited { retry_after, .. } | Error::Fenced { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }
@@ -171,6 +181,7 @@ impl Error {
             Error::FlowDisabled { .. } => "flow_disabled",
             Error::UnknownTenant(_) => "unknown_tenant",
             Error::LeaseHeld(_) => "lease_held",
+            Error::Fenced { .. } => "fenced",
             Error::Redis(_) => "redis",
             Error::Broker(_) => "broker",
             Error::Malformed(_) => "malformed",

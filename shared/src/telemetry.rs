@@ -50,6 +50,7 @@ pub mod names {
     pub const API_REQUESTS: &str = "api_requests_total";
     pub const RATELIMIT_WAIT: &str = "ratelimit_wait_seconds";
     pub const DLQ_MESSAGES: &str = "dlq_messages";
+    pub const REDIS_STATE_LOST: &str = "redis_state_lost_total";
 }
 
 /// A webhook arrived and was accepted, ignored or refused.
@@ -116,4 +117,25 @@ pub fn backlog(flow: &str, seconds: f64) {
 /// A message was moved to the DLQ.
 pub fn dead_lettered(flow: &str) {
     metrics::counter!(names::DLQ_MESSAGES, "flow" => flow.to_string()).increment(1);
+}
+
+/// Redis lost its data, or may have (the installation epoch was missing although the
+/// installation ran before, or the server restarted or failed over since): claims are fenced, then
+/// look up before creating. Loud, because the Exact tokens may be gone too.
+pub fn redis_state_lost(
+    prefix: &str,
+    epoch: &str,
+    cause: &str,
+    fence: std::time::Duration,
+    recovery: std::time::Duration,
+) {
+    metrics::counter!(names::REDIS_STATE_LOST).increment(1);
+    tracing::error!(
+        prefix,
+        epoch,
+        cause,
+        fence_s = fence.as_secs(),
+        recovery_s = recovery.as_secs(),
+        "Redis lost its state: new claims wait out the fence, then look up before creating"
+    );
 }

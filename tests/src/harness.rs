@@ -71,6 +71,10 @@ pub struct EnvSpec {
     pub max_attempts: u32,
     pub delivery_limit: u32,
     pub extra_toml: String,
+    /// Extra lines for the `[redis]` table.
+    pub redis_toml: String,
+    /// `redis.url` ([`REDIS_URL`] unless a test runs its own Redis).
+    pub redis_url: String,
 }
 
 impl EnvSpec {
@@ -82,6 +86,8 @@ impl EnvSpec {
             max_attempts: 5,
             delivery_limit: 5,
             extra_toml: String::new(),
+            redis_toml: String::new(),
+            redis_url: REDIS_URL.into(),
         }
     }
 }
@@ -109,9 +115,9 @@ delivery_limit = {delivery_limit}
 confirm_timeout = "5s"
 
 [redis]
-url = "{REDIS_URL}"
+url = "{redis_url}"
 prefix = "{prefix}"
-
+{redis_extra}
 [ingress]
 listen = "127.0.0.1:0"
 
@@ -128,6 +134,8 @@ shutdown_grace = "5s"
         max_attempts = env.max_attempts,
         delivery_limit = env.delivery_limit,
         extra = env.extra_toml,
+        redis_extra = env.redis_toml,
+        redis_url = env.redis_url,
     );
     for t in tenants {
         s.push_str(&format!(
@@ -363,6 +371,7 @@ impl Inspector {
             names.events_exchange(),
             names.retry_exchange(),
             names.dead_exchange(),
+            names.installed_exchange(),
         ] {
             if let Err(e) = self
                 .channel

@@ -2,6 +2,7 @@
 //! fault injection and call logs, plus the harness that starts ingress and workers in-process.
 
 pub mod exact_sim;
+pub mod gate;
 pub mod harness;
 pub mod precoro_sim;
 pub mod reliability;

@@ -41,15 +41,27 @@ pub const PAYMENTS_TOML: &str = "[tenants.flows.payments]\npoll_every = \"1h\"\n
 
 /// A world whose Exact limits do not pace the scenario (the storm sets its own), with payments
 /// polled on demand: what every reliability scenario starts from.
+///
+/// Requests time out after 5 s and budget waits stop at 2 s, so the fence after a Redis loss
+/// (at least twice the one plus the other) is 12 s rather than production's minutes.
 pub fn fast_world(tag: &'static str) -> crate::world::WorldOptions {
+    let mut env = crate::harness::EnvSpec::new(tag);
+    env.extra_toml = FAST_LOSS_WORKER.into();
+    env.redis_toml = FAST_LOSS_REDIS.into();
     crate::world::WorldOptions {
         tag,
         exact_minutely: 1_000_000,
         exact_daily: 100_000_000,
         tenant_toml: PAYMENTS_TOML.into(),
+        env: Some(env),
         ..Default::default()
     }
 }
+
+/// `[worker]` lines of [`fast_world`].
+pub const FAST_LOSS_WORKER: &str = "request_timeout = \"5s\"\nrate_limit_wait = \"2s\"\n";
+/// `[redis]` lines of [`fast_world`].
+pub const FAST_LOSS_REDIS: &str = "loss_fence = \"12s\"\n";
 
 // ---------------------------------------------------------------------------------------------
 // The report
@@ -297,6 +309,7 @@ pub async fn run_worker(path: &Path, flows: &[String]) -> anyhow::Result<()> {
                 h,
                 publisher.clone(),
                 store.clone(),
+                ctx.claims.clone(),
             );
             tasks.spawn(c.run(rx.clone()));
         }};
@@ -642,7 +655,7 @@ pub async fn crash_payments(
     })
 }
 
-fn decimal(v: &Value) -> anyhow::Result<Decimal> {
+pub fn decimal(v: &Value) -> anyhow::Result<Decimal> {
     let s = match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -1080,7 +1093,7 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
 pub async fn flush_prefix(world: &World, keep_tokens: bool) -> anyhow::Result<usize> {
     let mut conn = world.store.conn();
     let pattern = format!("{}:*", world.store.prefix());
-    let tokens = world.store.key(&["oauth", "exact"]);
+    let tokens = world.store.keys().exact_tokens_prefix();
     let doomed: Vec<String> = world
         .store
         .scan_keys(&pattern)
@@ -1185,4 +1198,182 @@ pub async fn token_loss(world: &World, ingress_base: &str) -> anyhow::Result<Tok
         reason.chars().take(90).collect::<String>()
     );
     Ok(check)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis forgets while a write is in flight
+// ---------------------------------------------------------------------------------------------
+
+/// A world for the deterministic Redis-loss races: like [`fast_world`], but requests may take
+/// 10 s, so worker A can be held inside its write while the test flushes Redis and sends
+/// duplicates; the fence (22 s) covers that.
+pub fn race_world(tag: &'static str) -> crate::world::WorldOptions {
+    let mut opts = fast_world(tag);
+    if let Some(env) = opts.env.as_mut() {
+        env.extra_toml = "request_timeout = \"10s\"\nrate_limit_wait = \"2s\"\n".into();
+        env.redis_toml = "loss_fence = \"22s\"\n".into();
+    }
+    opts
+}
+
+/// The race, once `gate` holds worker A inside its write: Redis forgets everything of ours (the
+/// tokens kept), `duplicates` sends the hints that race A, they must wait behind the fence, then A
+/// is let go and everything runs to the end. What was booked is the caller's to check.
+pub async fn flush_while_held(
+    world: &World,
+    gate: crate::gate::Gate,
+    duplicates: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if !gate.arrived(Duration::from_secs(30)).await {
+        bail!("worker A never reached the held write");
+    }
+    if flush_prefix(world, true).await? == 0 {
+        bail!("the flush found nothing to delete");
+    }
+    duplicates.await;
+    if !deferred(world, Duration::from_secs(8)).await {
+        bail!("no hint waited behind the fence");
+    }
+    gate.release();
+    if !settled_after_fence(world, Duration::from_secs(60)).await {
+        bail!("the hints did not all run after the fence");
+    }
+    Ok(())
+}
+
+/// Post every webhook the Precoro simulator delivered for invoice `idn` to the ingress again, as
+/// a sender's retry would. Returns how many the ingress accepted.
+pub async fn resend_invoice_webhooks(world: &World, ingress_base: &str, idn: i64) -> usize {
+    let url = world.precoro_webhook_url(ingress_base);
+    let http = reqwest::Client::new();
+    let mut accepted = 0;
+    for d in world.precoro.webhook_deliveries() {
+        if d.payload["idn"].as_i64() != Some(idn) {
+            continue;
+        }
+        if let Ok(r) = http.post(&url).json(&d.payload).send().await
+            && r.status().is_success()
+        {
+            accepted += 1;
+        }
+    }
+    accepted
+}
+
+/// A signed Exact webhook for `topic` and `key`, posted to the ingress; true when accepted.
+pub async fn send_exact_webhook(
+    world: &World,
+    ingress_base: &str,
+    topic: &str,
+    key: ExactGuid,
+) -> bool {
+    let t = &world.config.tenants[0];
+    let content = json!({
+        "Topic": topic,
+        "ClientId": t.exact.client_id,
+        "Division": world.division.0,
+        "Action": "Update",
+        "Key": key.to_string(),
+        "ExactOnlineEndpoint": format!("{}/api/v1/{}/x(guid'{key}')", t.exact.host, world.division.0),
+        "EventCreatedOn": "2026-11-30T12:00:00.000",
+    })
+    .to_string();
+    let hash = shared::webhook::exact_hashcode(
+        t.exact.webhook_secret.expose().as_bytes(),
+        content.as_bytes(),
+    );
+    let body = format!(r#"{{"Content":{content},"HashCode":"{hash}"}}"#);
+    reqwest::Client::new()
+        .post(format!("{ingress_base}/webhooks/exact"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Publish a scheduler job (`job.{entity}.{action}`), as the scheduler's next slot would.
+pub async fn publish_job(world: &World, entity: &str, action: &str) -> anyhow::Result<()> {
+    let publisher = Publisher::connect(&world.config.broker).await?;
+    let env = Envelope::new(
+        TenantId::from(TENANT),
+        Source::Job,
+        entity,
+        action,
+        json!({}),
+    );
+    publisher.publish_envelope(&env, Default::default()).await?;
+    publisher.close(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// The wait queues of the world's broker prefix.
+fn wait_queues(world: &World) -> Vec<String> {
+    let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
+    world
+        .config
+        .broker
+        .retry_tiers
+        .iter()
+        .map(|t| names.wait_queue(*t))
+        .collect()
+}
+
+/// Wait until some message sits in a wait queue (a hint deferred behind the fence).
+pub async fn deferred(world: &World, within: Duration) -> bool {
+    let insp = Inspector::connect().await;
+    let queues = wait_queues(world);
+    eventually(within, || async {
+        let mut n = 0;
+        for q in &queues {
+            n += insp.depth(q).await;
+        }
+        n > 0
+    })
+    .await
+}
+
+/// Wait until the fence opened after a loss has passed (Redis time), then until the flow and wait
+/// queues read empty three times in a row, half a second apart: every deferred hint has run.
+pub async fn settled_after_fence(world: &World, within: Duration) -> bool {
+    let store = &world.store;
+    let epoch = store.keys().epoch();
+    let fence_over = eventually(within, || async {
+        let until = store
+            .get_hash_field(&epoch, "fenced_until")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<i64>().ok());
+        match (until, store.now_ms().await) {
+            (Some(until), Ok(now)) => now >= until,
+            _ => false,
+        }
+    })
+    .await;
+    if !fence_over {
+        return false;
+    }
+    let insp = Inspector::connect().await;
+    let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
+    let mut queues = wait_queues(world);
+    queues.extend(
+        shared::bus::topology::FLOWS
+            .iter()
+            .map(|f| names.flow_queue(f)),
+    );
+    let mut quiet_reads = 0;
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let mut n = 0;
+        for q in &queues {
+            n += insp.depth(q).await;
+        }
+        quiet_reads = if n == 0 { quiet_reads + 1 } else { 0 };
+        if quiet_reads >= 3 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
 }

@@ -334,6 +334,16 @@ impl World {
     }
 
     /// The Exact entries booked for a YourRef.
+    /// Every dead letter of this world's broker prefix (listing leaves them in place).
+    pub async fn dead_letters(&self) -> Vec<shared::bus::dlq::DeadLetter> {
+        shared::bus::dlq::DeadLetters::connect(&self.config.broker)
+            .await
+            .expect("broker up")
+            .list(&shared::bus::dlq::Filter::default())
+            .await
+            .expect("the DLQ lists")
+    }
+
     pub fn entries_for(&self, your_ref: &str) -> Vec<serde_json::Value> {
         self.exact
             .purchase_entries(self.division)

@@ -29,12 +29,9 @@ fn unique(kind: &str) -> String {
 }
 
 async fn store(prefix: &str) -> Store {
-    Store::connect(&RedisConfig {
-        url: "redis://127.0.0.1:6379".into(),
-        prefix: prefix.into(),
-    })
-    .await
-    .expect("Redis at 127.0.0.1:6379")
+    Store::connect(&RedisConfig::single_node("redis://127.0.0.1:6379", prefix))
+        .await
+        .expect("Redis at 127.0.0.1:6379")
 }
 
 fn exact_config(sim: &ExactSim, minutely_limit: u32) -> ExactConfig {

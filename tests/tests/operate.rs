@@ -799,7 +799,11 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
     assert_eq!(taken[0].routing_key, "job.suppliers.reconcile");
     let cursor = world
         .store
-        .get_string(&world.store.key(&["cursor", "precoro", TENANT, "suppliers"]))
+        .get_string(&world.store.keys().cursor(
+            shared::store::keys::ApiName::Precoro,
+            &shared::ids::TenantId::from(TENANT),
+            "suppliers",
+        ))
         .await
         .unwrap();
     assert_eq!(cursor.as_deref(), Some("2026-10-01T00:00:00+00:00"));

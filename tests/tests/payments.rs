@@ -431,12 +431,7 @@ async fn overpayment_is_capped_and_a_cent_of_rounding_is_snapped() {
     poll(&stack).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(world.precoro.payments_for(id2).len(), 1);
-    let dead = DeadLetters::connect(&world.config.broker)
-        .await
-        .unwrap()
-        .list(&Filter::default())
-        .await
-        .unwrap();
+    let dead = world.dead_letters().await;
     assert!(dead.is_empty(), "no rejected payment: {dead:?}");
     stack.stop().await;
 }
@@ -598,12 +593,10 @@ async fn a_poll_waits_for_an_entry_being_settled_rather_than_step_over_its_rows(
     let ctx = &stack.workers[0].context;
     // A worker is settling this entry (it holds the entry's lease): it may have posted a payment to
     // Precoro and not yet recorded it, so the poll must not decide about the entry's rows yet.
-    let lock = shared::bus::consumer::entity_lock_key(
-        &ctx.store,
-        "payments",
-        &tenant(),
-        &entry_key(entry),
-    );
+    let lock = ctx
+        .store
+        .keys()
+        .entity_lease("payments", &tenant(), &entry_key(entry));
     ctx.store
         .set_string(&lock, "held-by-a-test", Some(Duration::from_secs(30)))
         .await

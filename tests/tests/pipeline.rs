@@ -13,6 +13,7 @@ use shared::config::Config;
 use shared::error::Error;
 use shared::ids::TenantId;
 use shared::store::Store;
+use shared::store::claim::{ClaimGuard, ClaimSettings, Claimed, Claims};
 use shared::webhook::exact_hashcode;
 use testbed::harness::{self, CuttableProxy, EnvSpec, Inspector, TenantSpec, eventually};
 use tokio::sync::{Notify, watch};
@@ -467,7 +468,8 @@ struct Worker {
 async fn start_worker(cfg: &Config, probe: Arc<Probe>) -> Worker {
     let store = Store::connect(&cfg.redis).await.unwrap();
     let publisher = Publisher::new(&cfg.broker);
-    let consumer = FlowConsumer::new(&cfg.broker, &cfg.worker, probe, publisher, store);
+    let claims = shared::bus::witness::claims(store.clone(), cfg);
+    let consumer = FlowConsumer::new(&cfg.broker, &cfg.worker, probe, publisher, store, claims);
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(consumer.run(rx));
     Worker { stop, task }
@@ -723,53 +725,163 @@ async fn listing_the_dead_letters_leaves_them_all_for_the_next_command() {
     insp.delete_topology(&cfg.broker).await;
 }
 
+/// An in-memory installation witness, so a test can say whether the installation "ran before".
+struct MemoryWitness(std::sync::atomic::AtomicBool);
+
+impl shared::store::claim::InstallationWitness for MemoryWitness {
+    fn has_run(&self) -> futures_util::future::BoxFuture<'_, shared::Result<bool>> {
+        let ran = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move { Ok(ran) })
+    }
+    fn record(&self) -> futures_util::future::BoxFuture<'_, shared::Result<()>> {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn claims_with(store: &Store, fence: Duration, witness: Arc<MemoryWitness>) -> Claims {
+    Claims::new(
+        store.clone(),
+        ClaimSettings {
+            lease: Duration::from_secs(30),
+            ttl: Duration::from_secs(300),
+            fence,
+            recovery: Duration::from_secs(600),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
+        },
+        witness,
+    )
+}
+
+async fn acquire(claims: &Claims, scope: &str) -> ClaimGuard {
+    match claims.claim(scope).await.unwrap() {
+        Claimed::Acquired(g) => g,
+        other => panic!("expected to acquire {scope}, got {other:?}"),
+    }
+}
+
+async fn wipe(store: &Store) {
+    for key in store.scan_keys(&store.keys().everything()).await.unwrap() {
+        store.del(&key).await.unwrap();
+    }
+}
+
 /// The "an earlier attempt may have written" mark: a claim after it reports `maybe_attempted`,
 /// the attempt that set it can take it back (its write certainly did not happen), and taking
 /// back one's own mark never removes a mark another attempt set meanwhile.
 #[tokio::test]
 async fn an_attempt_mark_is_taken_back_only_by_the_attempt_that_set_it() {
-    use shared::store::idempotency::{Claim, Idempotency};
     let env = EnvSpec::new("attempt-mark");
     let cfg = harness::config(&env, &[TenantSpec::new("acme", 4246)]);
     let store = Store::connect(&cfg.redis).await.expect("redis up");
-    let idem = Idempotency::new(
-        store.clone(),
-        Duration::from_secs(30),
-        Duration::from_secs(300),
-    );
+    let witness = Arc::new(MemoryWitness(Default::default()));
+    let claims = claims_with(&store, Duration::from_secs(30), witness);
     let scope = "invoice:acme:id:1";
-    let maybe_attempted = |claim: Claim| match claim {
-        Claim::Acquired {
-            maybe_attempted, ..
-        } => maybe_attempted,
-        other => panic!("expected to acquire, got {other:?}"),
-    };
-    let claim = |idem: &Idempotency| {
-        let idem = idem.clone();
+    let maybe_attempted = |claims: &Claims| {
+        let claims = claims.clone();
         async move {
-            let c = idem.claim(scope).await.unwrap();
-            if let Claim::Acquired { token, .. } = &c {
-                idem.release(scope, token).await.unwrap();
-            }
-            c
+            let g = acquire(&claims, scope).await;
+            let m = g.maybe_attempted();
+            g.release().await.unwrap();
+            m
         }
     };
 
-    assert!(!maybe_attempted(claim(&idem).await), "a fresh scope");
-    let mine = idem.mark_attempted(scope).await.unwrap();
-    assert!(maybe_attempted(claim(&idem).await), "marked");
-    idem.unmark_attempted(scope, &mine).await.unwrap();
-    assert!(!maybe_attempted(claim(&idem).await), "taken back");
+    assert!(!maybe_attempted(&claims).await, "a fresh scope");
+    let g = acquire(&claims, scope).await;
+    let mine = g.mark_attempted().await.unwrap();
+    g.release().await.unwrap();
+    assert!(maybe_attempted(&claims).await, "marked");
+    let g = acquire(&claims, scope).await;
+    g.unmark_attempted(mine).await.unwrap();
+    g.release().await.unwrap();
+    assert!(!maybe_attempted(&claims).await, "taken back");
 
     // Another attempt marks after ours: taking ours back leaves theirs.
-    let mine = idem.mark_attempted(scope).await.unwrap();
-    let _theirs = idem.mark_attempted(scope).await.unwrap();
-    idem.unmark_attempted(scope, &mine).await.unwrap();
+    let g = acquire(&claims, scope).await;
+    let mine = g.mark_attempted().await.unwrap();
+    let _theirs = g.mark_attempted().await.unwrap();
+    g.unmark_attempted(mine).await.unwrap();
+    g.release().await.unwrap();
     assert!(
-        maybe_attempted(claim(&idem).await),
+        maybe_attempted(&claims).await,
         "the other attempt's mark stays"
     );
-    for key in store.scan_keys(&store.key(&["*"])).await.unwrap() {
-        store.del(&key).await.unwrap();
+    wipe(&store).await;
+}
+
+/// The installation epoch: a first start opens it at once; when Redis then loses its data, the
+/// next claim is fenced (busy, with the time left), a holder from before the loss can no longer
+/// start a write, and once the fence is over every claim looks up before creating.
+#[tokio::test]
+async fn a_lost_redis_fences_claims_and_then_makes_them_look_up() {
+    let env = EnvSpec::new("epoch");
+    let cfg = harness::config(&env, &[TenantSpec::new("acme", 4247)]);
+    let store = Store::connect(&cfg.redis).await.expect("redis up");
+    let witness = Arc::new(MemoryWitness(Default::default()));
+    let fence = Duration::from_millis(1500);
+    let claims = claims_with(&store, fence, witness.clone());
+
+    // First start: no fence, no lookups, the witness remembers the installation.
+    let before = acquire(&claims, "invoice:acme:id:7").await;
+    assert!(!before.maybe_attempted(), "a first start is not a loss");
+    assert!(
+        witness.0.load(std::sync::atomic::Ordering::SeqCst),
+        "recorded"
+    );
+    let done = acquire(&claims, "invoice:acme:id:8").await;
+    assert!(done.complete("entry-8").await.unwrap());
+
+    // Redis forgets everything.
+    wipe(&store).await;
+    let fenced = claims.claim("invoice:acme:id:7").await.unwrap_err();
+    match &fenced {
+        Error::Fenced { retry_after, .. } => assert!(
+            *retry_after <= fence && *retry_after > Duration::ZERO,
+            "{fenced}"
+        ),
+        other => panic!("expected a fence, got {other}"),
     }
+    assert_eq!(
+        fenced.retry_class(),
+        shared::error::RetryClass::Busy,
+        "waits without counting an attempt"
+    );
+    // The holder from before the loss must not start its write.
+    let refused = before.mark_attempted().await.unwrap_err();
+    assert!(matches!(refused, Error::LeaseHeld(_)), "{refused}");
+
+    // After the fence every claim looks up first, even on a scope nobody marked.
+    let open = eventually(Duration::from_secs(10), || async {
+        !matches!(
+            claims.claim("invoice:acme:id:9").await,
+            Err(Error::Fenced { .. })
+        )
+    })
+    .await;
+    assert!(open, "the fence ends");
+    let after = acquire(&claims, "invoice:acme:id:10").await;
+    assert!(
+        after.maybe_attempted(),
+        "recovering: look up before creating"
+    );
+    // A result the loss took is gone: the scope is claimable again, and looks up.
+    let again = acquire(&claims, "invoice:acme:id:8").await;
+    assert!(again.maybe_attempted());
+
+    // The server restarted (or a replica took over) since the epoch was written: its last writes
+    // may be gone although the epoch is not, so claims are fenced again.
+    let epoch = store.keys().epoch();
+    let mut c = store.conn();
+    let _: () = redis::cmd("HSET")
+        .arg(&epoch)
+        .arg("run_id")
+        .arg("0000000000000000000000000000000000000000")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let fenced = claims.claim("invoice:acme:id:11").await.unwrap_err();
+    assert!(matches!(fenced, Error::Fenced { .. }), "{fenced}");
+    wipe(&store).await;
 }

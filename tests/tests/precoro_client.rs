@@ -55,10 +55,10 @@ fn tenant(sim: &PrecoroSim, per_second: u32) -> TenantConfig {
 }
 
 async fn store() -> Store {
-    Store::connect(&RedisConfig {
-        url: "redis://127.0.0.1:6379".into(),
-        prefix: format!("test-{}", uuid::Uuid::new_v4()),
-    })
+    Store::connect(&RedisConfig::single_node(
+        "redis://127.0.0.1:6379",
+        &format!("test-{}", uuid::Uuid::new_v4()),
+    ))
     .await
     .expect("Redis at 127.0.0.1:6379")
 }

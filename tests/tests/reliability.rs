@@ -184,6 +184,123 @@ async fn a_flushed_redis_loses_only_caches_and_a_lost_token_is_reported_as_a_bro
     stack.stop().await;
 }
 
+/// Redis forgets everything of ours (the tokens kept) while worker A is inside the Exact POST of
+/// an invoice; a duplicate webhook and the backstop poll arrive meanwhile. Without the fence the
+/// duplicate claimed afresh, saw no attempt mark and posted a second entry; now it waits out the
+/// fence, then looks up and finds A's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_while_an_invoice_is_inside_the_exact_post_books_it_once() {
+    let world = World::build(rel::race_world("race-invoice")).await;
+    let stack = Stack::start(&world, 2, false).await;
+    let (number, _, idn) = rel::pending_invoices(&world, "RACEINV", 1, 1).remove(0);
+    let gate = world.exact.hold("POST", "purchaseentry/PurchaseEntries");
+    world.precoro.approve_invoice(idn);
+    rel::flush_while_held(&world, gate, async {
+        assert!(
+            rel::resend_invoice_webhooks(&world, &stack.ingress_base, idn).await > 0,
+            "the duplicate webhook is accepted"
+        );
+        rel::publish_job(&world, "invoices", "poll").await.unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rel::tally_entries(&world, std::slice::from_ref(&number)),
+        (1, 0, 0)
+    );
+    assert!(
+        world.precoro.invoice(idn)["externalId"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "stamped in Precoro"
+    );
+    assert_no_dead_letters(&world).await;
+    stack.stop().await;
+}
+
+/// The same race for a payment: worker A is inside Precoro's `POST /payments` when Redis is
+/// flushed; an Exact `BankEntries` webhook and a payment poll arrive. One Precoro payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_while_a_payment_is_inside_the_precoro_post_pays_it_once() {
+    let world = World::build(rel::race_world("race-payment")).await;
+    let stack = Stack::start(&world, 2, false).await;
+    let (number, id, idn) = rel::pending_invoices(&world, "RACEPAY", 1, 1).remove(0);
+    world.precoro.approve_invoice(idn);
+    let stamped = testbed::harness::eventually(Duration::from_secs(30), || async {
+        world.precoro.invoice(idn)["externalId"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    assert!(stamped, "invoice {number} booked and stamped");
+    let inv = world.precoro.invoice(idn);
+    let entry: shared::ids::ExactGuid = inv["externalId"].as_str().unwrap().parse().unwrap();
+    // Half: Precoro refuses an overpayment, so a second full payment could not land anyway.
+    let half = rel::decimal(&inv["sum"]).unwrap() / rust_decimal::Decimal::TWO;
+    let paid_on = world.exact.now().date_naive() - chrono::Duration::days(1);
+    world
+        .exact
+        .pay_entry(world.division, entry, half, paid_on)
+        .unwrap();
+    let gate = world.precoro.hold("POST", "/payments");
+    rel::publish_job(&world, "payments", "poll").await.unwrap();
+    rel::flush_while_held(&world, gate, async {
+        assert!(rel::send_exact_webhook(&world, &stack.ingress_base, "BankEntries", entry).await);
+        rel::publish_job(&world, "payments", "poll").await.unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(rel::tally_payments(&world, &[id]), (1, 0, 0));
+    assert_no_dead_letters(&world).await;
+    stack.stop().await;
+}
+
+/// The same race for a supplier created in Exact: worker A is inside Precoro's `POST /suppliers`
+/// when Redis is flushed; the `Accounts` webhook comes again and the reconciliation runs. One
+/// Precoro supplier for the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_while_a_supplier_is_inside_the_precoro_post_creates_it_once() {
+    let world = World::build(rel::race_world("race-supplier")).await;
+    let stack = Stack::start(&world, 2, false).await;
+    let account = world
+        .exact
+        .add_account(
+            world.division,
+            serde_json::json!({"Code": "3001", "Name": "Initech BV", "IsSupplier": true, "VATNumber": "NL001234567B01"}),
+        )
+        .unwrap();
+    let gate = world.precoro.hold("POST", "/suppliers");
+    assert!(rel::send_exact_webhook(&world, &stack.ingress_base, "Accounts", account).await);
+    rel::flush_while_held(&world, gate, async {
+        assert!(rel::send_exact_webhook(&world, &stack.ingress_base, "Accounts", account).await);
+        rel::publish_job(&world, "suppliers", "reconcile")
+            .await
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let twins: Vec<_> = world
+        .precoro
+        .suppliers()
+        .into_iter()
+        .filter(|s| s["name"] == "Initech BV")
+        .collect();
+    assert_eq!(twins.len(), 1, "{twins:#?}");
+    assert_eq!(
+        twins[0]["externalId"].as_str().map(|e| e.to_lowercase()),
+        Some(account.to_string())
+    );
+    assert_no_dead_letters(&world).await;
+    stack.stop().await;
+}
+
+/// Nothing needed a person: no hint of a race was dead-lettered (a duplicate refused by the
+/// other side would be).
+async fn assert_no_dead_letters(world: &World) {
+    let dead = world.dead_letters().await;
+    assert!(dead.is_empty(), "{dead:#?}");
+}
+
 /// 30 % of Exact and Precoro calls fail for 15 s (5xx, Precoro 429s and hangs, replies dropped
 /// after the write) with Exact's real 60 calls/min: every valid invoice is booked once, each
 /// invalid one costs exactly one Exact error and is dead-lettered, the minutely limit holds.

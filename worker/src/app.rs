@@ -6,6 +6,7 @@ use shared::bus::Publisher;
 use shared::bus::consumer::FlowConsumer;
 use shared::config::Config;
 use shared::store::Store;
+use shared::store::claim::Claims;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -49,10 +50,15 @@ impl Worker {
         let publisher = Publisher::new(&config.broker);
         let config = Arc::new(config);
         let ctx = Context::new(config.clone(), store.clone(), publisher.clone());
+        if let Err(e) = ctx.claims.check_installation().await {
+            // Not fatal: the check runs again at the next start; until then a later loss of
+            // Redis would be taken for a first start only if the first start also died midway.
+            tracing::warn!(error = %e, "could not check the installation witness");
+        }
         let (stop, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for flow in &parts.flows {
-            let on = (&*config, &store, &publisher, &rx);
+            let on = (&*config, &store, &publisher, &ctx.claims, &rx);
             match *flow {
                 "invoices" => spawn_flow(&mut tasks, InvoiceFlow::new(ctx.clone()), on),
                 "reference" => spawn_flow(&mut tasks, ReferenceFlow::new(ctx.clone()), on),
@@ -101,7 +107,13 @@ impl Worker {
 fn spawn_flow<H: shared::bus::consumer::Handler>(
     tasks: &mut JoinSet<()>,
     handler: H,
-    (config, store, publisher, stop): (&Config, &Store, &Publisher, &watch::Receiver<bool>),
+    (config, store, publisher, claims, stop): (
+        &Config,
+        &Store,
+        &Publisher,
+        &Claims,
+        &watch::Receiver<bool>,
+    ),
 ) {
     let consumer = FlowConsumer::new(
         &config.broker,
@@ -109,6 +121,7 @@ fn spawn_flow<H: shared::bus::consumer::Handler>(
         Arc::new(Recorded::new(handler, store.clone())),
         publisher.clone(),
         store.clone(),
+        claims.clone(),
     );
     tasks.spawn(consumer.run(stop.clone()));
 }

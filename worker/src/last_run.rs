@@ -15,7 +15,7 @@ use shared::store::Store;
 pub const RUN_ACTIONS: [&str; 3] = ["poll", "sync", "reconcile"];
 
 fn key(store: &Store, tenant: &str, flow: &str) -> String {
-    store.key(&["last-run", tenant, flow])
+    store.keys().last_run(tenant, flow)
 }
 
 /// The time of the last successful run of `flow` for `tenant`, if any is recorded.

@@ -93,7 +93,7 @@ pub async fn tick(
         for job in jobs_for(t) {
             let every_ms = job.every.as_millis().max(1) as i64;
             let slot = now_ms / every_ms;
-            let key = store.key(&["sched", t.id.as_str(), &job.name, &slot.to_string()]);
+            let key = store.keys().schedule_slot(&t.id, &job.name, slot);
             if !store
                 .set_nx(&key, "1", job.every + Duration::from_secs(60))
                 .await?

@@ -181,7 +181,7 @@ pub async fn callback(
     };
     // Single use: a state seen once is refused afterwards (a reloaded or shared callback URL).
     let remaining = (claims.expires_at - now_s()).max(1) as u64;
-    let used_key = state.store.key(&["oauth", "state-used", &claims.nonce]);
+    let used_key = state.store.keys().oauth_state_used(&claims.nonce);
     match state
         .store
         .set_nx(&used_key, t.id.as_str(), Duration::from_secs(remaining))

@@ -1,7 +1,9 @@
 //! The worker runtime: one consumer per flow queue, manual acks, and the retry-class table applied
 //! to every failure (DESIGN.md "Worker").
 //!
-//! - Success → the idempotency key records `done:<result>`, then ack.
+//! - Every message is claimed first (`store::claim`, scope `msg:{flow}:{event id}`): a duplicate
+//!   delivery of a finished message is acked without running again.
+//! - Success → the claim records `done:<result>`, then ack.
 //! - Transient → re-publish with attempt+1 to a wait queue (tier by attempt), then ack the original.
 //!   Past `max_attempts` → DLQ.
 //! - Rate-limited → re-publish to the tier that covers the wait, attempt not counted, then ack.
@@ -39,7 +41,7 @@ use super::topology::{self, tier_name};
 use crate::config::{BrokerConfig, WorkerConfig};
 use crate::error::{Error, RetryClass};
 use crate::store::Store;
-use crate::store::idempotency::{Claim, Idempotency};
+use crate::store::claim::{Claimed, Claims};
 use crate::store::lease::Lease;
 use crate::telemetry;
 
@@ -77,17 +79,6 @@ impl Message {
     }
 }
 
-/// The Redis key of the lease a consumer holds on `entity_key` (see `Handler::entity_key`) while
-/// it handles a message about it: another flow step can ask whether that work is under way.
-pub fn entity_lock_key(
-    store: &crate::store::Store,
-    flow: &str,
-    tenant: &crate::ids::TenantId,
-    entity_key: &str,
-) -> String {
-    store.key(&["lock", "entity", flow, tenant.as_str(), entity_key])
-}
-
 /// How a handled message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -117,7 +108,7 @@ pub struct FlowConsumer<H: Handler> {
     handler: Arc<H>,
     publisher: Publisher,
     store: Store,
-    idem: Idempotency,
+    claims: Claims,
 }
 
 impl<H: Handler> FlowConsumer<H> {
@@ -127,19 +118,15 @@ impl<H: Handler> FlowConsumer<H> {
         handler: Arc<H>,
         publisher: Publisher,
         store: Store,
+        claims: Claims,
     ) -> Self {
-        let idem = Idempotency::new(
-            store.clone(),
-            worker.idempotency_lease,
-            worker.idempotency_ttl,
-        );
         FlowConsumer {
             broker: broker.clone(),
             worker: worker.clone(),
             handler,
             publisher,
             store,
-            idem,
+            claims,
         }
     }
 
@@ -290,9 +277,9 @@ impl<H: Handler> FlowConsumer<H> {
             Some(n) => format!("msg:{flow}:{}:{n}", env.id),
             None => format!("msg:{flow}:{}", env.id),
         };
-        let token = match self.idem.claim(&scope).await {
-            Ok(Claim::Acquired { token, .. }) => token,
-            Ok(Claim::Done(result)) => {
+        let claim = match self.claims.claim(&scope).await {
+            Ok(Claimed::Acquired(claim)) => claim,
+            Ok(Claimed::Done(result)) => {
                 telemetry::event_processed(
                     flow,
                     env.tenant.as_str(),
@@ -303,13 +290,8 @@ impl<H: Handler> FlowConsumer<H> {
                 ack(delivery).await;
                 return;
             }
-            Ok(Claim::InProgress) => {
-                // A duplicate delivery while another worker handles the same message: check again later.
-                let err =
-                    Error::LeaseHeld(format!("message {} is being handled elsewhere", env.id));
-                self.retry(delivery, headers, &msg, &err, false).await;
-                return;
-            }
+            // Handled elsewhere right now, fenced after a Redis loss, or Redis unreachable: check
+            // again later without counting an attempt.
             Err(e) => {
                 self.retry(delivery, headers, &msg, &e, false).await;
                 return;
@@ -318,7 +300,7 @@ impl<H: Handler> FlowConsumer<H> {
 
         let lease = match self.handler.entity_key(env) {
             Some(key) => {
-                let lkey = entity_lock_key(&self.store, flow, &env.tenant, &key);
+                let lkey = self.store.keys().entity_lease(flow, &env.tenant, &key);
                 match Lease::acquire_within(
                     &self.store,
                     lkey,
@@ -329,7 +311,7 @@ impl<H: Handler> FlowConsumer<H> {
                 {
                     Ok(Some(l)) => Some(l),
                     Ok(None) => {
-                        let _ = self.idem.release(&scope, &token).await;
+                        let _ = claim.release().await;
                         let err = Error::LeaseHeld(format!(
                             "{flow} entity {key} is being worked on by another worker"
                         ));
@@ -337,7 +319,7 @@ impl<H: Handler> FlowConsumer<H> {
                         return;
                     }
                     Err(e) => {
-                        let _ = self.idem.release(&scope, &token).await;
+                        let _ = claim.release().await;
                         self.retry(delivery, headers, &msg, &e, false).await;
                         return;
                     }
@@ -353,7 +335,7 @@ impl<H: Handler> FlowConsumer<H> {
         // handler must not be overtaken by a duplicate that would then act a second time.
         let every = self.worker.entity_lease.min(self.worker.idempotency_lease) / 3;
         let joined = crate::store::lease::keep_alive(work, every, || async {
-            if let Err(e) = self.idem.extend(&scope, &token).await {
+            if let Err(e) = claim.renew().await {
                 tracing::warn!(error = %e, "could not renew the message claim");
             }
             if let Some(l) = &lease
@@ -372,14 +354,14 @@ impl<H: Handler> FlowConsumer<H> {
                     Outcome::Done(r) => ("ok", r.as_str()),
                     Outcome::Skipped(r) => ("skipped", r.as_str()),
                 };
-                if let Err(e) = self.idem.complete(&scope, &token, result).await {
+                if let Err(e) = claim.complete(result).await {
                     tracing::warn!(error = %e, "could not record the result; a duplicate delivery will be handled again (its effects are guarded)");
                 }
                 telemetry::event_processed(flow, env.tenant.as_str(), &env.id, label, result);
                 ack(delivery).await;
             }
             Ok(Err(err)) => {
-                let _ = self.idem.release(&scope, &token).await;
+                let _ = claim.release().await;
                 match err.retry_class() {
                     RetryClass::Permanent => {
                         self.dead_letter(
@@ -400,7 +382,7 @@ impl<H: Handler> FlowConsumer<H> {
                 }
             }
             Err(join_err) => {
-                let _ = self.idem.release(&scope, &token).await;
+                let _ = claim.release().await;
                 let what = if join_err.is_panic() {
                     "handler panicked"
                 } else {
@@ -479,12 +461,20 @@ impl<H: Handler> FlowConsumer<H> {
             return;
         }
         let tiers = &self.broker.retry_tiers;
-        let tier = match err.retry_after() {
-            Some(wait) => *tiers
+        let tier = match (err.retry_after(), err.retry_class()) {
+            // Held back (a fence after a Redis loss): look again no later than it ends, so the
+            // wait is never stretched to the next, much longer tier.
+            (Some(wait), RetryClass::Busy) => tiers
+                .iter()
+                .rev()
+                .find(|t| **t <= wait)
+                .copied()
+                .unwrap_or(tiers[0]),
+            (Some(wait), _) => *tiers
                 .iter()
                 .find(|t| **t >= wait)
                 .unwrap_or(tiers.last().expect("validated non-empty")),
-            None => tiers[(attempt.saturating_sub(1) as usize).min(tiers.len() - 1)],
+            (None, _) => tiers[(attempt.saturating_sub(1) as usize).min(tiers.len() - 1)],
         };
         let mut out = headers.clone();
         for (k, v) in extra.inner() {

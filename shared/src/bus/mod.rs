@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod headers;
 pub mod publisher;
 pub mod topology;
+pub mod witness;
 
 pub use envelope::{Envelope, Source};
 pub use publisher::{PublishError, Publisher};

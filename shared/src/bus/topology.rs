@@ -100,6 +100,10 @@ impl Names {
     pub fn wait_queue(&self, tier: Duration) -> String {
         format!("{}sync.wait.{}", self.prefix, tier_name(tier))
     }
+    /// The installation witness: exists once the installation has run (see `bus::witness`).
+    pub fn installed_exchange(&self) -> String {
+        format!("{}sync.installed", self.prefix)
+    }
 }
 
 /// `5s`, `2m`, `1h`: the wait tier's name, also the value of the `retry-tier` header.

@@ -622,7 +622,8 @@ impl ExactClient {
     fn cursor_key(&self, name: &str) -> String {
         self.inner
             .store
-            .key(&["cursor", "exact", self.inner.tenant.as_str(), name])
+            .keys()
+            .cursor(crate::store::keys::ApiName::Exact, &self.inner.tenant, name)
     }
 
     /// The stored sync cursor `name` (e.g. "accounts"); `None` before the first sync.

@@ -67,7 +67,7 @@ impl TokenStore {
 
     /// `oauth:exact:{tenant}` under the store prefix.
     pub fn key(&self) -> String {
-        self.store.key(&["oauth", "exact", self.tenant.as_str()])
+        self.store.keys().exact_tokens(&self.tenant)
     }
 
     pub async fn load(&self) -> Result<Option<TokenRecord>> {
@@ -300,8 +300,7 @@ impl OAuth {
     }
 
     fn lock_key(&self) -> String {
-        self.store
-            .key(&["lock", "oauth-refresh", self.tenant.as_str()])
+        self.store.keys().refresh_lock(&self.tenant)
     }
 
     fn needs_refresh(&self, rec: &TokenRecord, now: i64, rejected: Option<&str>) -> bool {
@@ -486,7 +485,8 @@ impl OAuth {
         let day = now / 86_400_000;
         let key = self
             .store
-            .key(&["rl", "exact-token", self.tenant.as_str(), &day.to_string()]);
+            .keys()
+            .exact_token_calls(&self.tenant, &day.to_string());
         let mut c = self.store.conn();
         let (n,): (u64,) = redis::pipe()
             .cmd("INCR")

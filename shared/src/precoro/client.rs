@@ -522,11 +522,12 @@ impl PrecoroClient {
         let hash = hex::encode(&Sha256::digest(target.as_bytes())[..16]);
         let tenant = self.tenant.as_str();
         let collection = collections_for(url.path()).remove(0);
+        let keys = self.store.keys();
+        let (cached, sent) = keys.precoro_cache(tenant, &hash);
         (
-            self.store.key(&["cache", "precoro", tenant, &hash]),
-            self.store.key(&["cache", "precoro", tenant, "sent", &hash]),
-            self.store
-                .key(&["cache", "precoro", tenant, "col", &collection]),
+            cached,
+            sent,
+            keys.precoro_cache_collection(tenant, &collection),
         )
     }
 
@@ -570,7 +571,8 @@ impl PrecoroClient {
         for col in collections {
             let col_key = self
                 .store
-                .key(&["cache", "precoro", self.tenant.as_str(), "col", col]);
+                .keys()
+                .precoro_cache_collection(self.tenant.as_str(), col);
             let members: Vec<String> = redis::cmd("SMEMBERS")
                 .arg(&col_key)
                 .query_async(&mut c)

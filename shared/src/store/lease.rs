@@ -29,6 +29,7 @@ pub struct Lease {
     store: Store,
     key: String,
     token: String,
+    ttl: Duration,
 }
 
 impl Lease {
@@ -40,6 +41,7 @@ impl Lease {
                 store: store.clone(),
                 key,
                 token,
+                ttl,
             }))
         } else {
             Ok(None)
@@ -78,6 +80,18 @@ impl Lease {
     /// Extend the lease; false when it was lost (expired and maybe taken by another holder).
     pub async fn extend(&self, ttl: Duration) -> Result<bool> {
         extend_if_owner(&self.store, &self.key, &self.token, ttl).await
+    }
+
+    /// Run `work` while the lease is renewed every third of its TTL (see [`keep_alive`]).
+    pub async fn hold<F: Future>(&self, work: F) -> F::Output {
+        keep_alive(work, self.ttl / 3, || async {
+            match self.extend(self.ttl).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(key = %self.key, "lease lost while working"),
+                Err(e) => tracing::warn!(key = %self.key, error = %e, "could not renew a lease"),
+            }
+        })
+        .await
     }
 
     /// Release the lease if it is still ours.

@@ -2,7 +2,8 @@
 //! (DESIGN.md "Shared state in Redis"). Every key carries the configured prefix so that tests can
 //! run side by side without seeing each other's data.
 
-pub mod idempotency;
+pub mod claim;
+pub mod keys;
 pub mod lease;
 pub mod ratelimit;
 
@@ -41,8 +42,13 @@ impl Store {
         })
     }
 
-    /// The full key for `parts` joined by ':' under the prefix.
-    pub fn key(&self, parts: &[&str]) -> String {
+    /// The key constructors: every family the service writes, with what losing it costs.
+    pub fn keys(&self) -> keys::Keys<'_> {
+        keys::Keys::new(self)
+    }
+
+    /// The full key for `parts` joined by ':' under the prefix (for [`keys::Keys`] only).
+    pub(crate) fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();
         for p in parts {
             if !k.is_empty() {
@@ -112,6 +118,16 @@ impl Store {
             .query_async(&mut c)
             .await?;
         Ok(r.is_some())
+    }
+
+    /// `HGET key field`.
+    pub async fn get_hash_field(&self, key: &str, field: &str) -> Result<Option<String>> {
+        let mut c = self.conn();
+        Ok(redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query_async(&mut c)
+            .await?)
     }
 
     pub async fn del(&self, key: &str) -> Result<()> {

@@ -149,10 +149,10 @@ impl RateLimiter {
     fn keys(&self, l: &Limits) -> [String; 4] {
         let api = l.api.as_str();
         [
-            self.store.key(&["rl", api, &l.scope, "tat"]),
-            self.store.key(&["rl", api, &l.scope, "hour"]),
-            self.store.key(&["rl", api, &l.scope, "day"]),
-            self.store.key(&["rl", api, &l.scope, "pause"]),
+            self.store.keys().rate(api, &l.scope, "tat"),
+            self.store.keys().rate(api, &l.scope, "hour"),
+            self.store.keys().rate(api, &l.scope, "day"),
+            self.store.keys().rate(api, &l.scope, "pause"),
         ]
     }
 

@@ -230,6 +230,7 @@ pub(crate) struct Shared {
     clock_offset_ms: AtomicI64,
     pub inner: Mutex<Inner>,
     pub faults: Faults,
+    pub gates: crate::gate::Gates,
     pub shutdown: watch::Receiver<bool>,
     pub http: reqwest::Client,
     pub runtime: tokio::runtime::Handle,
@@ -270,6 +271,7 @@ impl ExactSim {
             clock_offset_ms: AtomicI64::new(0),
             inner: Mutex::new(Inner::default()),
             faults: Faults::default(),
+            gates: Default::default(),
             shutdown,
             http: shared::http::client(Duration::from_secs(10)),
             runtime: tokio::runtime::Handle::current(),
@@ -381,6 +383,12 @@ impl ExactSim {
 
     pub fn faults(&self) -> Faults {
         self.shared.faults.clone()
+    }
+
+    /// Hold the next `method` request whose path contains `path_contains` before it is acted on,
+    /// until the returned gate is released (see [`crate::gate`]).
+    pub fn hold(&self, method: &str, path_contains: &str) -> crate::gate::Gate {
+        self.shared.gates.hold(method, path_contains)
     }
 
     pub fn calls(&self) -> Vec<CallRecord> {

@@ -177,6 +177,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             );
         }
     };
+    shared.gates.pass(method.as_str(), &path).await;
     let is_write = method == Method::POST || method == Method::PUT;
     let drawn = shared.faults.draw(&path, is_write);
     if !drawn.latency.is_zero() && !sleep_or_shutdown(&shared, drawn.latency).await {

@@ -330,6 +330,7 @@ impl PrecoroSim {
             state: Mutex::new(SimState::new(base_url.clone())),
             calls: Mutex::new(vec![]),
             faults: Faults::default(),
+            gates: Default::default(),
             deliveries: Mutex::new(vec![]),
             clock_offset_ms: AtomicI64::new(0),
             limiter: Mutex::new(server::SimLimiter::default()),
@@ -416,6 +417,12 @@ impl PrecoroSim {
     }
 
     // ------------------------------------------------------------------ faults, calls, webhooks
+
+    /// Hold the next `method` request whose path contains `path_contains` before it is acted on,
+    /// until the returned gate is released (see [`crate::gate`]).
+    pub fn hold(&self, method: &str, path_contains: &str) -> crate::gate::Gate {
+        self.inner.gates.hold(method, path_contains)
+    }
 
     pub fn faults(&self) -> &Faults {
         &self.inner.faults

@@ -97,6 +97,7 @@ pub(crate) struct Inner {
     pub state: Mutex<SimState>,
     pub calls: Mutex<Vec<CallRecord>>,
     pub faults: Faults,
+    pub gates: crate::gate::Gates,
     pub webhook_urls: Mutex<Vec<String>>,
     pub deliveries: Mutex<Vec<WebhookDelivery>>,
     pub clock_offset_ms: AtomicI64,
@@ -283,6 +284,7 @@ pub(crate) async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Res
         }
     }
 
+    inner.gates.pass(&method, &path).await;
     let fault = inner.faults.decide(&method, &path);
     match fault {
         Fault::Error5xx(status) => {

@@ -26,6 +26,7 @@ use shared::exact::ExactClient;
 use shared::exact::client::SYNC_START;
 use shared::precoro::{InvoiceQuery, PrecoroClient, Read, parse_datetime};
 use shared::store::Store;
+use shared::store::keys::ApiName;
 use shared::store::ratelimit::RateLimiter;
 
 use crate::flows::invoice_map::APPROVED;
@@ -240,7 +241,7 @@ async fn suppliers(
     // The cursors the supplier flow's reconciliation reads (flows/suppliers.rs): Precoro's by
     // modification time, Exact's a Timestamp rowversion that cannot be mapped to a date (§4), so
     // Exact is re-read from the start.
-    let precoro_cursor = store.key(&["cursor", "precoro", t.id.as_str(), "suppliers"]);
+    let precoro_cursor = store.keys().cursor(ApiName::Precoro, &t.id, "suppliers");
     match req.from {
         Some(f) => {
             let since = f.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();

@@ -100,10 +100,9 @@ async fn cursors(
     store: &Store,
     tenant: &str,
 ) -> anyhow::Result<BTreeMap<&'static str, BTreeMap<String, String>>> {
-    let pattern = store.key(&["cursor", "*", tenant, "*"]);
+    let (pattern, base) = store.keys().cursor_pattern(tenant);
     let mut keys = store.scan_keys(&pattern).await?;
     keys.sort();
-    let base = store.key(&["cursor"]);
     let mut out: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
     for key in keys {
         // `{prefix}:cursor:{api}:{tenant}:{name}`; a tenant id has no ':' (config validation).

@@ -3,14 +3,14 @@
 //! Triggers: a Precoro invoice webhook (a hint: we fetch the invoice) and the backstop poll, which
 //! enqueues one `export` message per approved, not yet exported invoice.
 //!
-//! Exactly once, in layers:
-//! 1. An entity idempotency key per invoice (`invoice:{tenant}:{id}`): `done:{EntryID}` answers
-//!    every later duplicate without a single API call.
-//! 2. The entry id is remembered in Redis the moment Exact returns it, so a failed stamp is
+//! Exactly once, in layers (the claim mechanism is `shared::store::claim`):
+//! 1. A claim per invoice (`invoice:{tenant}:{id}`): `done:{EntryID}` answers every later
+//!    duplicate without a single API call; the claim is fenced when Redis loses its data.
+//! 2. The entry id is remembered with the claim the moment Exact returns it, so a failed stamp is
 //!    retried without posting again.
 //! 3. Lookup-before-create by supplier + `YourRef` whenever an earlier attempt may have reached
-//!    Exact (a retry, a redelivery, an expired lease, a poll), since Exact has no idempotency key
-//!    (specs/exact-online.md §5).
+//!    Exact (a retry, a redelivery, an expired lease, a poll, a Redis loss), since Exact has no
+//!    idempotency key (specs/exact-online.md §5).
 //!
 //! Happy path: Precoro GET invoice, Exact POST entry, Precoro PATCH externalId (plus, with
 //! attachments on, the PDF download and two Exact document calls).
@@ -23,7 +23,7 @@ use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, InvoiceQuery, PrecoroClient};
-use shared::store::idempotency::Claim;
+use shared::store::claim::{ClaimGuard, Claimed};
 use shared::store::lease::release_if_owner;
 
 use super::Context;
@@ -166,45 +166,32 @@ impl InvoiceFlow {
             (None, None) => unreachable!("target() requires one"),
         };
         let scope = format!("invoice:{tenant_id}:{invoice_key}");
-        let (token, maybe_attempted) = match self.ctx.idem.claim(&scope).await? {
-            Claim::Done(entry) => {
+        let claim = match self.ctx.claims.claim(&scope).await? {
+            Claimed::Done(entry) => {
                 return Ok(Outcome::Skipped(format!(
                     "already booked as Exact entry {entry}"
                 )));
             }
-            Claim::InProgress => {
-                return Err(Error::LeaseHeld(format!(
-                    "invoice {invoice_key} is being exported"
-                )));
-            }
-            Claim::Acquired {
-                token,
-                maybe_attempted,
-            } => (token, maybe_attempted),
+            Claimed::Acquired(claim) => claim,
         };
-        let exported = self.ctx.idem.while_held(
-            &scope,
-            &token,
-            self.export_claimed(
-                tenant_id,
-                t,
-                &scope,
-                repeated || maybe_attempted || t.from_poll,
-                replayed,
-            ),
-        );
-        match exported.await {
+        let may_exist = repeated || claim.maybe_attempted() || t.from_poll;
+        let exported = claim
+            .hold(Box::pin(
+                self.export_claimed(tenant_id, t, &claim, may_exist, replayed),
+            ))
+            .await;
+        match exported {
             Ok(Exported::Booked(entry)) | Ok(Exported::AlreadyStamped(entry)) => {
-                self.ctx.idem.complete(&scope, &token, &entry).await?;
+                claim.complete(&entry).await?;
                 Ok(Outcome::Done(entry))
             }
             Ok(Exported::Skipped(why)) => {
                 // Not done: a later update (e.g. the approval) must be able to export it.
-                self.ctx.idem.release(&scope, &token).await?;
+                claim.release().await?;
                 Ok(Outcome::Skipped(why))
             }
             Err(e) => {
-                let _ = self.ctx.idem.release(&scope, &token).await;
+                let _ = claim.release().await;
                 Err(e)
             }
         }
@@ -214,7 +201,7 @@ impl InvoiceFlow {
         &self,
         tenant_id: &TenantId,
         t: Target,
-        scope: &str,
+        claim: &ClaimGuard,
         may_exist: bool,
         replayed: bool,
     ) -> Result<Exported> {
@@ -234,13 +221,9 @@ impl InvoiceFlow {
         }
 
         // Booked before but not stamped (the stamp failed): stamp only.
-        let entry_key =
-            self.ctx
-                .store
-                .key(&["invoice-entry", tenant_id.as_str(), &invoice.id.to_string()]);
-        if let Some(entry) = self.ctx.store.get_string(&entry_key).await? {
-            precoro.set_invoice_external_id(invoice.idn, &entry).await?;
-            return Ok(Exported::Booked(entry));
+        if let Some(entry) = claim.created() {
+            precoro.set_invoice_external_id(invoice.idn, entry).await?;
+            return Ok(Exported::Booked(entry.to_string()));
         }
 
         // Map. A supplier not yet in Exact is synced first, by the supplier flow's rules (matched
@@ -250,7 +233,13 @@ impl InvoiceFlow {
                 let Some(id) = invoice.supplier.as_ref().and_then(|s| s.id) else {
                     return Err(Error::MissingMapping(why));
                 };
-                super::suppliers::ensure_in_exact(&self.ctx, tenant_id, PrecoroId(id)).await?
+                // Boxed: the supplier flow's future is large, and this one is held across it.
+                Box::pin(super::suppliers::ensure_in_exact(
+                    &self.ctx,
+                    tenant_id,
+                    PrecoroId(id),
+                ))
+                .await?
             }
             other => other?,
         };
@@ -276,7 +265,7 @@ impl InvoiceFlow {
                 )));
             }
             let entry = found.entry_id.to_string();
-            self.remember_and_stamp(&entry_key, precoro, &invoice, &entry)
+            self.remember_and_stamp(claim, precoro, &invoice, &entry)
                 .await?;
             return Ok(Exported::Booked(entry));
         }
@@ -295,11 +284,11 @@ impl InvoiceFlow {
         // refusal is remembered with the exact payload it was given for: the same payload is
         // refused here without a call, a changed invoice is tried again, and an operator's replay
         // (after fixing the data in Exact) always is.
-        let refused_key = self.ctx.store.key(&[
-            "invoice-refused",
-            tenant_id.as_str(),
-            &invoice.id.to_string(),
-        ]);
+        let refused_key = self
+            .ctx
+            .store
+            .keys()
+            .invoice_refused(tenant_id, &invoice.id.to_string());
         let fingerprint = {
             // SipHash with fixed keys: stable across processes of one build; a build that hashes
             // differently only costs one more attempt.
@@ -320,7 +309,7 @@ impl InvoiceFlow {
         }
 
         // Write.
-        let mark = self.ctx.idem.mark_attempted(scope).await?;
+        let mark = claim.mark_attempted().await?;
         let created = match exact.create_purchase_entry(&entry).await {
             Ok(c) => c,
             Err(e) => {
@@ -328,7 +317,7 @@ impl InvoiceFlow {
                 // refuses while the budget is spent): the retry need not look up first. Where an
                 // earlier attempt may have written, its lookup found nothing but the mark stays.
                 if !may_exist && e.certainly_not_applied() {
-                    let _ = self.ctx.idem.unmark_attempted(scope, &mark).await;
+                    let _ = claim.unmark_attempted(mark).await;
                 }
                 if matches!(
                     e,
@@ -355,26 +344,19 @@ impl InvoiceFlow {
         tracing::info!(invoice = invoice.idn.0, entry = %entry_id, entry_number = ?created.entry_number, "booked in Exact");
 
         // Stamp.
-        self.remember_and_stamp(&entry_key, precoro, &invoice, &entry_id)
+        self.remember_and_stamp(claim, precoro, &invoice, &entry_id)
             .await?;
         Ok(Exported::Booked(entry_id))
     }
 
     async fn remember_and_stamp(
         &self,
-        entry_key: &str,
+        claim: &ClaimGuard,
         precoro: &PrecoroClient,
         invoice: &Invoice,
         entry: &str,
     ) -> Result<()> {
-        self.ctx
-            .store
-            .set_string(
-                entry_key,
-                entry,
-                Some(self.ctx.config.worker.idempotency_ttl),
-            )
-            .await?;
+        claim.remember_created(entry).await?;
         precoro.set_invoice_external_id(invoice.idn, entry).await?;
         Ok(())
     }
@@ -390,10 +372,11 @@ impl InvoiceFlow {
         if invoice.attachments.is_empty() {
             return Ok(None);
         }
-        let doc_key =
-            self.ctx
-                .store
-                .key(&["invoice-doc", tenant_id.as_str(), &invoice.id.to_string()]);
+        let doc_key = self
+            .ctx
+            .store
+            .keys()
+            .invoice_document(tenant_id, &invoice.id.to_string());
         // The document's progress is kept in Redis (DocProgress). A retry picks up there instead
         // of leaving an orphan document in Exact, and where the previous try's last call may have
         // landed with its reply lost (a create or an upload), it asks Exact first: one read, on

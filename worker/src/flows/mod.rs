@@ -15,11 +15,12 @@ use std::sync::Arc;
 use shared::bus::Publisher;
 use shared::config::{Config, TenantConfig};
 use shared::error::{Error, Result};
+use shared::exact::ExactOptions;
 use shared::exact::client::ExactClient;
 use shared::ids::TenantId;
-use shared::precoro::PrecoroClient;
+use shared::precoro::{ClientOptions, PrecoroClient};
 use shared::store::Store;
-use shared::store::idempotency::Idempotency;
+use shared::store::claim::Claims;
 use shared::store::ratelimit::RateLimiter;
 
 /// Everything a flow needs, shared by all of a worker's consumers.
@@ -28,7 +29,7 @@ pub struct Context {
     pub store: Store,
     pub publisher: Publisher,
     pub limiter: RateLimiter,
-    pub idem: Idempotency,
+    pub claims: Claims,
     exact: HashMap<TenantId, ExactClient>,
     precoro: HashMap<TenantId, PrecoroClient>,
 }
@@ -37,29 +38,40 @@ impl Context {
     pub fn new(config: Arc<Config>, store: Store, publisher: Publisher) -> Arc<Context> {
         // Waits up to this long are slept through inside a handler; longer ones re-queue the message.
         let limiter = RateLimiter::new(store.clone(), config.worker.rate_limit_wait);
-        let idem = Idempotency::new(
-            store.clone(),
-            config.worker.idempotency_lease,
-            config.worker.idempotency_ttl,
-        );
+        let claims = shared::bus::witness::claims(store.clone(), &config);
+        // Every request is bounded by worker.request_timeout, which the loss fence covers
+        // (store::claim).
+        let timeout = config.worker.request_timeout;
+        let exact_opts = ExactOptions {
+            request_timeout: timeout,
+            token_timeout: timeout.min(ExactOptions::default().token_timeout),
+            ..ExactOptions::default()
+        };
         let exact = config
             .tenants
             .iter()
             .map(|t| {
-                (
+                let client = ExactClient::new(
                     t.id.clone(),
-                    ExactClient::for_tenant(t, store.clone(), limiter.clone()),
-                )
+                    &t.exact,
+                    store.clone(),
+                    limiter.clone(),
+                    exact_opts.clone(),
+                );
+                (t.id.clone(), client)
             })
             .collect();
         let precoro = config
             .tenants
             .iter()
             .map(|t| {
-                (
-                    t.id.clone(),
-                    PrecoroClient::new(t, store.clone(), limiter.clone()),
-                )
+                let opts = ClientOptions {
+                    timeout,
+                    identical_get_window: t.precoro.identical_get_window,
+                    ..ClientOptions::default()
+                };
+                let client = PrecoroClient::with_options(t, store.clone(), limiter.clone(), opts);
+                (t.id.clone(), client)
             })
             .collect();
         Arc::new(Context {
@@ -67,7 +79,7 @@ impl Context {
             store,
             publisher,
             limiter,
-            idem,
+            claims,
             exact,
             precoro,
         })

@@ -12,7 +12,7 @@
 //!   company, so polls never overlap.
 //! - **`job.payments.entry`**: published by a poll, one per purchase entry we booked that has new
 //!   payment lines. It reads the Precoro invoice once and posts one Precoro payment per Exact
-//!   payment line, stamped with the line's id, each under its own idempotency key.
+//!   payment line, stamped with the line's id, each under its own claim (`shared::store::claim`).
 //! - **`job.payments.reversal`**: a payment we synced was undone in Exact. Precoro has no
 //!   documented payment cancel (specs/precoro.md §3), so it is counted, logged and dead-lettered
 //!   for an operator, never applied silently.
@@ -28,13 +28,13 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shared::bus::consumer::{Handler, Message, Outcome, entity_lock_key};
+use shared::bus::consumer::{Handler, Message, Outcome};
 use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::exact::client::SYNC_START;
 use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, InvoiceQuery, Read};
-use shared::store::idempotency::Claim;
+use shared::store::claim::{ClaimGuard, Claimed};
 
 use super::Context;
 use super::payment_lines::{self, Decision, PaidLine, SNAP};
@@ -58,7 +58,7 @@ const LOOKUP_CHUNK: usize = 25;
 
 /// The key holding the Redis time (ms) at which the last successful poll of `tenant` started.
 pub fn last_poll_key(ctx: &Context, tenant: &TenantId) -> String {
-    ctx.store.key(&["payments", "last-poll", tenant.as_str()])
+    ctx.store.keys().payments_last_poll(tenant)
 }
 
 pub struct PaymentFlow {
@@ -344,14 +344,16 @@ impl PaymentFlow {
 
     /// Whether a worker holds the lease of `entry`'s `job.payments.entry` message.
     async fn entry_in_progress(&self, tenant: &TenantId, entry: ExactGuid) -> Result<bool> {
-        let key = entity_lock_key(&self.ctx.store, "payments", tenant, &entry_key(entry));
+        let key = self
+            .ctx
+            .store
+            .keys()
+            .entity_lease("payments", tenant, &entry_key(entry));
         Ok(self.ctx.store.get_string(&key).await?.is_some())
     }
 
     fn line_key(&self, tenant: &TenantId, row: ExactGuid) -> String {
-        self.ctx
-            .store
-            .key(&["payments", "line", tenant.as_str(), &row.to_string()])
+        self.ctx.store.keys().payment_line(tenant, &row.to_string())
     }
 
     async fn synced(&self, tenant: &TenantId, row: ExactGuid) -> Result<Option<SyncedLine>> {
@@ -375,13 +377,11 @@ impl PaymentFlow {
     /// Report a reversal once: count and log it, queue its operator message, forget the line.
     async fn reversal_noticed(&self, tenant: &TenantId, r: &Reversal) -> Result<bool> {
         let bank = r.line.bank.map(|b| b.to_string()).unwrap_or("-".into());
-        let once = self.ctx.store.key(&[
-            "payments",
-            "reversal",
-            tenant.as_str(),
-            &r.row.to_string(),
-            &bank,
-        ]);
+        let once = self
+            .ctx
+            .store
+            .keys()
+            .payment_reversal(tenant, &r.row.to_string(), &bank);
         if !self.ctx.store.set_nx(&once, "1", LINE_TTL).await? {
             return Ok(false);
         }
@@ -411,8 +411,7 @@ impl PaymentFlow {
         entries: &[ExactGuid],
     ) -> Result<HashMap<ExactGuid, InvoiceLink>> {
         let store = &self.ctx.store;
-        let key =
-            |e: &ExactGuid| store.key(&["payments", "invoice-of", tenant.as_str(), &e.to_string()]);
+        let key = |e: &ExactGuid| store.keys().invoice_of_entry(tenant, &e.to_string());
         let mut found = HashMap::new();
         let mut unknown = Vec::new();
         for e in entries {
@@ -495,12 +494,11 @@ impl PaymentFlow {
         // Fetch: the invoice as it is now (sum, sumPaid, status and its payments).
         let mut invoice = precoro.get_invoice_fresh(e.invoice.idn).await?;
         if invoice.external_id.as_deref().and_then(|x| x.parse().ok()) != Some(e.entry) {
-            let key = self.ctx.store.key(&[
-                "payments",
-                "invoice-of",
-                tenant.as_str(),
-                &e.entry.to_string(),
-            ]);
+            let key = self
+                .ctx
+                .store
+                .keys()
+                .invoice_of_entry(tenant, &e.entry.to_string());
             self.ctx.store.del(&key).await?;
             return Ok(Outcome::Skipped(format!(
                 "Precoro invoice {} is no longer linked to Exact entry {} (externalId {:?})",
@@ -510,35 +508,21 @@ impl PaymentFlow {
         let mut done = Vec::new();
         for line in &e.lines {
             let scope = format!("payline:{tenant}:{}", line.key());
-            let (token, maybe_attempted) = match self.ctx.idem.claim(&scope).await? {
-                Claim::Done(r) => {
+            let claim = match self.ctx.claims.claim(&scope).await? {
+                Claimed::Done(r) => {
                     done.push(format!("{}: {r}", line.row));
                     continue;
                 }
-                Claim::InProgress => {
-                    return Err(Error::LeaseHeld(format!(
-                        "payment line {} is being synced",
-                        line.row
-                    )));
-                }
-                Claim::Acquired {
-                    token,
-                    maybe_attempted,
-                } => (token, maybe_attempted),
+                Claimed::Acquired(claim) => claim,
             };
-            let outcome = self
-                .settle_line(
-                    tenant,
-                    &mut invoice,
-                    line,
-                    &scope,
-                    repeated || maybe_attempted,
-                )
+            let may_exist = repeated || claim.maybe_attempted();
+            let outcome = claim
+                .hold(self.settle_line(tenant, &mut invoice, line, &claim, may_exist))
                 .await;
             let settled = match outcome {
                 Ok(s) => s,
                 Err(err) => {
-                    let _ = self.ctx.idem.release(&scope, &token).await;
+                    let _ = claim.release().await;
                     return Err(err);
                 }
             };
@@ -561,7 +545,7 @@ impl PaymentFlow {
                 },
             )
             .await?;
-            self.ctx.idem.complete(&scope, &token, &result).await?;
+            claim.complete(&result).await?;
             done.push(format!("{}: {result}", line.row));
         }
         Ok(Outcome::Done(format!(
@@ -576,7 +560,7 @@ impl PaymentFlow {
         tenant: &TenantId,
         invoice: &mut Invoice,
         line: &PaidLine,
-        scope: &str,
+        claim: &ClaimGuard,
         may_exist: bool,
     ) -> Result<Settled> {
         let precoro = self.ctx.precoro(tenant)?;
@@ -593,17 +577,7 @@ impl PaymentFlow {
             return Ok(Settled::Existing(payment_idn(p)?));
         }
         // Posted before, but the stamp failed: stamp only.
-        let posted_key = self
-            .ctx
-            .store
-            .key(&["payments", "posted", tenant.as_str(), &line.key()]);
-        if let Some(idn) = self
-            .ctx
-            .store
-            .get_string(&posted_key)
-            .await?
-            .and_then(|s| s.parse::<i64>().ok())
-        {
+        if let Some(idn) = claim.created().and_then(|s| s.parse::<i64>().ok()) {
             precoro
                 .set_payment_external_id(PrecoroIdn(idn), &external_id)
                 .await?;
@@ -649,18 +623,11 @@ impl PaymentFlow {
         };
 
         // Write, then stamp.
-        self.ctx.idem.mark_attempted(scope).await?;
+        claim.mark_attempted().await?;
         let (_, idn) = precoro
             .create_payment(invoice.id, amount, line.paid_on)
             .await?;
-        self.ctx
-            .store
-            .set_string(
-                &posted_key,
-                &idn.to_string(),
-                Some(self.ctx.config.worker.idempotency_ttl),
-            )
-            .await?;
+        claim.remember_created(&idn.to_string()).await?;
         invoice.sum_paid += amount;
         invoice.status = if invoice.sum_paid >= invoice.sum {
             PAID

@@ -203,8 +203,10 @@ impl ReferenceFlow {
         full: bool,
     ) -> Result<Report> {
         let store = &self.ctx.store;
-        let gen_key = store.key(&["ref-gen", tenant.as_str(), kind.as_str()]);
-        let lease_key = store.key(&["lock", "reference", tenant.as_str(), kind.as_str()]);
+        let gen_key = store.keys().reference_generation(tenant, kind.as_str());
+        let lease_key = store
+            .keys()
+            .flow_lease("reference", tenant, Some(kind.as_str()));
         let ttl = self.ctx.config.worker.entity_lease;
         if !full {
             // A new generation: whoever holds the lease will see it and run again.
@@ -236,7 +238,8 @@ impl ReferenceFlow {
         let mut full = full;
         for _ in 0..MAX_ROUNDS {
             let seen = store.get_string(&gen_key).await?;
-            let round = self.run(tenant, kind, full, &lease).await;
+            // Renewed while the run waits on Precoro's 1 call/s too, not only after each write.
+            let round = lease.hold(self.run(tenant, kind, full, &lease)).await;
             // Release before looking at the generation: a hint written after that look finds
             // the lease free and runs by itself.
             let _ = lease.release().await;
@@ -276,7 +279,8 @@ impl ReferenceFlow {
         let memo_key = self
             .ctx
             .store
-            .key(&["ref-memo", tenant_id.as_str(), kind.as_str()]);
+            .keys()
+            .reference_memo(tenant_id, kind.as_str());
         let old_memo = self.load_memo(&memo_key).await?;
         let mut wants: Vec<Want> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();

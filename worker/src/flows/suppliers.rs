@@ -47,9 +47,12 @@
 //! Deleting the Exact account unlinks the Precoro supplier (its externalId is cleared), so that no
 //! invoice is booked against an account that no longer exists; the supplier is not disabled.
 //!
-//! All work for one company runs under one Redis lease (`lock:suppliers:{tenant}`): a Precoro and
-//! an Exact webhook for the same supplier, or an invoice needing its supplier, never interleave,
-//! and the echo of a write waits until the state it is compared with is saved.
+//! All work for one company runs under one Redis lease (`lock:suppliers:{tenant}`), renewed while
+//! it runs: a Precoro and an Exact webhook for the same supplier, or an invoice needing its
+//! supplier, never interleave, and the echo of a write waits until the state it is compared with
+//! is saved. Every create (an Exact account for a Precoro supplier, a Precoro supplier for an Exact
+//! account) also runs under a claim on the supplier (`shared::store::claim`), which fences it when
+//! Redis loses its data and remembers what it created until it is stamped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +70,8 @@ use shared::exact::types::{Account, Entity, NewBankAccount};
 use shared::exact::{Filter, paths};
 use shared::ids::{ExactGuid, PrecoroId, TenantId};
 use shared::precoro::{MasterQuery, PrecoroClient, Supplier, SupplierQuery, parse_datetime};
+use shared::store::claim::{ClaimGuard, Claimed};
+use shared::store::keys::ApiName;
 use shared::store::lease::Lease;
 
 use super::Context;
@@ -115,11 +120,15 @@ impl Handler for SupplierFlow {
         }
         let target = target(env)?;
         let lease = sync.lock().await?;
-        let result = match target {
-            Target::Precoro(id) => sync.precoro_changed(id).await,
-            Target::Exact(id) if env.action == "delete" => sync.exact_deleted(id).await,
-            Target::Exact(id) => sync.exact_changed(id).await,
-        };
+        let result = lease
+            .hold(async {
+                match target {
+                    Target::Precoro(id) => sync.precoro_changed(id).await,
+                    Target::Exact(id) if env.action == "delete" => sync.exact_deleted(id).await,
+                    Target::Exact(id) => sync.exact_changed(id).await,
+                }
+            })
+            .await;
         lease.release().await?;
         result.map(Done::into_outcome)
     }
@@ -140,19 +149,20 @@ pub async fn ensure_in_exact(
     }
     let sync = Sync::new(ctx, tenant)?;
     let lease = sync.lock().await?;
-    let result = async {
-        let s = sync.precoro.get_supplier_fresh(supplier).await?;
-        if let Some(id) = external_guid(&s)? {
-            return Ok(id);
-        }
-        match sync.link_from_precoro(s).await? {
-            Done::Synced(id, _) => Ok(id),
-            Done::Skipped(why) => Err(Error::MissingMapping(format!(
-                "Precoro supplier {supplier} cannot be synced to Exact yet: {why}"
-            ))),
-        }
-    }
-    .await;
+    let result = lease
+        .hold(async {
+            let s = sync.precoro.get_supplier_fresh(supplier).await?;
+            if let Some(id) = external_guid(&s)? {
+                return Ok(id);
+            }
+            match sync.link_from_precoro(s).await? {
+                Done::Synced(id, _) => Ok(id),
+                Done::Skipped(why) => Err(Error::MissingMapping(format!(
+                    "Precoro supplier {supplier} cannot be synced to Exact yet: {why}"
+                ))),
+            }
+        })
+        .await;
     lease.release().await?;
     result
 }
@@ -290,7 +300,8 @@ impl<'a> Sync<'a> {
         let key = self
             .ctx
             .store
-            .key(&["lock", "suppliers", self.tenant.as_str()]);
+            .keys()
+            .flow_lease("suppliers", self.tenant, None);
         Lease::acquire_within(
             &self.ctx.store,
             key,
@@ -313,9 +324,7 @@ impl<'a> Sync<'a> {
             Side::Precoro => "precoro",
             Side::Exact => "exact",
         };
-        self.ctx
-            .store
-            .key(&["supplier-hash", self.tenant.as_str(), side, id])
+        self.ctx.store.keys().supplier_state(self.tenant, side, id)
     }
 
     async fn load(&self, side: Side, id: &str) -> Result<Option<Remembered>> {
@@ -468,17 +477,6 @@ impl<'a> Sync<'a> {
                 s.id
             )));
         }
-        // An earlier attempt created the account but did not stamp it: stamp only.
-        let created_key =
-            self.ctx
-                .store
-                .key(&["supplier-created", self.tenant.as_str(), &s.id.to_string()]);
-        if let Some(prev) = self.ctx.store.get_string(&created_key).await?
-            && let Ok(id) = prev.parse::<ExactGuid>()
-            && let Some(e) = self.read_exact(id).await?
-        {
-            return self.sync_pair(&s, None, id, e, None, true).await;
-        }
         let (matched, code_taken) = self.match_exact(&p).await?;
         if let Some(account) = matched {
             let id = account.id;
@@ -491,17 +489,49 @@ impl<'a> Sync<'a> {
             return self.sync_pair(&s, None, id, e, None, true).await;
         }
 
-        // Create.
+        // Create, under the supplier's claim.
+        let claim = self.claim(&format!("precoro:{}", s.id)).await?;
+        let done = claim
+            .hold(Box::pin(self.create_in_exact(&s, &p, code_taken, &claim)))
+            .await;
+        claim.finish_or_release(done).await
+    }
+
+    /// Claim `supplier:{tenant}:{which}` for a create. `done` never stands for a supplier (it may
+    /// be linked again after its account is deleted), so a claim is either ours or busy.
+    async fn claim(&self, which: &str) -> Result<ClaimGuard> {
+        let scope = format!("supplier:{}:{which}", self.tenant);
+        match self.ctx.claims.claim(&scope).await? {
+            Claimed::Acquired(claim) => Ok(claim),
+            Claimed::Done(_) => Err(Error::Redis(format!(
+                "{scope} holds a result, which supplier claims never record"
+            ))),
+        }
+    }
+
+    /// Create the Exact account for `s` (or stamp the one an earlier attempt created).
+    async fn create_in_exact(
+        &self,
+        s: &Supplier,
+        p: &Synced,
+        code_taken: bool,
+        claim: &ClaimGuard,
+    ) -> Result<Done> {
+        // An earlier attempt created the account but did not stamp it: stamp only.
+        if let Some(prev) = claim.created()
+            && let Ok(id) = prev.parse::<ExactGuid>()
+            && let Some(e) = self.read_exact(id).await?
+        {
+            return self.sync_pair(s, None, id, e, None, true).await;
+        }
         let with_code = p.get(Field::Code).is_some_and(is_exact_code) && !code_taken;
+        claim.mark_attempted().await?;
         let created = self
             .exact
-            .create_account(&new_account(&p, with_code))
+            .create_account(&new_account(p, with_code))
             .await?;
         let id = created.id;
-        self.ctx
-            .store
-            .set_string(&created_key, &id.to_string(), Some(STATE_TTL))
-            .await?;
+        claim.remember_created(&id.to_string()).await?;
         let mut e = Synced::from_exact(&created, None);
         if let Some(iban) = p.get(Field::Iban) {
             self.exact
@@ -523,7 +553,6 @@ impl<'a> Sync<'a> {
             .await?;
         self.save_pair(s.id, &Synced::from_precoro(&stamped), id, &e)
             .await?;
-        self.ctx.store.del(&created_key).await?;
         tracing::info!(supplier = s.id.0, account = %id, "created Exact supplier account");
         Ok(Done::Synced(
             id,
@@ -651,6 +680,32 @@ impl<'a> Sync<'a> {
     }
 
     async fn create_in_precoro(&self, id: ExactGuid, e: ExactSide) -> Result<Done> {
+        let claim = self.claim(&format!("exact:{id}")).await?;
+        let done = claim
+            .hold(Box::pin(self.create_claimed_in_precoro(id, e, &claim)))
+            .await;
+        claim.finish_or_release(done).await
+    }
+
+    async fn create_claimed_in_precoro(
+        &self,
+        id: ExactGuid,
+        e: ExactSide,
+        claim: &ClaimGuard,
+    ) -> Result<Done> {
+        // An earlier attempt created the supplier but did not stamp it: stamp it instead.
+        if let Some(prev) = claim.created().and_then(|p| p.parse::<i64>().ok()) {
+            let stamped = self
+                .precoro
+                .set_supplier_external_id(PrecoroId(prev), &id.to_string())
+                .await?;
+            self.save_pair(stamped.id, &Synced::from_precoro(&stamped), id, &e.synced)
+                .await?;
+            return Ok(Done::Synced(
+                id,
+                format!("stamped Precoro supplier {prev} with Exact account {id}"),
+            ));
+        }
         let all: Changes = Field::ALL
             .into_iter()
             .filter_map(|f| e.synced.get(f).map(|v| (f, Some(v.to_string()))))
@@ -661,7 +716,9 @@ impl<'a> Sync<'a> {
         if let Some(code) = e.synced.get(Field::PaymentCondition) {
             input.payment_terms = self.term_for(code).await?.map(|t| vec![t]);
         }
+        claim.mark_attempted().await?;
         let mut created = self.precoro.create_supplier(&input).await?;
+        claim.remember_created(&created.id.to_string()).await?;
         // Whether POST takes externalId is not documented (PATCH does, §3): stamp if it did not.
         if external_guid(&created).ok().flatten() != Some(id) {
             created = self
@@ -854,10 +911,11 @@ impl<'a> Sync<'a> {
     async fn reconcile(&self) -> Result<Outcome> {
         let mut queued = 0;
 
-        let cursor_key =
-            self.ctx
-                .store
-                .key(&["cursor", "precoro", self.tenant.as_str(), "suppliers"]);
+        let cursor_key = self
+            .ctx
+            .store
+            .keys()
+            .cursor(ApiName::Precoro, self.tenant, "suppliers");
         let since = self
             .ctx
             .store

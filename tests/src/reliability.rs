@@ -1377,3 +1377,445 @@ pub async fn settled_after_fence(world: &World, within: Duration) -> bool {
     }
     false
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redis servers of a scenario's own: an empty restart, a failover
+// ---------------------------------------------------------------------------------------------
+
+/// A free loopback port (bound and released at once).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One command to the Redis on `port`, on a fresh connection, given up after 2 s (a stopped
+/// server accepts the connection and never answers).
+pub async fn redis_at<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> anyhow::Result<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let query = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async::<T>(&mut conn).await
+    };
+    tokio::time::timeout(Duration::from_secs(2), query)
+        .await
+        .with_context(|| format!("Redis on port {port} did not answer {}", args.join(" ")))?
+        .with_context(|| format!("Redis on port {port}: {}", args.join(" ")))
+}
+
+/// `key:value` from an `INFO` reply.
+pub fn info_field(info: &str, key: &str) -> Option<String> {
+    info.lines().find_map(|l| {
+        l.trim_end()
+            .strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::to_string)
+    })
+}
+
+/// A `redis-server` child process on `127.0.0.1:port`, nothing persisted; SIGKILLed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    replica_of: Option<u16>,
+    child: Option<std::process::Child>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Start one (a replica of the Redis on `replica_of`, if given) and wait until it answers PING.
+    pub async fn start(port: u16, replica_of: Option<u16>) -> anyhow::Result<RedisServer> {
+        let dir = std::env::temp_dir().join(format!("reliability-redis-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let mut s = RedisServer {
+            port,
+            replica_of,
+            child: None,
+            dir: TempDir(dir),
+        };
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.0.join("redis.log")
+    }
+
+    fn launch(&self) -> anyhow::Result<std::process::Child> {
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            // A replica (re)joining is served at once, not after the default 5 s wait for others.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .arg("--logfile")
+            .arg(self.log());
+        if let Some(p) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")
+    }
+
+    /// Launch the process and poll PING until it answers (relaunching if it exited, e.g. while
+    /// the port was still held by the previous one).
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        self.child = Some(self.launch()?);
+        loop {
+            if let Ok(pong) = redis_at::<String>(self.port, &["PING"]).await
+                && pong == "PONG"
+            {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && c.try_wait()?.is_some()
+            {
+                self.child = Some(self.launch()?);
+            }
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                bail!(
+                    "redis-server on port {} did not answer PING within 15 s; log: {}",
+                    self.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`: no shutdown, nothing saved.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `kill -9`, then a fresh, empty server on the same port (answering PING on return).
+    pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn().await
+    }
+
+    /// Send a signal by name (`STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("the redis-server is not running")?;
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill -{sig} {pid} failed");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Wait until the replica on `replica` has its link to the primary on `primary` up and has
+/// received everything the primary had written when this was called.
+pub async fn wait_replica_synced(
+    primary: u16,
+    replica: u16,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let info: String = redis_at(primary, &["INFO", "replication"]).await?;
+    let want: i64 = info_field(&info, "master_repl_offset")
+        .and_then(|v| v.parse().ok())
+        .context("the primary reports no master_repl_offset")?;
+    let synced = eventually(within, || async {
+        let Ok(info) = redis_at::<String>(replica, &["INFO", "replication"]).await else {
+            return false;
+        };
+        info_field(&info, "master_link_status").as_deref() == Some("up")
+            && info_field(&info, "slave_repl_offset")
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|got| got >= want)
+    })
+    .await;
+    if !synced {
+        bail!(
+            "the replica on port {replica} did not reach offset {want} of port {primary} within {within:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A TCP proxy on a loopback port whose target can be changed: [`RetargetProxy::retarget`] drops
+/// every open connection, so clients reconnect to the new target (as they would through a
+/// floating address after a failover).
+pub struct RetargetProxy {
+    pub port: u16,
+    /// The target and the connections to it, under one lock so none is opened to an old target
+    /// after a retarget.
+    state: Arc<std::sync::Mutex<(std::net::SocketAddr, Vec<tokio::task::JoinHandle<()>>)>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl RetargetProxy {
+    pub async fn start(target: std::net::SocketAddr) -> anyhow::Result<RetargetProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(std::sync::Mutex::new((target, Vec::new())));
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let mut st = shared.lock().expect("proxy state");
+                let to = st.0;
+                st.1.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
+                st.1.push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Ok(RetargetProxy {
+            port,
+            state,
+            accept,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Forward new connections to `to`; close every open one.
+    pub fn retarget(&self, to: std::net::SocketAddr) {
+        let mut st = self.state.lock().expect("proxy state");
+        st.0 = to;
+        for h in st.1.drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for RetargetProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        if let Ok(mut st) = self.state.lock() {
+            for h in st.1.drain(..) {
+                h.abort();
+            }
+        }
+    }
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The finance user connects the company to Exact again (consent + code exchange), storing fresh
+/// tokens in the world's Redis. Tried again (up to 10 times, 500 ms apart) when it fails, as a
+/// person would: the first command on a connection to a Redis that restarted meets the old
+/// socket's broken pipe.
+pub async fn reconnect_exact(world: &World) -> anyhow::Result<()> {
+    let mut tries = 0;
+    loop {
+        match reconnect_exact_once(world).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 10 => {
+                tries += 1;
+                eprintln!("    reconnecting Exact failed ({e:#}); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn reconnect_exact_once(world: &World) -> anyhow::Result<()> {
+    let t = &world.config.tenants[0];
+    let client = shared::exact::client::ExactClient::for_tenant(
+        t,
+        world.store.clone(),
+        shared::store::ratelimit::RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
+    );
+    let code = world
+        .exact
+        .grant_consent(&t.exact.client_id, &t.exact.redirect_uri)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    client.exchange_code(&code).await?;
+    Ok(())
+}
+
+/// The dead letters now in the world's DLQ: (invoice idn or `None`, error).
+pub async fn dead_letters(world: &World) -> anyhow::Result<Vec<(Option<i64>, String)>> {
+    use shared::bus::dlq::{DeadLetters, Filter};
+    Ok(DeadLetters::connect(&world.config.broker)
+        .await?
+        .list(&Filter::default())
+        .await?
+        .into_iter()
+        .map(|d| {
+            (
+                d.payload["payload"]["idn"].as_i64(),
+                d.error.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// One pending invoice (status 1) numbered `{prefix}-{i}`: (number, idn).
+pub fn pending_invoice(world: &World, prefix: &str, i: usize) -> (String, i64) {
+    let number = format!("{prefix}-{i:05}");
+    let (_, idn) = world.invoice(InvoiceDraft {
+        number: number.clone(),
+        supplier: world.ids.suppliers[i % world.ids.suppliers.len()],
+        lines: vec![("Printer paper".into(), 1, "12.50".into(), "4000".into(), 21)],
+        status: 1,
+        ..Default::default()
+    });
+    (number, idn)
+}
+
+/// What the operator did after Redis came back empty.
+#[derive(Debug, Clone, Default)]
+pub struct OperatorLog {
+    /// When the first "connection broken" dead letter showed (the alert), if one did.
+    pub alerted: Option<Instant>,
+    pub reconnected: Option<Instant>,
+    /// Distinct invoices seen in the DLQ.
+    pub dead_lettered: usize,
+    /// Dead letters by reason (first 60 characters).
+    pub reasons: BTreeMap<String, usize>,
+    /// Replay rounds and messages re-published.
+    pub replay_rounds: usize,
+    pub replayed: usize,
+}
+
+/// The operator after Redis restarted empty (the Exact tokens gone with it): once the first
+/// invoice is dead-lettered with a broken Exact connection (or the fence plus a minute passed
+/// without one), reconnect Exact; then, whenever every invoice approved so far is booked or
+/// dead-lettered and the load is over, replay the DLQ, until everything is booked or `within`
+/// (from the restart) passes.
+pub async fn operate_after_empty_restart(
+    world: &World,
+    numbers: &[String],
+    by_idn: &HashMap<i64, String>,
+    restarted: &std::sync::Mutex<Option<Instant>>,
+    load_over: &std::sync::atomic::AtomicBool,
+    within: Duration,
+) -> anyhow::Result<OperatorLog> {
+    use std::sync::atomic::Ordering;
+    let mut log = OperatorLog::default();
+    let since = loop {
+        if let Some(t) = *restarted.lock().expect("restart time") {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let deadline = since + within;
+    let alert_by = since + world.config.redis.loss_fence + Duration::from_secs(60);
+    let mut dead: std::collections::HashSet<String> = Default::default();
+    let mut seen_letters: std::collections::HashSet<String> = Default::default();
+    let mut note_letters = |letters: &[(Option<i64>, String)],
+                            dead: &mut std::collections::HashSet<String>,
+                            log: &mut OperatorLog| {
+        for (idn, err) in letters {
+            let number = idn.and_then(|i| by_idn.get(&i).cloned());
+            let key = format!("{number:?}|{err}");
+            if seen_letters.insert(key) {
+                *log.reasons
+                    .entry(err.chars().take(60).collect())
+                    .or_default() += 1;
+            }
+            if let Some(n) = number {
+                dead.insert(n);
+            }
+        }
+    };
+    // The alert.
+    while Instant::now() < alert_by {
+        let letters = dead_letters(world).await?;
+        note_letters(&letters, &mut dead, &mut log);
+        if letters
+            .iter()
+            .any(|(_, e)| e.contains("connection") && e.contains("broken"))
+        {
+            log.alerted = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    reconnect_exact(world).await?;
+    log.reconnected = Some(Instant::now());
+    // Replays until everything is booked.
+    while Instant::now() < deadline {
+        let booked: std::collections::HashSet<String> = world
+            .exact
+            .purchase_entries(world.division)
+            .iter()
+            .filter_map(|e| e.request["YourRef"].as_str().map(str::to_string))
+            .collect();
+        let over = load_over.load(Ordering::SeqCst);
+        if over && numbers.iter().all(|n| booked.contains(n)) {
+            break;
+        }
+        let letters = dead_letters(world).await?;
+        note_letters(&letters, &mut dead, &mut log);
+        let waiting_on_dlq: Vec<&String> =
+            numbers.iter().filter(|n| !booked.contains(*n)).collect();
+        let in_dlq: std::collections::HashSet<String> = letters
+            .iter()
+            .filter_map(|(idn, _)| idn.and_then(|i| by_idn.get(&i).cloned()))
+            .collect();
+        if over && !letters.is_empty() && waiting_on_dlq.iter().all(|n| in_dlq.contains(*n)) {
+            let moved = shared::bus::dlq::DeadLetters::connect(&world.config.broker)
+                .await?
+                .replay(&shared::bus::dlq::Filter::default(), false)
+                .await?;
+            log.replay_rounds += 1;
+            log.replayed += moved.moved;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    log.dead_lettered = dead.len();
+    Ok(log)
+}
+
+/// The installation epoch (`key`) on the Redis at `port`: (id, born, fenced until), Redis ms.
+pub async fn epoch_at(port: u16, key: &str) -> anyhow::Result<Option<(String, i64, i64)>> {
+    let h: HashMap<String, String> = redis_at(port, &["HGETALL", key]).await?;
+    let ms = |f: &str| h.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    Ok(h.get("id")
+        .map(|id| (id.clone(), ms("born"), ms("fenced_until"))))
+}
+
+/// The Redis server time on `port`, in ms.
+pub async fn redis_now_ms(port: u16) -> anyhow::Result<i64> {
+    let (s, us): (i64, i64) = redis_at(port, &["TIME"]).await?;
+    Ok(s * 1000 + us / 1000)
+}

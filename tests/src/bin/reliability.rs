@@ -24,7 +24,9 @@ use testbed::world::{Stack, World, WorldOptions};
         RUN BY HAND ONLY, never from the test suite or CI in parallel with other tests: the \
         'broker-restart' scenario stops and starts the RabbitMQ app (rabbitmqctl stop_app/start_app) \
         and 'redis-restart' disconnects every Redis client and holds all Redis commands for a few \
-        seconds (CLIENT KILL + CLIENT PAUSE). Anything else using this RabbitMQ or Redis at that \
+        seconds (CLIENT KILL + CLIENT PAUSE). ('redis-empty-restart' and 'redis-failover' run \
+        redis-server processes of their own on free loopback ports and leave the shared Redis \
+        alone.) Anything else using this RabbitMQ or Redis at that \
         moment sees the outage too. Worker processes are this binary re-executed with --as-worker \
         and are killed with SIGKILL.\n\n\
         Exits non-zero when anything was lost or done twice."
@@ -34,7 +36,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (comma separated): crashes, broker-restart, redis-restart,
-    /// redis-flush, storm.
+    /// redis-flush, redis-empty-restart, redis-failover, storm.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Internal: run as one worker process with this config file.
@@ -113,6 +115,18 @@ async fn main() -> anyhow::Result<()> {
     if wants("redis-flush") {
         eprintln!("redis flush: caches and leases lost mid-load, then the tokens…");
         let (row, extra) = redis_flush(&exe, q).await?;
+        record(row, extra);
+    }
+    if wants("redis-empty-restart") {
+        eprintln!(
+            "redis empty restart: our own redis-server killed -9 and started empty mid-load…"
+        );
+        let (row, extra) = redis_empty_restart(&exe, q).await?;
+        record(row, extra);
+    }
+    if wants("redis-failover") {
+        eprintln!("redis failover: replication paused, primary killed, replica promoted…");
+        let (row, extra) = redis_failover(&exe, q).await?;
         record(row, extra);
     }
     if wants("storm") {
@@ -302,4 +316,294 @@ async fn storm(quick: bool) -> anyhow::Result<(Row, Vec<String>)> {
     }
     stack.stop().await;
     Ok((report.row, extra))
+}
+
+/// Redis (a server of our own) killed with `kill -9` mid-load and started again empty: the epoch,
+/// claims, marks and the Exact tokens are gone. The fence must hold claims until work begun before
+/// the loss has finished writing; the operator reconnects Exact and replays what was
+/// dead-lettered meanwhile; every invoice ends booked once.
+async fn redis_empty_restart(
+    exe: &std::path::Path,
+    quick: bool,
+) -> anyhow::Result<(Row, Vec<String>)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut redis = rel::RedisServer::start(rel::free_port()?, None).await?;
+    let mut opts = rel::fast_world("rel-empty");
+    if let Some(env) = opts.env.as_mut() {
+        env.redis_url = redis.url();
+    }
+    let world = World::build(opts).await;
+    let stack = Stack::start(&world, 0, false).await;
+    let insp = testbed::harness::Inspector::connect().await;
+    let queue = format!("{}sync.invoices", world.config.broker.prefix);
+    let env = [(rel::HOLD_AFTER_ENV, "300".to_string())];
+    let workers = Workers::spawn(exe, &rel::worker_toml(&world, "3s"), &["invoices"], 3, &env)?;
+    workers.ready(&insp, &queue, 3).await?;
+    drop(insp);
+    let n = if quick { 80 } else { 300 };
+    let invoices = rel::pending_invoices(&world, "EMPTY", n, 1);
+    let numbers: Vec<String> = invoices.iter().map(|i| i.0.clone()).collect();
+    let by_idn: std::collections::HashMap<i64, String> =
+        invoices.iter().map(|i| (i.2, i.0.clone())).collect();
+    // Exact takes its time over each purchase entry, so the restart lands inside writes.
+    world.exact.faults().set(testbed::exact_sim::FaultPlan {
+        latency: Duration::from_millis(800),
+        path_contains: Some("purchaseentry/PurchaseEntries".into()),
+        writes_only: true,
+        ..Default::default()
+    });
+    let restart_at = n * 3 / 10;
+    let restarted: std::sync::Mutex<Option<Instant>> = Default::default();
+    let load_over = AtomicBool::new(false);
+    let mut booked_before = 0;
+    let mut restart_redis_ms = 0i64;
+    let load = async {
+        for (i, inv) in invoices.iter().enumerate() {
+            if i == restart_at {
+                booked_before = rel::tally_entries(&world, &numbers).0;
+                redis.restart_empty().await?;
+                *restarted.lock().expect("restart time") = Some(Instant::now());
+                restart_redis_ms = rel::redis_now_ms(redis.port).await?;
+            }
+            world.precoro.approve_invoice(inv.2);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        load_over.store(true, Ordering::SeqCst);
+        anyhow::Ok(())
+    };
+    let operator = rel::operate_after_empty_restart(
+        &world,
+        &numbers,
+        &by_idn,
+        &restarted,
+        &load_over,
+        Duration::from_secs(if quick { 150 } else { 300 }),
+    );
+    let (loaded, operated) = tokio::join!(load, operator);
+    loaded?;
+    let op = operated?;
+    let restarted = restarted
+        .lock()
+        .expect("restart time")
+        .context("Redis was never restarted")?;
+    let booked_at = rel::wait_booked(&world, &numbers, Duration::from_secs(30)).await;
+    let (found, duplicates, lost) = rel::tally_entries(&world, &numbers);
+    // The epoch the first claim after the restart wrote: how long it held claims.
+    let fence = match rel::epoch_at(redis.port, &world.store.keys().epoch()).await? {
+        Some((_, born, until)) if until > born => format!(
+            "fence held claims {:.1} s (epoch opened {:.1} s after the restart)",
+            (until - born) as f64 / 1000.0,
+            (born - restart_redis_ms) as f64 / 1000.0
+        ),
+        Some(_) => "the epoch after the restart was NOT fenced".into(),
+        None => "no epoch after the restart".into(),
+    };
+    let mut extra = Vec::new();
+    if !fence.starts_with("fence held") {
+        extra.push(format!("Redis restarted empty: {fence}"));
+    }
+    if op.alerted.is_none() {
+        extra.push(
+            "no 'connection broken' dead letter after losing the Exact tokens with Redis".into(),
+        );
+    }
+    let secs = |t: Option<Instant>| {
+        t.map_or("-".into(), |t| {
+            format!(
+                "{:.1} s",
+                t.saturating_duration_since(restarted).as_secs_f64()
+            )
+        })
+    };
+    let row = Row {
+        scenario: "Redis restarted empty mid-load (kill -9, tokens lost too)".into(),
+        accepted: Some(rel::accepted_deliveries(&world)),
+        expected: n,
+        found,
+        duplicates,
+        lost,
+        recover: booked_at.map(|t| t.saturating_duration_since(restarted)),
+        note: format!(
+            "Exact entry writes take 0.8 s; restart after {restart_at} approvals ({booked_before} booked, the rest in flight); {fence}; alert (first broken-connection dead letter) after {}, Exact reconnected after {}; {} invoices dead-lettered, {} replay round(s) re-published {} message(s); reasons {:?}",
+            secs(op.alerted),
+            secs(op.reconnected),
+            op.dead_lettered,
+            op.replay_rounds,
+            op.replayed,
+            op.reasons,
+        ),
+    };
+    workers.stop().await;
+    stack.stop().await;
+    drop(redis);
+    Ok((row, extra))
+}
+
+/// A primary and a replica of our own, `redis.min_replicas = 1`, the service reaching the primary
+/// through a proxy. Under load: replication paused (replica SIGSTOPped), so claims wait for an
+/// acknowledgement that does not come; the primary killed; the replica, behind by whatever was
+/// written during the pause, promoted and the proxy pointed at it; the old primary's port back as
+/// an empty replica of the new one. Every invoice must end booked once. (The promoted replica runs
+/// under another `run_id` than the epoch was written under, so the first claim on it opens a new,
+/// fenced epoch, as after any partial loss; the note says so.)
+async fn redis_failover(exe: &std::path::Path, quick: bool) -> anyhow::Result<(Row, Vec<String>)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (p1, p2) = (rel::free_port()?, rel::free_port()?);
+    let mut primary = rel::RedisServer::start(p1, None).await?;
+    let replica = rel::RedisServer::start(p2, Some(p1)).await?;
+    rel::wait_replica_synced(p1, p2, Duration::from_secs(20)).await?;
+    let proxy = rel::RetargetProxy::start(rel::loopback(p1)).await?;
+    let mut opts = rel::fast_world("rel-failover");
+    if let Some(env) = opts.env.as_mut() {
+        env.redis_url = proxy.url();
+        env.redis_toml = format!(
+            "{}min_replicas = 1\nreplica_timeout = \"500ms\"\n",
+            rel::FAST_LOSS_REDIS
+        );
+    }
+    let world = World::build(opts).await;
+    let stack = Stack::start(&world, 0, false).await;
+    let insp = testbed::harness::Inspector::connect().await;
+    let queue = format!("{}sync.invoices", world.config.broker.prefix);
+    let workers = Workers::spawn(exe, &rel::worker_toml(&world, "3s"), &["invoices"], 3, &[])?;
+    workers.ready(&insp, &queue, 3).await?;
+    drop(insp);
+
+    let pause_for = Duration::from_secs(if quick { 3 } else { 8 });
+    let after = Duration::from_secs(if quick { 3 } else { 10 });
+    let every = Duration::from_millis(100);
+    let numbers: std::sync::Mutex<Vec<String>> = Default::default();
+    let failed_over: std::sync::Mutex<Option<Instant>> = Default::default();
+    let stop_load = AtomicBool::new(false);
+    let booked = || world.exact.purchase_entries(world.division).len();
+    let approved = || numbers.lock().expect("numbers").len();
+    let load = async {
+        let mut i = 0;
+        while !stop_load.load(Ordering::SeqCst) {
+            let (number, idn) = rel::pending_invoice(&world, "FAILOVER", i);
+            numbers.lock().expect("numbers").push(number);
+            world.precoro.approve_invoice(idn);
+            i += 1;
+            tokio::time::sleep(every).await;
+        }
+    };
+    let epoch_key = world.store.keys().epoch();
+    let driver = async {
+        let result = async {
+            // Some work done, so the epoch exists; the replica has it and the tokens.
+            if !testbed::harness::eventually(Duration::from_secs(30), || async {
+                booked() >= 3
+                    && rel::redis_at::<Option<String>>(p1, &["HGET", &epoch_key, "id"])
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some()
+            })
+            .await
+            {
+                bail!("nothing booked (or no epoch) within 30 s before the failover");
+            }
+            let epoch_before: Option<String> =
+                rel::redis_at(p1, &["HGET", &epoch_key, "id"]).await?;
+            rel::wait_replica_synced(p1, p2, Duration::from_secs(20)).await?;
+            replica.signal("STOP")?;
+            let (approved_at_pause, booked_at_pause) = (approved(), booked());
+            tokio::time::sleep(pause_for).await;
+            let (approved_at_kill, booked_at_kill) = (approved(), booked());
+            primary.kill9();
+            replica.signal("CONT")?;
+            let _: String = rel::redis_at(p2, &["REPLICAOF", "NO", "ONE"]).await?;
+            if !testbed::harness::eventually(Duration::from_secs(10), || async {
+                rel::redis_at::<String>(p2, &["INFO", "replication"])
+                    .await
+                    .is_ok_and(|i| rel::info_field(&i, "role").as_deref() == Some("master"))
+            })
+            .await
+            {
+                bail!("the replica was not promoted within 10 s");
+            }
+            proxy.retarget(rel::loopback(p2));
+            let at = Instant::now();
+            let at_ms = rel::redis_now_ms(p2).await?;
+            *failed_over.lock().expect("failover time") = Some(at);
+            // The old primary's port back, empty, as a replica of the new primary: claims can be
+            // acknowledged again.
+            let new_replica = rel::RedisServer::start(p1, Some(p2)).await?;
+            rel::wait_replica_synced(p2, p1, Duration::from_secs(20)).await?;
+            let rejoined = at.elapsed();
+            tokio::time::sleep(after).await;
+            anyhow::Ok((
+                new_replica,
+                approved_at_pause,
+                booked_at_pause,
+                approved_at_kill,
+                booked_at_kill,
+                epoch_before,
+                at_ms,
+                rejoined,
+            ))
+        }
+        .await;
+        stop_load.store(true, Ordering::SeqCst);
+        result
+    };
+    let ((), driven) = tokio::join!(load, driver);
+    let (
+        new_replica,
+        approved_at_pause,
+        booked_at_pause,
+        approved_at_kill,
+        booked_at_kill,
+        epoch_before,
+        failover_ms,
+        rejoined,
+    ) = driven?;
+    let failed_over = failed_over
+        .lock()
+        .expect("failover time")
+        .context("no failover happened")?;
+    let numbers = numbers.into_inner().expect("numbers");
+    let booked_at = rel::wait_booked(&world, &numbers, Duration::from_secs(120)).await;
+    let (found, duplicates, lost) = rel::tally_entries(&world, &numbers);
+    // The promoted replica had the primary's epoch (synced before the pause); a claim on it
+    // sees another run_id and opens a new, fenced epoch.
+    let mut extra = Vec::new();
+    let epoch = match (epoch_before, rel::epoch_at(p2, &epoch_key).await?) {
+        (Some(before), Some((id, _, _))) if id == before => "epoch kept (no fence)".to_string(),
+        (Some(_), Some((_, born, until))) => format!(
+            "the promoted replica's new run_id opened a new epoch {:.1} s after the failover, fenced {:.1} s",
+            (born - failover_ms) as f64 / 1000.0,
+            (until - born) as f64 / 1000.0,
+        ),
+        (before, after) => {
+            extra.push(format!(
+                "epoch before the failover {before:?}, after {after:?}: the scenario did not run as planned"
+            ));
+            "epoch missing".into()
+        }
+    };
+    let row = Row {
+        scenario: "Redis failover to a replica that was behind (min_replicas = 1)".into(),
+        accepted: Some(rel::accepted_deliveries(&world)),
+        expected: numbers.len(),
+        found,
+        duplicates,
+        lost,
+        recover: booked_at.map(|t| t.saturating_duration_since(failed_over)),
+        note: format!(
+            "min_replicas=1, replica_timeout 500ms; replication paused {:.0} s: {} approved then, {} booked during the pause, {} waited for the failover (claims unacknowledged); {epoch}; old primary's port back as an empty replica, synced {:.1} s after the failover",
+            pause_for.as_secs_f64(),
+            approved_at_kill - approved_at_pause,
+            booked_at_kill - booked_at_pause,
+            approved_at_kill.saturating_sub(booked_at_kill),
+            rejoined.as_secs_f64(),
+        ),
+    };
+    workers.stop().await;
+    stack.stop().await;
+    drop(proxy);
+    drop(new_replica);
+    drop(replica);
+    drop(primary);
+    Ok((row, extra))
 }

@@ -179,6 +179,9 @@ pub struct Claims {
     store: Store,
     settings: Arc<ClaimSettings>,
     witness: Arc<dyn InstallationWitness>,
+    /// One task per process opens an epoch; the others wait and claim again (a burst of claims
+    /// at the first start would otherwise each ask the witness).
+    opening: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What a claim found.
@@ -224,6 +227,7 @@ impl Claims {
             store,
             settings: Arc::new(settings),
             witness,
+            opening: Arc::default(),
         }
     }
 
@@ -291,6 +295,15 @@ impl Claims {
     /// data), open at once on its first start. A `stale` epoch (the server restarted since it was
     /// written, and may have lost its last writes) is replaced by a fenced one.
     async fn open_epoch(&self, stale: Option<&str>) -> Result<()> {
+        let _one_at_a_time = self.opening.lock().await;
+        let current = self
+            .store
+            .get_hash_field(&self.store.keys().epoch(), "id")
+            .await?;
+        if current.is_some() && current.as_deref() != stale {
+            // Another task opened it while this one waited.
+            return Ok(());
+        }
         let lost = stale.is_some() || self.witness.has_run().await?;
         let (fence, recovery) = if lost {
             (self.settings.fence, self.settings.recovery)

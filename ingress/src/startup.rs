@@ -75,7 +75,7 @@ impl Application {
                 post(webhooks::precoro),
             )
             .route("/webhooks/exact", post(webhooks::exact))
-            .route("/oauth/exact/{tenant}/connect", get(oauth::connect))
+            .route("/oauth/exact/start", get(oauth::start))
             .route("/oauth/exact/callback", get(oauth::callback))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))

@@ -331,8 +331,11 @@ pub struct IngressConfig {
     /// The externally reachable base URL (for webhook callbacks and the OAuth redirect).
     pub public_url: String,
     pub body_limit_bytes: usize,
-    /// Signs the OAuth `state` parameter.
+    /// Signs the operator's connect links and the OAuth `state` parameter.
     pub oauth_state_secret: Secret,
+    /// Whether that secret came from the config (the same in every process) rather than being
+    /// made up at start: connect links made by `worker exact connect` need it.
+    pub oauth_state_secret_configured: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -669,6 +672,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             "must be at least 1024",
         ));
     }
+    let oauth_state_secret_configured = raw.ingress.oauth_state_secret.is_some();
     let oauth_state_secret = match raw.ingress.oauth_state_secret {
         Some(s) => secret("ingress.oauth_state_secret", &s, env)?,
         // Without a configured secret, a per-process random one: connect links then only work
@@ -680,6 +684,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         public_url: public_url.clone(),
         body_limit_bytes,
         oauth_state_secret,
+        oauth_state_secret_configured,
     };
 
     let w = raw.worker;

@@ -44,6 +44,9 @@ macro_rules! run {
     }};
 }
 
+/// The secret connect links and OAuth states are signed with, shared by the CLI and the ingress.
+const OAUTH_SECRET: &str = "Zq7v-Kp2x-Lm9w-Rt4y-Hs8c-Nb3d-Gf6j";
+
 /// The world's config with the ingress on a known port and `public_url` pointing at it, as in a
 /// deployment (the OAuth redirect URI and webhook callback derive from `public_url`).
 fn with_public_ingress(world: &World) -> Config {
@@ -55,7 +58,7 @@ fn with_public_ingress(world: &World) -> Config {
     let toml = world.toml.replacen(
         "[ingress]\nlisten = \"127.0.0.1:0\"\n",
         &format!(
-            "[ingress]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n"
+            "[ingress]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\noauth_state_secret = \"{OAUTH_SECRET}\"\n"
         ),
         1,
     );
@@ -302,6 +305,41 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     stack.stop().await;
 }
 
+/// A browser that opens an operator's link: (the callback URL Exact sends it back to, the consent
+/// cookie the ingress set). The link must start a consent.
+async fn consent_in_browser(http: &reqwest::Client, world: &World, link: &str) -> (String, String) {
+    let r = http.get(link).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303, "the link starts a consent");
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/oauth/exact"] {
+        assert!(set_cookie.contains(attr), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let to_exact = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        to_exact.starts_with(&format!("{}/api/oauth2/auth?", world.exact.base_url())),
+        "{to_exact}"
+    );
+    let r = http.get(&to_exact).send().await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        302,
+        "the simulator's consent redirects"
+    );
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    (back, cookie)
+}
+
+/// `(status, body)` of a GET asking for JSON, with `cookie` if any.
+async fn get_json(http: &reqwest::Client, url: &str, cookie: Option<&str>) -> (u16, Value) {
+    let mut req = http.get(url).header("accept", "application/json");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test]
 async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens() {
     let world = World::build(WorldOptions {
@@ -318,11 +356,12 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
 
     let (url, out) = run!(|o| exact::connect(&config, TENANT, o));
     let url = url.unwrap();
-    assert_eq!(
-        url,
-        format!("{}/oauth/exact/{TENANT}/connect", ingress.base)
+    assert!(
+        url.starts_with(&format!("{}/oauth/exact/start?link=", ingress.base)),
+        "{url}"
     );
     assert!(out.contains(&url), "{out}");
+    assert!(out.contains("works once, for 15 minutes"), "{out}");
     assert!(
         out.contains(&format!("{}/oauth/exact/callback", ingress.base)),
         "names the redirect URI to register: {out}"
@@ -332,45 +371,103 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
         .0
         .unwrap_err();
     assert!(err.to_string().contains("no company 'nobody'"), "{err}");
+    // Without a configured secret the CLI cannot sign a link the ingress would accept.
+    let unsigned = Config::from_toml(&world.toml, &|_| None).unwrap();
+    let err = run!(|o| exact::connect(&unsigned, TENANT, o))
+        .0
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("ingress.oauth_state_secret"),
+        "{err}"
+    );
 
-    // The browser: connect → Exact's consent page → back to the callback.
-    shared::http::client(Duration::from_secs(5));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = http.get(&url).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 303);
-    let to_exact = r.headers()["location"].to_str().unwrap().to_string();
-    assert!(
-        to_exact.starts_with(&format!("{}/api/oauth2/auth?", world.exact.base_url())),
-        "{to_exact}"
+    let keys_now = || async {
+        world
+            .store
+            .scan_keys(&world.store.keys().everything())
+            .await
+            .unwrap()
+            .len()
+    };
+
+    // No way in without the operator's link: the old bare route, a company that does not exist,
+    // a forged link and a link signed for an unknown company all get the same 404, and write
+    // nothing.
+    let before = keys_now().await;
+    let secret = &config.ingress.oauth_state_secret;
+    let now = chrono::Utc::now().timestamp();
+    let for_nobody = shared::exact::oauth_state::sign(
+        secret,
+        shared::exact::oauth_state::Purpose::Link,
+        "nobody",
+        now,
+        Duration::from_secs(60),
     );
-    let q: std::collections::HashMap<String, String> = url::Url::parse(&to_exact)
+    let a_state_as_link = shared::exact::oauth_state::sign(
+        secret,
+        shared::exact::oauth_state::Purpose::State,
+        TENANT,
+        now,
+        Duration::from_secs(60),
+    );
+    let mut answers = Vec::new();
+    for path in [
+        format!("/oauth/exact/{TENANT}/connect"),
+        "/oauth/exact/nobody/connect".to_string(),
+        "/oauth/exact/start".to_string(),
+        "/oauth/exact/start?link=forged.AAAA".to_string(),
+        format!("/oauth/exact/start?link={for_nobody}"),
+        format!("/oauth/exact/start?link={a_state_as_link}"),
+    ] {
+        let r = http
+            .get(format!("{}{path}", ingress.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().get("set-cookie").is_none(), "{path}");
+        answers.push((r.status().as_u16(), r.text().await.unwrap()));
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(answers[0].0, 404);
+    assert_eq!(keys_now().await, before, "no state was created");
+
+    // The browser: the operator's link → Exact's consent page → back to the callback.
+    let (back, cookie) = consent_in_browser(&http, &world, &url).await;
+    assert!(back.starts_with(&t.exact.redirect_uri), "{back}");
+    let state = url::Url::parse(&back)
         .unwrap()
         .query_pairs()
-        .into_owned()
-        .collect();
-    assert_eq!(q["client_id"], t.exact.client_id);
-    assert_eq!(q["redirect_uri"], t.exact.redirect_uri);
-    assert_eq!(q["response_type"], "code");
-    let state = q["state"].clone();
-    let r = http.get(&to_exact).send().await.unwrap();
-    assert_eq!(
-        r.status().as_u16(),
-        302,
-        "the simulator's consent redirects"
-    );
-    let back = r.headers()["location"].to_str().unwrap().to_string();
-    assert!(back.starts_with(&t.exact.redirect_uri), "{back}");
-    let r = http
-        .get(&back)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let body: Value = r.json().await.unwrap();
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    // The link works once.
+    let (status, body) = get_json(&http, &url, None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("link_used")));
+
+    // The callback from another browser (no cookie, or another consent's) is refused before any
+    // token call: a captured callback URL is worth nothing elsewhere.
+    let token_calls = world.exact.token_calls();
+    for other in [
+        None,
+        Some("pe_exact_consent=0123456789abcdef0123456789abcdef"),
+    ] {
+        let (status, body) = get_json(&http, &back, other).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("not_this_browser")),
+            "{body}"
+        );
+    }
+    assert_eq!(world.exact.token_calls(), token_calls, "no code exchange");
+    assert!(tokens.load().await.unwrap().is_none(), "nothing stored");
+
+    let (status, body) = get_json(&http, &back, Some(&cookie)).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "connected", "{body}");
     assert!(
         body["message"]
@@ -394,27 +491,57 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
     assert!(out.contains("already connected"), "{out}");
 
     // The same callback again: refused, and the stored pair is untouched.
-    let r = http
-        .get(&back)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "state_used", "{body}");
+    let (status, body) = get_json(&http, &back, Some(&cookie)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("state_used")));
     assert_eq!(tokens.load().await.unwrap().unwrap(), rec);
 
-    // A forged, an expired and a missing state; a missing code; an unknown company.
+    // A consent by an account that cannot reach the configured division: said on the page,
+    // and the existing connection stays.
+    let other = shared::ids::Division(world.division.0 + 1);
+    world.exact.add_division(other);
+    world.exact.set_consenting_user(Some(&[other]));
+    let link = exact::connect_url(&config, t).unwrap();
+    let (back2, cookie2) = consent_in_browser(&http, &world, &link).await;
+    let (status, body) = get_json(&http, &back2, Some(&cookie2)).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "wrong_administration", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains(&world.division.to_string()), "{message}");
+    assert!(message.contains(&other.to_string()), "{message}");
+    assert_eq!(
+        tokens.load().await.unwrap().unwrap(),
+        rec,
+        "connection kept"
+    );
+    world.exact.set_consenting_user(None);
+
+    // Forged, expired, foreign-purpose and missing states; a missing code.
     let callback = format!("{}/oauth/exact/callback", ingress.base);
     let (payload, _) = state.split_once('.').unwrap();
     let forged = format!("{payload}.AAAA");
-    let expired = shared::exact::oauth_state::sign(
-        &config.ingress.oauth_state_secret,
-        TENANT,
-        chrono::Utc::now().timestamp() - 3600,
-        Duration::from_secs(60),
+    let sign_state = |at: i64, ttl: u64| {
+        shared::exact::oauth_state::sign(
+            secret,
+            shared::exact::oauth_state::Purpose::State,
+            TENANT,
+            at,
+            Duration::from_secs(ttl),
+        )
+    };
+    let expired = sign_state(chrono::Utc::now().timestamp() - 3600, 60);
+    let fresh = sign_state(chrono::Utc::now().timestamp(), 60);
+    let fresh_cookie = format!(
+        "pe_exact_consent={}",
+        shared::exact::oauth_state::verify(
+            secret,
+            shared::exact::oauth_state::Purpose::State,
+            &fresh,
+            chrono::Utc::now().timestamp()
+        )
+        .unwrap()
+        .nonce
     );
+    let token_calls = world.exact.token_calls();
     for (query, code, needle) in [
         (
             vec![("code", "x"), ("state", forged.as_str())],
@@ -426,17 +553,14 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
             "bad_state",
             "expired",
         ),
+        (
+            vec![("code", "x"), ("state", for_nobody.as_str())],
+            "bad_state",
+            "not a connect link or state",
+        ),
         (vec![("code", "x")], "bad_state", "no state"),
         (
-            vec![(
-                "state",
-                &*shared::exact::oauth_state::sign(
-                    &config.ingress.oauth_state_secret,
-                    TENANT,
-                    chrono::Utc::now().timestamp(),
-                    Duration::from_secs(60),
-                ),
-            )],
+            vec![("state", fresh.as_str())],
             "missing_code",
             "no authorization code",
         ),
@@ -445,6 +569,7 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
             .get(&callback)
             .query(&query)
             .header("accept", "application/json")
+            .header("cookie", &fresh_cookie)
             .send()
             .await
             .unwrap();
@@ -453,6 +578,17 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
         assert_eq!(body["error"], code, "{body}");
         assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
     }
+    // Junk callbacks cost no token call, however many.
+    for i in 0..50 {
+        let (status, _) = get_json(
+            &http,
+            &format!("{callback}?code=bogus{i}&state={forged}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+    assert_eq!(world.exact.token_calls(), token_calls, "no code exchange");
     // A browser gets a page, not JSON.
     let r = http
         .get(&callback)
@@ -468,17 +604,39 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
             .starts_with("text/html")
     );
     assert!(r.text().await.unwrap().contains("Connection not made"));
-    let r = http
-        .get(format!("{}/oauth/exact/nobody/connect", ingress.base))
-        .send()
+
+    // Consents have their own small daily budget (10): once it is spent, another genuine consent
+    // is told to come back, and the refreshes' budget is untouched.
+    let day = (world.store.now_ms().await.unwrap() / 86_400_000).to_string();
+    let keys = world.store.keys();
+    let used: u32 = world
+        .store
+        .get_string(&keys.exact_code_exchanges(&t.id, &day))
+        .await
+        .unwrap()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((3..10).contains(&used), "{used} consents so far");
+    for _ in used..10 {
+        let link = exact::connect_url(&config, t).unwrap();
+        let (back, cookie) = consent_in_browser(&http, &world, &link).await;
+        let (status, body) = get_json(&http, &back, Some(&cookie)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let link = exact::connect_url(&config, t).unwrap();
+    let (back, cookie) = consent_in_browser(&http, &world, &link).await;
+    let (status, body) = get_json(&http, &back, Some(&cookie)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("exchange_budget")),
+        "{body}"
+    );
+    let refreshes = world
+        .store
+        .get_string(&keys.exact_token_calls(&t.id, &day))
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-    assert_eq!(
-        tokens.load().await.unwrap().unwrap(),
-        rec,
-        "nothing replaced"
-    );
+    assert_eq!(refreshes, None, "no refresh was counted for the consents");
     ingress.stop(&config).await;
 }
 

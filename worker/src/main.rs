@@ -168,8 +168,10 @@ enum ExactCommand {
     /// Print the link that connects a company to Exact Online (OAuth consent).
     ///
     /// A finance user of the company opens it, logs in to Exact and consents; Exact sends the
-    /// browser back to the ingress (tenants.exact.redirect_uri), which stores the tokens. Run it
-    /// again to repair a broken connection.
+    /// browser back to the ingress (tenants.exact.redirect_uri), which stores the tokens if the
+    /// account reaches the configured division. The link works once and expires after 15
+    /// minutes; it is signed with ingress.oauth_state_secret, which must be the same here and in
+    /// the ingress. Run it again to repair a broken connection.
     Connect {
         /// The company's `id` in the config.
         #[arg(long)]

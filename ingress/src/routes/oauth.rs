@@ -1,23 +1,33 @@
-//! Exact OAuth connect routes (DESIGN.md "Ingress", specs/exact-online.md §1).
+//! Exact OAuth connect routes (DESIGN.md "Surfaces and who may use them", specs/exact-online.md
+//! §1). Whoever completes a consent replaces a company's connection, so only an operator starts
+//! one:
 //!
-//! - `GET /oauth/exact/{tenant}/connect` → 303 to Exact's authorize URL with a signed `state`.
-//! - `GET /oauth/exact/callback?code&state` → verify the state (signature in constant time,
-//!   expiry, single use) → code exchange → the token pair stored → a small page (HTML, or JSON
-//!   when asked for) saying the company is connected.
+//! - `worker exact connect --tenant T` prints a **single-use link that expires** (15 minutes),
+//!   signed with `ingress.oauth_state_secret`: `GET /oauth/exact/start?link=…`. Opening it marks
+//!   the link used, signs a fresh OAuth `state` and binds it to this browser with an `HttpOnly;
+//!   Secure; SameSite=Lax` cookie holding the state's nonce, then 303s to Exact's consent page.
+//!   There is no other way in: a bare `/oauth/exact/{tenant}/connect` is not a route, and a link
+//!   that does not verify gets the same 404 as any unknown path, whether its company exists or not.
+//! - `GET /oauth/exact/callback?code&state` → the state verifies (signature in constant time,
+//!   purpose, expiry), the cookie matches it, it was not used before → the code is exchanged
+//!   (counted against the day's small code-exchange budget, never the refreshes') → the new token
+//!   must reach the configured division (`system/Divisions`) → only then is the pair stored.
+//!   Anything that fails before the exchange writes nothing and costs no token call.
 //!
-//! Errors are for a person in a browser: a bad or expired state is a 400 that says to start again.
+//! Errors are for a person in a browser: a page that says what happened and what to do.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
 use shared::exact::ExactClient;
-use shared::exact::oauth_state::{self, STATE_TTL};
+use shared::exact::client::Connect;
+use shared::exact::oauth_state::{self, Purpose, STATE_TTL};
 use shared::store::ratelimit::RateLimiter;
 
 use crate::startup::AppState;
@@ -92,29 +102,102 @@ fn exact_client(state: &AppState, tenant: &shared::config::TenantConfig) -> Exac
     )
 }
 
-/// Start the consent: redirect to Exact's login/consent page for this company.
-pub async fn connect(
+/// The cookie that binds a consent's `state` to the browser that opened the operator's link.
+pub const CONSENT_COOKIE: &str = "pe_exact_consent";
+
+#[derive(Debug, Deserialize)]
+pub struct Start {
+    link: Option<String>,
+}
+
+/// Open an operator's connect link: mark it used, bind a fresh state to this browser, and send it
+/// to Exact's consent page.
+pub async fn start(
     State(state): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
+    Query(q): Query<Start>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(t) = state.config.tenant(&tenant) else {
-        return Page::new(&headers, StatusCode::NOT_FOUND, "unknown_tenant")
-            .text(
-                "Unknown company",
-                format!("There is no company '{tenant}' in this service's configuration."),
-            )
-            .into_response();
-    };
-    let signed = oauth_state::sign(
-        &state.config.ingress.oauth_state_secret,
-        t.id.as_str(),
+    let secret = &state.config.ingress.oauth_state_secret;
+    let link = oauth_state::verify(
+        secret,
+        Purpose::Link,
+        q.link.as_deref().unwrap_or(""),
         now_s(),
-        STATE_TTL,
     );
+    // A link that does not verify, or names a company no longer configured, gets what any unknown
+    // path gets: nothing here tells a prober which companies exist.
+    let (claims, t) = match link {
+        Ok(c) => match state.config.tenant(&c.tenant) {
+            Some(t) => (c, t),
+            None => return StatusCode::NOT_FOUND.into_response(),
+        },
+        Err(oauth_state::StateError::Expired) => {
+            return Page::new(&headers, StatusCode::BAD_REQUEST, "link_expired")
+                .text(
+                    "Connect link expired",
+                    "This connect link has expired. Ask your operator for a new one (worker exact connect).",
+                )
+                .into_response();
+        }
+        Err(_) => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let remaining = (claims.expires_at - now_s()).max(1) as u64;
+    let used = state.store.keys().oauth_link_used(&claims.nonce);
+    match state
+        .store
+        .set_nx(&used, t.id.as_str(), Duration::from_secs(remaining))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return Page::new(&headers, StatusCode::BAD_REQUEST, "link_used")
+                .text(
+                    "Connect link already used",
+                    "This connect link was opened before and works only once. Ask your operator for a new one (worker exact connect).",
+                )
+                .into_response();
+        }
+        Err(e) => return unavailable(&headers, &e),
+    }
+    let signed = oauth_state::sign(secret, Purpose::State, t.id.as_str(), now_s(), STATE_TTL);
+    let nonce = oauth_state::verify(secret, Purpose::State, &signed, now_s())
+        .expect("a state just signed verifies")
+        .nonce;
     let url = exact_client(&state, t).authorize_url(&signed);
-    tracing::info!(tenant = %t.id, "Exact connect started");
-    Redirect::to(&url).into_response()
+    tracing::info!(tenant = %t.id, "Exact consent started from an operator's link");
+    let cookie = format!(
+        "{CONSENT_COOKIE}={nonce}; HttpOnly; Secure; SameSite=Lax; Path=/oauth/exact; Max-Age={}",
+        STATE_TTL.as_secs()
+    );
+    let mut resp = Redirect::to(&url).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie
+            .parse()
+            .expect("a cookie of base16 and ASCII is a header value"),
+    );
+    resp
+}
+
+fn unavailable(headers: &HeaderMap, e: &shared::Error) -> Response {
+    Page::new(headers, StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        .text(
+            "Try again",
+            format!("the service cannot reach its store right now: {e}"),
+        )
+        .into_response()
+}
+
+/// The consent cookie's value, if the browser sent one.
+fn consent_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == CONSENT_COOKIE)
+        .map(|(_, v)| v.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,12 +225,23 @@ pub async fn callback(
     // The state first: nothing else in the request is trusted before it verifies.
     let claims = match oauth_state::verify(
         &state.config.ingress.oauth_state_secret,
+        Purpose::State,
         q.state.as_deref().unwrap_or(""),
         now_s(),
     ) {
         Ok(c) => c,
         Err(e) => return bad("bad_state", "Connection not made", e.to_string()),
     };
+    // Then the browser: it must be the one that opened the operator's link.
+    let bound = consent_cookie(&headers)
+        .is_some_and(|c| shared::webhook::constant_time_eq(c.as_bytes(), claims.nonce.as_bytes()));
+    if !bound {
+        return bad(
+            "not_this_browser",
+            "Connection not made",
+            "this consent was not started in this browser: open the connect link your operator gave you, in the browser you then log in to Exact with".into(),
+        );
+    }
     let Some(t) = state.config.tenant(&claims.tenant) else {
         return bad(
             "unknown_tenant",
@@ -195,17 +289,33 @@ pub async fn callback(
                 "this connect link was already used; start again from the connect link".into(),
             );
         }
-        Err(e) => {
-            return Page::new(&headers, StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-                .text(
-                    "Try again",
-                    format!("the service cannot reach its store right now: {e}"),
-                )
-                .into_response();
-        }
+        Err(e) => return unavailable(&headers, &e),
     }
-    match exact_client(&state, t).exchange_code(code).await {
-        Ok(rec) => {
+    match exact_client(&state, t).connect_with_code(code).await {
+        Ok(Connect::WrongAdministration { reachable }) => {
+            let can = if reachable.is_empty() {
+                "no administration of ours".to_string()
+            } else {
+                format!(
+                    "division(s) {}",
+                    reachable
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            Page::new(&headers, StatusCode::FORBIDDEN, "wrong_administration")
+                .text(
+                    "Connection not made",
+                    format!(
+                        "The Exact Online account that consented cannot reach division {} of company '{}' (it reaches {can}). Nothing was changed: the company's existing connection, if any, stays. Log in to Exact as a user of that administration and ask your operator for a new connect link.",
+                        t.exact.division, t.id
+                    ),
+                )
+                .into_response()
+        }
+        Ok(Connect::Connected(rec)) => {
             let minutes = (rec.expires_at_ms - rec.refreshed_at_ms) / 60_000;
             Page::new(&headers, StatusCode::OK, "connected")
                 .text(
@@ -213,6 +323,18 @@ pub async fn callback(
                     format!(
                         "Company '{}' ({}) is connected to Exact Online division {}. The access token is valid for {minutes} minutes and is renewed automatically; you can close this page.",
                         t.id, t.name, t.exact.division
+                    ),
+                )
+                .into_response()
+        }
+        Err(shared::Error::RateLimited { retry_after, .. }) => {
+            Page::new(&headers, StatusCode::TOO_MANY_REQUESTS, "exchange_budget")
+                .text(
+                    "Connection not made",
+                    format!(
+                        "Company '{}' has used today's consents; try again in {} minutes (nothing was changed).",
+                        t.id,
+                        retry_after.as_secs() / 60 + 1
                     ),
                 )
                 .into_response()

@@ -172,6 +172,16 @@ impl std::fmt::Debug for ExactClient {
     }
 }
 
+/// How a consent ended (see [`ExactClient::connect_with_code`]).
+#[derive(Debug, Clone)]
+pub enum Connect {
+    /// Stored: the company is connected.
+    Connected(TokenRecord),
+    /// The consenting account cannot reach the configured division: nothing stored. The
+    /// divisions it can reach, if any.
+    WrongAdministration { reachable: Vec<i64> },
+}
+
 impl ExactClient {
     /// A client for the company in `tenant`'s config, with default options.
     pub fn for_tenant(tenant: &TenantConfig, store: Store, limiter: RateLimiter) -> Self {
@@ -237,6 +247,79 @@ impl ExactClient {
     /// See [`OAuth::exchange_code`].
     pub async fn exchange_code(&self, code: &str) -> Result<TokenRecord> {
         self.inner.oauth.exchange_code(code).await
+    }
+
+    /// A consent's code, for the configured administration only: the pair is stored (replacing
+    /// the company's connection) only when the account that consented can reach the configured
+    /// division; otherwise nothing changes and the answer lists what that account can reach.
+    pub async fn connect_with_code(&self, code: &str) -> Result<Connect> {
+        let rec = self.inner.oauth.exchange_unstored(code).await?;
+        let reachable = self.divisions_reachable_with(&rec.access_token).await?;
+        if !reachable.contains(&self.inner.division.0) {
+            tracing::warn!(tenant = %self.inner.tenant, division = self.inner.division.0, ?reachable, "Exact consent by an account that cannot reach the configured division: not stored");
+            return Ok(Connect::WrongAdministration { reachable });
+        }
+        self.inner.oauth.store_connection(&rec).await?;
+        Ok(Connect::Connected(rec))
+    }
+
+    /// The divisions a fresh access token reaches: `system/Divisions` in the configured division
+    /// (spec §1 "Listing"). A token that cannot reach it is refused there (401/403) [U: which];
+    /// then `current/Me` at least names the administration the account works in.
+    async fn divisions_reachable_with(&self, access_token: &str) -> Result<Vec<i64>> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            #[serde(rename = "Code")]
+            code: i64,
+        }
+        let listing = self.url("system/Divisions", &[("$select", "Code")]);
+        if let Some(body) = self.get_with(access_token, &listing).await? {
+            return Ok(crate::exact::odata::parse_page::<Row>(&body)?
+                .rows
+                .into_iter()
+                .map(|r| r.code)
+                .collect());
+        }
+        let me = format!(
+            "{}/api/v1/current/Me{}",
+            self.inner.host,
+            query_string(&[("$select", "CurrentDivision")])
+        );
+        Ok(match self.get_with(access_token, &me).await? {
+            Some(body) => parse_single::<Me>(&body)?
+                .map(|m| vec![m.current_division])
+                .unwrap_or_default(),
+            None => Vec::new(),
+        })
+    }
+
+    /// A GET with a token that is not (yet) the company's: the body, or `None` when Exact
+    /// refuses the token there (401, 403, 404).
+    async fn get_with(&self, access_token: &str, url: &str) -> Result<Option<bytes::Bytes>> {
+        self.inner.limiter.acquire(&self.inner.limits).await?;
+        let network = |e: reqwest::Error| Error::network(Api::Exact, e);
+        let resp = self
+            .inner
+            .http
+            .get(url)
+            .bearer_auth(access_token)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(network)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(network)?;
+        metrics::counter!(crate::telemetry::names::API_REQUESTS, "api" => "exact", "status" => status.to_string())
+            .increment(1);
+        match status {
+            200..=299 => Ok(Some(body)),
+            401 | 403 | 404 => Ok(None),
+            _ => Err(Error::Upstream {
+                api: Api::Exact,
+                status,
+                message: crate::exact::odata::error_message(&body),
+            }),
+        }
     }
 
     // -----------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ pub struct ExactOptions {
     pub refresh_poll: Duration,
     /// Exact allows 200 token-endpoint calls per app per user per day.
     pub token_calls_per_day: u32,
+    /// Of those, what code exchanges (new consents) may use; the rest is kept for refreshes, so
+    /// no number of consents, genuine or not, can spend the refreshes' budget.
+    pub code_exchanges_per_day: u32,
     /// 429 replies retried inside one client call (through the shared limiter's wait) before
     /// `Error::RateLimited` goes to the caller. A 429 was not processed, so this is safe for POST.
     pub max_429_retries: u32,
@@ -55,6 +58,7 @@ impl Default for ExactOptions {
             refresh_wait: Duration::from_secs(25),
             refresh_poll: Duration::from_millis(100),
             token_calls_per_day: 200,
+            code_exchanges_per_day: 10,
             max_429_retries: 3,
             max_pages: 10_000,
         }

@@ -190,6 +190,13 @@ pub fn classify_token_failure(status: u16, body: &[u8], reason: Option<&str>) ->
 /// OAuth for one company: the authorize URL, the code exchange and valid access tokens.
 /// Share one per company per process (through [`super::ExactClient`]'s `Clone`) so that the
 /// in-process mutex does its job; correctness across processes rests on the Redis lease.
+/// What a token-endpoint call is for: each has its own daily budget.
+#[derive(Debug, Clone, Copy)]
+enum TokenCall {
+    Exchange,
+    Refresh,
+}
+
 pub struct OAuth {
     tenant: TenantId,
     host: String,
@@ -247,6 +254,21 @@ impl OAuth {
     /// Trade the callback's `code` (single use, ~3 min) for a token pair and store it; this also
     /// clears a `broken` mark, since re-consent is what repairs a connection.
     pub async fn exchange_code(&self, code: &str) -> Result<TokenRecord> {
+        let rec = self.exchange_unstored(code).await?;
+        self.store_connection(&rec).await?;
+        Ok(rec)
+    }
+
+    /// Store a pair from [`OAuth::exchange_unstored`] as the company's connection.
+    pub async fn store_connection(&self, rec: &TokenRecord) -> Result<()> {
+        self.persist(rec).await?;
+        tracing::info!(tenant = %self.tenant, "Exact connection established");
+        Ok(())
+    }
+
+    /// Trade the code for a token pair without storing it, so the caller can check the pair
+    /// first. Counted against the day's code-exchange budget, never the refreshes'.
+    pub async fn exchange_unstored(&self, code: &str) -> Result<TokenRecord> {
         if code.trim().is_empty() {
             return Err(Error::Invalid(
                 "the OAuth callback carried no authorization code".into(),
@@ -259,7 +281,7 @@ impl OAuth {
             ("client_id", self.client_id.as_str()),
             ("client_secret", self.client_secret.expose()),
         ];
-        let resp = match self.token_call(&form).await {
+        let resp = match self.token_call(TokenCall::Exchange, &form).await {
             Ok(r) => r,
             Err(TokenFailure::Other(e)) => return Err(e),
             Err(TokenFailure::NotExpired(m)) | Err(TokenFailure::Revoked(m)) => {
@@ -271,16 +293,13 @@ impl OAuth {
             }
         };
         let now = self.store.now_ms().await?;
-        let rec = TokenRecord {
+        Ok(TokenRecord {
             access_token: resp.access_token,
             refresh_token: resp.refresh_token,
             expires_at_ms: now + resp.expires_in.as_millis() as i64,
             refreshed_at_ms: now,
             broken: None,
-        };
-        self.persist(&rec).await?;
-        tracing::info!(tenant = %self.tenant, "Exact connection established");
-        Ok(rec)
+        })
     }
 
     /// The stored record, if any (for status pages and operators).
@@ -386,7 +405,7 @@ impl OAuth {
             ("client_id", self.client_id.as_str()),
             ("client_secret", self.client_secret.expose()),
         ];
-        match self.token_call(&form).await {
+        match self.token_call(TokenCall::Refresh, &form).await {
             Ok(resp) => {
                 let now = self.store.now_ms().await?;
                 let new = TokenRecord {
@@ -480,13 +499,23 @@ impl OAuth {
 
     /// Count a token-endpoint call against Exact's 200 per app per user per day (§1) and refuse
     /// beyond it: burning that budget locks the company out until midnight.
-    async fn count_token_call(&self) -> Result<()> {
+    async fn count_token_call(&self, call: TokenCall) -> Result<()> {
         let now = self.store.now_ms().await?;
-        let day = now / 86_400_000;
-        let key = self
-            .store
-            .keys()
-            .exact_token_calls(&self.tenant, &day.to_string());
+        let day = (now / 86_400_000).to_string();
+        let keys = self.store.keys();
+        let exchanges = self.opts.code_exchanges_per_day;
+        let (key, limit, what) = match call {
+            TokenCall::Exchange => (
+                keys.exact_code_exchanges(&self.tenant, &day),
+                exchanges,
+                "code exchanges (consents)",
+            ),
+            TokenCall::Refresh => (
+                keys.exact_token_calls(&self.tenant, &day),
+                self.opts.token_calls_per_day.saturating_sub(exchanges),
+                "token refreshes",
+            ),
+        };
         let mut c = self.store.conn();
         let (n,): (u64,) = redis::pipe()
             .cmd("INCR")
@@ -497,9 +526,9 @@ impl OAuth {
             .ignore()
             .query_async(&mut c)
             .await?;
-        if n > self.opts.token_calls_per_day as u64 {
+        if n > limit as u64 {
             let retry_after = Duration::from_millis((86_400_000 - now % 86_400_000) as u64);
-            tracing::error!(tenant = %self.tenant, used = n - 1, limit = self.opts.token_calls_per_day, "Exact token endpoint: the daily budget of token calls is used up; refusing until midnight UTC");
+            tracing::error!(tenant = %self.tenant, used = n - 1, limit, what, "Exact token endpoint: the day's budget is used up; refusing until midnight UTC");
             return Err(Error::RateLimited {
                 api: Api::Exact,
                 retry_after,
@@ -509,8 +538,14 @@ impl OAuth {
     }
 
     /// Token-endpoint calls are not subject to the 60/min API limiter, but are counted.
-    async fn token_call(&self, form: &[(&str, &str)]) -> Result<TokenResponse, TokenFailure> {
-        self.count_token_call().await.map_err(TokenFailure::Other)?;
+    async fn token_call(
+        &self,
+        call: TokenCall,
+        form: &[(&str, &str)],
+    ) -> Result<TokenResponse, TokenFailure> {
+        self.count_token_call(call)
+            .await
+            .map_err(TokenFailure::Other)?;
         let url = format!("{}/api/oauth2/token", self.host);
         let network = |e: reqwest::Error| {
             TokenFailure::Other(Error::network(Api::Exact, format!("token endpoint: {e}")))

@@ -1,5 +1,6 @@
-//! The signed OAuth `state` of the Exact connect routes (DESIGN.md "Ingress": `GET
-//! /oauth/exact/{tenant}/connect` → Exact's authorize URL with a signed `state`).
+//! The signed tokens of the Exact connect routes: the operator's single-use **connect link**
+//! (`worker exact connect` → `GET /oauth/exact/start?link=…`) and the OAuth **state** the ingress
+//! then sends to Exact. Each names its purpose, so one can never stand in for the other.
 //!
 //! Exact hands `state` back unchanged on the redirect to our callback (specs/exact-online.md §1
 //! "Callback receives `code` (and `state`)"). It is the only thing that tells the callback which
@@ -22,9 +23,22 @@ use crate::config::Secret;
 /// authorization code itself lives ~3 min, §1), so give them a comfortable margin.
 pub const STATE_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
+/// What a signed token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Purpose {
+    /// The link an operator hands out: opening it starts one consent.
+    #[serde(rename = "link")]
+    Link,
+    /// The OAuth `state` of one consent, bound to the browser that opened the link.
+    #[serde(rename = "state")]
+    State,
+}
+
 /// What a verified state says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateClaims {
+    #[serde(rename = "p")]
+    pub purpose: Purpose,
     /// The company's id in the config.
     #[serde(rename = "t")]
     pub tenant: String,
@@ -49,6 +63,8 @@ pub enum StateError {
     BadSignature,
     #[error("the connect link expired; start again from the connect link")]
     Expired,
+    #[error("this is not a connect link or state of this service")]
+    WrongPurpose,
 }
 
 fn mac(secret: &Secret, payload: &[u8]) -> Hmac<Sha256> {
@@ -58,9 +74,16 @@ fn mac(secret: &Secret, payload: &[u8]) -> Hmac<Sha256> {
     m
 }
 
-/// A fresh state for `tenant`, valid until `now_s + ttl`.
-pub fn sign(secret: &Secret, tenant: &str, now_s: i64, ttl: std::time::Duration) -> String {
+/// A fresh token for `tenant`, valid until `now_s + ttl`.
+pub fn sign(
+    secret: &Secret,
+    purpose: Purpose,
+    tenant: &str,
+    now_s: i64,
+    ttl: std::time::Duration,
+) -> String {
     let claims = StateClaims {
+        purpose,
         tenant: tenant.to_string(),
         expires_at: now_s + ttl.as_secs() as i64,
         nonce: hex::encode(rand::random::<[u8; 16]>()),
@@ -70,8 +93,14 @@ pub fn sign(secret: &Secret, tenant: &str, now_s: i64, ttl: std::time::Duration)
     format!("{payload}.{sig}")
 }
 
-/// Check the signature (in constant time) first, then the expiry; only then trust the claims.
-pub fn verify(secret: &Secret, state: &str, now_s: i64) -> Result<StateClaims, StateError> {
+/// Check the signature (in constant time) first, then the purpose and the expiry; only then
+/// trust the claims.
+pub fn verify(
+    secret: &Secret,
+    purpose: Purpose,
+    state: &str,
+    now_s: i64,
+) -> Result<StateClaims, StateError> {
     let state = state.trim();
     if state.is_empty() {
         return Err(StateError::Missing);
@@ -88,6 +117,9 @@ pub fn verify(secret: &Secret, state: &str, now_s: i64) -> Result<StateClaims, S
         .decode(payload)
         .map_err(|_| StateError::Malformed)?;
     let claims: StateClaims = serde_json::from_slice(&json).map_err(|_| StateError::Malformed)?;
+    if claims.purpose != purpose {
+        return Err(StateError::WrongPurpose);
+    }
     if now_s >= claims.expires_at {
         return Err(StateError::Expired);
     }
@@ -102,34 +134,64 @@ mod tests {
     #[test]
     fn a_signed_state_verifies_until_it_expires() {
         let secret = Secret::new("s3cret");
-        let s = sign(&secret, "acme", 1_000, Duration::from_secs(600));
-        let c = verify(&secret, &s, 1_599).unwrap();
+        let s = sign(
+            &secret,
+            Purpose::State,
+            "acme",
+            1_000,
+            Duration::from_secs(600),
+        );
+        let c = verify(&secret, Purpose::State, &s, 1_599).unwrap();
         assert_eq!(c.tenant, "acme");
         assert_eq!(c.expires_at, 1_600);
         assert_eq!(c.nonce.len(), 32);
-        assert_eq!(verify(&secret, &s, 1_600), Err(StateError::Expired));
+        assert_eq!(
+            verify(&secret, Purpose::State, &s, 1_600),
+            Err(StateError::Expired)
+        );
         // Two links for the same company differ.
-        assert_ne!(s, sign(&secret, "acme", 1_000, Duration::from_secs(600)));
+        assert_ne!(
+            s,
+            sign(
+                &secret,
+                Purpose::State,
+                "acme",
+                1_000,
+                Duration::from_secs(600)
+            )
+        );
+        // A state is not a link, nor the reverse.
+        assert_eq!(
+            verify(&secret, Purpose::Link, &s, 1_001),
+            Err(StateError::WrongPurpose)
+        );
     }
 
     #[test]
     fn altered_or_foreign_states_are_refused() {
         let secret = Secret::new("s3cret");
-        let s = sign(&secret, "acme", 1_000, Duration::from_secs(600));
+        let s = sign(
+            &secret,
+            Purpose::State,
+            "acme",
+            1_000,
+            Duration::from_secs(600),
+        );
         assert_eq!(
-            verify(&Secret::new("other"), &s, 1_001),
+            verify(&Secret::new("other"), Purpose::State, &s, 1_001),
             Err(StateError::BadSignature)
         );
         // Another company's name under the original signature.
         let (_, sig) = s.split_once('.').unwrap();
-        let forged =
-            URL_SAFE_NO_PAD.encode(br#"{"t":"victim","exp":99999999999,"n":"00"}"#.as_slice());
+        let forged = URL_SAFE_NO_PAD
+            .encode(br#"{"p":"state","t":"victim","exp":99999999999,"n":"00"}"#.as_slice());
         assert_eq!(
-            verify(&secret, &format!("{forged}.{sig}"), 1_001),
+            verify(&secret, Purpose::State, &format!("{forged}.{sig}"), 1_001),
             Err(StateError::BadSignature)
         );
-        assert_eq!(verify(&secret, "", 1), Err(StateError::Missing));
-        assert_eq!(verify(&secret, "nodot", 1), Err(StateError::Malformed));
-        assert_eq!(verify(&secret, "a.!!", 1), Err(StateError::Malformed));
+        let v = |s: &str| verify(&secret, Purpose::State, s, 1);
+        assert_eq!(v(""), Err(StateError::Missing));
+        assert_eq!(v("nodot"), Err(StateError::Malformed));
+        assert_eq!(v("a.!!"), Err(StateError::Malformed));
     }
 }

@@ -104,9 +104,16 @@ impl<'a> Keys<'a> {
         self.k(&["oauth", "exact"])
     }
 
-    /// A used OAuth `state` nonce. Lost → that state could be used once more until it expires.
+    /// A used OAuth `state` nonce. Lost → that state could be used once more until it expires
+    /// (only from the browser that holds its cookie).
     pub fn oauth_state_used(&self, nonce: &str) -> String {
         self.k(&["oauth", "state-used", nonce])
+    }
+
+    /// A used connect link's nonce. Lost → that link could start one more consent until it
+    /// expires (15 minutes).
+    pub fn oauth_link_used(&self, nonce: &str) -> String {
+        self.k(&["oauth", "link-used", nonce])
     }
 
     // ---- rate limits --------------------------------------------------------------------------
@@ -117,9 +124,15 @@ impl<'a> Keys<'a> {
         self.k(&["rl", api, scope, part])
     }
 
-    /// Exact token-endpoint calls of one UTC day. Lost → Exact's own limit answers instead.
+    /// Exact token-endpoint refreshes of one UTC day. Lost → Exact's own limit answers instead.
     pub fn exact_token_calls(&self, tenant: &TenantId, day: &str) -> String {
         self.k(&["rl", "exact-token", tenant.as_str(), day])
+    }
+
+    /// Exact code exchanges (consents) of one UTC day, a budget apart from refreshes. Lost → a
+    /// few more exchanges that day.
+    pub fn exact_code_exchanges(&self, tenant: &TenantId, day: &str) -> String {
+        self.k(&["rl", "exact-exchange", tenant.as_str(), day])
     }
 
     // ---- cursors and schedules ----------------------------------------------------------------

@@ -343,8 +343,31 @@ impl ExactSim {
         let opts = &self.shared.opts;
         self.lock()
             .oauth
-            .consent(opts, client_id, redirect_uri, now)
+            .consent(opts, client_id, redirect_uri, None, now)
             .map_err(SimError)
+    }
+
+    /// As [`ExactSim::grant_consent`], by a user who can reach only `divisions`: the tokens it
+    /// leads to are refused (401) on any other division.
+    pub fn grant_consent_for(
+        &self,
+        client_id: &str,
+        redirect_uri: &str,
+        divisions: &[Division],
+    ) -> Result<String, SimError> {
+        let now = self.now_ms();
+        let opts = &self.shared.opts;
+        let divs = Some(divisions.iter().map(|d| d.0).collect());
+        self.lock()
+            .oauth
+            .consent(opts, client_id, redirect_uri, divs, now)
+            .map_err(SimError)
+    }
+
+    /// Who consents on the authorize page from now on: a user who reaches only `divisions`
+    /// (`None`: every division, the default).
+    pub fn set_consenting_user(&self, divisions: Option<&[Division]>) {
+        self.lock().consenting_user_divisions = divisions.map(|d| d.iter().map(|d| d.0).collect());
     }
 
     /// All POSTs to /api/oauth2/token.

@@ -13,12 +13,23 @@ struct Code {
     redirect_uri: String,
     issued_ms: i64,
     used: bool,
+    divisions: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct AccessToken {
     pub client_id: String,
     pub expires_ms: i64,
+    /// The divisions the consenting user can reach (`None`: every division of the simulator).
+    pub divisions: Option<Vec<i64>>,
+}
+
+impl AccessToken {
+    pub fn reaches(&self, division: i64) -> bool {
+        self.divisions
+            .as_ref()
+            .is_none_or(|d| d.contains(&division))
+    }
 }
 
 #[derive(Debug)]
@@ -32,6 +43,7 @@ struct RefreshToken {
 #[derive(Debug)]
 struct Grant {
     last_issue_ms: i64,
+    divisions: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +88,7 @@ impl OAuthState {
         opts: &ExactSimOptions,
         client_id: &str,
         redirect_uri: &str,
+        divisions: Option<Vec<i64>>,
         now_ms: i64,
     ) -> Result<String, String> {
         if client_id != opts.client_id {
@@ -92,6 +105,7 @@ impl OAuthState {
                 redirect_uri: redirect_uri.into(),
                 issued_ms: now_ms,
                 used: false,
+                divisions,
             },
         );
         Ok(code)
@@ -110,6 +124,7 @@ impl OAuthState {
             AccessToken {
                 client_id: opts.client_id.clone(),
                 expires_ms: now_ms + ttl,
+                divisions: self.grants[grant].divisions.clone(),
             },
         );
         self.refresh.insert(
@@ -171,8 +186,10 @@ impl OAuthState {
                     );
                 }
                 code.used = true;
+                let divisions = code.divisions.clone();
                 self.grants.push(Grant {
                     last_issue_ms: now_ms,
+                    divisions,
                 });
                 let grant = self.grants.len() - 1;
                 self.issue(opts, grant, now_ms)

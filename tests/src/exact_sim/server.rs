@@ -281,12 +281,16 @@ fn authorize(shared: &Shared, query: &str) -> Reply {
         };
     }
     let now = shared.now_ms();
-    let code = shared.inner.lock().expect("state lock").oauth.consent(
+    let mut inner = shared.inner.lock().expect("state lock");
+    let divisions = inner.consenting_user_divisions.clone();
+    let code = inner.oauth.consent(
         &shared.opts,
         get("client_id"),
         get("redirect_uri"),
+        divisions,
         now,
     );
+    drop(inner);
     match code {
         Ok(code) => {
             let mut target = match url::Url::parse(get("redirect_uri")) {
@@ -452,7 +456,7 @@ async fn api(
     }
 
     if div_seg.eq_ignore_ascii_case("current") {
-        return Some((me(shared, entity), false));
+        return Some((me(shared, entity, &token), false));
     }
     let Some(div) = division else {
         return finish(Reply::json(
@@ -460,6 +464,19 @@ async fn api(
             error_envelope(&format!("Invalid division '{div_seg}'.")),
         ));
     };
+    if !token.reaches(div) {
+        // The consenting user has no access to this administration [U: the exact status; a 401
+        // is what a token for the wrong user gets].
+        return finish(Reply::json(
+            401,
+            error_envelope(&format!(
+                "Unauthorized: the user has no access to division {div}."
+            )),
+        ));
+    }
+    if entity.eq_ignore_ascii_case("system/Divisions") && *method == Method::GET {
+        return Some((divisions(shared, &token), false));
+    }
 
     let rate_headers = {
         let mut inner = shared.inner.lock().expect("state lock");
@@ -525,14 +542,30 @@ async fn api(
     Some((reply, dropped))
 }
 
-fn me(shared: &Shared, entity: &str) -> Reply {
+/// `system/Divisions`: the administrations the token's user can reach (spec §1 "Listing").
+fn divisions(shared: &Shared, token: &super::oauth::AccessToken) -> Reply {
+    let inner = shared.inner.lock().expect("state lock");
+    let rows: Vec<Value> = inner
+        .division_codes()
+        .into_iter()
+        .filter(|d| token.reaches(*d))
+        .map(|d| json!({"Code": d, "Description": format!("Administration {d}"), "Hid": d}))
+        .collect();
+    Reply::json(200, json!({"d": {"results": rows}}))
+}
+
+fn me(shared: &Shared, entity: &str, token: &super::oauth::AccessToken) -> Reply {
     if !entity.eq_ignore_ascii_case("Me") {
         return Reply::json(
             404,
             error_envelope(&format!("Resource not found: current/{entity}")),
         );
     }
-    let current = shared.inner.lock().expect("state lock").current_division;
+    // A user who reaches only some administrations works in one of them.
+    let current = match &token.divisions {
+        Some(d) => d.first().copied(),
+        None => shared.inner.lock().expect("state lock").current_division,
+    };
     Reply::json(
         200,
         json!({"d": {"results": [{

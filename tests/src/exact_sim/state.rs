@@ -124,9 +124,15 @@ pub struct Inner {
     pub calls: Vec<CallRecord>,
     pub deliveries: Vec<WebhookDelivery>,
     pub current_division: Option<i64>,
+    /// The divisions the next user to consent on the authorize page can reach (`None`: all).
+    pub consenting_user_divisions: Option<Vec<i64>>,
 }
 
 impl Inner {
+    pub fn division_codes(&self) -> Vec<i64> {
+        self.divisions.keys().copied().collect()
+    }
+
     pub fn division_mut(&mut self, div: i64) -> &mut DivisionData {
         if self.current_division.is_none() {
             self.current_division = Some(div);

@@ -1,8 +1,9 @@
 //! `worker exact connect|subscribe`.
 //!
 //! - connect: the link a finance user opens to give the service access to the company's Exact
-//!   administration. It points at the ingress's connect route, which signs a fresh `state` on
-//!   every click (so the link itself never expires) and redirects to Exact's consent page.
+//!   administration. Whoever completes a consent replaces the company's connection, so only an
+//!   operator can start one: the link is signed with `ingress.oauth_state_secret`, works once and
+//!   expires after 15 minutes (see the ingress's `routes/oauth.rs`).
 //! - subscribe: the Exact webhook subscriptions the company's enabled flows listen to, created
 //!   once. Exact answers HTTP 500 "Data already exists" when the topic is already subscribed for
 //!   the division (specs/exact-online.md §3): that counts as done, so running it again is safe.
@@ -12,17 +13,29 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shared::config::{Config, TenantConfig};
+use shared::exact::oauth_state::{self, Purpose, STATE_TTL};
 use shared::exact::{ExactClient, TokenStore};
 use shared::store::Store;
 use shared::store::ratelimit::RateLimiter;
 
-/// The ingress route that starts the consent for `tenant`.
-pub fn connect_url(config: &Config, tenant: &TenantConfig) -> String {
-    format!(
-        "{}/oauth/exact/{}/connect",
+/// A fresh single-use link that starts the consent for `tenant` (valid for 15 minutes).
+pub fn connect_url(config: &Config, tenant: &TenantConfig) -> anyhow::Result<String> {
+    if !config.ingress.oauth_state_secret_configured {
+        anyhow::bail!(
+            "ingress.oauth_state_secret is not set: connect links are signed with it, so set the same value in the ingress's and this command's config"
+        );
+    }
+    let link = oauth_state::sign(
+        &config.ingress.oauth_state_secret,
+        Purpose::Link,
+        tenant.id.as_str(),
+        chrono::Utc::now().timestamp(),
+        STATE_TTL,
+    );
+    Ok(format!(
+        "{}/oauth/exact/start?link={link}",
         config.ingress.public_url.trim_end_matches('/'),
-        tenant.id
-    )
+    ))
 }
 
 /// `worker exact connect --tenant T`: print the link, what Exact must know, and the current state.
@@ -32,13 +45,18 @@ pub async fn connect(
     out: &mut impl Write,
 ) -> anyhow::Result<String> {
     let t = super::tenant(config, tenant)?;
-    let url = connect_url(config, t);
+    let url = connect_url(config, t)?;
     writeln!(
         out,
         "Open this link in a browser, logged in (or logging in) as a user of company '{}' in Exact Online ({}), division {}:",
         t.id, t.exact.host, t.exact.division
     )?;
     writeln!(out, "  {url}")?;
+    writeln!(
+        out,
+        "It works once, for {} minutes, in the browser that opens it; run this command again for a new one.",
+        STATE_TTL.as_secs() / 60
+    )?;
     writeln!(
         out,
         "It redirects to Exact's consent page; after consent Exact sends the browser back to\n  {}\nwhich must be the redirect URI registered for client id {} in Exact's App Center.",

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::bus::Publisher;
 use shared::config::Config;
+use shared::redact;
 use shared::store::Store;
 use tokio::net::TcpListener;
 
@@ -36,12 +37,16 @@ impl Application {
         let listener = TcpListener::bind(&config.ingress.listen)
             .await
             .with_context(|| format!("binding ingress.listen {}", config.ingress.listen))?;
-        let store = Store::connect(&config.redis)
-            .await
-            .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
+        let store = Store::connect(&config.redis).await.map_err(|e| {
+            anyhow::anyhow!(
+                "connecting to Redis at {}: {}",
+                redact::url(&config.redis.url),
+                redact::in_text(&e.to_string(), &config.redis.url)
+            )
+        })?;
         let publisher = Publisher::new(&config.broker);
         if !publisher.is_ready().await {
-            tracing::warn!(url = %redact(&config.broker.url), "broker not reachable yet; will keep trying on demand");
+            tracing::warn!(url = %redact::url(&config.broker.url), "broker not reachable yet; will keep trying on demand");
         }
         // Shared by every request: one Arc to clone, not a clone of each part (the Store's
         // prefix is a String).
@@ -168,16 +173,3 @@ async fn serve(
 
 /// How long a sender may take to send a request's head before the connection is closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<invalid url>".into(),
-    }
-}

@@ -590,7 +590,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     if !broker_url.starts_with("amqp://") && !broker_url.starts_with("amqps://") {
         return Err(field_err(
             "broker.url",
-            format!("'{broker_url}' must start with amqp:// or amqps://"),
+            format!(
+                "'{}' must start with amqp:// or amqps://",
+                crate::redact::url(&broker_url)
+            ),
         ));
     }
     let retry_tiers: Vec<Duration> = match raw.broker.retry_tiers {
@@ -645,7 +648,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
         return Err(field_err(
             "redis.url",
-            format!("'{redis_url}' must start with redis:// or rediss://"),
+            format!(
+                "'{}' must start with redis:// or rediss://",
+                crate::redact::url(&redis_url)
+            ),
         ));
     }
 

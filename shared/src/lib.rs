@@ -9,6 +9,7 @@ pub mod exact;
 pub mod http;
 pub mod ids;
 pub mod precoro;
+pub mod redact;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;

@@ -1005,3 +1005,46 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
     assert!(world.entries_for("BF-NOV-PENDING").is_empty());
     stack.stop().await;
 }
+
+/// Passwords in the broker and Redis URLs never reach a message: Redis down when the worker or
+/// the ingress starts, `worker dlq` with the broker down, a config error about the URL.
+#[tokio::test]
+async fn no_password_reaches_a_message() {
+    use testbed::harness::{EnvSpec, TenantSpec};
+    let mut config =
+        testbed::harness::config(&EnvSpec::new("op-redact"), &[TenantSpec::new("acme", 4248)]);
+    config.redis.url = "redis://:RedisPassw0rd@127.0.0.1:1".into();
+    config.broker.url = "amqp://guest:BrokerPassw0rd@127.0.0.1:1/%2f".into();
+    let worker_err = match worker::Worker::start(config.clone(), worker::Parts::default()).await {
+        Ok(_) => panic!("a worker without Redis must not start"),
+        Err(e) => format!("{e:#}"),
+    };
+    let ingress_err = match ingress::Application::build(config.clone()).await {
+        Ok(_) => panic!("an ingress without Redis must not start"),
+        Err(e) => format!("{e:#}"),
+    };
+    let dlq_err = format!(
+        "{:#}",
+        dlq::fetch(&config, &dlq::Selection::default())
+            .await
+            .unwrap_err()
+    );
+    let config_err = Config::from_toml(
+        "[broker]\nurl = \"http://guest:BrokerPassw0rd@rabbit:5672\"\n",
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    for (what, msg) in [
+        ("worker start", &worker_err),
+        ("ingress start", &ingress_err),
+        ("worker dlq", &dlq_err),
+        ("config", &config_err),
+    ] {
+        assert!(
+            !msg.contains("Passw0rd"),
+            "{what} printed a password: {msg}"
+        );
+        assert!(msg.contains("***"), "{what} names the URL, redacted: {msg}");
+    }
+}

@@ -43,10 +43,13 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(config: Config, parts: Parts) -> anyhow::Result<Worker> {
-        use anyhow::Context as _;
-        let store = Store::connect(&config.redis)
-            .await
-            .with_context(|| format!("connecting to Redis at {}", config.redis.url))?;
+        let store = Store::connect(&config.redis).await.map_err(|e| {
+            anyhow::anyhow!(
+                "connecting to Redis at {}: {}",
+                shared::redact::url(&config.redis.url),
+                shared::redact::in_text(&e.to_string(), &config.redis.url)
+            )
+        })?;
         let publisher = Publisher::new(&config.broker);
         let config = Arc::new(config);
         let ctx = Context::new(config.clone(), store.clone(), publisher.clone());

@@ -92,9 +92,13 @@ impl Selection {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<DeadLetters> {
-    DeadLetters::connect(&config.broker)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the DLQ at {}: {e}", config.broker.url))
+    DeadLetters::connect(&config.broker).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the DLQ at {}: {}",
+            shared::redact::url(&config.broker.url),
+            shared::redact::in_text(&e.to_string(), &config.broker.url)
+        )
+    })
 }
 
 /// The matching dead letters; the DLQ is unchanged.

@@ -31,7 +31,7 @@ impl ApiError {
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
         let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        ApiError::new(status, r.outcome(), r.to_string())
+        ApiError::new(status, r.public_code(), r.public_message())
     }
 }
 

@@ -35,17 +35,36 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The HTTP status. An unknown company and a wrong token or signature answer alike (status
+    /// and body, see [`Rejection::public_message`]), so nobody can list the companies served.
     pub fn status(&self) -> u16 {
         match self {
-            Rejection::UnknownTenant => 404,
-            Rejection::BadSignature => 401,
+            Rejection::UnknownTenant | Rejection::BadSignature => 401,
             Rejection::Malformed(_) => 400,
             Rejection::UnsupportedMediaType(_) => 415,
             Rejection::TooLarge(_) => 413,
         }
     }
 
-    /// Label for `webhooks_received_total{outcome}`.
+    /// What the sender is told: the same words for an unknown company and a wrong secret.
+    pub fn public_message(&self) -> String {
+        match self {
+            Rejection::UnknownTenant | Rejection::BadSignature => {
+                "unknown company, or invalid token or signature".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The error code in the reply body (same for an unknown company and a wrong secret).
+    pub fn public_code(&self) -> &'static str {
+        match self {
+            Rejection::UnknownTenant | Rejection::BadSignature => "unauthorized",
+            other => other.outcome(),
+        }
+    }
+
+    /// Label for `webhooks_received_total{outcome}` and the log (not shown to the sender).
     pub fn outcome(&self) -> &'static str {
         match self {
             Rejection::UnknownTenant => "unknown_tenant",
@@ -133,6 +152,31 @@ impl PrecoroHook {
 
     pub fn action_name(&self) -> &'static str {
         if self.action == 0 { "create" } else { "update" }
+    }
+}
+
+/// The company a Precoro webhook URL names, if its token is right. An unknown company costs the
+/// same comparison as a known one, so the answer's timing does not tell them apart either.
+pub fn precoro_tenant<'c>(
+    config: &'c Config,
+    tenant_id: &str,
+    token: &str,
+) -> Result<&'c TenantConfig, Rejection> {
+    match config.tenant(tenant_id) {
+        Some(t) => {
+            if constant_time_eq(
+                token.as_bytes(),
+                t.precoro.webhook_token.expose().as_bytes(),
+            ) {
+                Ok(t)
+            } else {
+                Err(Rejection::BadSignature)
+            }
+        }
+        None => {
+            let _ = constant_time_eq(token.as_bytes(), &[0u8; 32][..token.len().min(32)]);
+            Err(Rejection::UnknownTenant)
+        }
     }
 }
 

@@ -112,10 +112,10 @@ pub async fn precoro(
     let body = read_body(&state, headers, body)
         .await
         .map_err(|r| refuse(SRC, None, r))?;
-    let tenant = state
-        .config
-        .tenant(&tenant_id)
-        .ok_or_else(|| refuse(SRC, None, Rejection::UnknownTenant))?;
+    // Who is asking before what they sent: a wrong content type must not tell a known company
+    // from an unknown one.
+    let tenant = webhook::precoro_tenant(&state.config, &tenant_id, &token)
+        .map_err(|r| refuse(SRC, None, r))?;
     let signature = headers.get("x-precoro-auth").and_then(|v| v.to_str().ok());
     let hook = webhook::check_content_type(content_type(headers))
         .and_then(|()| webhook::verify_precoro(tenant, &token, signature, &body))

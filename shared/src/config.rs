@@ -148,6 +148,7 @@ struct RawIngress {
     listen: Option<String>,
     public_url: Option<String>,
     body_limit_bytes: Option<usize>,
+    replay_window: Option<HumanDuration>,
     oauth_state_secret: Option<String>,
 }
 
@@ -331,6 +332,9 @@ pub struct IngressConfig {
     /// The externally reachable base URL (for webhook callbacks and the OAuth redirect).
     pub public_url: String,
     pub body_limit_bytes: usize,
+    /// A signed Exact webhook whose bytes equal one accepted within this window is answered 200
+    /// and not published again (a captured webhook is not valid forever).
+    pub replay_window: Duration,
     /// Signs the operator's connect links and the OAuth `state` parameter.
     pub oauth_state_secret: Secret,
     /// Whether that secret came from the config (the same in every process) rather than being
@@ -689,6 +693,13 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         listen,
         public_url: public_url.clone(),
         body_limit_bytes,
+        replay_window: positive(
+            "ingress.replay_window",
+            raw.ingress
+                .replay_window
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(600)),
+        )?,
         oauth_state_secret,
         oauth_state_secret_configured,
     };

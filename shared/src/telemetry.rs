@@ -51,6 +51,7 @@ pub mod names {
     pub const RATELIMIT_WAIT: &str = "ratelimit_wait_seconds";
     pub const DLQ_MESSAGES: &str = "dlq_messages";
     pub const REDIS_STATE_LOST: &str = "redis_state_lost_total";
+    pub const WEBHOOK_REPLAYS: &str = "webhook_replays_total";
 }
 
 /// A webhook arrived and was accepted, ignored or refused.
@@ -137,5 +138,15 @@ pub fn redis_state_lost(
         fence_s = fence.as_secs(),
         recovery_s = recovery.as_secs(),
         "Redis lost its state: new claims wait out the fence, then look up before creating"
+    );
+}
+
+/// A verified webhook was a replay of one accepted within the window: answered, not published.
+pub fn webhook_replayed(source: &'static str, tenant: &str) {
+    metrics::counter!(names::WEBHOOK_REPLAYS, "source" => source).increment(1);
+    tracing::warn!(
+        source,
+        tenant,
+        "webhook replayed: already accepted within the replay window; not published again"
     );
 }

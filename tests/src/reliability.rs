@@ -1275,7 +1275,8 @@ pub async fn send_exact_webhook(
         "Action": "Update",
         "Key": key.to_string(),
         "ExactOnlineEndpoint": format!("{}/api/v1/{}/x(guid'{key}')", t.exact.host, world.division.0),
-        "EventCreatedOn": "2026-11-30T12:00:00.000",
+        // Exact stamps every event, so two events are never the same bytes (a replay is).
+        "EventCreatedOn": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
     })
     .to_string();
     let hash = shared::webhook::exact_hashcode(

@@ -175,6 +175,12 @@ async fn exact_signature_matrix_publishes_only_verified_events() {
 
     let (s, _) = post(&http, &url, exact_body(&c, &good), Some("application/json")).await;
     assert_eq!(s, 200);
+    // The same signed webhook again (a replay, by Exact's retry or by someone who captured it):
+    // answered, not published a second time, counted.
+    for _ in 0..3 {
+        let (s, j) = post(&http, &url, exact_body(&c, &good), Some("application/json")).await;
+        assert_eq!((s, j["status"].as_str()), (200, Some("duplicate")), "{j}");
+    }
 
     // A verified but unsynced topic is acknowledged and dropped.
     let sales = content(4242, "SalesInvoices");
@@ -192,6 +198,15 @@ async fn exact_signature_matrix_publishes_only_verified_events() {
         .await;
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|m| m.routing_key == "exact.accounts.update"));
+    let metrics = http
+        .get(format!("{}/metrics", ing.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("webhook_replays_total"), "{metrics}");
     let env0 = Envelope::from_bytes(&got[0].body).unwrap();
     assert_eq!(env0.tenant.as_str(), "acme");
     assert_eq!(got[0].header(h::TENANT).as_deref(), Some("acme"));

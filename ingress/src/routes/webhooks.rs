@@ -184,11 +184,35 @@ pub async fn exact(
         );
         return Ok((StatusCode::OK, Json(Reply::status("ignored"))));
     }
+    // A captured webhook is not valid forever: the same signed bytes within the replay window
+    // are answered and not published again. Claimed before publishing (one round trip) and given
+    // back if the publish fails, so a sender's retry after a 503 still gets through.
+    let seen = state.store.keys().webhook_seen(
+        SRC,
+        &webhook::fingerprint(hook.raw_content.get().as_bytes()),
+    );
+    match state
+        .store
+        .set_nx(&seen, "1", state.config.ingress.replay_window)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            shared::telemetry::webhook_replayed(SRC, tenant.id.as_str());
+            return Ok((StatusCode::OK, Json(Reply::status("duplicate"))));
+        }
+        // Without Redis a replay cannot be told apart; the workers' claims keep it harmless.
+        Err(e) => tracing::warn!(error = %e, "replay check skipped: Redis unavailable"),
+    }
     let span =
         tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);
-    publish(&state, SRC, &env, &routing_key)
+    if let Err(e) = publish(&state, SRC, &env, &routing_key)
         .instrument(span)
-        .await?;
+        .await
+    {
+        let _ = state.store.del(&seen).await;
+        return Err(e);
+    }
     webhook_received(SRC, Some(tenant.id.as_str()), "accepted", &routing_key);
     Ok((StatusCode::OK, Json(Reply::accepted(env.id))))
 }

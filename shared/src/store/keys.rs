@@ -116,6 +116,12 @@ impl<'a> Keys<'a> {
         self.k(&["oauth", "link-used", nonce])
     }
 
+    /// "This signed webhook was accepted" (a hash of its signed bytes). Lost → a replay within
+    /// the window is published once more (the worker's claims still make it harmless).
+    pub fn webhook_seen(&self, source: &str, hash: &str) -> String {
+        self.k(&["seen", source, hash])
+    }
+
     // ---- rate limits --------------------------------------------------------------------------
 
     /// GCRA / hourly / daily / pause state of one API budget. Lost → a burst of 429s, then the

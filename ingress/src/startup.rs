@@ -74,6 +74,9 @@ impl Application {
     }
 
     pub fn router(state: Arc<AppState>) -> Router {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            state.config.ingress.max_in_flight,
+        ));
         Router::new()
             .route(
                 "/webhooks/precoro/{tenant}/{token}",
@@ -85,6 +88,9 @@ impl Application {
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .route("/metrics", get(health::metrics))
+            .layer(axum::middleware::from_fn(move |req, next| {
+                shed_beyond(in_flight.clone(), req, next)
+            }))
             .with_state(state)
     }
 
@@ -96,7 +102,11 @@ impl Application {
     ) -> std::io::Result<()> {
         let state = self.state.clone();
         let grace = state.config.worker.shutdown_grace;
-        serve(self.listener, Self::router(state.clone()), shutdown).await;
+        let limits = Limits {
+            max_connections: state.config.ingress.max_connections,
+            header_deadline: state.config.ingress.request_deadline,
+        };
+        serve(self.listener, Self::router(state.clone()), limits, shutdown).await;
         state.publisher.close(grace).await;
         Ok(())
     }
@@ -110,9 +120,34 @@ impl Application {
 /// are verifying). With it, a sender that goes away mid-request is noticed when we write the
 /// reply instead; the publish it started completes either way, and a sender that got no reply
 /// retries (the worker's dedup makes that harmless).
+/// More requests than `ingress.max_in_flight` at once: the rest get 503 at once, so a flood
+/// queues nowhere inside the process.
+async fn shed_beyond(
+    in_flight: Arc<tokio::sync::Semaphore>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match in_flight.try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => crate::error::ApiError::unavailable("too many requests in flight; retry later")
+            .into_response(),
+    }
+}
+
+/// What one ingress process accepts at most.
+struct Limits {
+    max_connections: usize,
+    header_deadline: Duration,
+}
+
+/// Beyond `ingress.max_connections`: a 503 written at once, then the connection closed.
+const BUSY_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"unavailable\",\"message\":\"too many connections; retry later\"}";
+
 async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -121,7 +156,8 @@ async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.half_close(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_deadline);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     // `stop` tells every connection to finish its request and close; `open` counts them.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
@@ -143,11 +179,25 @@ async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut tcp = tcp;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), tcp.write_all(BUSY_REPLY)).await;
+            });
+            tracing::warn!(
+                max = limits.max_connections,
+                "connection refused: too many open connections"
+            );
+            continue;
+        };
         let conn =
             http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
         let (mut stop, open) = (stop_rx.clone(), open_rx.clone());
         tokio::spawn(async move {
             let _open = open; // counted until this connection ends
+            let _slot = slot;
             tokio::pin!(conn);
             let ended = tokio::select! {
                 result = conn.as_mut() => Some(result),
@@ -170,6 +220,3 @@ async fn serve(
     drop(open_rx);
     open_tx.closed().await;
 }
-
-/// How long a sender may take to send a request's head before the connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);

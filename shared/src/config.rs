@@ -149,6 +149,9 @@ struct RawIngress {
     public_url: Option<String>,
     body_limit_bytes: Option<usize>,
     replay_window: Option<HumanDuration>,
+    request_deadline: Option<HumanDuration>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
     oauth_state_secret: Option<String>,
 }
 
@@ -335,6 +338,13 @@ pub struct IngressConfig {
     /// A signed Exact webhook whose bytes equal one accepted within this window is answered 200
     /// and not published again (a captured webhook is not valid forever).
     pub replay_window: Duration,
+    /// A request's head must arrive within this, and its body within this after the head
+    /// (408 and the connection closed otherwise): a slow sender cannot hold a connection.
+    pub request_deadline: Duration,
+    /// Open connections beyond this are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Requests being handled beyond this are answered 503.
+    pub max_in_flight: usize,
     /// Signs the operator's connect links and the OAuth `state` parameter.
     pub oauth_state_secret: Secret,
     /// Whether that secret came from the config (the same in every process) rather than being
@@ -579,6 +589,13 @@ fn http_url(field: &str, value: &str) -> Result<String, ConfigError> {
     Ok(value.trim_end_matches('/').to_string())
 }
 
+fn at_least_one(field: &str, n: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match n.unwrap_or(default) {
+        0 => Err(field_err(field, "must be at least 1")),
+        n => Ok(n),
+    }
+}
+
 fn positive(field: &str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         Err(field_err(field, "must be greater than zero"))
@@ -700,6 +717,19 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(600)),
         )?,
+        request_deadline: positive(
+            "ingress.request_deadline",
+            raw.ingress
+                .request_deadline
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
+        )?,
+        max_connections: at_least_one(
+            "ingress.max_connections",
+            raw.ingress.max_connections,
+            1024,
+        )?,
+        max_in_flight: at_least_one("ingress.max_in_flight", raw.ingress.max_in_flight, 512)?,
         oauth_state_secret,
         oauth_state_secret_configured,
     };

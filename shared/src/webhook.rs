@@ -32,6 +32,8 @@ pub enum Rejection {
     UnsupportedMediaType(String),
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the request was not received within {} s", .0.as_secs())]
+    Timeout(std::time::Duration),
 }
 
 impl Rejection {
@@ -43,6 +45,7 @@ impl Rejection {
             Rejection::Malformed(_) => 400,
             Rejection::UnsupportedMediaType(_) => 415,
             Rejection::TooLarge(_) => 413,
+            Rejection::Timeout(_) => 408,
         }
     }
 
@@ -72,6 +75,7 @@ impl Rejection {
             Rejection::Malformed(_) => "malformed",
             Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
             Rejection::TooLarge(_) => "too_large",
+            Rejection::Timeout(_) => "timeout",
         }
     }
 }

@@ -914,3 +914,240 @@ async fn a_lost_redis_fences_claims_and_then_makes_them_look_up() {
     assert!(matches!(fenced, Error::Fenced { .. }), "{fenced}");
     wipe(&store).await;
 }
+
+/// The ingress as its own process (the `reliability` binary with `--as-ingress`), so its memory
+/// can be read from /proc. Killed on drop.
+struct IngressProcess {
+    child: std::process::Child,
+    base: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for IngressProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl IngressProcess {
+    async fn start(cfg_toml: &str, port: u16) -> IngressProcess {
+        let dir = std::env::temp_dir().join(format!("ingress-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, cfg_toml).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_reliability"))
+            .arg("--as-ingress")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = shared::http::client(Duration::from_secs(2));
+        let up = eventually(Duration::from_secs(30), || async {
+            http.get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "the ingress process answers");
+        IngressProcess { child, base, dir }
+    }
+
+    /// Resident memory in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+}
+
+/// Open a connection and send a webhook's head promising `len` body bytes.
+async fn open_body(addr: &str, path: &str, len: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// Read until the peer closes (or `within` passes); what it answered.
+async fn answer(tcp: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, tcp.read_to_end(&mut got)).await;
+    read.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Hostile senders on the public port: bodies dripped one byte per TCP segment keep the memory
+/// they cost proportional to what they sent; slow bodies are cut at the request deadline (408,
+/// closed) while normal webhooks are answered; connections beyond the cap get 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_dripping_senders_cannot_exhaust_the_ingress() {
+    use tokio::io::AsyncWriteExt;
+    let env = EnvSpec::new("hostile");
+    let tenant = TenantSpec::new("acme", 4249);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = harness::config_toml(&env, std::slice::from_ref(&tenant)).replacen(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[ingress]\nlisten = \"127.0.0.1:{port}\"\nrequest_deadline = \"2s\"\nmax_connections = 600\n[telemetry]\nlog_filter = \"error\"\n"
+        ),
+        1,
+    );
+    let cfg = Config::from_toml(&toml, &|_| None).unwrap();
+    let ing = IngressProcess::start(&toml, port).await;
+    let addr = format!("127.0.0.1:{port}");
+    let path = format!("/webhooks/precoro/acme/{}", tenant.webhook_token);
+    let http = shared::http::client(Duration::from_secs(10));
+    let good = format!("{}{path}", ing.base);
+    let body = r#"{"id":123456,"type":3,"action":1,"idn":5}"#;
+
+    // 20 bodies of 5,000 bytes, one byte every 2 ms, never finished.
+    let before = ing.rss();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let mut drips = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = open_body(&addr, &path, 5000).await;
+        drips.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            for _ in 0..5000 {
+                if tcp.write_all(b" ").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if started.elapsed() > Duration::from_secs(4) {
+                    break;
+                }
+            }
+            (
+                answer(&mut tcp, Duration::from_secs(6)).await,
+                started.elapsed(),
+            )
+        }));
+    }
+    let sampler = {
+        let peak = peak.clone();
+        let pid = ing.child.id();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    && let Some(kb) = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak.fetch_max(kb * 1024, std::sync::atomic::Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    for d in drips {
+        let (reply, took) = d.await.unwrap();
+        let reply = reply.expect("the ingress answers and closes a dripping body");
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(
+            took < Duration::from_secs(8),
+            "cut near the 2 s deadline: {took:?}"
+        );
+    }
+    sampler.abort();
+    let grown = peak
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .saturating_sub(before);
+    eprintln!(
+        "20 dripping bodies: ingress RSS {} KB before, peak +{} KB",
+        before / 1024,
+        grown / 1024
+    );
+    assert!(
+        grown < 10 * 1024 * 1024,
+        "20 dripping bodies grew the ingress by {} MB",
+        grown / (1024 * 1024)
+    );
+
+    // 500 bodies sending a byte now and then: all closed at the deadline, while a normal webhook
+    // is answered at once.
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        let mut tcp = open_body(&addr, &path, 5000).await;
+        tcp.write_all(b"{").await.unwrap();
+        slow.push(tcp);
+    }
+    let (s, j) = post(&http, &good, body, Some("application/json")).await;
+    assert_eq!(s, 202, "a normal webhook meanwhile: {j}");
+    let mut cut = 0;
+    for tcp in &mut slow {
+        if let Some(reply) = answer(tcp, Duration::from_secs(10)).await
+            && reply.starts_with("HTTP/1.1 408")
+        {
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 500, "every slow body was cut at the deadline");
+    drop(slow);
+
+    drop(ing);
+
+    // More connections than the cap (40 here, so opening them is quick next to the 2 s head
+    // deadline): the one beyond it gets 503 and is closed at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let capped = toml.replace("max_connections = 600", "max_connections = 40");
+    let capped = capped.replacen(
+        &format!(
+            "listen = \"127.0.0.1:{}\"",
+            addr.rsplit(':').next().unwrap()
+        ),
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    let small = IngressProcess::start(&capped, port).await;
+    let addr = format!("127.0.0.1:{port}");
+    // 45 connections at once: the first 40 (39 if the readiness probe's is still open) are
+    // held, the rest answered 503 and closed at once.
+    let mut conns = Vec::new();
+    for _ in 0..45 {
+        conns.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut refused = Vec::new();
+    for (i, tcp) in conns.iter_mut().enumerate() {
+        if let Some(reply) = answer(tcp, Duration::from_millis(200)).await
+            && !reply.is_empty()
+        {
+            assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+            assert!(reply.contains("too many connections"), "{reply}");
+            refused.push(i);
+        }
+    }
+    assert!(
+        refused == (40..45).collect::<Vec<_>>() || refused == (39..45).collect::<Vec<_>>(),
+        "refused: {refused:?}"
+    );
+    let idle = conns;
+    drop(idle);
+    drop(small);
+    let insp = Inspector::connect().await;
+    insp.delete_topology(&cfg.broker).await;
+}

@@ -19,8 +19,13 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// Read the body up to the limit; a larger one is refused with 413 before anything else.
+/// Read the body up to the limit (413 beyond it) and within the request deadline (408 after it).
+///
+/// Each piece is copied into one buffer as it arrives, so memory follows the bytes received: a
+/// sender dripping one byte per TCP segment would otherwise pin a read buffer of the connection
+/// (kilobytes) per byte until the body is complete.
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+    use futures_util::StreamExt;
     let limit = state.config.ingress.body_limit_bytes;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -30,15 +35,23 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     {
         return Err(Rejection::TooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // to_bytes fails either on the limit or on a broken body; both are the sender's fault.
-        let text = e.to_string();
-        if text.contains("length limit") {
-            Rejection::TooLarge(limit)
-        } else {
-            Rejection::Malformed(format!("could not read body: {text}"))
+    let deadline = state.config.ingress.request_deadline;
+    let collect = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = bytes::BytesMut::new();
+        while let Some(piece) = stream.next().await {
+            let piece =
+                piece.map_err(|e| Rejection::Malformed(format!("could not read body: {e}")))?;
+            if buf.len() + piece.len() > limit {
+                return Err(Rejection::TooLarge(limit));
+            }
+            buf.extend_from_slice(&piece);
         }
-    })
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(deadline, collect)
+        .await
+        .unwrap_or(Err(Rejection::Timeout(deadline)))
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {

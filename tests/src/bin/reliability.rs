@@ -42,6 +42,9 @@ struct Args {
     /// Internal: run as one worker process with this config file.
     #[arg(long, hide = true, value_name = "CONFIG")]
     as_worker: Option<PathBuf>,
+    /// Internal: run as an ingress process with this config file (until killed).
+    #[arg(long, hide = true, value_name = "CONFIG")]
+    as_ingress: Option<PathBuf>,
     /// Internal: the flows a worker process consumes.
     #[arg(long, hide = true, value_delimiter = ',', default_value = "invoices")]
     flows: Vec<String>,
@@ -52,6 +55,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(path) = &args.as_worker {
         return rel::run_worker(path, &args.flows).await;
+    }
+    if let Some(path) = &args.as_ingress {
+        let config = shared::config::Config::load(Some(path))?;
+        let app = ingress::Application::build(config).await?;
+        app.run_until(std::future::pending()).await?;
+        return Ok(());
     }
     shared::telemetry::init_logs(&TelemetryConfig {
         json_logs: false,

@@ -26,7 +26,42 @@ pub struct AppState {
 
 pub struct Application {
     listener: TcpListener,
+    admin: TcpListener,
     state: Arc<AppState>,
+}
+
+/// The address of the TCP peer a request came from (set by the accept loop).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Peer {
+    /// The client: the peer, or, when the peer is one of `ingress.trusted_proxies`, the last
+    /// address in `X-Forwarded-For` that is not a trusted proxy itself.
+    pub fn client(
+        &self,
+        headers: &axum::http::HeaderMap,
+        trusted: &[shared::config::IpRange],
+    ) -> std::net::IpAddr {
+        let peer = self.0.ip();
+        let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|r| r.contains(ip));
+        if !is_trusted(peer) {
+            return peer;
+        }
+        let forwarded: Vec<std::net::IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        forwarded
+            .iter()
+            .rev()
+            .find(|ip| !is_trusted(**ip))
+            .or(forwarded.first())
+            .copied()
+            .unwrap_or(peer)
+    }
 }
 
 impl Application {
@@ -37,6 +72,14 @@ impl Application {
         let listener = TcpListener::bind(&config.ingress.listen)
             .await
             .with_context(|| format!("binding ingress.listen {}", config.ingress.listen))?;
+        let admin = TcpListener::bind(&config.ingress.admin_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding ingress.admin_listen {}",
+                    config.ingress.admin_listen
+                )
+            })?;
         let store = Store::connect(&config.redis).await.map_err(|e| {
             anyhow::anyhow!(
                 "connecting to Redis at {}: {}",
@@ -56,7 +99,11 @@ impl Application {
             store,
             metrics: shared::telemetry::metrics_handle(),
         });
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            admin,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -67,6 +114,14 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.local_addr().port()
+    }
+
+    /// The admin port (`ingress.admin_listen`): metrics and health, for operators only.
+    pub fn admin_port(&self) -> u16 {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
+            .port()
     }
 
     pub fn state(&self) -> &AppState {
@@ -87,10 +142,18 @@ impl Application {
             .route("/oauth/exact/callback", get(oauth::callback))
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
-            .route("/metrics", get(health::metrics))
             .layer(axum::middleware::from_fn(move |req, next| {
                 shed_beyond(in_flight.clone(), req, next)
             }))
+            .with_state(state)
+    }
+
+    /// The admin port's routes: never reachable on the public webhook port.
+    pub fn admin_router(state: Arc<AppState>) -> Router {
+        Router::new()
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            .route("/metrics", get(health::metrics))
             .with_state(state)
     }
 
@@ -106,7 +169,22 @@ impl Application {
             max_connections: state.config.ingress.max_connections,
             header_deadline: state.config.ingress.request_deadline,
         };
+        let admin_limits = Limits {
+            max_connections: 64,
+            header_deadline: state.config.ingress.request_deadline,
+        };
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(serve(
+            self.admin,
+            Self::admin_router(state.clone()),
+            admin_limits,
+            async move {
+                let _ = admin_stopped.await;
+            },
+        ));
         serve(self.listener, Self::router(state.clone()), limits, shutdown).await;
+        let _ = stop_admin.send(());
+        let _ = admin.await;
         state.publisher.close(grace).await;
         Ok(())
     }
@@ -163,9 +241,9 @@ async fn serve(
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -192,8 +270,15 @@ async fn serve(
             );
             continue;
         };
-        let conn =
-            http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
+        // Each request learns its peer's address (for the log of refusals, see `Peer::client`).
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                req
+            },
+        );
+        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
         let (mut stop, open) = (stop_rx.clone(), open_rx.clone());
         tokio::spawn(async move {
             let _open = open; // counted until this connection ends
@@ -219,4 +304,45 @@ async fn serve(
     let _ = stop_tx.send(true);
     drop(open_rx);
     open_tx.closed().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::config::IpRange;
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let trusted = [IpRange::parse("10.0.0.0/8").unwrap()];
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "198.51.100.1, 203.0.113.9, 10.0.0.7".parse().unwrap(),
+        );
+        let from = |ip: &str| Peer(format!("{ip}:40000").parse().unwrap());
+        // Through our proxies: the last address that is not one of them.
+        assert_eq!(
+            from("10.1.1.1").client(&headers, &trusted).to_string(),
+            "203.0.113.9"
+        );
+        // Straight from the internet: the header is the sender's to invent, so it is ignored.
+        assert_eq!(
+            from("192.0.2.50").client(&headers, &trusted).to_string(),
+            "192.0.2.50"
+        );
+        assert_eq!(
+            from("10.1.1.1")
+                .client(&axum::http::HeaderMap::new(), &trusted)
+                .to_string(),
+            "10.1.1.1"
+        );
+    }
+
+    #[test]
+    fn the_busy_reply_is_well_formed() {
+        let text = std::str::from_utf8(BUSY_REPLY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
 }

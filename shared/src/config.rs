@@ -146,6 +146,9 @@ struct RawRedis {
 #[serde(deny_unknown_fields)]
 struct RawIngress {
     listen: Option<String>,
+    admin_listen: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     public_url: Option<String>,
     body_limit_bytes: Option<usize>,
     replay_window: Option<HumanDuration>,
@@ -315,6 +318,57 @@ pub struct RedisConfig {
     pub replica_timeout: Duration,
 }
 
+/// An address or a CIDR range (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    pub fn parse(s: &str) -> Result<IpRange, String> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let net: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR range"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+        };
+        Ok(IpRange { net, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let bits = |ip: std::net::IpAddr| -> u128 {
+            match ip {
+                std::net::IpAddr::V4(v4) => u32::from(v4) as u128,
+                std::net::IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        if ip.is_ipv4() != self.net.is_ipv4() {
+            return false;
+        }
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = width - u32::from(self.prefix);
+        (bits(ip) >> shift) == (bits(self.net) >> shift)
+    }
+}
+
 impl RedisConfig {
     /// A single node at `url` with every other setting at its default (tools and tests).
     pub fn single_node(url: &str, prefix: &str) -> Self {
@@ -332,6 +386,12 @@ impl RedisConfig {
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
     pub listen: String,
+    /// The admin port: `/metrics` (and health) for the operator's network only, never the
+    /// public webhook port.
+    pub admin_listen: String,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses or CIDR ranges); from anyone
+    /// else the header is ignored and the peer address is the client.
+    pub trusted_proxies: Vec<IpRange>,
     /// The externally reachable base URL (for webhook callbacks and the OAuth redirect).
     pub public_url: String,
     pub body_limit_bytes: usize,
@@ -685,6 +745,25 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             format!("'{listen}' is not an address like 0.0.0.0:8080"),
         ));
     }
+    let admin_listen = raw
+        .ingress
+        .admin_listen
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    if admin_listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(field_err(
+            "ingress.admin_listen",
+            format!("'{admin_listen}' is not an address like 127.0.0.1:9090"),
+        ));
+    }
+    let trusted_proxies = raw
+        .ingress
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            IpRange::parse(p).map_err(|m| field_err(format!("ingress.trusted_proxies[{i}]"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let public_url = http_url(
         "ingress.public_url",
         raw.ingress
@@ -708,6 +787,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     };
     let ingress = IngressConfig {
         listen,
+        admin_listen,
+        trusted_proxies,
         public_url: public_url.clone(),
         body_limit_bytes,
         replay_window: positive(
@@ -1228,6 +1309,32 @@ mod tests {
         assert_eq!(c.worker.rate_limit_wait, Duration::from_secs(20));
         assert_eq!(c.worker.request_timeout, Duration::from_secs(60));
         assert_eq!(c.redis.min_replicas, 0);
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let r = IpRange::parse("10.0.0.0/8").unwrap();
+        assert!(r.contains("10.1.2.3".parse().unwrap()));
+        assert!(r.contains("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!r.contains("11.0.0.1".parse().unwrap()));
+        assert!(!r.contains("fd00::1".parse().unwrap()));
+        let one = IpRange::parse("192.0.2.7").unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        assert!(
+            IpRange::parse("fd00::/8")
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        let bad = format!("[ingress]\ntrusted_proxies = [\"10.0.0.0/33\"]\n{MINIMAL}");
+        assert!(err(&bad, &env).starts_with("ingress.trusted_proxies[0]:"));
+        let bad = format!("[ingress]\nadmin_listen = \"nine\"\n{MINIMAL}");
+        assert!(err(&bad, &env).starts_with("ingress.admin_listen:"));
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        assert_eq!(
+            c.ingress.admin_listen, "127.0.0.1:9090",
+            "private by default"
+        );
     }
 
     #[test]

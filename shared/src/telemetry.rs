@@ -71,6 +71,20 @@ pub fn webhook_received(
     }
 }
 
+/// A webhook was refused (unknown company, bad secret, malformed, too slow…): counted like any
+/// webhook and logged with the client's address, so an operator can see who probes.
+pub fn webhook_refused(
+    source: &'static str,
+    tenant: Option<&str>,
+    outcome: &'static str,
+    detail: &str,
+    client: std::net::IpAddr,
+) {
+    metrics::counter!(names::WEBHOOKS_RECEIVED, "source" => source, "outcome" => outcome)
+        .increment(1);
+    tracing::warn!(source, tenant, outcome, detail, %client, "webhook refused");
+}
+
 /// A message was handled by a flow, with its outcome (`ok`, `retry`, `busy`, `rate_limited`,
 /// `dead_lettered`, `duplicate`). Waiting on another worker's lease (`busy`) or on Exact's call
 /// budget (`rate_limited`) is the system pacing itself, logged at info; a failure that will be

@@ -120,6 +120,7 @@ prefix = "{prefix}"
 {redis_extra}
 [ingress]
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 
 [worker]
 prefetch = 20

@@ -552,6 +552,8 @@ fn link(p: &PrecoroSim, e: &ExactDemo) -> Linked {
 /// The service itself, running in-process: one ingress and `workers` workers.
 pub struct Stack {
     pub ingress_base: String,
+    /// The ingress's admin port (metrics, health; the operator console's home).
+    pub admin_base: String,
     broker: shared::config::BrokerConfig,
     stop_ingress: Option<tokio::sync::oneshot::Sender<()>>,
     ingress_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -566,6 +568,7 @@ impl Stack {
             .await
             .expect("ingress builds");
         let ingress_base = format!("http://127.0.0.1:{}", app.port());
+        let admin_base = format!("http://127.0.0.1:{}", app.admin_port());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let ingress_task = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -587,6 +590,7 @@ impl Stack {
             .set_webhook_urls(vec![world.precoro_webhook_url(&ingress_base)]);
         Stack {
             ingress_base,
+            admin_base,
             broker: world.config.broker.clone(),
             stop_ingress: Some(tx),
             ingress_task: Some(ingress_task),

@@ -448,15 +448,25 @@ fn the_compose_file_runs_what_the_code_builds_with_a_config_that_loads() {
 
         if program == "ingress" {
             let port = port_of(&config.ingress.listen);
-            let published: Vec<u16> = list(&svc["ports"])
+            let admin = port_of(&config.ingress.admin_listen);
+            let published: Vec<(String, u16)> = list(&svc["ports"])
                 .iter()
-                .map(|p| s(p).rsplit(':').next().unwrap().parse().unwrap())
+                .map(|p| {
+                    let p = s(p);
+                    let (host, port) = p.rsplit_once(':').unwrap();
+                    (host.to_string(), port.parse().unwrap())
+                })
                 .collect();
-            assert_eq!(
-                published,
-                vec![port],
-                "{what}: publishes the port it listens on"
+            assert!(
+                published.iter().any(|(_, p)| *p == port),
+                "{what}: publishes the port it listens on: {published:?}"
             );
+            for (host, p) in &published {
+                assert!(
+                    *p == port || (*p == admin && host.starts_with("127.0.0.1")),
+                    "{what}: the admin port is published on loopback only: {published:?}"
+                );
+            }
         } else {
             let replicas = svc["deploy"]["replicas"].as_u64().unwrap_or(1);
             assert!(replicas >= 2, "{what}: several workers share the queues");
@@ -597,6 +607,7 @@ fn kubernetes_manifests_name_only_what_exists() {
     let mut ran = BTreeSet::new();
     let mut secret_keys_used = BTreeSet::new();
     let mut probe_paths = BTreeSet::new();
+    let mut scrape_paths = BTreeSet::new();
 
     for d in &deployments {
         let dname = s(&d["metadata"]["name"]);
@@ -693,13 +704,21 @@ fn kubernetes_manifests_name_only_what_exists() {
             let ports = list(&c["ports"]);
             if program == "ingress" {
                 let listen = port_of(&config.ingress.listen);
-                assert_eq!(ports.len(), 1, "{what}: one port");
+                let admin = port_of(&config.ingress.admin_listen);
                 assert_eq!(
-                    ports[0]["containerPort"].as_u64(),
-                    Some(listen as u64),
-                    "{what}: containerPort is ingress.listen"
+                    ports.len(),
+                    2,
+                    "{what}: the webhook port and the admin port"
                 );
-                let port_name = s(&ports[0]["name"]);
+                let named = |port: u16| {
+                    ports
+                        .iter()
+                        .find(|p| p["containerPort"].as_u64() == Some(port as u64))
+                        .map(|p| s(&p["name"]).to_string())
+                        .unwrap_or_else(|| panic!("{what}: no containerPort {port}"))
+                };
+                let port_name = named(listen);
+                let admin_name = named(admin);
                 for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
                     let get = &c[probe]["httpGet"];
                     if get.is_null() {
@@ -711,8 +730,12 @@ fn kubernetes_manifests_name_only_what_exists() {
                 assert!(probe_paths.contains("/healthz") && probe_paths.contains("/readyz"));
                 let ann = &pod["metadata"]["annotations"];
                 if let Some(path) = ann["prometheus.io/path"].as_str() {
-                    probe_paths.insert(path.to_string());
-                    assert_eq!(s(&ann["prometheus.io/port"]), listen.to_string());
+                    scrape_paths.insert(path.to_string());
+                    assert_eq!(
+                        s(&ann["prometheus.io/port"]),
+                        admin.to_string(),
+                        "{what}: metrics are scraped on the admin port"
+                    );
                 }
                 // The Service reaches this port.
                 let svc = k
@@ -723,9 +746,14 @@ fn kubernetes_manifests_name_only_what_exists() {
                 for p in list(&svc["spec"]["ports"]) {
                     let target = &p["targetPort"];
                     assert!(
-                        target.as_str() == Some(port_name)
+                        target.as_str() == Some(port_name.as_str())
                             || target.as_u64() == Some(listen as u64),
                         "{what}: Service targetPort {target:?}"
+                    );
+                    assert!(
+                        target.as_str() != Some(admin_name.as_str())
+                            && target.as_u64() != Some(admin as u64),
+                        "{what}: the Service never publishes the admin port"
                     );
                 }
             } else {
@@ -826,12 +854,12 @@ fn kubernetes_manifests_name_only_what_exists() {
         }
     }
 
-    assert_probe_paths_are_served(probe_paths);
+    assert_probe_paths_are_served(probe_paths, scrape_paths);
 }
 
 /// Ask the real router: start the ingress on port 0 against the running RabbitMQ and Redis and GET
 /// each path; a renamed route answers 404 and fails here.
-fn assert_probe_paths_are_served(paths: BTreeSet<String>) {
+fn assert_probe_paths_are_served(paths: BTreeSet<String>, scrape: BTreeSet<String>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let env = testbed::harness::EnvSpec::new("deploy");
@@ -840,6 +868,7 @@ fn assert_probe_paths_are_served(paths: BTreeSet<String>) {
             .await
             .expect("ingress builds");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let admin = format!("http://127.0.0.1:{}", app.admin_port());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -847,7 +876,12 @@ fn assert_probe_paths_are_served(paths: BTreeSet<String>) {
         let http = shared::http::client(std::time::Duration::from_secs(5));
         let get = |p: String| {
             let http = http.clone();
-            let url = format!("{base}{p}");
+            // Scrape paths live on the admin port, probes on the public one.
+            let url = if scrape.contains(&p) {
+                format!("{admin}{p}")
+            } else {
+                format!("{base}{p}")
+            };
             async move {
                 http.get(&url)
                     .send()
@@ -861,7 +895,7 @@ fn assert_probe_paths_are_served(paths: BTreeSet<String>) {
             get("/no-such-probe".into()).await,
             reqwest::StatusCode::NOT_FOUND
         );
-        for p in paths {
+        for p in paths.iter().chain(&scrape) {
             // /readyz is 200 only with broker and Redis up, which they are on this machine.
             let ok = testbed::harness::eventually(std::time::Duration::from_secs(10), || {
                 let p = p.clone();

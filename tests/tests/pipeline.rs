@@ -22,6 +22,8 @@ const SECRET: &str = "test-webhook-secret";
 
 struct Ingress {
     base: String,
+    /// The admin port (metrics, health).
+    admin: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -31,12 +33,14 @@ impl Ingress {
             .await
             .expect("ingress builds");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let admin = format!("http://127.0.0.1:{}", app.admin_port());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until(async move {
             let _ = rx.await;
         }));
         Ingress {
             base,
+            admin,
             stop: Some(tx),
         }
     }
@@ -199,7 +203,7 @@ async fn exact_signature_matrix_publishes_only_verified_events() {
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|m| m.routing_key == "exact.accounts.update"));
     let metrics = http
-        .get(format!("{}/metrics", ing.base))
+        .get(format!("{}/metrics", ing.admin))
         .send()
         .await
         .unwrap()
@@ -299,7 +303,7 @@ async fn precoro_token_and_body_checks() {
     assert_eq!(e.payload["id"], 123456);
 
     let metrics = http
-        .get(format!("{}/metrics", ing.base))
+        .get(format!("{}/metrics", ing.admin))
         .send()
         .await
         .unwrap()
@@ -307,6 +311,15 @@ async fn precoro_token_and_body_checks() {
         .await
         .unwrap();
     assert!(metrics.contains("webhooks_received_total"), "{metrics}");
+    // Metrics are for operators: the public webhook port does not serve them.
+    assert_eq!(
+        http.get(format!("{}/metrics", ing.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     assert_eq!(
         http.get(format!("{}/healthz", ing.base))
             .send()
@@ -1007,7 +1020,7 @@ async fn slow_and_dripping_senders_cannot_exhaust_the_ingress() {
     let toml = harness::config_toml(&env, std::slice::from_ref(&tenant)).replacen(
         "[ingress]\nlisten = \"127.0.0.1:0\"\n",
         &format!(
-            "[ingress]\nlisten = \"127.0.0.1:{port}\"\nrequest_deadline = \"2s\"\nmax_connections = 600\n[telemetry]\nlog_filter = \"error\"\n"
+            "[telemetry]\nlog_filter = \"error\"\n[ingress]\nlisten = \"127.0.0.1:{port}\"\nrequest_deadline = \"2s\"\nmax_connections = 600\n"
         ),
         1,
     );

@@ -30,7 +30,7 @@ use shared::exact::client::Connect;
 use shared::exact::oauth_state::{self, Purpose, STATE_TTL};
 use shared::store::ratelimit::RateLimiter;
 
-use crate::startup::AppState;
+use crate::startup::{AppState, Peer};
 
 /// What the ingress answers on these routes: HTML for a browser, JSON for a script.
 struct Page {
@@ -213,11 +213,13 @@ pub struct Callback {
 /// Exact sends the user back here with `code` and our `state`.
 pub async fn callback(
     State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<Peer>>,
     Query(q): Query<Callback>,
     headers: HeaderMap,
 ) -> Response {
+    let client = peer.map(|p| p.client(&headers, &state.config.ingress.trusted_proxies));
     let bad = |code: &'static str, title: &str, message: String| {
-        tracing::warn!(outcome = code, "Exact OAuth callback refused: {message}");
+        tracing::warn!(outcome = code, client = ?client, "Exact OAuth callback refused: {message}");
         Page::new(&headers, StatusCode::BAD_REQUEST, code)
             .text(title, message)
             .into_response()

@@ -17,7 +17,7 @@ use shared::webhook::{self, Rejection};
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::startup::{AppState, Peer};
 
 /// Read the body up to the limit (413 beyond it) and within the request deadline (408 after it).
 ///
@@ -60,9 +60,21 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-fn refuse(source: &'static str, tenant: Option<&str>, r: Rejection) -> ApiError {
-    webhook_received(source, tenant, r.outcome(), &r.to_string());
+/// Log a refusal with the client's address (see `Peer::client`), count it, and answer it.
+fn refuse(
+    source: &'static str,
+    tenant: Option<&str>,
+    client: std::net::IpAddr,
+    r: Rejection,
+) -> ApiError {
+    shared::telemetry::webhook_refused(source, tenant, r.outcome(), &r.to_string(), client);
     r.into()
+}
+
+/// The client of a request, for the log of refusals.
+fn client_of(state: &AppState, peer: Option<&Peer>, headers: &HeaderMap) -> std::net::IpAddr {
+    peer.map(|p| p.client(headers, &state.config.ingress.trusted_proxies))
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 /// A webhook's reply body: `{"status": …}`, with the event id once the broker has it.
@@ -122,17 +134,18 @@ pub async fn precoro(
     const SRC: &str = "precoro";
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
+    let client = client_of(&state, parts.extensions.get::<Peer>(), headers);
     let body = read_body(&state, headers, body)
         .await
-        .map_err(|r| refuse(SRC, None, r))?;
+        .map_err(|r| refuse(SRC, None, client, r))?;
     // Who is asking before what they sent: a wrong content type must not tell a known company
     // from an unknown one.
     let tenant = webhook::precoro_tenant(&state.config, &tenant_id, &token)
-        .map_err(|r| refuse(SRC, None, r))?;
+        .map_err(|r| refuse(SRC, None, client, r))?;
     let signature = headers.get("x-precoro-auth").and_then(|v| v.to_str().ok());
     let hook = webhook::check_content_type(content_type(headers))
         .and_then(|()| webhook::verify_precoro(tenant, &token, signature, &body))
-        .map_err(|r| refuse(SRC, Some(tenant.id.as_str()), r))?;
+        .map_err(|r| refuse(SRC, Some(tenant.id.as_str()), client, r))?;
     let Some(entity) = hook.entity() else {
         webhook_received(
             SRC,
@@ -166,9 +179,10 @@ pub async fn exact(
 ) -> Result<impl IntoResponse, ApiError> {
     const SRC: &str = "exact";
     let (parts, body) = request.into_parts();
+    let client = client_of(&state, parts.extensions.get::<Peer>(), &parts.headers);
     let body = read_body(&state, &parts.headers, body)
         .await
-        .map_err(|r| refuse(SRC, None, r))?;
+        .map_err(|r| refuse(SRC, None, client, r))?;
     // Exact's validation handshake: an empty POST right after subscribing must get 200
     // (specs/exact-online.md §3), before any signature check.
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -177,7 +191,7 @@ pub async fn exact(
     }
     let hook = webhook::check_content_type(content_type(&parts.headers))
         .and_then(|()| webhook::verify_exact(&state.config, &body))
-        .map_err(|r| refuse(SRC, None, r))?;
+        .map_err(|r| refuse(SRC, None, client, r))?;
     let tenant = hook.tenant;
     // The signed Content travels as received: the worker reads the same fields from it.
     let env = Envelope::with_payload(

@@ -611,8 +611,8 @@ async fn serve(world: &World, stack: &Stack, first: &Tracked) {
     println!("\nServing until Ctrl-C:");
     println!("  ingress             {}", stack.ingress_base);
     println!(
-        "  health / metrics    {0}/healthz  {0}/readyz  {0}/metrics",
-        stack.ingress_base
+        "  health / metrics    {0}/healthz  {0}/readyz  {0}/metrics  (admin port)",
+        stack.admin_base
     );
     println!("  Precoro webhook URL {hook}");
     println!(

@@ -105,6 +105,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// Allows `http://` URLs on loopback addresses (tests, the sandbox, a demo on one machine).
+    #[serde(default)]
+    development: bool,
     #[serde(default)]
     broker: RawBroker,
     #[serde(default)]
@@ -634,17 +637,63 @@ fn secret(
     if resolved.is_empty() {
         return Err(field_err(field, "must not be empty"));
     }
+    if resolved.trim() != resolved {
+        // A Kubernetes secret made from a file often ends in a newline: accepted as it is, every
+        // genuine webhook would then fail its check.
+        return Err(field_err(
+            field,
+            "has leading or trailing whitespace (a newline from the file it came from?): remove it",
+        ));
+    }
     Ok(Secret::new(resolved))
 }
 
-fn http_url(field: &str, value: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(value)
-        .map_err(|e| field_err(field, format!("'{value}' is not a URL: {e}")))?;
-    if url.scheme() != "http" && url.scheme() != "https" {
+/// A fresh random secret: 256 bits, URL-safe base64 (43 characters), good for a webhook token in
+/// a URL path and for `ingress.oauth_state_secret` (`worker secret`).
+pub fn new_secret() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// A secret that alone proves who is calling: long and not a run of one character.
+fn strong(field: &str, s: &Secret, why: &str) -> Result<(), ConfigError> {
+    let v = s.expose().as_bytes();
+    let distinct = v.iter().collect::<std::collections::BTreeSet<_>>().len();
+    if v.len() < 32 || distinct < 8 {
         return Err(field_err(
             field,
-            format!("'{value}' must be an http(s) URL"),
+            format!(
+                "must be at least 32 characters with some variety ({why}); `worker secret` makes one"
+            ),
         ));
+    }
+    Ok(())
+}
+
+/// An external URL: HTTPS, or `http://` on a loopback address with `development = true`.
+fn http_url(field: &str, value: &str, development: bool) -> Result<String, ConfigError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| field_err(field, format!("'{value}' is not a URL: {e}")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if development && loopback => {}
+        "http" => {
+            return Err(field_err(
+                field,
+                format!(
+                    "'{value}' must be https:// (http:// is allowed only on a loopback address with development = true)"
+                ),
+            ));
+        }
+        _ => {
+            return Err(field_err(field, format!("'{value}' must be an https URL")));
+        }
     }
     Ok(value.trim_end_matches('/').to_string())
 }
@@ -764,12 +813,14 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             IpRange::parse(p).map_err(|m| field_err(format!("ingress.trusted_proxies[{i}]"), m))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let development = raw.development;
     let public_url = http_url(
         "ingress.public_url",
         raw.ingress
             .public_url
             .as_deref()
-            .unwrap_or("http://127.0.0.1:8080"),
+            .unwrap_or("https://127.0.0.1:8080"),
+        development,
     )?;
     let body_limit_bytes = raw.ingress.body_limit_bytes.unwrap_or(256 * 1024);
     if body_limit_bytes < 1024 {
@@ -780,7 +831,15 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     }
     let oauth_state_secret_configured = raw.ingress.oauth_state_secret.is_some();
     let oauth_state_secret = match raw.ingress.oauth_state_secret {
-        Some(s) => secret("ingress.oauth_state_secret", &s, env)?,
+        Some(s) => {
+            let s = secret("ingress.oauth_state_secret", &s, env)?;
+            strong(
+                "ingress.oauth_state_secret",
+                &s,
+                "it signs the links that connect a company to Exact",
+            )?;
+            s
+        }
         // Without a configured secret, a per-process random one: connect links then only work
         // against the ingress that issued them, which is fine for one replica and for tests.
         None => Secret::new(hex::encode(rand::random::<[u8; 32]>())),
@@ -930,7 +989,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
 
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     for (i, t) in raw.tenants.into_iter().enumerate() {
-        let tenant = validate_tenant(i, t, &public_url, env)?;
+        let tenant = validate_tenant(i, t, &public_url, development, env)?;
+        same_app_or_other_secrets(i, &tenant, &tenants)?;
         if tenants.iter().any(|o: &TenantConfig| o.id == tenant.id) {
             return Err(field_err(
                 format!("tenants[{i}].id"),
@@ -962,10 +1022,59 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     })
 }
 
+/// Secrets are per company or per Exact app: a Precoro webhook token or signing secret reused by
+/// another company would let one company's sender post as the other; the same Exact app (client
+/// id) must carry the same secrets everywhere, and two apps never share a webhook secret.
+fn same_app_or_other_secrets(
+    i: usize,
+    t: &TenantConfig,
+    before: &[TenantConfig],
+) -> Result<(), ConfigError> {
+    let f = |name: &str| format!("tenants[{i}].{name}");
+    let same = |a: &Secret, b: &Secret| a.expose() == b.expose();
+    for o in before {
+        if same(&t.precoro.webhook_token, &o.precoro.webhook_token) {
+            return Err(field_err(
+                f("precoro.webhook_token"),
+                format!("is also company '{}''s: give each company its own", o.id),
+            ));
+        }
+        if let (Some(a), Some(b)) = (&t.precoro.signature_secret, &o.precoro.signature_secret)
+            && same(a, b)
+        {
+            return Err(field_err(
+                f("precoro.signature_secret"),
+                format!("is also company '{}''s: give each company its own", o.id),
+            ));
+        }
+        let same_app = t.exact.client_id.eq_ignore_ascii_case(&o.exact.client_id);
+        if same_app && !same(&t.exact.webhook_secret, &o.exact.webhook_secret) {
+            return Err(field_err(
+                f("exact.webhook_secret"),
+                format!(
+                    "differs from company '{}''s, which uses the same Exact app (client_id): an app has one webhook secret",
+                    o.id
+                ),
+            ));
+        }
+        if !same_app && same(&t.exact.webhook_secret, &o.exact.webhook_secret) {
+            return Err(field_err(
+                f("exact.webhook_secret"),
+                format!(
+                    "is also the secret of another Exact app (company '{}'): each app has its own",
+                    o.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_tenant(
     i: usize,
     t: RawTenant,
     public_url: &str,
+    development: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<TenantConfig, ConfigError> {
     let f = |name: &str| format!("tenants[{i}].{name}");
@@ -973,7 +1082,7 @@ fn validate_tenant(
         || !t
             .id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         || t.id.len() > 64
     {
         return Err(field_err(
@@ -984,12 +1093,11 @@ fn validate_tenant(
 
     let p = t.precoro;
     let webhook_token = secret(&f("precoro.webhook_token"), &p.webhook_token, env)?;
-    if webhook_token.expose().len() < 32 {
-        return Err(field_err(
-            f("precoro.webhook_token"),
-            "must be at least 32 characters (it is the only proof a webhook came from Precoro)",
-        ));
-    }
+    strong(
+        &f("precoro.webhook_token"),
+        &webhook_token,
+        "it is the only proof a webhook came from Precoro",
+    )?;
     if !p.email.contains('@') {
         return Err(field_err(
             f("precoro.email"),
@@ -1000,6 +1108,7 @@ fn validate_tenant(
         base_url: http_url(
             &f("precoro.base_url"),
             p.base_url.as_deref().unwrap_or("https://api.precoro.com"),
+            development,
         )?,
         token: secret(&f("precoro.token"), &p.token, env)?,
         email: p.email,
@@ -1030,19 +1139,26 @@ fn validate_tenant(
             "must name the purchase journal code, e.g. \"70\"",
         ));
     }
-    if e.client_id.trim().is_empty() {
-        return Err(field_err(f("exact.client_id"), "must not be empty"));
+    if uuid::Uuid::parse_str(e.client_id.trim()).is_err() {
+        return Err(field_err(
+            f("exact.client_id"),
+            format!(
+                "'{}' is not a GUID (Exact's App Center shows the app's client id as one)",
+                e.client_id
+            ),
+        ));
     }
     let exact = ExactConfig {
         host: http_url(
             &f("exact.host"),
             e.host.as_deref().unwrap_or("https://start.exactonline.nl"),
+            development,
         )?,
         client_id: e.client_id,
         client_secret: secret(&f("exact.client_secret"), &e.client_secret, env)?,
         webhook_secret: secret(&f("exact.webhook_secret"), &e.webhook_secret, env)?,
         redirect_uri: match e.redirect_uri {
-            Some(u) => http_url(&f("exact.redirect_uri"), &u)?,
+            Some(u) => http_url(&f("exact.redirect_uri"), &u, development)?,
             None => format!("{public_url}/oauth/exact/callback"),
         },
         division: Division(e.division),
@@ -1194,7 +1310,7 @@ mod tests {
         email = "finance@acme.test"
         webhook_token = "0123456789abcdef0123456789abcdef"
         [tenants.exact]
-        client_id = "app"
+        client_id = "3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f"
         client_secret = "s3cret"
         webhook_secret = "env:EXACT_WEBHOOK_SECRET"
         division = 123456
@@ -1225,7 +1341,7 @@ mod tests {
         assert_eq!(t.exact.host, "https://start.exactonline.nl");
         assert_eq!(
             t.exact.redirect_uri,
-            "http://127.0.0.1:8080/oauth/exact/callback"
+            "https://127.0.0.1:8080/oauth/exact/callback"
         );
         assert!(t.flows.invoices.enabled);
         assert_eq!(t.flows.reference.kinds.len(), 6);
@@ -1309,6 +1425,113 @@ mod tests {
         assert_eq!(c.worker.rate_limit_wait, Duration::from_secs(20));
         assert_eq!(c.worker.request_timeout, Duration::from_secs(60));
         assert_eq!(c.redis.min_replicas, 0);
+    }
+
+    #[test]
+    fn weak_reused_or_untidy_secrets_and_plain_http_are_refused() {
+        let with = |from: &str, to: &str| MINIMAL.replacen(from, to, 1);
+        let token = "webhook_token = \"0123456789abcdef0123456789abcdef\"";
+        let cases = [
+            // Whitespace at either end (a k8s secret made from a file ends in a newline).
+            (
+                with("EXACT_WEBHOOK_SECRET", "PADDED"),
+                "tenants[0].exact.webhook_secret: has leading or trailing whitespace",
+            ),
+            // Too short, or a run of one character.
+            (
+                with(token, "webhook_token = \"short\""),
+                "tenants[0].precoro.webhook_token: must be at least 32 characters",
+            ),
+            (
+                with(token, &format!("webhook_token = \"{}\"", "x".repeat(40))),
+                "tenants[0].precoro.webhook_token: must be at least 32 characters",
+            ),
+            (
+                format!("[ingress]\noauth_state_secret = \"x\"\n{MINIMAL}"),
+                "ingress.oauth_state_secret: must be at least 32 characters",
+            ),
+            // Company ids are lowercase; an Exact client id is a GUID.
+            (with("id = \"acme\"", "id = \"ACME\""), "tenants[0].id:"),
+            (
+                with("3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f", "app"),
+                "tenants[0].exact.client_id: 'app' is not a GUID",
+            ),
+            // External URLs are HTTPS; http only on loopback in development.
+            (
+                with(
+                    "[tenants.exact]",
+                    "[tenants.exact]\nhost = \"http://start.exactonline.nl\"",
+                ),
+                "tenants[0].exact.host: 'http://start.exactonline.nl' must be https://",
+            ),
+            (
+                with(
+                    "[tenants.exact]",
+                    "[tenants.exact]\nhost = \"http://127.0.0.1:9\"",
+                ),
+                "tenants[0].exact.host: 'http://127.0.0.1:9' must be https://",
+            ),
+        ];
+        let env = |n: &str| match n {
+            "PADDED" => Some("whsec\n".to_string()),
+            other => env(other),
+        };
+        for (text, want) in cases {
+            let e = err(&text, &env);
+            assert!(e.starts_with(want), "{want} → {e}");
+        }
+        // development = true allows http on loopback only.
+        let dev = format!(
+            "development = true\n{}",
+            with(
+                "[tenants.exact]",
+                "[tenants.exact]\nhost = \"http://127.0.0.1:9\""
+            )
+        );
+        assert!(Config::from_toml(&dev, &env).is_ok());
+        let dev_remote = format!(
+            "development = true\n{}",
+            with(
+                "[tenants.exact]",
+                "[tenants.exact]\nhost = \"http://exact.example\""
+            )
+        );
+        assert!(err(&dev_remote, &env).starts_with("tenants[0].exact.host:"));
+
+        // Two companies: their own Precoro tokens; one Exact app, one webhook secret.
+        let second = |token: &str, client: &str, secret: &str| {
+            format!(
+                "{MINIMAL}\n[[tenants]]\nid = \"globex\"\n[tenants.precoro]\ntoken = \"t\"\nemail = \"ap@globex.test\"\nwebhook_token = \"{token}\"\n[tenants.exact]\nclient_id = \"{client}\"\nclient_secret = \"s\"\nwebhook_secret = \"{secret}\"\ndivision = 654321\njournal = \"70\"\n[tenants.flows.reference]\nenabled = false\n"
+            )
+        };
+        let same_app = "3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f";
+        let other_app = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+        let own_token = "fedcba9876543210fedcba9876543210";
+        if let Err(e) = Config::from_toml(&second(own_token, same_app, "whsec"), &env) {
+            panic!("{e}");
+        }
+        let e = err(
+            &second("0123456789abcdef0123456789abcdef", same_app, "whsec"),
+            &env,
+        );
+        assert!(
+            e.starts_with("tenants[1].precoro.webhook_token: is also company 'acme'"),
+            "{e}"
+        );
+        let e = err(&second(own_token, same_app, "another"), &env);
+        assert!(
+            e.starts_with("tenants[1].exact.webhook_secret: differs"),
+            "{e}"
+        );
+        let e = err(&second(own_token, other_app, "whsec"), &env);
+        assert!(
+            e.starts_with(
+                "tenants[1].exact.webhook_secret: is also the secret of another Exact app"
+            ),
+            "{e}"
+        );
+        assert_eq!(new_secret().len(), 43);
+        assert_ne!(new_secret(), new_secret());
     }
 
     #[test]

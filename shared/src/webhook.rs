@@ -278,9 +278,42 @@ pub struct VerifiedExact<'c, 'b> {
     pub raw_content: &'b RawValue,
 }
 
-/// Verify then parse an Exact webhook. The secret is the app's; several companies may share one
-/// app, so the signature is checked against each distinct configured secret first and only then
-/// is the company looked up by `Division` (never trust a field before its signature).
+#[derive(Deserialize)]
+struct ClientOnly<'a> {
+    #[serde(rename = "ClientId", default, borrow)]
+    client_id: Option<Cow<'a, str>>,
+}
+
+/// The webhook secret of the Exact app `Content.ClientId` names, so a request costs one HMAC
+/// however many apps are configured. Without a ClientId only a single configured app qualifies.
+/// The claimed id is only a hint: the signature decides.
+fn app_secret<'c>(config: &'c Config, content: &[u8]) -> Option<&'c str> {
+    let claimed = serde_json::from_slice::<ClientOnly>(content)
+        .ok()
+        .and_then(|c| c.client_id);
+    match claimed {
+        Some(id) => {
+            let id = uuid::Uuid::parse_str(id.trim()).ok()?;
+            config
+                .tenants
+                .iter()
+                .find(|t| uuid::Uuid::parse_str(t.exact.client_id.trim()).ok() == Some(id))
+                .map(|t| t.exact.webhook_secret.expose())
+        }
+        None => {
+            let mut secrets = config
+                .tenants
+                .iter()
+                .map(|t| t.exact.webhook_secret.expose());
+            let first = secrets.next()?;
+            secrets.all(|s| s == first).then_some(first)
+        }
+    }
+}
+
+/// Verify then parse an Exact webhook. The secret is the app's (chosen by `Content.ClientId`, see
+/// [`app_secret`]); several companies may share one app, so only after the signature verifies is
+/// the company looked up by `Division` (never trust a field before its signature).
 pub fn verify_exact<'c, 'b>(
     config: &'c Config,
     body: &'b [u8],
@@ -291,20 +324,11 @@ pub fn verify_exact<'c, 'b>(
     let Some(sent) = decode_hashcode(&outer.hash_code) else {
         return Err(Rejection::BadSignature);
     };
-    let mut matched: Vec<&str> = Vec::new();
-    for t in &config.tenants {
-        let secret = t.exact.webhook_secret.expose();
-        if matched.contains(&secret) {
-            continue;
-        }
-        let expected = hmac_sha256(secret.as_bytes(), content);
-        if constant_time_eq(&sent, &expected) {
-            matched.push(secret);
-        }
-    }
-    if matched.is_empty() {
+    let secret = app_secret(config, content).ok_or(Rejection::BadSignature)?;
+    if !constant_time_eq(&sent, &hmac_sha256(secret.as_bytes(), content)) {
         return Err(Rejection::BadSignature);
     }
+    let matched = [secret];
     let tenant_for = |division: i64| {
         config
             .tenants

@@ -24,6 +24,9 @@ pub fn unique(tag: &str) -> String {
 }
 
 /// One company's settings for a test config.
+/// The Exact app (client id) every test tenant uses unless told otherwise.
+pub const TEST_CLIENT_ID: &str = "3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f";
+
 #[derive(Debug, Clone)]
 pub struct TenantSpec {
     pub id: String,
@@ -53,7 +56,7 @@ impl TenantSpec {
                 uuid::Uuid::new_v4().simple()
             ),
             exact_host: "http://127.0.0.1:9".into(),
-            client_id: "test-client".into(),
+            client_id: TEST_CLIENT_ID.into(),
             client_secret: "test-client-secret".into(),
             webhook_secret: "test-webhook-secret".into(),
             division,
@@ -106,6 +109,9 @@ pub fn config_toml(env: &EnvSpec, tenants: &[TenantSpec]) -> String {
         .join(", ");
     let mut s = format!(
         r#"
+# Tests talk to the simulators over http:// on loopback.
+development = true
+
 [broker]
 url = "{broker}"
 prefix = "{prefix}."

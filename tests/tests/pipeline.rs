@@ -60,7 +60,7 @@ fn exact_body(content: &str, hash: &str) -> String {
 
 fn content(division: i64, topic: &str) -> String {
     format!(
-        r#"{{"Topic":"{topic}","ClientId":"c1d2","Division":{division},"Action":"Update","Key":"0b5f1c8e-0000-4000-8000-000000000001","ExactOnlineEndpoint":"https://start.exactonline.nl/api/v1/{division}/crm/Accounts(guid'0b5f1c8e-0000-4000-8000-000000000001')","EventCreatedOn":"2026-01-17T22:56:23.087"}}"#
+        r#"{{"Topic":"{topic}","ClientId":"3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f","Division":{division},"Action":"Update","Key":"0b5f1c8e-0000-4000-8000-000000000001","ExactOnlineEndpoint":"https://start.exactonline.nl/api/v1/{division}/crm/Accounts(guid'0b5f1c8e-0000-4000-8000-000000000001')","EventCreatedOn":"2026-01-17T22:56:23.087"}}"#
     )
 }
 

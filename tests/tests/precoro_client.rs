@@ -24,6 +24,7 @@ fn dec(s: &str) -> Decimal {
 fn tenant(sim: &PrecoroSim, per_second: u32) -> TenantConfig {
     let toml = format!(
         r#"
+        development = true
         [[tenants]]
         id = "acme"
         [tenants.precoro]
@@ -33,7 +34,7 @@ fn tenant(sim: &PrecoroSim, per_second: u32) -> TenantConfig {
         webhook_token = "0123456789abcdef0123456789abcdef"
         requests_per_second = {per_second}
         [tenants.exact]
-        client_id = "app"
+        client_id = "3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f"
         client_secret = "secret"
         webhook_secret = "whsec"
         division = 1

@@ -64,6 +64,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print new random secrets (256 bits, URL-safe), one a line: for a company's Precoro
+    /// webhook_token or ingress.oauth_state_secret. Needs no config.
+    Secret {
+        /// How many.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
 }
 
 /// Which dead letters a command applies to.
@@ -237,9 +244,18 @@ fn parse_kind(s: &str) -> Result<ReferenceKind, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let command = args.command.unwrap_or(Command::Run);
+    if let Command::Secret { count } = command {
+        for _ in 0..count {
+            println!("{}", shared::config::new_secret());
+        }
+        return Ok(());
+    }
     let config = Config::load(args.config.as_deref())?;
     shared::telemetry::init_logs(&config.telemetry);
-    match args.command.unwrap_or(Command::Run) {
+    match command {
+        // Printed above, before any config is read.
+        Command::Secret { .. } => {}
         Command::Run => {
             let worker = worker::Worker::start(config, worker::Parts::default()).await?;
             tracing::info!("worker running");

@@ -1166,17 +1166,7 @@ pub async fn token_loss(world: &World, ingress_base: &str) -> anyhow::Result<Tok
         ));
     }
     // The finance user reconnects; the operator replays.
-    let t = &world.config.tenants[0];
-    let client = shared::exact::client::ExactClient::for_tenant(
-        t,
-        world.store.clone(),
-        shared::store::ratelimit::RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
-    );
-    let code = world
-        .exact
-        .grant_consent(&t.exact.client_id, &t.exact.redirect_uri)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    client.exchange_code(&code).await?;
+    reconnect_exact_once(world).await?;
     DeadLetters::connect(&world.config.broker)
         .await?
         .replay(&filter, false)

@@ -28,6 +28,17 @@ struct Ingress {
 }
 
 impl Ingress {
+    /// The Prometheus text of the admin port.
+    async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     async fn start(config: Config) -> Ingress {
         let app = ingress::Application::build(config)
             .await
@@ -202,14 +213,7 @@ async fn exact_signature_matrix_publishes_only_verified_events() {
         .await;
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|m| m.routing_key == "exact.accounts.update"));
-    let metrics = http
-        .get(format!("{}/metrics", ing.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ing.metrics(&http).await;
     assert!(metrics.contains("webhook_replays_total"), "{metrics}");
     let env0 = Envelope::from_bytes(&got[0].body).unwrap();
     assert_eq!(env0.tenant.as_str(), "acme");
@@ -302,14 +306,7 @@ async fn precoro_token_and_body_checks() {
     assert_eq!(e.routing_key(), "precoro.invoice.update");
     assert_eq!(e.payload["id"], 123456);
 
-    let metrics = http
-        .get(format!("{}/metrics", ing.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ing.metrics(&http).await;
     assert!(metrics.contains("webhooks_received_total"), "{metrics}");
     // Metrics are for operators: the public webhook port does not serve them.
     assert_eq!(

@@ -134,6 +134,20 @@ pub fn worker_toml(world: &World, lease: &str) -> String {
         )
 }
 
+/// Three invoice-flow worker processes of `exe` for `world` (with `env` set), consuming before
+/// this returns.
+pub async fn invoice_workers(
+    exe: &Path,
+    world: &World,
+    env: &[(&str, String)],
+) -> anyhow::Result<Workers> {
+    let insp = Inspector::connect().await;
+    let queue = format!("{}sync.invoices", world.config.broker.prefix);
+    let workers = Workers::spawn(exe, &worker_toml(world, "3s"), &["invoices"], 3, env)?;
+    workers.ready(&insp, &queue, 3).await?;
+    Ok(workers)
+}
+
 /// Worker processes (the `reliability` binary re-executed with `--as-worker`), killable with
 /// SIGKILL and respawned at once, as a supervisor would.
 pub struct Workers {
@@ -367,24 +381,27 @@ pub fn pending_invoices(
     status: i64,
 ) -> Vec<(String, i64, i64)> {
     (0..n)
-        .map(|i| {
-            let number = format!("{prefix}-{i:05}");
-            let (id, idn) = world.invoice(InvoiceDraft {
-                number: number.clone(),
-                supplier: world.ids.suppliers[i % world.ids.suppliers.len()],
-                lines: vec![(
-                    "Printer paper".into(),
-                    1 + (i as i64 % 4),
-                    "12.50".into(),
-                    "4000".into(),
-                    21,
-                )],
-                status,
-                ..Default::default()
-            });
-            (number, id, idn)
-        })
+        .map(|i| pending_invoice(world, prefix, i, status))
         .collect()
+}
+
+/// Invoice `i` of [`pending_invoices`]: (number, id, idn).
+pub fn pending_invoice(world: &World, prefix: &str, i: usize, status: i64) -> (String, i64, i64) {
+    let number = format!("{prefix}-{i:05}");
+    let (id, idn) = world.invoice(InvoiceDraft {
+        number: number.clone(),
+        supplier: world.ids.suppliers[i % world.ids.suppliers.len()],
+        lines: vec![(
+            "Printer paper".into(),
+            1 + (i as i64 % 4),
+            "12.50".into(),
+            "4000".into(),
+            21,
+        )],
+        status,
+        ..Default::default()
+    });
+    (number, id, idn)
 }
 
 /// Webhooks the Precoro simulator delivered and the ingress answered 2xx.
@@ -1677,19 +1694,6 @@ pub async fn dead_letters(world: &World) -> anyhow::Result<Vec<(Option<i64>, Str
             )
         })
         .collect())
-}
-
-/// One pending invoice (status 1) numbered `{prefix}-{i}`: (number, idn).
-pub fn pending_invoice(world: &World, prefix: &str, i: usize) -> (String, i64) {
-    let number = format!("{prefix}-{i:05}");
-    let (_, idn) = world.invoice(InvoiceDraft {
-        number: number.clone(),
-        supplier: world.ids.suppliers[i % world.ids.suppliers.len()],
-        lines: vec![("Printer paper".into(), 1, "12.50".into(), "4000".into(), 21)],
-        status: 1,
-        ..Default::default()
-    });
-    (number, idn)
 }
 
 /// What the operator did after Redis came back empty.

@@ -131,16 +131,21 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn a_signed_state_verifies_until_it_expires() {
-        let secret = Secret::new("s3cret");
-        let s = sign(
-            &secret,
+    /// A state for company `acme`, signed at t = 1000 s, valid for 600 s.
+    fn acme_state(secret: &Secret) -> String {
+        sign(
+            secret,
             Purpose::State,
             "acme",
             1_000,
             Duration::from_secs(600),
-        );
+        )
+    }
+
+    #[test]
+    fn a_signed_state_verifies_until_it_expires() {
+        let secret = Secret::new("s3cret");
+        let s = acme_state(&secret);
         let c = verify(&secret, Purpose::State, &s, 1_599).unwrap();
         assert_eq!(c.tenant, "acme");
         assert_eq!(c.expires_at, 1_600);
@@ -150,16 +155,7 @@ mod tests {
             Err(StateError::Expired)
         );
         // Two links for the same company differ.
-        assert_ne!(
-            s,
-            sign(
-                &secret,
-                Purpose::State,
-                "acme",
-                1_000,
-                Duration::from_secs(600)
-            )
-        );
+        assert_ne!(s, acme_state(&secret));
         // A state is not a link, nor the reverse.
         assert_eq!(
             verify(&secret, Purpose::Link, &s, 1_001),
@@ -170,13 +166,7 @@ mod tests {
     #[test]
     fn altered_or_foreign_states_are_refused() {
         let secret = Secret::new("s3cret");
-        let s = sign(
-            &secret,
-            Purpose::State,
-            "acme",
-            1_000,
-            Duration::from_secs(600),
-        );
+        let s = acme_state(&secret);
         assert_eq!(
             verify(&Secret::new("other"), Purpose::State, &s, 1_001),
             Err(StateError::BadSignature)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use shared::config::TelemetryConfig;
-use testbed::reliability::{self as rel, CrashOpts, Outage, OutagePlan, Row, StormOpts, Workers};
+use testbed::reliability::{self as rel, CrashOpts, Outage, OutagePlan, Row, StormOpts};
 use testbed::world::{Stack, World, WorldOptions};
 
 #[derive(Parser)]
@@ -201,11 +201,7 @@ async fn restart(
 ) -> anyhow::Result<Row> {
     let world = World::build(rel::fast_world("rel-restart")).await;
     let stack = Stack::start(&world, 0, false).await;
-    let insp = testbed::harness::Inspector::connect().await;
-    let queue = format!("{}sync.invoices", world.config.broker.prefix);
-    let workers = Workers::spawn(exe, &rel::worker_toml(&world, "3s"), &["invoices"], 3, &[])?;
-    workers.ready(&insp, &queue, 3).await?;
-    drop(insp);
+    let workers = rel::invoice_workers(exe, &world, &[]).await?;
     let plan = OutagePlan {
         before: Duration::from_secs(if quick { 4 } else { 15 }),
         away,
@@ -232,11 +228,8 @@ async fn restart(
 async fn redis_flush(exe: &std::path::Path, quick: bool) -> anyhow::Result<(Row, Vec<String>)> {
     let world = World::build(rel::fast_world("rel-flush")).await;
     let stack = Stack::start(&world, 0, false).await;
-    let insp = testbed::harness::Inspector::connect().await;
-    let queue = format!("{}sync.invoices", world.config.broker.prefix);
-    let env = [(rel::HOLD_AFTER_ENV, "300".to_string())];
-    let workers = Workers::spawn(exe, &rel::worker_toml(&world, "3s"), &["invoices"], 3, &env)?;
-    workers.ready(&insp, &queue, 3).await?;
+    let workers =
+        rel::invoice_workers(exe, &world, &[(rel::HOLD_AFTER_ENV, "300".to_string())]).await?;
     let n = if quick { 80 } else { 300 };
     let invoices = rel::pending_invoices(&world, "FLUSH", n, 1);
     let numbers: Vec<String> = invoices.iter().map(|i| i.0.clone()).collect();
@@ -343,12 +336,8 @@ async fn redis_empty_restart(
     }
     let world = World::build(opts).await;
     let stack = Stack::start(&world, 0, false).await;
-    let insp = testbed::harness::Inspector::connect().await;
-    let queue = format!("{}sync.invoices", world.config.broker.prefix);
-    let env = [(rel::HOLD_AFTER_ENV, "300".to_string())];
-    let workers = Workers::spawn(exe, &rel::worker_toml(&world, "3s"), &["invoices"], 3, &env)?;
-    workers.ready(&insp, &queue, 3).await?;
-    drop(insp);
+    let workers =
+        rel::invoice_workers(exe, &world, &[(rel::HOLD_AFTER_ENV, "300".to_string())]).await?;
     let n = if quick { 80 } else { 300 };
     let invoices = rel::pending_invoices(&world, "EMPTY", n, 1);
     let numbers: Vec<String> = invoices.iter().map(|i| i.0.clone()).collect();
@@ -472,11 +461,7 @@ async fn redis_failover(exe: &std::path::Path, quick: bool) -> anyhow::Result<(R
     }
     let world = World::build(opts).await;
     let stack = Stack::start(&world, 0, false).await;
-    let insp = testbed::harness::Inspector::connect().await;
-    let queue = format!("{}sync.invoices", world.config.broker.prefix);
-    let workers = Workers::spawn(exe, &rel::worker_toml(&world, "3s"), &["invoices"], 3, &[])?;
-    workers.ready(&insp, &queue, 3).await?;
-    drop(insp);
+    let workers = rel::invoice_workers(exe, &world, &[]).await?;
 
     let pause_for = Duration::from_secs(if quick { 3 } else { 8 });
     let after = Duration::from_secs(if quick { 3 } else { 10 });
@@ -489,7 +474,7 @@ async fn redis_failover(exe: &std::path::Path, quick: bool) -> anyhow::Result<(R
     let load = async {
         let mut i = 0;
         while !stop_load.load(Ordering::SeqCst) {
-            let (number, idn) = rel::pending_invoice(&world, "FAILOVER", i);
+            let (number, _, idn) = rel::pending_invoice(&world, "FAILOVER", i, 1);
             numbers.lock().expect("numbers").push(number);
             world.precoro.approve_invoice(idn);
             i += 1;

@@ -142,12 +142,21 @@ pub fn check_content_type(content_type: Option<&str>) -> Result<(), Rejection> {
 /// Precoro's webhook body (specs/precoro.md §4): `{"id":123456,"type":2,"action":0,"idn":5}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct PrecoroHook {
+    /// Numbers in the KB's example; read leniently like every Precoro id (precoro-shapes.md §1.6).
+    #[serde(deserialize_with = "crate::precoro::de::i64")]
     pub id: i64,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "small")]
     pub kind: u8,
+    #[serde(deserialize_with = "small")]
     pub action: u8,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::precoro::de::opt_i64")]
     pub idn: Option<i64>,
+}
+
+/// A webhook `type` or `action` code, as a number or a numeric string.
+fn small<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let n = crate::precoro::de::i64(d)?;
+    u8::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is out of range")))
 }
 
 impl PrecoroHook {
@@ -213,8 +222,7 @@ pub fn verify_precoro(
             return Err(Rejection::BadSignature);
         }
     }
-    let hook: PrecoroHook =
-        serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    let hook: PrecoroHook = crate::precoro::decode(body).map_err(Rejection::Malformed)?;
     if hook.kind > 11 {
         return Err(Rejection::Malformed(format!("unknown type {}", hook.kind)));
     }

@@ -122,20 +122,73 @@ async fn a_multi_line_invoice_becomes_the_exact_entry_with_one_exact_call() {
         "no lookups on the happy path"
     );
     assert_eq!(world.exact.count_calls("POST", "documents/"), 2);
-    let precoro_calls: Vec<_> = world
+    // A real line names its GL option, tax and payment term by id only
+    // (specs/precoro-shapes.md §4–§7): the lists they resolve against are read once per worker
+    // and kept, not read per invoice.
+    let is_list = |p: &str| p.ends_with("/options") || p == "/taxes" || p == "/paymentterms";
+    let calls: Vec<_> = world
         .precoro
         .calls()
         .into_iter()
         .filter(|c| !c.path.contains("/attachments"))
         .map(|c| format!("{} {}", c.method, c.path))
         .collect();
+    let (lists, own): (Vec<_>, Vec<_>) = calls.iter().partition(|c| is_list(&c[4..]));
     assert_eq!(
-        precoro_calls,
-        vec![
-            format!("GET /invoices/{idn}"),
-            format!("PATCH /invoices/{idn}")
+        own,
+        [
+            &format!("GET /invoices/{idn}"),
+            &format!("PATCH /invoices/{idn}")
         ],
         "invoice id {id}"
+    );
+    let distinct: std::collections::BTreeSet<_> = lists.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        lists.len(),
+        "each list read once: {lists:?}"
+    );
+    assert_eq!(
+        lists.len(),
+        6,
+        "GL, cost center, cost unit, project, taxes, terms: {lists:?}"
+    );
+
+    // The next invoice costs only its own calls.
+    world.precoro.reset_calls();
+    let (_, idn2) = world.invoice(InvoiceDraft {
+        number: "INV-2026-0043".into(),
+        supplier,
+        lines: vec![line("Printer paper A4", 2, "4.50", "4000", 21)],
+        status: 1,
+        dimensions: true,
+        ..Default::default()
+    });
+    world.precoro.approve_invoice(idn2);
+    assert_eq!(
+        booked(&world, "INV-2026-0043", Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            world.precoro.invoice(idn2)["externalId"].is_string()
+        })
+        .await
+    );
+    let calls: Vec<_> = world
+        .precoro
+        .calls()
+        .into_iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            format!("GET /invoices/{idn2}"),
+            format!("PATCH /invoices/{idn2}")
+        ]
     );
     stack.stop().await;
 }

@@ -227,9 +227,10 @@ async fn lists_page_with_data_and_meta_pagination() {
     assert_eq!(p3["meta"]["pagination"]["has_next_page"], false);
     // List entries are summaries; the detail has the lines.
     assert!(p1["data"][0].get("items").is_none());
-    let idn = p1["data"][0]["idn"].as_i64().unwrap();
+    // The tap types a listed idn as a string (specs/precoro-shapes.md §1.6).
+    let idn: i64 = p1["data"][0]["idn"].as_str().unwrap().parse().unwrap();
     let (_, detail) = h.get(&format!("/invoices/{idn}")).await;
-    assert!(detail["items"].is_array());
+    assert!(detail["items"]["data"].is_array());
     let (st, body) = h.get("/invoices?per_page=15").await;
     assert_eq!(st, 400);
     assert!(body["message"].as_str().unwrap().contains("per_page"));
@@ -294,7 +295,7 @@ async fn invoice_filters_and_detail_shape() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|i| i["idn"].as_i64().unwrap())
+            .map(|i| i["idn"].as_str().unwrap().parse().unwrap())
             .collect()
     };
     let (_, v) = h.get("/invoices?status%5B%5D=2").await;
@@ -319,26 +320,37 @@ async fn invoice_filters_and_detail_shape() {
     let (_, v) = h.get(&format!("/invoices?modifiedSince={past}")).await;
     assert!(idns(&v).contains(&draft_idn));
 
+    // The real dialect (specs/precoro-shapes.md): amounts mixed as numbers and strings, PHP's
+    // `[]` for empty maps and absent relations, `paymentTerm` as `{id}`, lines with `ordered`
+    // and no total, taxes as strings, custom-field values holding the option id.
     let (_, d) = h.get(&format!("/invoices/{parent_idn}")).await;
-    assert_eq!(d["netSum"], 30.3);
+    assert_eq!(d["netSum"], "30.30");
     assert_eq!(d["sum"], 36.66);
+    assert_eq!(d["sumPaid"], "0.00");
+    assert_eq!(d["exchangeRate"], json!([]));
+    assert_eq!(d["legalEntity"], json!([]));
     assert_eq!(d["status"], 2);
     assert_eq!(d["statusString"], "Approved");
     assert_eq!(d["supplier"]["name"], "Acme Office Supplies B.V.");
-    assert_eq!(d["paymentTerm"]["creditPeriodDays"], 30);
-    assert_eq!(d["items"][0]["netSum"], 30.3);
-    assert_eq!(d["items"][0]["taxAmount"], 6.36);
-    assert_eq!(d["items"][0]["tax"]["percent"], 21.0);
-    let icf = &d["items"][0]["dataItemCustomFields"]["data"][0];
-    assert_eq!(icf["itemCustomField"]["name"], "GL account");
-    assert_eq!(icf["option"]["externalId"], "guid-4000");
+    assert_eq!(d["paymentTerm"], json!({"id": d["paymentTerm"]["id"]}));
+    assert_eq!(d["paymentTermName"], "Net 30 days");
+    assert_eq!(d["creditPeriodDays"], "30");
+    assert!(d["approvalDate"]["date"].is_string());
+    let line = &d["items"]["data"][0];
+    assert!(line.get("netSum").is_none() && line.get("quantity").is_none());
+    assert!(line["ordered"].is_number());
+    assert_eq!(line["taxes"][0]["usedTaxPercent"], "21");
+    assert_eq!(line["taxes"][0]["sum"], "6.36");
+    let icf = &line["dataItemCustomFields"][0];
+    assert_eq!(icf["itemCustomField"], json!({"id": demo.gl_account_field}));
+    assert!(icf["value"].as_str().unwrap().parse::<i64>().is_ok());
     let dcf = &d["dataDocumentCustomFields"]["data"][0];
     assert_eq!(dcf["documentCustomField"]["id"], demo.send_to_exact_field);
-    assert_eq!(dcf["value"], "Yes");
-    assert_eq!(d["parentData"], Value::Null);
+    assert!(dcf["value"].is_string());
+    assert_eq!(d["parentData"], json!([]));
     let (_, child) = h.get(&format!("/invoices/{child_idn}")).await;
     assert_eq!(child["parentData"]["idn"], parent_idn);
-    let att = &d["attachments"][0];
+    let att = &d["attachments"]["data"][0];
     assert_eq!(att["formatType"], "pdf");
     assert!(att["uploadDate"]["date"].is_string());
     let r = h
@@ -403,7 +415,7 @@ async fn payments_reject_overpay_and_move_status_partly_paid_then_paid() {
         .await;
     assert_eq!(st, 201);
     assert_eq!(s.invoice(idn)["status"], 5);
-    assert_eq!(s.invoice(idn)["sumPaid"], 121.0);
+    assert_eq!(s.invoice(idn)["sumPaid"], "121.00");
     let (st, body) = h
         .json(
             reqwest::Method::POST,

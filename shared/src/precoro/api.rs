@@ -34,7 +34,7 @@ fn push_flag(q: &mut Query, key: &str, flag: Option<bool>) {
 }
 
 fn decode<T: DeserializeOwned>(what: &str, v: Value) -> Result<T> {
-    serde_json::from_value(v)
+    super::types::decode_value(v)
         .map_err(|e| Error::Malformed(format!("Precoro {what}: unexpected reply: {e}")))
 }
 
@@ -301,7 +301,11 @@ impl PrecoroClient {
     // ------------------------------------------------------------------------------ taxes
 
     pub async fn list_taxes(&self, f: &MasterQuery) -> Result<Vec<Tax>> {
-        self.list_all("/taxes", &master_query(f), f.per_page, Read::Cached)
+        self.list_taxes_with(f, Read::Cached).await
+    }
+
+    pub async fn list_taxes_with(&self, f: &MasterQuery, read: Read) -> Result<Vec<Tax>> {
+        self.list_all("/taxes", &master_query(f), f.per_page, read)
             .await
     }
 
@@ -342,7 +346,15 @@ impl PrecoroClient {
 
     /// `GET /paymentterms` (a list endpoint is [U] in §3; the simulator has one).
     pub async fn list_payment_terms(&self, f: &MasterQuery) -> Result<Vec<PaymentTerm>> {
-        self.list_all("/paymentterms", &master_query(f), f.per_page, Read::Cached)
+        self.list_payment_terms_with(f, Read::Cached).await
+    }
+
+    pub async fn list_payment_terms_with(
+        &self,
+        f: &MasterQuery,
+        read: Read,
+    ) -> Result<Vec<PaymentTerm>> {
+        self.list_all("/paymentterms", &master_query(f), f.per_page, read)
             .await
     }
 
@@ -399,11 +411,22 @@ impl PrecoroClient {
         field_id: i64,
         f: &MasterQuery,
     ) -> Result<Vec<CustomFieldOption>> {
+        self.list_options_with(kind, field_id, f, Read::Cached)
+            .await
+    }
+
+    pub async fn list_options_with(
+        &self,
+        kind: CustomFieldKind,
+        field_id: i64,
+        f: &MasterQuery,
+        read: Read,
+    ) -> Result<Vec<CustomFieldOption>> {
         self.list_all(
             &format!("/{}/{field_id}/options", kind.path()),
             &master_query(f),
             f.per_page,
-            Read::Cached,
+            read,
         )
         .await
     }

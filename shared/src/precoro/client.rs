@@ -669,7 +669,7 @@ impl PrecoroClient {
     ) -> Result<T> {
         let url = self.url(path, query)?;
         let body = self.get_url(url, read).await?;
-        serde_json::from_slice(&body)
+        super::types::decode(&body)
             .map_err(|e| Error::Malformed(format!("Precoro GET {path}: unexpected reply: {e}")))
     }
 
@@ -748,7 +748,7 @@ impl PrecoroClient {
             if raw.body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(Value::Null);
             }
-            return serde_json::from_slice(&raw.body).map_err(|e| {
+            return super::types::decode(&raw.body).map_err(|e| {
                 Error::Malformed(format!("Precoro {method} {path}: unexpected reply: {e}"))
             });
         }

@@ -61,9 +61,30 @@ impl CustomFieldKind {
 // Lenient field decoders
 // ---------------------------------------------------------------------------------------------
 
-pub(crate) mod de {
+pub mod de {
+    //! Field decoders for what Precoro actually sends (specs/precoro-shapes.md §1): amounts as
+    //! numbers or strings, PHP's `[]` for an empty map or an absent relation, collections bare or
+    //! wrapped in `{"data": [...]}`, dates as ISO strings or PHP DateTime objects. A value that
+    //! cannot be used is an error naming its path and a short excerpt of it (see [`decode`]).
+
     use super::*;
 
+    /// At most this many characters of an offending value appear in an error.
+    const EXCERPT: usize = 40;
+
+    /// A short, single-line rendering of a JSON value for error messages.
+    pub fn excerpt(v: &Value) -> String {
+        let s = v.to_string();
+        if s.chars().count() <= EXCERPT {
+            return s;
+        }
+        let mut out: String = s.chars().take(EXCERPT - 1).collect();
+        out.push('…');
+        out
+    }
+
+    /// A number, a numeric string, or an object carrying one under `amount`, `value`, `sum` or
+    /// `rate`. Decimal commas are not guessed at: "21,0" could be 21 or 210.
     pub fn decimal_from_value(v: &Value) -> Option<Decimal> {
         match v {
             // serde_json prints the shortest form that round-trips, so 12.1 stays 12.1.
@@ -71,34 +92,48 @@ pub(crate) mod de {
                 n.as_f64()
                     .and_then(|f| Decimal::from_scientific(&format!("{f:e}")).ok())
             }),
-            Value::String(s) if !s.trim().is_empty() => s.trim().parse().ok(),
+            Value::String(s) if !s.trim().is_empty() => {
+                let t = s.trim();
+                t.parse().ok().or_else(|| Decimal::from_scientific(t).ok())
+            }
+            Value::Object(m) => ["amount", "value", "sum", "rate"]
+                .iter()
+                .find_map(|k| m.get(*k).and_then(decimal_from_value)),
             _ => None,
         }
     }
 
-    /// A required-ish amount: missing or null reads as zero; anything unreadable is an error.
-    pub fn decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-        let v = Value::deserialize(d)?;
+    /// Null, "", `[]` and `{}` carry no value.
+    fn is_empty(v: &Value) -> bool {
         match v {
-            Value::Null => Ok(Decimal::ZERO),
-            Value::String(ref s) if s.trim().is_empty() => Ok(Decimal::ZERO),
-            other => decimal_from_value(&other)
-                .ok_or_else(|| serde::de::Error::custom(format!("'{other}' is not an amount"))),
+            Value::Null => true,
+            Value::String(s) => s.trim().is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(m) => m.is_empty(),
+            _ => false,
         }
+    }
+
+    fn not_a_number<E: serde::de::Error>(v: &Value) -> E {
+        E::custom(format!("{} is not a number", excerpt(v)))
+    }
+
+    /// An amount that reads as zero when absent or empty; anything unreadable is an error.
+    pub fn decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        opt_decimal(d).map(Option::unwrap_or_default)
     }
 
     pub fn opt_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
         let v = Value::deserialize(d)?;
-        match v {
-            Value::Null => Ok(None),
-            Value::String(ref s) if s.trim().is_empty() => Ok(None),
-            other => decimal_from_value(&other)
-                .map(Some)
-                .ok_or_else(|| serde::de::Error::custom(format!("'{other}' is not an amount"))),
+        if is_empty(&v) {
+            return Ok(None);
         }
+        decimal_from_value(&v)
+            .map(Some)
+            .ok_or_else(|| not_a_number(&v))
     }
 
-    /// Strings, numbers or booleans as text; null and "" are `None`.
+    /// Strings, numbers or booleans as text; null, "", `[]` and `{}` are `None`.
     pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         Ok(match Value::deserialize(d)? {
             Value::String(s) if s.is_empty() => None,
@@ -106,6 +141,47 @@ pub(crate) mod de {
             Value::Number(n) => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
             _ => None,
+        })
+    }
+
+    /// A list of strings given as a list, a single string or a comma-separated string
+    /// (supplier `currencies`: a list in live data, a string in the spec, §8).
+    pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let one = |v: &Value| match v {
+            Value::String(s) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        Ok(match Value::deserialize(d)? {
+            Value::Array(a) => a.iter().filter_map(one).collect(),
+            Value::Object(m) => match m.get("data") {
+                Some(Value::Array(a)) => a.iter().filter_map(one).collect(),
+                _ => vec![],
+            },
+            Value::String(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            _ => vec![],
+        })
+    }
+
+    /// A list of strings, or one string as a one-element list (log texts may hold commas).
+    pub fn strings_verbatim<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::String(s) if s.trim().is_empty() => vec![],
+            Value::String(s) => vec![s],
+            Value::Array(a) => a
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s),
+                    Value::Null => None,
+                    other => Some(other.to_string()),
+                })
+                .collect(),
+            _ => vec![],
         })
     }
 
@@ -124,7 +200,7 @@ pub(crate) mod de {
             Value::String(s) => s.trim().parse().ok(),
             _ => None,
         }
-        .ok_or_else(|| serde::de::Error::custom(format!("'{v}' is not an id")))
+        .ok_or_else(|| serde::de::Error::custom(format!("{} is not an id", excerpt(&v))))
     }
 
     /// Ids as numbers or numeric strings.
@@ -134,6 +210,10 @@ pub(crate) mod de {
 
     pub fn idn<'de, D: Deserializer<'de>>(d: D) -> Result<PrecoroIdn, D::Error> {
         required_i64(d).map(PrecoroIdn)
+    }
+
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        required_i64(d)
     }
 
     pub fn i64_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -154,10 +234,66 @@ pub(crate) mod de {
         })
     }
 
-    /// A list given as `[...]`, `{data: [...]}` or null.
+    /// A date-time as text: an ISO string as sent, or a PHP DateTime object
+    /// `{date: "2023-04-20 21:51:10.000000", timezone_type, timezone}` (§10) rewritten as ISO.
+    /// A named zone other than UTC keeps the wall-clock time without an offset: what the flows
+    /// need from it is the calendar day, which is the one the user saw.
+    pub fn opt_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Value::Object(m) => m
+                .get("date")
+                .and_then(Value::as_str)
+                .and_then(|date| php_date(date, m.get("timezone").and_then(Value::as_str))),
+            _ => None,
+        })
+    }
+
+    fn php_date(date: &str, zone: Option<&str>) -> Option<String> {
+        let naive = NaiveDateTime::parse_from_str(date.trim(), "%Y-%m-%d %H:%M:%S%.f")
+            .or_else(|_| NaiveDateTime::parse_from_str(date.trim(), "%Y-%m-%d %H:%M:%S"))
+            .ok()?;
+        let wall = naive.format("%Y-%m-%dT%H:%M:%S").to_string();
+        let zone = zone.map(str::trim).unwrap_or("UTC");
+        Some(match zone {
+            "UTC" | "Z" | "GMT" | "+00:00" => format!("{wall}+00:00"),
+            z if (z.starts_with('+') || z.starts_with('-')) && z.len() == 6 => format!("{wall}{z}"),
+            _ => wall,
+        })
+    }
+
+    /// Decodes `v` as `T`, prefixing any error with `at` and the path inside `v`, so that nested
+    /// decoders compose into one path (`items[2].taxes[0].sum: "2,1" is not a number`).
+    fn decode_at<T: DeserializeOwned, E: serde::de::Error>(v: Value, at: &str) -> Result<T, E> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                at.to_string()
+            } else if inner.starts_with('[') {
+                format!("{at}{inner}")
+            } else {
+                format!("{at}.{inner}")
+            };
+            E::custom(at_path(&path, &e.into_inner().to_string()))
+        })
+    }
+
+    /// `path: message`, or `pathREST` when the message already continues a path (a nested
+    /// decoder's error starts with `[` or `.`).
+    pub(crate) fn at_path(path: &str, message: &str) -> String {
+        if path.is_empty() {
+            message.to_string()
+        } else if message.starts_with('[') || message.starts_with('.') {
+            format!("{path}{message}")
+        } else {
+            format!("{path}: {message}")
+        }
+    }
+
+    /// A list given as `[...]`, `{data: [...]}` (§1.3), or anything empty (null, `{}`). Empty
+    /// elements (null, `[]`, `{}`) are no elements.
     pub fn list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
-        let v = Value::deserialize(d)?;
-        let arr = match v {
+        let arr = match Value::deserialize(d)? {
             Value::Array(a) => a,
             Value::Object(mut m) => match m.remove("data") {
                 Some(Value::Array(a)) => a,
@@ -166,21 +302,57 @@ pub(crate) mod de {
             _ => vec![],
         };
         arr.into_iter()
-            .map(|x| serde_json::from_value(x).map_err(serde::de::Error::custom))
+            .enumerate()
+            .filter(|(_, x)| !is_empty(x))
+            .map(|(i, x)| decode_at(x, &format!("[{i}]")))
             .collect()
     }
 
-    /// A nested object that may be null, `[]` (PHP's empty array) or absent.
+    /// A nested object that may be null, `[]` or `{}` (PHP's empty array, §1.4), or absent.
     pub fn opt_object<'de, D: Deserializer<'de>, T: DeserializeOwned>(
         d: D,
     ) -> Result<Option<T>, D::Error> {
         match Value::deserialize(d)? {
-            Value::Object(m) if !m.is_empty() => serde_json::from_value(Value::Object(m))
-                .map(Some)
-                .map_err(serde::de::Error::custom),
+            Value::Object(m) if !m.is_empty() => decode_at(Value::Object(m), "").map(Some),
             _ => Ok(None),
         }
     }
+}
+
+/// Decodes a Precoro reply. An error names the field path and a short excerpt of the value
+/// (`items[1].price: "12,5" is not a number`), never a line and column.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = without_position(&inner);
+        if inner.is_syntax() || inner.is_eof() {
+            return format!("not JSON: {message}");
+        }
+        de::at_path(if path == "." { "" } else { &path }, &message)
+    })?;
+    de.end()
+        .map_err(|e| format!("not JSON: {}", without_position(&e)))?;
+    Ok(value)
+}
+
+/// [`decode`] for a value already parsed.
+pub fn decode_value<T: DeserializeOwned>(v: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        de::at_path(
+            if path == "." { "" } else { &path },
+            &e.into_inner().to_string(),
+        )
+    })
+}
+
+/// serde_json appends "at line L column C", which says nothing to someone reading a log.
+fn without_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    s.strip_suffix(&suffix).map(str::to_string).unwrap_or(s)
 }
 
 /// Parses Precoro's date-times leniently: ISO-8601 with offset (`2023-04-20T21:49:44+00:00`), no
@@ -296,20 +468,11 @@ pub struct SupplierRef {
     pub tax_payer_number: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TaxRef {
-    #[serde(default, deserialize_with = "de::opt_i64")]
-    pub id: Option<i64>,
-    #[serde(default, deserialize_with = "de::opt_string")]
-    pub name: Option<String>,
-    #[serde(default, deserialize_with = "de::opt_decimal")]
-    pub percent: Option<Decimal>,
-    #[serde(default, deserialize_with = "de::opt_string")]
-    pub external_id: Option<String>,
-}
-
-/// One entry of `dataItemCustomFields.data[]` or `dataDocumentCustomFields.data[]`.
+/// One entry of `dataItemCustomFields` or `dataDocumentCustomFields` (§5):
+/// `{id, value, type, itemCustomField{id}}`. For a drop-down, `value` most likely holds the chosen
+/// option's id as a string (the best public evidence, [U]); it may also be the option's label, or
+/// the entry may carry the option itself as `option {id, name, externalId}`. The flows accept all
+/// three and match ids and labels against the options reference sync stamped.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomFieldValue {
@@ -327,8 +490,48 @@ pub struct CustomFieldValue {
     pub option: Option<Ref>,
 }
 
-/// An invoice line. The key names inside `items[]` are unconfirmed [U: spec open question 3]; this
-/// reads the simulator's documented shape and tolerates missing keys.
+/// A tax on a line or on the document: `{id, name, value, usedTaxPercent, isWithholdingTax, sum,
+/// documentTax{id}}` with every scalar a string (§4, §6), or the object `tax {id, name, percent,
+/// externalId}` of our first guess. The entry names no master tax reliably, so the flow matches it
+/// to the taxes reference sync stamped ([`Self::external_id`] when the entry carries one).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LineTax {
+    #[serde(default, deserialize_with = "de::opt_i64")]
+    pub id: Option<i64>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_decimal")]
+    pub used_tax_percent: Option<Decimal>,
+    #[serde(default, deserialize_with = "de::opt_decimal")]
+    pub percent: Option<Decimal>,
+    #[serde(default, deserialize_with = "de::opt_decimal")]
+    pub value: Option<Decimal>,
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    pub is_withholding_tax: Option<bool>,
+    /// The tax amount of this line.
+    #[serde(default, deserialize_with = "de::opt_decimal")]
+    pub sum: Option<Decimal>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub external_id: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_object")]
+    pub document_tax: Option<Ref>,
+}
+
+impl LineTax {
+    /// `usedTaxPercent`, else `percent`, else `value` (the rate on a document tax, §6).
+    pub fn rate(&self) -> Option<Decimal> {
+        self.used_tax_percent.or(self.percent).or(self.value)
+    }
+
+    pub fn is_withholding(&self) -> bool {
+        self.is_withholding_tax == Some(true)
+    }
+}
+
+/// An invoice line (§4). Precoro sends the quantity as `ordered` and no line total: the net is
+/// price × ordered, or `netTotal` on a service line. `quantity`, `netSum`, `taxAmount`, `sum`
+/// and `tax` are read too, the shape this client first guessed, in case a tenant sends them.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InvoiceItem {
@@ -338,35 +541,58 @@ pub struct InvoiceItem {
     pub name: Option<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub description: Option<String>,
-    #[serde(default, deserialize_with = "de::decimal")]
-    pub quantity: Decimal,
-    #[serde(default, deserialize_with = "de::decimal")]
-    pub price: Decimal,
+    #[serde(default, deserialize_with = "de::opt_decimal")]
+    pub ordered: Option<Decimal>,
+    #[serde(default, deserialize_with = "de::opt_decimal")]
+    pub quantity: Option<Decimal>,
+    #[serde(default, deserialize_with = "de::opt_decimal")]
+    pub price: Option<Decimal>,
+    /// A service line's amount, replacing price × quantity (§4 "Service lines").
+    #[serde(default, deserialize_with = "de::opt_decimal")]
+    pub net_total: Option<Decimal>,
     #[serde(default, deserialize_with = "de::opt_decimal")]
     pub net_sum: Option<Decimal>,
     #[serde(default, deserialize_with = "de::opt_decimal")]
     pub tax_amount: Option<Decimal>,
     #[serde(default, deserialize_with = "de::opt_decimal")]
     pub sum: Option<Decimal>,
+    #[serde(default, deserialize_with = "de::list")]
+    pub taxes: Vec<LineTax>,
     #[serde(default, deserialize_with = "de::opt_object")]
-    pub tax: Option<TaxRef>,
+    pub tax: Option<LineTax>,
     #[serde(default, deserialize_with = "de::list")]
     pub data_item_custom_fields: Vec<CustomFieldValue>,
 }
 
 impl InvoiceItem {
-    /// The option chosen for an item custom field (GL account, cost center, cost unit).
-    pub fn option_for(&self, field_id: i64) -> Option<&Ref> {
-        self.data_item_custom_fields
-            .iter()
-            .find(|f| f.field.as_ref().and_then(|r| r.id) == Some(field_id))
-            .and_then(|f| f.option.as_ref())
+    /// `ordered`, else `quantity`.
+    pub fn quantity(&self) -> Option<Decimal> {
+        self.ordered.or(self.quantity)
     }
 
-    /// `netSum` when sent, else quantity × price.
-    pub fn net(&self) -> Decimal {
-        self.net_sum.unwrap_or(self.quantity * self.price)
+    /// The net amount: a total Precoro gives (`netSum`, `netTotal`), else price × quantity.
+    /// `None` when the line carries neither.
+    pub fn net(&self) -> Option<Decimal> {
+        self.net_sum
+            .or(self.net_total)
+            .or_else(|| Some(self.price? * self.quantity()?))
     }
+
+    /// The line's taxes, in either shape, withholding taxes included.
+    pub fn tax_entries(&self) -> impl Iterator<Item = &LineTax> {
+        self.taxes.iter().chain(self.tax.iter())
+    }
+
+    /// The entry of an item custom field (GL account, cost center, cost unit).
+    pub fn field(&self, field_id: i64) -> Option<&CustomFieldValue> {
+        find_field(&self.data_item_custom_fields, field_id)
+    }
+}
+
+fn find_field(values: &[CustomFieldValue], field_id: i64) -> Option<&CustomFieldValue> {
+    values
+        .iter()
+        .find(|v| v.field.as_ref().and_then(|f| f.id) == Some(field_id))
 }
 
 /// `uploadDate` is a PHP DateTime object `{date, timezone_type, timezone}` (TEXACT sample) or a string.
@@ -376,8 +602,8 @@ pub struct Attachment {
     pub id: i64,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub name: Option<String>,
-    #[serde(default, rename = "uploadDate")]
-    pub upload_date: Option<Value>,
+    #[serde(default, rename = "uploadDate", deserialize_with = "de::opt_date")]
+    pub upload_date: Option<String>,
     #[serde(default, deserialize_with = "de::opt_i64")]
     pub size: Option<i64>,
     #[serde(default, rename = "formatType", deserialize_with = "de::opt_string")]
@@ -404,7 +630,7 @@ pub struct Payment {
     pub idn: Option<i64>,
     #[serde(default, deserialize_with = "de::decimal")]
     pub sum_paid: Decimal,
-    #[serde(default, deserialize_with = "de::opt_string")]
+    #[serde(default, deserialize_with = "de::opt_date")]
     pub pay_date: Option<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub external_id: Option<String>,
@@ -435,16 +661,16 @@ pub struct Invoice {
     pub invoice_number: Option<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub custom_name: Option<String>,
-    #[serde(default, deserialize_with = "de::opt_string")]
+    #[serde(default, deserialize_with = "de::opt_date")]
     pub create_date: Option<String>,
-    #[serde(default, deserialize_with = "de::opt_string")]
+    #[serde(default, deserialize_with = "de::opt_date")]
     pub update_date: Option<String>,
-    #[serde(default, deserialize_with = "de::opt_string")]
+    #[serde(default, deserialize_with = "de::opt_date")]
     pub approval_date: Option<String>,
-    #[serde(default, deserialize_with = "de::opt_string")]
+    #[serde(default, deserialize_with = "de::opt_date")]
     pub issue_date: Option<String>,
     /// Possibly the due date [U: spec §3].
-    #[serde(default, deserialize_with = "de::opt_string")]
+    #[serde(default, deserialize_with = "de::opt_date")]
     pub required_date: Option<String>,
     #[serde(default, deserialize_with = "de::decimal")]
     pub sum: Decimal,
@@ -456,12 +682,17 @@ pub struct Invoice {
     pub sum_in_company_currency: Option<Decimal>,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub currency: Option<String>,
-    #[serde(default, deserialize_with = "de::opt_decimal")]
-    pub exchange_rate: Option<Decimal>,
+    /// A number, or a PHP map (`[]` when empty, §1.4) whose keys are unconfirmed: read through
+    /// [`Invoice::exchange_rate`].
+    #[serde(default, rename = "exchangeRate")]
+    pub exchange_rate_raw: Value,
     #[serde(default, deserialize_with = "de::opt_object")]
     pub supplier: Option<SupplierRef>,
+    /// `{id}` only on a real invoice (§7): its externalId comes from the payment terms list.
     #[serde(default, deserialize_with = "de::opt_object")]
     pub payment_term: Option<PaymentTerm>,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub payment_term_name: Option<String>,
     #[serde(default, deserialize_with = "de::opt_i64")]
     pub credit_period_days: Option<i64>,
     #[serde(default)]
@@ -488,10 +719,17 @@ pub struct Invoice {
     pub logic_type: i64,
     #[serde(default, deserialize_with = "de::opt_object")]
     pub parent_data: Option<ParentData>,
+    /// The split-cost child marker before `parentData.idn` (§1.8).
+    #[serde(default, deserialize_with = "de::opt_i64")]
+    pub parent_idn: Option<i64>,
+    /// The first form of the marker: 0 or 10 meant the base document (§1.8).
     #[serde(default, deserialize_with = "de::opt_i64")]
     pub split_index: Option<i64>,
     #[serde(default, deserialize_with = "de::opt_i64")]
     pub integration_status: Option<i64>,
+    /// Written as a string, read back as a list of strings (§3 "Integration fields").
+    #[serde(default, deserialize_with = "de::strings_verbatim")]
+    pub external_integration_log: Vec<String>,
 }
 
 impl Invoice {
@@ -499,9 +737,49 @@ impl Invoice {
         CREDIT_NOTE_LOGIC_TYPES.contains(&self.logic_type)
     }
 
-    /// A split-cost child carries its base document's idn; only the base is exported (§3).
+    /// A split-cost child carries its base document's idn; only the base is exported (§1.8).
     pub fn is_split_child(&self) -> bool {
-        self.parent_data.as_ref().and_then(|p| p.idn).is_some()
+        self.split_parent().is_some()
+    }
+
+    /// For a split-cost child: its base document's idn when the marker names it (the first form,
+    /// `splitIndex`, does not: `Some(None)`).
+    pub fn split_parent(&self) -> Option<Option<i64>> {
+        if let Some(idn) = self
+            .parent_data
+            .as_ref()
+            .and_then(|p| p.idn)
+            .or(self.parent_idn)
+        {
+            return Some(Some(idn));
+        }
+        match self.split_index {
+            Some(0 | 10) | None => None,
+            Some(_) => Some(None),
+        }
+    }
+
+    /// The exchange rate Precoro gives, if any: a number, or inside the `exchangeRate` map under
+    /// `rate`/`value`, under the invoice's currency code, or as the map's only entry.
+    pub fn exchange_rate(&self) -> Option<Decimal> {
+        let v = &self.exchange_rate_raw;
+        if let Some(d) = de::decimal_from_value(v) {
+            return Some(d);
+        }
+        let m = v.as_object()?;
+        if let Some(d) = self
+            .currency
+            .as_deref()
+            .and_then(|c| m.get(c).or_else(|| m.get(&c.to_ascii_lowercase())))
+            .and_then(de::decimal_from_value)
+        {
+            return Some(d);
+        }
+        let mut values = m.values().filter_map(de::decimal_from_value);
+        match (values.next(), values.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
     }
 
     pub fn open_balance(&self) -> Decimal {
@@ -514,9 +792,7 @@ impl Invoice {
 
     /// The entry of a document custom field (project, "Send to Exact Online", …).
     pub fn document_field(&self, field_id: i64) -> Option<&CustomFieldValue> {
-        self.data_document_custom_fields
-            .iter()
-            .find(|f| f.field.as_ref().and_then(|r| r.id) == Some(field_id))
+        find_field(&self.data_document_custom_fields, field_id)
     }
 }
 
@@ -577,7 +853,8 @@ pub struct Supplier {
     pub phone: Option<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub currency: Option<String>,
-    #[serde(default, deserialize_with = "de::list")]
+    /// A list in live data, a string in the spec (§8).
+    #[serde(default, deserialize_with = "de::strings")]
     pub currencies: Vec<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub account_holder_name: Option<String>,
@@ -603,7 +880,7 @@ pub struct Supplier {
     pub status: Option<i64>,
     #[serde(default, deserialize_with = "de::opt_bool")]
     pub enable: Option<bool>,
-    #[serde(default, deserialize_with = "de::opt_string")]
+    #[serde(default, deserialize_with = "de::opt_date")]
     pub update_date: Option<String>,
 }
 
@@ -839,8 +1116,10 @@ pub struct PaymentTermInput {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomField {
+    #[serde(deserialize_with = "de::i64")]
     pub id: i64,
-    #[serde(default, deserialize_with = "de::opt_string")]
+    /// Some payloads carry `title` instead (§11).
+    #[serde(default, alias = "title", deserialize_with = "de::opt_string")]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub r#type: Option<String>,
@@ -851,6 +1130,7 @@ pub struct CustomField {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomFieldOption {
+    #[serde(deserialize_with = "de::i64")]
     pub id: i64,
     #[serde(default, deserialize_with = "de::opt_string")]
     pub name: Option<String>,
@@ -910,6 +1190,10 @@ pub struct PaymentQuery {
 }
 
 #[cfg(test)]
+#[path = "shapes_tests.rs"]
+mod shapes_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -935,12 +1219,10 @@ mod tests {
         assert!(inv.is_credit_note());
         assert!(!inv.is_split_child());
         assert_eq!(inv.supplier.unwrap().external_id.as_deref(), Some("42"));
-        assert_eq!(inv.items[0].price, Decimal::new(121, 1));
-        assert_eq!(inv.items[0].net(), Decimal::new(242, 1));
-        assert_eq!(
-            inv.items[0].option_for(11).unwrap().external_id.as_deref(),
-            Some("4000")
-        );
+        assert_eq!(inv.items[0].price, Some(Decimal::new(121, 1)));
+        assert_eq!(inv.items[0].net(), Some(Decimal::new(242, 1)));
+        let gl = inv.items[0].field(11).unwrap().option.as_ref().unwrap();
+        assert_eq!(gl.external_id.as_deref(), Some("4000"));
         assert!(
             serde_json::from_value::<Invoice>(json!({"id": 1, "idn": 1, "sum": "abc"})).is_err()
         );

@@ -222,6 +222,14 @@ impl<'a> Keys<'a> {
         self.k(&["invoice-refused", tenant.as_str(), invoice])
     }
 
+    /// A counter bumped whenever reference sync writes a company's taxes, payment terms or
+    /// custom-field options, so that every worker drops its copy of those lists (the invoice
+    /// flow's lookups). Lost → the copies live out their TTL; a value they cannot resolve still
+    /// reloads its list.
+    pub fn lookups_generation(&self, tenant: &TenantId) -> String {
+        self.k(&["lookups-gen", tenant.as_str()])
+    }
+
     /// How far an invoice's Exact document got. Lost → the retry creates the document again only
     /// after the entry lookup found no entry (an orphan document at worst, never an entry).
     pub fn invoice_document(&self, tenant: &TenantId, invoice: &str) -> String {

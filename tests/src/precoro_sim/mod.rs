@@ -723,6 +723,7 @@ impl PrecoroSim {
                 parent_idn: s.parent_idn,
                 split_index: s.split_index,
                 sum_paid: s.sum_paid,
+                integration_log: Vec::new(),
             };
             st.invoices.insert(idn, inv);
             (id, idn)

@@ -168,6 +168,9 @@ pub struct InvoiceRec {
     pub parent_idn: Option<i64>,
     pub split_index: Option<i64>,
     pub sum_paid: Decimal,
+    /// `externalIntegrationLog`: written as a string, read back as a list (§13). Whether a
+    /// write appends or replaces is [U]; here it replaces, and "" clears.
+    pub integration_log: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +223,27 @@ pub(crate) fn iso(dt: DateTime<Utc>) -> String {
 
 fn iso_date(d: NaiveDate) -> String {
     iso(d.and_time(NaiveTime::MIN).and_utc())
+}
+
+/// A date-time without a zone, as the tap and the KB send filters (§1.9).
+fn iso_naive(d: NaiveDate) -> String {
+    d.and_time(NaiveTime::MIN)
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
+/// A PHP DateTime object, as Precoro serialises one (§10).
+pub(crate) fn php_date(dt: DateTime<Utc>) -> Value {
+    json!({
+        "date": dt.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        "timezone_type": 3,
+        "timezone": "UTC",
+    })
+}
+
+/// Amounts the spec types as strings (`netSum`, `sumPaid` live, tax sums): two decimals.
+pub(crate) fn money(d: Decimal) -> Value {
+    Value::String(format!("{:.2}", round2(d)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,95 +597,99 @@ impl SimState {
         format!("{}/attachments/{id}", self.base_url)
     }
 
-    /// The invoice as `GET /invoices/{idn}` returns it. `detail = false` is the list shape: the
-    /// tap reads lists and then GETs each idn for details (§3), so lists here leave out items,
-    /// taxes, payments and attachments and callers must not rely on them.
+    /// The invoice as `GET /invoices/{idn}` returns it, in Precoro's real dialect
+    /// (specs/precoro-shapes.md §1–§5): amounts mixed as numbers and strings, PHP's `[]` for an
+    /// empty map or an absent relation, `paymentTerm` as `{id}` with the name flattened, custom
+    /// field values holding the option id as a string, collections bare or wrapped in `data`,
+    /// dates with and without offset and as PHP DateTime objects. `detail = false` is the list
+    /// shape: the tap reads lists and then GETs each idn for details (§2), so lists here leave out
+    /// items, taxes, payments and attachments, and give `idn` as a string as the tap types it.
     pub fn render_invoice(&self, inv: &InvoiceRec, detail: bool) -> Value {
         let (net, sum) = self.invoice_amounts(inv);
         let supplier = inv
             .supplier_id
-            .and_then(|id| self.suppliers.get(&id).map(|(r, _)| (id, r)))
-            .map(|(id, r)| {
-                json!({
-                    "id": id,
-                    "name": r.fields.get("name"),
-                    "uniqueCode": r.fields.get("uniqueCode"),
-                    "externalId": r.fields.get("externalId"),
-                    "taxPayerNumber": r.fields.get("taxPayerNumber"),
-                })
-            })
-            .unwrap_or(Value::Null);
+            .map(|id| self.render_supplier(id))
+            .filter(|s| !s.is_null())
+            .unwrap_or_else(|| json!([]));
         let term = inv
             .payment_term_id
-            .map(|id| self.render_term(id))
-            .unwrap_or(Value::Null);
-        let credit_days = term.get("creditPeriodDays").cloned().unwrap_or(Value::Null);
+            .and_then(|id| self.terms.get(&id).map(|t| (id, t)));
         let docs: Vec<Value> = inv
             .doc_fields
             .iter()
-            .map(|d| {
-                let option = d
-                    .option_id
-                    .and_then(|o| self.options.get(&o).map(|r| (o, r)))
-                    .map(|(o, r)| {
-                        json!({
-                            "id": o,
-                            "name": r.rec.fields.get("name"),
-                            "code": r.rec.fields.get("code"),
-                            "externalId": r.rec.fields.get("externalId"),
-                        })
-                    })
-                    .unwrap_or(Value::Null);
-                let value = d
-                    .value
-                    .clone()
-                    .map(Value::String)
-                    .or_else(|| option.get("name").cloned())
-                    .unwrap_or(Value::Null);
+            .enumerate()
+            .map(|(n, d)| {
+                let value = match d.option_id {
+                    Some(o) => Value::String(o.to_string()),
+                    None => d.value.clone().map(Value::String).unwrap_or(Value::Null),
+                };
                 json!({
-                    "documentCustomField": {
-                        "id": d.field_id,
-                        "name": self.fields.get(&d.field_id).map(|f| f.name.clone()),
-                    },
+                    "id": inv.id * 100 + n as i64,
                     "value": value,
-                    "option": option,
+                    "type": if d.option_id.is_some() { "select" } else { "text" },
+                    "documentCustomField": { "id": d.field_id },
                 })
             })
             .collect();
+        let option_ids: Vec<String> = inv
+            .doc_fields
+            .iter()
+            .filter_map(|d| d.option_id.map(|o| o.to_string()))
+            .collect();
+        let exchange_rate = if inv.exchange_rate == Decimal::ONE {
+            json!([])
+        } else {
+            json!({ inv.currency.clone(): inv.exchange_rate.normalize().to_string() })
+        };
         let mut m = json!({
             "id": inv.id,
-            "idn": inv.idn,
+            "idn": if detail { json!(inv.idn) } else { json!(inv.idn.to_string()) },
             "invoiceNumber": inv.invoice_number,
             "customName": inv.custom_name,
             "createDate": iso(inv.created),
             "updateDate": iso(inv.updated),
-            "approvalDate": inv.approved.map(iso),
-            "issueDate": iso_date(inv.issue_date),
+            "approvalDate": inv.approved.map(php_date),
+            "issueDate": iso_naive(inv.issue_date),
             "requiredDate": inv.required_date.map(iso_date),
             "sum": num(sum),
-            "netSum": num(net),
+            "netSum": money(net),
             "sumInCompanyCurrency": num(round2(sum * inv.exchange_rate)),
             "netSumInCompanyCurrency": num(round2(net * inv.exchange_rate)),
-            "sumPaid": num(inv.sum_paid),
+            "sumPaid": money(inv.sum_paid),
             "sumPaidInCompanyCurrency": num(round2(inv.sum_paid * inv.exchange_rate)),
+            "leftToPay": money(sum - inv.sum_paid),
             "withholdingTaxSum": 0,
             "currency": inv.currency,
-            "exchangeRate": num(inv.exchange_rate),
+            "exchangeRate": exchange_rate,
+            "precisionData": [],
             "supplier": supplier,
-            "paymentTerm": term,
-            "creditPeriodDays": credit_days,
+            "legalEntity": [],
+            "purchaseOrder": [],
+            "budget": [],
+            "paymentTerm": term.map(|(id, _)| json!({ "id": id })).unwrap_or(Value::Null),
+            "paymentTermName": term.and_then(|(_, t)| t.fields.get("name").cloned()),
+            "creditPeriodDays": term
+                .and_then(|(_, t)| t.fields.get("creditPeriodDays"))
+                .and_then(v_i64)
+                .map(|d| d.to_string()),
             "dataDocumentCustomFields": { "data": docs },
+            "allDocumentCustomFieldOptionsIds": option_ids.join(","),
             "externalId": inv.external_id,
+            "externalIntegrationLog": if inv.integration_log.is_empty() {
+                Value::Null
+            } else {
+                json!(inv.integration_log)
+            },
             "status": inv.status,
             "statusString": status_string(inv.status),
             "logicType": inv.logic_type,
-            "parentData": inv.parent_idn.map(|p| json!({ "idn": p })),
+            "parentData": inv.parent_idn.map(|p| json!({ "idn": p })).unwrap_or_else(|| json!([])),
             "splitIndex": inv.split_index,
             "integrationStatus": if inv.external_id.is_some() { 1 } else { 8 },
         });
         if detail {
             let obj = m.as_object_mut().expect("invoice renders as an object");
-            obj.insert("items".into(), json!(self.render_items(inv)));
+            obj.insert("items".into(), json!({ "data": self.render_items(inv) }));
             obj.insert("taxes".into(), json!(self.render_invoice_taxes(inv)));
             let payments: Vec<Value> = self
                 .payments
@@ -677,91 +705,102 @@ impl SimState {
                     json!({
                         "id": a.id,
                         "name": a.name,
-                        // A PHP DateTime object, as in the TEXACT sample (§2 "Dates").
-                        "uploadDate": {
-                            "date": a.uploaded.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
-                            "timezone_type": 3,
-                            "timezone": "UTC",
-                        },
-                        "size": a.bytes.len(),
+                        // A PHP DateTime object, as in the TEXACT sample (§10).
+                        "uploadDate": php_date(a.uploaded),
+                        "user": { "id": 1, "company": { "id": 1 } },
+                        "type": 0,
+                        // A human size, as in the same sample.
+                        "size": format!("{} KB", a.bytes.len().div_ceil(1024)),
                         "formatType": a.format_type,
+                        "comment": null,
                         "url": self.attachment_url(a.id),
                     })
                 })
                 .collect();
-            obj.insert("attachments".into(), json!(atts));
+            obj.insert("attachments".into(), json!({ "data": atts }));
         }
         m
     }
 
-    /// Item shape [U: spec §3 "Key names inside items[]"]: chosen here as
-    /// `{id, name, description, quantity, price, netSum (= quantity × price), taxAmount, sum, tax
-    /// {id,name,percent,externalId}, dataItemCustomFields {data:[{itemCustomField{id,name},
-    /// option{id,name,code,externalId}}]}}`, mirroring how document fields are nested.
+    /// One line (`InvoiceItemTransformer`, §4): quantity as `ordered`, no line total, taxes as
+    /// strings with a `documentTax` reference and no master tax id, and each item custom field
+    /// as `{id, value: "<option id>", type, itemCustomField {id}}` (§5, [U] best evidence).
     fn render_items(&self, inv: &InvoiceRec) -> Vec<Value> {
         inv.items
             .iter()
             .map(|it| {
                 let net = round2(it.quantity * it.price);
-                let tax_amount = round2(net * self.tax_percent(it.tax_id) / Decimal::ONE_HUNDRED);
-                let tax = it.tax_id.map(|t| self.render_tax(t)).unwrap_or(Value::Null);
+                let taxes: Vec<Value> = it
+                    .tax_id
+                    .and_then(|t| self.taxes.get(&t).map(|r| (t, r)))
+                    .map(|(t, r)| {
+                        let pct = self.tax_percent(Some(t));
+                        let amount = round2(net * pct / Decimal::ONE_HUNDRED);
+                        json!({
+                            "id": it.id * 10 + 1,
+                            "name": r.fields.get("name"),
+                            "value": pct.normalize().to_string(),
+                            "documentTax": { "id": inv.id * 100 + t },
+                            "usedTaxPercent": pct.normalize().to_string(),
+                            "isWithholdingTax": "0",
+                            "sum": money(amount),
+                            "sumInCompanyCurrency": money(round2(amount * inv.exchange_rate)),
+                            "sumInLegalEntityCurrency": money(round2(amount * inv.exchange_rate)),
+                        })
+                    })
+                    .into_iter()
+                    .collect();
                 let fields: Vec<Value> = it
                     .options
                     .iter()
                     .map(|(f, o)| {
-                        let opt = self.options.get(o);
                         json!({
-                            "itemCustomField": {
-                                "id": f,
-                                "name": self.fields.get(f).map(|x| x.name.clone()),
-                            },
-                            "value": opt.and_then(|r| r.rec.fields.get("name").cloned()),
-                            "option": opt.map(|r| json!({
-                                "id": o,
-                                "name": r.rec.fields.get("name"),
-                                "code": r.rec.fields.get("code"),
-                                "externalId": r.rec.fields.get("externalId"),
-                            })),
+                            "id": it.id * 100 + f,
+                            "value": o.to_string(),
+                            "type": "select",
+                            "itemCustomField": { "id": f },
                         })
                     })
                     .collect();
                 json!({
                     "id": it.id,
+                    "sku": null,
                     "name": it.name,
                     "description": it.description,
-                    "quantity": num(it.quantity),
+                    "unit": null,
+                    "ordered": num(it.quantity),
                     "price": num(it.price),
-                    "netSum": num(net),
-                    "taxAmount": num(tax_amount),
-                    "sum": num(net + tax_amount),
-                    "tax": tax,
-                    "dataItemCustomFields": { "data": fields },
+                    "currency": inv.currency,
+                    "freeOfCharge": false,
+                    "status": 1,
+                    "type": 0,
+                    "logicType": 0,
+                    "item": "",
+                    "purchaseOrderItem": [],
+                    "invoice": { "id": inv.id, "idn": inv.idn },
+                    "budgetSubLine": [],
+                    "taxes": taxes,
+                    "discounts": [],
+                    "dataItemCustomFields": fields,
                 })
             })
             .collect()
     }
 
-    /// One entry per tax used by the lines: `{id, name, percent, externalId, netSum, taxAmount}` [U].
+    /// The document's taxes: `{id, name, value, usedTaxPercent, isWithholdingTax}`, strings (§6).
     fn render_invoice_taxes(&self, inv: &InvoiceRec) -> Vec<Value> {
-        let mut per: BTreeMap<i64, (Decimal, Decimal)> = BTreeMap::new();
-        for it in &inv.items {
-            if let Some(t) = it.tax_id {
-                let net = round2(it.quantity * it.price);
-                let e = per.entry(t).or_default();
-                e.0 += net;
-                e.1 += round2(net * self.tax_percent(Some(t)) / Decimal::ONE_HUNDRED);
-            }
-        }
-        per.into_iter()
-            .map(|(t, (net, tax))| {
+        let used: std::collections::BTreeSet<i64> =
+            inv.items.iter().filter_map(|i| i.tax_id).collect();
+        used.into_iter()
+            .map(|t| {
                 let r = self.taxes.get(&t);
+                let pct = self.tax_percent(Some(t)).normalize().to_string();
                 json!({
-                    "id": t,
+                    "id": inv.id * 100 + t,
                     "name": r.and_then(|r| r.fields.get("name")),
-                    "percent": r.and_then(|r| r.fields.get("percent")),
-                    "externalId": r.and_then(|r| r.fields.get("externalId")),
-                    "netSum": num(net),
-                    "taxAmount": num(tax),
+                    "value": pct,
+                    "usedTaxPercent": pct,
+                    "isWithholdingTax": "0",
                 })
             })
             .collect()
@@ -907,13 +946,16 @@ impl SimState {
     ) -> Result<Reply, ApiError> {
         let idn = parse_idn(idn)?;
         let body = body_obj(body)?;
-        check_fields(&body, &["externalId"])?;
+        check_fields(&body, &["externalId", "externalIntegrationLog"])?;
         let inv = self
             .invoices
             .get_mut(&idn)
             .ok_or_else(|| not_found("Invoice"))?;
         if let Some(v) = body.get("externalId") {
             inv.external_id = v_str(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = body.get("externalIntegrationLog") {
+            inv.integration_log = v_str(v).filter(|s| !s.is_empty()).into_iter().collect();
         }
         inv.updated = now;
         let ev = Event {

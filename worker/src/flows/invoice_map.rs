@@ -6,13 +6,18 @@
 //! `Accounts.ID` on suppliers. A missing stamp is a permanent error naming the Precoro field and
 //! value, so an operator can fix the data and replay.
 
+use std::collections::HashMap;
+
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use shared::config::TenantConfig;
 use shared::error::Error;
 use shared::exact::types::{NewPurchaseEntry, NewPurchaseEntryLine};
 use shared::ids::ExactGuid;
-use shared::precoro::{CustomFieldValue, Invoice, InvoiceItem};
+use shared::precoro::{
+    CustomFieldKind, CustomFieldOption, CustomFieldValue, Invoice, InvoiceItem, LineTax,
+    PaymentTerm, Tax,
+};
 
 /// Precoro status 2: approved (specs/precoro.md §3).
 pub const APPROVED: i64 = 2;
@@ -22,7 +27,8 @@ pub const APPROVED: i64 = 2;
 pub enum Skip {
     NotApproved(i64),
     AlreadyExported(String),
-    SplitChild(i64),
+    /// The base document's idn, when the split marker names it.
+    SplitChild(Option<i64>),
     ExportConditionFalse,
 }
 
@@ -31,17 +37,21 @@ impl std::fmt::Display for Skip {
         match self {
             Skip::NotApproved(s) => write!(f, "not approved (status {s})"),
             Skip::AlreadyExported(id) => write!(f, "already exported as Exact entry {id}"),
-            Skip::SplitChild(parent) => write!(
+            Skip::SplitChild(Some(parent)) => write!(
                 f,
                 "split-cost child of invoice {parent}; only the base document is exported"
             ),
+            Skip::SplitChild(None) => {
+                f.write_str("split-cost child; only the base document is exported")
+            }
             Skip::ExportConditionFalse => f.write_str("export condition not met"),
         }
     }
 }
 
-/// Should this invoice go to Exact now?
-pub fn decide(invoice: &Invoice, tenant: &TenantConfig) -> Result<(), Skip> {
+/// Should this invoice go to Exact now? The export condition is asked separately
+/// ([`condition_met`]): it may need the field's options.
+pub fn decide(invoice: &Invoice) -> Result<(), Skip> {
     if let Some(ext) = invoice
         .external_id
         .as_deref()
@@ -52,32 +62,218 @@ pub fn decide(invoice: &Invoice, tenant: &TenantConfig) -> Result<(), Skip> {
     if invoice.status != APPROVED {
         return Err(Skip::NotApproved(invoice.status));
     }
-    // Split-cost: export only the base document, the one without parentData.idn (specs §3).
-    if let Some(parent) = invoice.parent_data.as_ref().and_then(|p| p.idn) {
+    // Split-cost: export only the base document (specs/precoro-shapes.md §1.8).
+    if let Some(parent) = invoice.split_parent() {
         return Err(Skip::SplitChild(parent));
-    }
-    if let Some(cond) = &tenant.flows.invoices.export_condition {
-        let value = field_value(&invoice.data_document_custom_fields, cond.field_id);
-        if value.as_deref().map(str::trim) != Some(cond.value.trim()) {
-            return Err(Skip::ExportConditionFalse);
-        }
     }
     Ok(())
 }
 
-fn find_field(values: &[CustomFieldValue], field_id: i64) -> Option<&CustomFieldValue> {
-    values
-        .iter()
-        .find(|v| v.field.as_ref().and_then(|f| f.id) == Some(field_id))
+/// The company's export condition ("Send to Exact Online" = "Yes"), compared with the chosen
+/// option's name or code, or the plain value.
+pub fn condition_met(invoice: &Invoice, tenant: &TenantConfig, lookups: &Lookups) -> bool {
+    let Some(cond) = &tenant.flows.invoices.export_condition else {
+        return true;
+    };
+    let want = cond.value.trim();
+    let Some(entry) = invoice.document_field(cond.field_id) else {
+        return false;
+    };
+    let shown = |s: &Option<String>| s.as_deref().map(str::trim) == Some(want);
+    if let Some(o) = &entry.option
+        && (shown(&o.name) || shown(&o.code))
+    {
+        return true;
+    }
+    if shown(&entry.value) {
+        return true;
+    }
+    matches!(
+        pick(entry, lookups.options(cond.field_id)),
+        Pick::Listed(o) if shown(&o.name) || shown(&o.code)
+    )
 }
 
-/// The shown value of a custom field: the chosen option's name, or the plain value.
-fn field_value(values: &[CustomFieldValue], field_id: i64) -> Option<String> {
-    let v = find_field(values, field_id)?;
-    v.option
+// ---------------------------------------------------------------------------------------------
+// Lookups: what an invoice names by Precoro id only
+// ---------------------------------------------------------------------------------------------
+
+/// The records an invoice refers to by id or label only, as reference sync stamped them: a real
+/// line's custom-field value is the option's id as a string, a line's tax names no master tax,
+/// and the invoice's `paymentTerm` is `{id}` (specs/precoro-shapes.md §4, §5, §7). Loaded by the
+/// flow from Precoro's lists (cached GETs) only for what [`needs`] says is missing inline.
+#[derive(Debug, Clone, Default)]
+pub struct Lookups {
+    /// Options of a custom field, by the field's id.
+    pub options: HashMap<i64, Vec<CustomFieldOption>>,
+    pub taxes: Vec<Tax>,
+    pub terms: Vec<PaymentTerm>,
+}
+
+impl Lookups {
+    fn options(&self, field_id: i64) -> &[CustomFieldOption] {
+        self.options
+            .get(&field_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// `self` with every list `newer` carries replaced by it.
+    pub fn merged(mut self, newer: Lookups) -> Lookups {
+        self.options.extend(newer.options);
+        if !newer.taxes.is_empty() {
+            self.taxes = newer.taxes;
+        }
+        if !newer.terms.is_empty() {
+            self.terms = newer.terms;
+        }
+        self
+    }
+}
+
+/// The lists an invoice needs before it can be mapped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub fields: Vec<(CustomFieldKind, i64)>,
+    pub taxes: bool,
+    pub terms: bool,
+}
+
+impl Needs {
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && !self.taxes && !self.terms
+    }
+}
+
+fn has_text(s: &Option<String>) -> bool {
+    s.as_deref().is_some_and(|s| !s.trim().is_empty())
+}
+
+/// An entry whose choice is known only by a value: the options list must say what it is.
+fn names_by_value(entry: &CustomFieldValue) -> bool {
+    let inline = entry
+        .option
         .as_ref()
-        .and_then(|o| o.name.clone())
-        .or_else(|| v.value.clone())
+        .is_some_and(|o| has_text(&o.external_id));
+    !inline && has_text(&entry.value)
+}
+
+pub fn needs(invoice: &Invoice, tenant: &TenantConfig) -> Needs {
+    let cf = &tenant.custom_fields;
+    let mut out = Needs::default();
+    for field in [cf.gl_account, cf.cost_center, cf.cost_unit]
+        .into_iter()
+        .flatten()
+    {
+        if invoice
+            .items
+            .iter()
+            .filter_map(|i| i.field(field))
+            .any(names_by_value)
+            && !out.fields.contains(&(CustomFieldKind::Item, field))
+        {
+            out.fields.push((CustomFieldKind::Item, field));
+        }
+    }
+    let condition = tenant.flows.invoices.export_condition.as_ref();
+    let doc_fields = [cf.project, condition.map(|c| c.field_id)];
+    for field in doc_fields.into_iter().flatten() {
+        if invoice.document_field(field).is_some_and(names_by_value)
+            && !out.fields.contains(&(CustomFieldKind::Document, field))
+        {
+            out.fields.push((CustomFieldKind::Document, field));
+        }
+    }
+    out.taxes = invoice
+        .items
+        .iter()
+        .flat_map(InvoiceItem::tax_entries)
+        .any(|t| !t.is_withholding() && !has_text(&t.external_id));
+    out.terms = invoice
+        .payment_term
+        .as_ref()
+        .is_some_and(|t| t.id.is_some() && !has_text(&t.external_id));
+    out
+}
+
+/// The lists among those [`needs`] names that leave a value of `invoice` unresolved: a value
+/// naming no listed option, an option, tax or term without its externalId. Reloaded fresh once,
+/// since reference sync (or a user) may have written them after the list was read.
+pub fn unresolved(invoice: &Invoice, tenant: &TenantConfig, lookups: &Lookups) -> Needs {
+    let wanted = needs(invoice, tenant);
+    let fields = wanted
+        .fields
+        .into_iter()
+        .filter(|(kind, field)| {
+            let entries: Vec<&CustomFieldValue> = match kind {
+                CustomFieldKind::Item => invoice
+                    .items
+                    .iter()
+                    .filter_map(|i| i.field(*field))
+                    .collect(),
+                CustomFieldKind::Document => invoice.document_field(*field).into_iter().collect(),
+            };
+            entries
+                .into_iter()
+                .any(|e| match pick(e, lookups.options(*field)) {
+                    Pick::Unknown(_) => true,
+                    Pick::Listed(o) => !has_text(&o.external_id),
+                    Pick::None | Pick::Inline(_) => false,
+                })
+        })
+        .collect();
+    let taxes = wanted.taxes
+        && invoice
+            .items
+            .iter()
+            .flat_map(vat_entries)
+            .any(|t| tax_code(t, lookups, "").is_err());
+    let terms = wanted.terms && payment_condition(invoice, lookups, "").is_err();
+    Needs {
+        fields,
+        taxes,
+        terms,
+    }
+}
+
+/// What a custom-field entry chose.
+enum Pick<'a> {
+    /// Nothing chosen.
+    None,
+    /// The entry carries the option itself.
+    Inline(&'a shared::precoro::Ref),
+    /// The value names an option of the field's list, by id or by name, code or label.
+    Listed(&'a CustomFieldOption),
+    /// The value names no option of the list.
+    Unknown(&'a str),
+}
+
+fn pick<'a>(entry: &'a CustomFieldValue, options: &'a [CustomFieldOption]) -> Pick<'a> {
+    if let Some(o) = &entry.option
+        && (has_text(&o.external_id) || !has_text(&entry.value))
+    {
+        return Pick::Inline(o);
+    }
+    let Some(value) = entry
+        .value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return Pick::None;
+    };
+    let by_id = value
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| options.iter().find(|o| o.id == id));
+    let same = |s: &Option<String>| {
+        s.as_deref()
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case(value))
+    };
+    match by_id.or_else(|| options.iter().find(|o| same(&o.name) || same(&o.code))) {
+        Some(o) => Pick::Listed(o),
+        None => Pick::Unknown(value),
+    }
 }
 
 fn field_name(v: &CustomFieldValue, fallback: &str) -> String {
@@ -89,19 +285,27 @@ fn field_name(v: &CustomFieldValue, fallback: &str) -> String {
 
 /// The externalId of the option chosen for `field_id`; `Ok(None)` when the field is not set.
 fn option_external_id(
-    values: &[CustomFieldValue],
+    entry: Option<&CustomFieldValue>,
+    lookups: &Lookups,
     field_id: i64,
     what: &str,
     context: &str,
 ) -> Result<Option<String>, Error> {
-    let Some(v) = find_field(values, field_id) else {
+    let Some(v) = entry else {
         return Ok(None);
     };
-    let Some(option) = &v.option else {
-        return Ok(None);
+    let (name, external_id) = match pick(v, lookups.options(field_id)) {
+        Pick::None => return Ok(None),
+        Pick::Inline(o) => (o.name.as_deref().or(o.code.as_deref()), &o.external_id),
+        Pick::Listed(o) => (o.name.as_deref().or(o.code.as_deref()), &o.external_id),
+        Pick::Unknown(value) => {
+            return Err(Error::MissingMapping(format!(
+                "{context}: '{value}' in custom field '{}' ({what}) is no option Precoro lists for field {field_id}; choose the {what} again, then replay",
+                field_name(v, what)
+            )));
+        }
     };
-    match option
-        .external_id
+    match external_id
         .as_deref()
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -109,11 +313,7 @@ fn option_external_id(
         Some(ext) => Ok(Some(ext.to_string())),
         None => Err(Error::MissingMapping(format!(
             "{context}: option '{}' of custom field '{}' ({what}) has no externalId; sync {what}s from Exact or set it, then replay",
-            option
-                .name
-                .as_deref()
-                .or(option.code.as_deref())
-                .unwrap_or("?"),
+            name.unwrap_or("?"),
             field_name(v, what)
         ))),
     }
@@ -127,7 +327,8 @@ fn guid(value: &str, what: &str, context: &str) -> Result<ExactGuid, Error> {
     })
 }
 
-/// Dates arrive as ISO date-times with an offset, or plain dates; the calendar date is what Exact books.
+/// Dates arrive as ISO date-times with or without an offset, or plain dates; the calendar date
+/// is what Exact books.
 pub fn date_of(value: Option<&str>) -> Option<NaiveDate> {
     let v = value?.trim();
     let day = v.get(..10)?;
@@ -143,31 +344,153 @@ fn cents(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
 }
 
-/// A line's net amount: `netSum` when Precoro gives it, else quantity × price.
-fn line_net(item: &InvoiceItem) -> Decimal {
-    item.net_sum.unwrap_or(item.quantity * item.price)
+/// A line's net amount: a total Precoro gives, else price × ordered.
+fn line_net(item: &InvoiceItem, context: &str) -> Result<Decimal, Error> {
+    item.net().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{context} has no amount: neither a total (netSum, netTotal) nor a price and a quantity (ordered)"
+        ))
+    })
 }
 
-/// A line's VAT: `taxAmount` when given, else `sum - netSum`, else net × the tax percent.
-fn line_vat(item: &InvoiceItem) -> Decimal {
+/// The taxes that are VAT (withholding taxes are settled apart from the purchase entry).
+fn vat_entries(item: &InvoiceItem) -> impl Iterator<Item = &LineTax> {
+    item.tax_entries().filter(|t| !t.is_withholding())
+}
+
+/// A line's VAT: `taxAmount` when given, else the sum of its taxes' amounts, else `sum - netSum`,
+/// else net × the tax rate.
+fn line_vat(item: &InvoiceItem, net: Decimal) -> Decimal {
     if let Some(t) = item.tax_amount {
         return t;
+    }
+    let sums: Vec<Decimal> = vat_entries(item).filter_map(|t| t.sum).collect();
+    if !sums.is_empty() {
+        return sums.into_iter().sum();
     }
     if let (Some(sum), Some(net)) = (item.sum, item.net_sum) {
         return sum - net;
     }
-    let pct = item
-        .tax
-        .as_ref()
-        .and_then(|t| t.percent)
+    let pct = vat_entries(item)
+        .find_map(LineTax::rate)
         .unwrap_or_default();
-    cents(line_net(item) * pct / Decimal::from(100))
+    cents(net * pct / Decimal::from(100))
+}
+
+/// The Exact VAT code of one tax entry: its own externalId, else that of the tax reference sync
+/// stamped with the same id and name, else the one with the same name and rate.
+fn tax_code(t: &LineTax, lookups: &Lookups, context: &str) -> Result<String, Error> {
+    let ext = |s: &Option<String>| {
+        s.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    if let Some(code) = ext(&t.external_id) {
+        return Ok(code);
+    }
+    let label = t.name.as_deref().unwrap_or("?");
+    let rate = t
+        .rate()
+        .map(|r| format!(" ({} %)", r.normalize()))
+        .unwrap_or_default();
+    let same_name = |m: &Tax| {
+        m.name
+            .as_deref()
+            .zip(t.name.as_deref())
+            .is_some_and(|(a, b)| a.trim().eq_ignore_ascii_case(b.trim()))
+    };
+    let by_id = lookups
+        .taxes
+        .iter()
+        .find(|m| Some(m.id.0) == t.id && same_name(m));
+    let mut by_rate = lookups
+        .taxes
+        .iter()
+        .filter(|m| same_name(m) && t.rate().is_none_or(|r| r == m.percent));
+    let master = match by_id {
+        Some(m) => m,
+        None => match (by_rate.next(), by_rate.next()) {
+            (Some(m), None) => m,
+            (Some(_), Some(_)) => {
+                return Err(Error::MissingMapping(format!(
+                    "{context}: tax '{label}'{rate} matches several Precoro taxes; give each tax its own name, then replay"
+                )));
+            }
+            (None, _) => {
+                return Err(Error::MissingMapping(format!(
+                    "{context}: tax '{label}'{rate} matches no Precoro tax synced from Exact; sync taxes from Exact or set the tax's externalId, then replay"
+                )));
+            }
+        },
+    };
+    ext(&master.external_id).ok_or_else(|| {
+        Error::MissingMapping(format!(
+            "{context}: tax '{label}'{rate} has no externalId (the Exact VAT code); sync taxes from Exact or set it, then replay"
+        ))
+    })
+}
+
+/// Exact books one VAT code per line.
+fn line_vat_code(
+    item: &InvoiceItem,
+    lookups: &Lookups,
+    context: &str,
+) -> Result<Option<String>, Error> {
+    let mut code: Option<String> = None;
+    for t in vat_entries(item) {
+        let c = tax_code(t, lookups, context)?;
+        match &code {
+            Some(seen) if *seen != c => {
+                return Err(Error::Invalid(format!(
+                    "{context} carries two VAT taxes ({seen} and {c}); Exact books one VAT code per line: split the line in Precoro, then replay"
+                )));
+            }
+            _ => code = Some(c),
+        }
+    }
+    Ok(code)
+}
+
+/// The payment term's Exact payment condition: the externalId on the invoice's `paymentTerm`
+/// when it carries one, else that of the listed term with its id.
+fn payment_condition(
+    invoice: &Invoice,
+    lookups: &Lookups,
+    doc: &str,
+) -> Result<Option<String>, Error> {
+    let Some(term) = &invoice.payment_term else {
+        return Ok(None);
+    };
+    let listed = term
+        .id
+        .and_then(|id| lookups.terms.iter().find(|t| t.id == Some(id)));
+    let ext = [
+        term.external_id.as_deref(),
+        listed.and_then(|t| t.external_id.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::trim)
+    .find(|s| !s.is_empty());
+    match ext {
+        Some(e) => Ok(Some(e.to_string())),
+        None => Err(Error::MissingMapping(format!(
+            "{doc}: payment term '{}' has no externalId (the Exact payment condition code); sync payment terms or set it, then replay",
+            term.name
+                .as_deref()
+                .or(invoice.payment_term_name.as_deref())
+                .or(listed.and_then(|t| t.name.as_deref()))
+                .unwrap_or("?")
+        ))),
+    }
 }
 
 /// Build the Exact purchase entry. `supplier` is the supplier's Exact `Accounts.ID`.
 pub fn map_invoice(
     invoice: &Invoice,
     tenant: &TenantConfig,
+    lookups: &Lookups,
     supplier: ExactGuid,
     document: Option<ExactGuid>,
 ) -> Result<NewPurchaseEntry, Error> {
@@ -193,11 +516,15 @@ pub fn map_invoice(
         ))
     })?;
     let project = match cf.project {
-        Some(field) => {
-            option_external_id(&invoice.data_document_custom_fields, field, "project", &doc)?
-                .map(|p| guid(&p, "project", &doc))
-                .transpose()?
-        }
+        Some(field) => option_external_id(
+            invoice.document_field(field),
+            lookups,
+            field,
+            "project",
+            &doc,
+        )?
+        .map(|p| guid(&p, "project", &doc))
+        .transpose()?,
         None => None,
     };
 
@@ -213,7 +540,8 @@ pub fn map_invoice(
                 .unwrap_or("")
         );
         let gl = option_external_id(
-            &item.data_item_custom_fields,
+            item.field(gl_field),
+            lookups,
             gl_field,
             "GL account",
             &context,
@@ -225,33 +553,16 @@ pub fn map_invoice(
         })?;
         let gl_account = guid(&gl, "GL account", &context)?;
         let cost_center = match cf.cost_center {
-            Some(f) => {
-                option_external_id(&item.data_item_custom_fields, f, "cost center", &context)?
-            }
+            Some(f) => option_external_id(item.field(f), lookups, f, "cost center", &context)?,
             None => None,
         };
         let cost_unit = match cf.cost_unit {
-            Some(f) => option_external_id(&item.data_item_custom_fields, f, "cost unit", &context)?,
+            Some(f) => option_external_id(item.field(f), lookups, f, "cost unit", &context)?,
             None => None,
         };
-        let vat_code = match &item.tax {
-            Some(tax) => Some(
-                tax.external_id
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        Error::MissingMapping(format!(
-                            "{context}: tax '{}' has no externalId (the Exact VAT code); sync taxes from Exact or set it, then replay",
-                            tax.name.as_deref().unwrap_or("?")
-                        ))
-                    })?,
-            ),
-            None => None,
-        };
-        let net = cents(line_net(item));
-        let vat = cents(line_vat(item));
+        let vat_code = line_vat_code(item, lookups, &context)?;
+        let net = cents(line_net(item, &context)?);
+        let vat = cents(line_vat(item, net));
         net_total += net;
         vat_total += vat;
         lines.push(NewPurchaseEntryLine {
@@ -263,7 +574,7 @@ pub fn map_invoice(
             cost_unit,
             project,
             description: item.name.clone().or_else(|| item.description.clone()),
-            quantity: Some(item.quantity),
+            quantity: item.quantity(),
         });
     }
 
@@ -279,22 +590,7 @@ pub fn map_invoice(
         )));
     }
 
-    let payment_condition = match &invoice.payment_term {
-        Some(term) => Some(
-            term.external_id
-                .as_deref()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    Error::MissingMapping(format!(
-                        "{doc}: payment term '{}' has no externalId (the Exact payment condition code); sync payment terms or set it, then replay",
-                        term.name.as_deref().unwrap_or("?")
-                    ))
-                })?,
-        ),
-        None => None,
-    };
+    let payment_condition = payment_condition(invoice, lookups, &doc)?;
     let entry_date = date_of(invoice.issue_date.as_deref())
         .or_else(|| date_of(invoice.approval_date.as_deref()))
         .or_else(|| date_of(invoice.create_date.as_deref()))
@@ -324,7 +620,7 @@ pub fn map_invoice(
         your_ref,
         description: Some(truncate(&description, 60)),
         currency: invoice.currency.clone(),
-        rate: invoice.exchange_rate,
+        rate: invoice.exchange_rate(),
         payment_condition,
         payment_reference: None,
         document,
@@ -358,3 +654,7 @@ pub fn supplier_guid(invoice: &Invoice) -> Result<ExactGuid, Error> {
         })?;
     guid(ext, &format!("supplier '{name}'"), &doc)
 }
+
+#[cfg(test)]
+#[path = "invoice_map_tests.rs"]
+mod tests;

@@ -213,11 +213,21 @@ impl InvoiceFlow {
         let invoice = self.fetch(tenant_id, t).await?;
 
         // Decide.
-        if let Err(skip) = invoice_map::decide(&invoice, tenant) {
+        if let Err(skip) = invoice_map::decide(&invoice) {
             return Ok(match skip {
                 invoice_map::Skip::AlreadyExported(id) => Exported::AlreadyStamped(id),
                 other => Exported::Skipped(other.to_string()),
             });
+        }
+        let lookups = self
+            .ctx
+            .lookups
+            .for_invoice(precoro, tenant, &invoice)
+            .await?;
+        if !invoice_map::condition_met(&invoice, tenant, &lookups) {
+            return Ok(Exported::Skipped(
+                invoice_map::Skip::ExportConditionFalse.to_string(),
+            ));
         }
 
         // Booked before but not stamped (the stamp failed): stamp only.
@@ -243,7 +253,7 @@ impl InvoiceFlow {
             }
             other => other?,
         };
-        let preview = invoice_map::map_invoice(&invoice, tenant, supplier, None)?;
+        let preview = invoice_map::map_invoice(&invoice, tenant, &lookups, supplier, None)?;
 
         // Lookup before create whenever an earlier attempt may have reached Exact.
         if may_exist
@@ -276,7 +286,7 @@ impl InvoiceFlow {
         } else {
             None
         };
-        let entry = invoice_map::map_invoice(&invoice, tenant, supplier, document)?;
+        let entry = invoice_map::map_invoice(&invoice, tenant, &lookups, supplier, document)?;
 
         // Exact blocks an endpoint for an hour after 10 errors in an hour (DESIGN.md "Worker"). A
         // refused entry is dead-lettered, but every later hint for the same invoice (its Create

@@ -2,6 +2,7 @@
 
 pub mod invoice_map;
 pub mod invoices;
+pub mod lookups;
 pub mod payment_lines;
 pub mod payments;
 pub mod reference;
@@ -30,6 +31,8 @@ pub struct Context {
     pub publisher: Publisher,
     pub limiter: RateLimiter,
     pub claims: Claims,
+    /// The option, tax and term lists invoices refer into, kept for a minute.
+    pub lookups: lookups::LookupCache,
     exact: HashMap<TenantId, ExactClient>,
     precoro: HashMap<TenantId, PrecoroClient>,
 }
@@ -75,6 +78,7 @@ impl Context {
             })
             .collect();
         Arc::new(Context {
+            lookups: lookups::LookupCache::new(store.clone()),
             config,
             store,
             publisher,

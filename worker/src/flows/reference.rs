@@ -439,6 +439,10 @@ impl ReferenceFlow {
             }
             memo.insert(ext.to_string(), want.fingerprint());
         }
+        if report.created + report.updated + report.disabled > 0 {
+            // Invoices read these lists; no replica's copy may outlive the change.
+            self.ctx.lookups.bump(precoro.tenant()).await?;
+        }
         Ok(())
     }
 

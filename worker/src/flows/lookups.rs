@@ -1,0 +1,180 @@
+//! The lists an invoice refers into by id or label: custom-field options, taxes and payment
+//! terms, as reference sync stamped them (specs/precoro-shapes.md §4, §5, §7).
+//!
+//! Every invoice needs the same few lists, so each worker process keeps them for up to [`TTL`],
+//! one load at a time per list: a day of invoices costs a few GETs per list, not several per
+//! invoice (Precoro allows 1,500 calls an hour). Two things end a copy early:
+//! - reference sync bumps a per-company generation in Redis after it writes ([`LookupCache::bump`]);
+//!   every replica sees the new generation on its next invoice and reloads;
+//! - a value the copy cannot resolve (an option created since, an externalId stamped by hand)
+//!   reloads that list fresh once before the invoice is given up on, so staleness costs a GET,
+//!   never a dead letter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shared::config::TenantConfig;
+use shared::error::Result;
+use shared::ids::TenantId;
+use shared::precoro::{
+    CustomFieldKind, CustomFieldOption, Invoice, MasterQuery, PaymentTerm, PrecoroClient, Read, Tax,
+};
+use shared::store::Store;
+
+use super::invoice_map::{self, Lookups, Needs};
+
+/// How long a list is reused without asking Precoro again. Bounds what a hand edit in Precoro
+/// that reference sync did not make (and so did not announce) can cost.
+pub const TTL: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum List {
+    Options(CustomFieldKind, i64),
+    Taxes,
+    Terms,
+}
+
+#[derive(Clone)]
+enum Loaded {
+    Options(Arc<Vec<CustomFieldOption>>),
+    Taxes(Arc<Vec<Tax>>),
+    Terms(Arc<Vec<PaymentTerm>>),
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Loaded)>>>;
+
+/// Per-process memo of the lists, keyed by company and list.
+pub struct LookupCache {
+    store: Store,
+    slots: Mutex<HashMap<(TenantId, List), Slot>>,
+    /// The generation each company's lists were loaded under.
+    seen: Mutex<HashMap<TenantId, i64>>,
+}
+
+impl LookupCache {
+    pub fn new(store: Store) -> LookupCache {
+        LookupCache {
+            store,
+            slots: Default::default(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Announce to every replica that a company's lists changed.
+    pub async fn bump(&self, tenant: &TenantId) -> Result<()> {
+        let key = self.store.keys().lookups_generation(tenant);
+        let _: i64 = redis::cmd("INCR")
+            .arg(&key)
+            .query_async(&mut self.store.conn())
+            .await?;
+        self.forget(tenant);
+        Ok(())
+    }
+
+    /// Drop this process's copies when another replica announced a change.
+    async fn follow_generation(&self, tenant: &TenantId) -> Result<()> {
+        let key = self.store.keys().lookups_generation(tenant);
+        let current: i64 = self
+            .store
+            .get_string(&key)
+            .await?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let changed = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.insert(tenant.clone(), current) != Some(current)
+        };
+        if changed {
+            self.forget(tenant);
+        }
+        Ok(())
+    }
+
+    fn slot(&self, tenant: &TenantId, list: &List) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry((tenant.clone(), list.clone()))
+            .or_default()
+            .clone()
+    }
+
+    /// Forget a company's lists, e.g. after reference sync wrote to them in this process.
+    pub fn forget(&self, tenant: &TenantId) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|(t, _), _| t != tenant);
+    }
+
+    async fn get(&self, precoro: &PrecoroClient, list: &List, fresh: bool) -> Result<Loaded> {
+        let slot = self.slot(precoro.tenant(), list);
+        // One load per list at a time: the others wait for it and take its result.
+        let mut held = slot.lock().await;
+        if !fresh
+            && let Some((at, loaded)) = held.as_ref()
+            && at.elapsed() < TTL
+        {
+            return Ok(loaded.clone());
+        }
+        let read = if fresh { Read::Fresh } else { Read::Cached };
+        let all = MasterQuery::default();
+        let loaded = match list {
+            List::Options(kind, field) => Loaded::Options(Arc::new(
+                precoro.list_options_with(*kind, *field, &all, read).await?,
+            )),
+            List::Taxes => Loaded::Taxes(Arc::new(precoro.list_taxes_with(&all, read).await?)),
+            List::Terms => {
+                Loaded::Terms(Arc::new(precoro.list_payment_terms_with(&all, read).await?))
+            }
+        };
+        *held = Some((Instant::now(), loaded.clone()));
+        Ok(loaded)
+    }
+
+    async fn load(&self, precoro: &PrecoroClient, needs: &Needs, fresh: bool) -> Result<Lookups> {
+        let mut lists: Vec<List> = needs
+            .fields
+            .iter()
+            .map(|(k, f)| List::Options(*k, *f))
+            .collect();
+        if needs.taxes {
+            lists.push(List::Taxes);
+        }
+        if needs.terms {
+            lists.push(List::Terms);
+        }
+        let mut out = Lookups::default();
+        for list in &lists {
+            match (list, self.get(precoro, list, fresh).await?) {
+                (List::Options(_, field), Loaded::Options(o)) => {
+                    out.options.insert(*field, o.as_ref().clone());
+                }
+                (_, Loaded::Taxes(t)) => out.taxes = t.as_ref().clone(),
+                (_, Loaded::Terms(t)) => out.terms = t.as_ref().clone(),
+                _ => unreachable!("a list loads as its own kind"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The lists `invoice` needs, from memory when recent, and fresh from Precoro for any list
+    /// that leaves one of its values unresolved.
+    pub async fn for_invoice(
+        &self,
+        precoro: &PrecoroClient,
+        tenant: &TenantConfig,
+        invoice: &Invoice,
+    ) -> Result<Lookups> {
+        let needs = invoice_map::needs(invoice, tenant);
+        if needs.is_empty() {
+            return Ok(Lookups::default());
+        }
+        self.follow_generation(precoro.tenant()).await?;
+        let kept = self.load(precoro, &needs, false).await?;
+        let stale = invoice_map::unresolved(invoice, tenant, &kept);
+        if stale.is_empty() {
+            return Ok(kept);
+        }
+        let fresh = self.load(precoro, &stale, true).await?;
+        Ok(kept.merged(fresh))
+    }
+}

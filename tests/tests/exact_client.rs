@@ -1,6 +1,7 @@
 //! The Exact client against the Exact simulator and a real Redis: single-flight token refresh
 //! across "processes" (separate Redis connections), the shared rate limit, paging, filters,
-//! 429 recovery, broken connections and lookup-before-create after a lost reply.
+//! 429 recovery, broken connections and lookup-before-create after a lost reply; and (module
+//! `fixtures`) replies in the real API's shape read through the same readers.
 //!
 //! Every test uses its own Redis key prefix, tenant and simulator, so they run in parallel.
 
@@ -970,4 +971,210 @@ async fn a_lost_reply_after_commit_is_found_by_lookup_before_create() {
         2
     );
     assert_eq!(co.sim.purchase_entries(DIV).len(), 1);
+}
+
+/// Replies recorded in the shape the real API sends (tests/fixtures/exact/README.md says where
+/// each shape comes from), read through the readers the flows use.
+mod fixtures {
+    use chrono::NaiveDate;
+    use rust_decimal::Decimal;
+    use shared::error::{Error, RetryClass};
+    use shared::exact::odata::{Page, error_message, parse_page, parse_single, to_date};
+    use shared::exact::types::{Account, Me, Payment, PaymentTerm, PurchaseEntry, Synced};
+    use shared::ids::ExactGuid;
+
+    /// Every file in the folder; [`every_fixture_is_listed_and_read`] fails on one missing here.
+    const FIXTURES: &[&str] = &[
+        "accounts_bare_array.json",
+        "current_me.json",
+        "error.json",
+        "error.xml",
+        "error_oauth.json",
+        "error_without_code.json",
+        "last_page_empty_next.json",
+        "malformed_amount.json",
+        "payment_terms_sync.json",
+        "payments_decimal_strings.json",
+        "purchase_entries_page.json",
+        "purchase_entry_created.json",
+    ];
+
+    fn dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/exact")
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn g(s: &str) -> ExactGuid {
+        s.parse().unwrap()
+    }
+
+    fn day(y: i32, m: u32, dd: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, dd).unwrap()
+    }
+
+    fn page<T: serde::de::DeserializeOwned>(name: &str) -> Page<T> {
+        parse_page(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn every_fixture_is_listed_and_read() {
+        let readme = String::from_utf8(fixture("README.md")).unwrap();
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != "README.md")
+            .collect();
+        on_disk.sort();
+        assert_eq!(on_disk, FIXTURES, "FIXTURES lists every file");
+        for name in FIXTURES {
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README.md says where {name} comes from"
+            );
+        }
+    }
+
+    #[test]
+    fn a_list_page_with_next_metadata_deferred_lines_and_nulls() {
+        let p = page::<PurchaseEntry>("purchase_entries_page.json");
+        assert_eq!(p.rows.len(), 2);
+        assert!(
+            p.next
+                .as_deref()
+                .is_some_and(|n| n.contains("$skiptoken=guid'0a7d3c55")),
+            "{:?}",
+            p.next
+        );
+        let (inv, cn) = (&p.rows[0], &p.rows[1]);
+        assert_eq!(inv.entry_id, g("6f1c2a8e-4b7d-4e0a-9a51-1d2e3f4a5b6c"));
+        assert_eq!(inv.amount_fc, Some(d("1210.5")));
+        assert_eq!(inv.vat_amount_fc, Some(d("210.09")));
+        assert_eq!(inv.entry_number, Some(25_700_012));
+        assert_eq!(inv.journal.as_deref(), Some("70"));
+        assert_eq!(to_date(&inv.entry_date.unwrap()), day(2025, 1, 1));
+        assert_eq!(to_date(&inv.due_date.unwrap()), day(2025, 1, 31));
+        assert_eq!(inv.document, None);
+        assert!(inv.lines.is_empty(), "a deferred link reads as no lines");
+        assert_eq!((cn.entry_type, cn.amount_fc), (Some(31), Some(d("-121"))));
+        assert_eq!((cn.description.clone(), cn.due_date), (None, None));
+        assert_eq!(cn.payment_condition, None);
+    }
+
+    #[test]
+    fn a_post_reply_is_a_bare_d_with_offset_dates_and_expanded_lines() {
+        let e: PurchaseEntry = parse_single(&fixture("purchase_entry_created.json"))
+            .unwrap()
+            .expect("one entity");
+        assert_eq!(e.entry_id, g("e3d2c1b0-a9f8-4e7d-8c6b-5a4f3e2d1c0b"));
+        // `/Date(1735686000000+0100)/` is 2024-12-31T23:00Z: Dutch midnight of 1 January.
+        let entry_date = e.entry_date.unwrap();
+        assert_eq!(entry_date.timestamp_millis(), 1_735_686_000_000);
+        assert_eq!(entry_date.offset().local_minus_utc(), 3600);
+        assert_eq!(to_date(&entry_date), day(2025, 1, 1));
+        assert_eq!(to_date(&e.due_date.unwrap()), day(2025, 1, 31));
+        assert_eq!(
+            (e.amount_fc, e.vat_amount_fc),
+            (Some(d("242")), Some(d("42")))
+        );
+        assert_eq!(e.lines.len(), 2);
+        let (a, b) = (&e.lines[0], &e.lines[1]);
+        assert_eq!(a.amount_fc, Some(d("150.1")));
+        assert_eq!(a.vat_code.as_deref(), Some("2"), "trailing spaces trimmed");
+        assert_eq!(a.cost_center.as_deref(), Some("100"));
+        assert_eq!(a.gl_account_code.as_deref(), Some("4010"));
+        assert_eq!(a.line_number, Some(1));
+        assert_eq!((b.description.clone(), b.cost_center.clone()), (None, None));
+        assert_eq!((b.project, b.quantity), (None, None));
+        assert_eq!(b.vat_amount_fc, Some(d("10.48")));
+    }
+
+    #[test]
+    fn a_bare_array_d_with_a_padded_code() {
+        let p = page::<Account>("accounts_bare_array.json");
+        assert_eq!(p.next, None);
+        let a = &p.rows[0];
+        assert_eq!(a.code.as_deref(), Some("1001"));
+        assert_eq!(a.purchase_vat_code.as_deref(), Some("2"));
+        assert_eq!((a.is_supplier, a.blocked), (Some(true), Some(false)));
+        assert_eq!(
+            (a.email.clone(), a.start_date, a.status.clone()),
+            (None, None, None)
+        );
+        assert_eq!(a.modified.unwrap().timestamp_millis(), 1_735_732_800_000);
+    }
+
+    #[test]
+    fn amounts_as_strings_are_read_exactly() {
+        let p = page::<Payment>("payments_decimal_strings.json");
+        let (open, paid) = (&p.rows[0], &p.rows[1]);
+        assert_eq!(open.amount_dc, Some(d("605.25")));
+        assert_eq!(open.transaction_amount_fc, Some(d("1210.50")));
+        assert!(!open.is_paid());
+        assert_eq!(paid.status, Some(50));
+        assert_eq!(to_date(&paid.end_date.unwrap()), day(2025, 1, 17));
+        assert!(paid.is_paid());
+    }
+
+    #[test]
+    fn sync_rows_take_int64_as_string_or_number() {
+        let p = page::<PaymentTerm>("payment_terms_sync.json");
+        assert_eq!(p.rows[0].timestamp(), Some(1_700_000_000_123));
+        assert_eq!(p.rows[1].timestamp(), Some(1_700_000_000_456));
+        assert_eq!(p.rows[0].approval_status, None);
+        assert_eq!(p.rows[1].approval_status, Some(4));
+        assert!(!p.rows[0].is_paid() && p.rows[1].is_paid());
+        assert_eq!(to_date(&p.rows[1].end_date.unwrap()), day(2025, 1, 17));
+        assert!(p.next.unwrap().ends_with("$skiptoken=1700000000456L"));
+    }
+
+    #[test]
+    fn an_empty_next_on_the_last_page_is_no_next() {
+        let p = page::<PurchaseEntry>("last_page_empty_next.json");
+        assert!(p.rows.is_empty());
+        assert_eq!(p.next, None);
+    }
+
+    #[test]
+    fn current_me_is_a_one_row_list() {
+        let me: Me = parse_single(&fixture("current_me.json")).unwrap().unwrap();
+        assert_eq!(me.current_division, 3_114_772);
+        assert_eq!(me.full_name.as_deref(), Some("Ada Boekhouder"));
+    }
+
+    #[test]
+    fn an_unusable_value_is_named_by_path_not_by_line_and_column() {
+        let err = parse_page::<PurchaseEntry>(&fixture("malformed_amount.json")).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+        assert_eq!(err.retry_class(), RetryClass::Permanent);
+        let text = err.to_string();
+        assert!(
+            text.ends_with(r#"Exact reply: d.results[2].AmountDC: "12,5" is not a number"#),
+            "{text}"
+        );
+        assert!(!text.contains("column"), "{text}");
+    }
+
+    #[test]
+    fn error_envelopes_in_json_and_xml() {
+        assert_eq!(error_message(&fixture("error.json")), "Mandatory: Supplier");
+        assert_eq!(
+            error_message(&fixture("error_without_code.json")),
+            "PurchaseEntry not found."
+        );
+        assert_eq!(
+            error_message(&fixture("error.xml")),
+            "Forbidden - Application Scope Violated. Cannot read 'organization.administration' scope."
+        );
+        assert_eq!(
+            error_message(&fixture("error_oauth.json")),
+            "unauthorized_client: Old refresh token used."
+        );
+    }
 }

@@ -111,6 +111,14 @@ async fn connect(sim: &ExactSim, http: &Client) -> Value {
     body
 }
 
+/// An Edm.Int64 value as OData v2 JSON writes it: a string.
+fn int64(v: &Value) -> i64 {
+    v.as_str()
+        .unwrap_or_else(|| panic!("Int64 {v} is a string"))
+        .parse()
+        .unwrap()
+}
+
 fn error_text(v: &Value) -> String {
     v["error"]["message"]["value"]
         .as_str()
@@ -271,7 +279,38 @@ async fn accept_header_is_required_and_current_me_reports_the_division() {
         .send()
         .await
         .unwrap();
+    // Without Accept: application/json Exact answers in XML, its errors included.
     assert_eq!(resp.status(), 406);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/xml")
+    );
+    let xml = resp.text().await.unwrap();
+    assert!(
+        xml.starts_with(r#"<?xml version="1.0" encoding="utf-8"?><error xmlns="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata"><code></code><message xml:lang="">Not Acceptable"#),
+        "{xml}"
+    );
+    assert_eq!(
+        shared::exact::odata::error_message(xml.as_bytes()),
+        "Not Acceptable: send 'Accept: application/json' (otherwise Exact replies in Atom XML)."
+    );
+    // An unauthenticated call without the header gets its 401 in XML too.
+    let resp = api
+        .http
+        .get(api.url("financial/Journals"))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("<message xml:lang=\"\">Unauthorized")
+    );
     let me: Value = api
         .get_url(&format!(
             "{}/api/v1/current/Me?$select=CurrentDivision",
@@ -343,10 +382,7 @@ async fn paging_follows_next_and_sync_uses_timestamps() {
         .await;
     let rows = v["d"]["results"].as_array().unwrap().clone();
     assert_eq!(rows.len(), 130);
-    let ts: Vec<i64> = rows
-        .iter()
-        .map(|r| r["Timestamp"].as_i64().unwrap())
-        .collect();
+    let ts: Vec<i64> = rows.iter().map(|r| int64(&r["Timestamp"])).collect();
     assert!(ts.windows(2).all(|w| w[0] < w[1]));
     let cursor = *ts.last().unwrap();
     let changed = guid(rows[5]["ID"].as_str().unwrap());
@@ -1002,7 +1038,7 @@ async fn partial_then_full_payment() {
         .clone();
     assert_eq!(before.len(), 1);
     assert_eq!(before[0]["LineType"], 22);
-    let ts0 = before[0]["Timestamp"].as_i64().unwrap();
+    let ts0 = int64(&before[0]["Timestamp"]);
 
     let bank = api
         .sim
@@ -1183,4 +1219,132 @@ async fn faults_are_deterministic_and_429_and_timeouts_behave() {
             .any(|c| c.status == 0 && c.path.ends_with("financial/Journals"))
     );
     api.sim.shutdown().await;
+}
+
+/// The JSON kind of a value, for comparing the simulator's replies with recorded ones.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(s) if s.starts_with("/Date(") => "date",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/exact")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// Every non-null field the simulator's row shares with the recorded row has the same JSON kind.
+fn same_dialect(sim: &Value, recorded: &Value) {
+    for (name, want) in recorded.as_object().unwrap() {
+        let Some(got) = sim.get(name) else { continue };
+        if name == "__metadata" {
+            assert!(got["uri"].is_string() && got["type"].is_string(), "{got}");
+        } else if !got.is_null() && !want.is_null() {
+            assert_eq!(kind(got), kind(want), "{name}: sim {got}, recorded {want}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_simulator_speaks_the_recorded_dialect() {
+    let (api, ids) = demo(ExactSimOptions::default()).await;
+    // POST: 201 with the entity as a bare `d`, lines expanded as {"results":[…]} with metadata.
+    let resp = api
+        .post(
+            "purchaseentry/PurchaseEntries",
+            &entry_body(&ids, "INV-D1", "100"),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    let recorded = fixture("purchase_entry_created.json");
+    assert!(created["d"].get("results").is_none(), "a bare d");
+    same_dialect(&created["d"], &recorded["d"]);
+    let lines = created["d"]["PurchaseEntryLines"]["results"]
+        .as_array()
+        .unwrap();
+    assert_eq!(lines.len(), 2);
+    for (line, rec) in lines.iter().zip(
+        recorded["d"]["PurchaseEntryLines"]["results"]
+            .as_array()
+            .unwrap(),
+    ) {
+        same_dialect(line, rec);
+    }
+    // Unset optional fields are there, as null.
+    assert!(created["d"]["Document"].is_null());
+    assert!(lines[1]["Project"].is_null() && lines[1]["Description"].is_null());
+    let entry = created["d"]["EntryID"].as_str().unwrap().to_string();
+
+    // A list: d.results, rows with metadata, lines deferred unless expanded, dates as /Date(ms)/.
+    let recorded = fixture("purchase_entries_page.json");
+    let fields: Vec<&String> = recorded["d"]["results"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata")
+        .collect();
+    let select = fields
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = api
+        .get_json(&format!(
+            "purchaseentry/PurchaseEntries?$filter=YourRef eq 'INV-D1'&$select={select}"
+        ))
+        .await;
+    let row = &list["d"]["results"][0];
+    same_dialect(row, &recorded["d"]["results"][0]);
+    assert!(
+        row["PurchaseEntryLines"]["__deferred"]["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/PurchaseEntryLines")
+    );
+    assert!(row["EntryDate"].as_str().unwrap().starts_with("/Date("));
+
+    // By key: a bare d.
+    let one = api
+        .get_json(&format!(
+            "purchaseentry/PurchaseEntries(guid'{entry}')?$select=EntryID,AmountFC"
+        ))
+        .await;
+    assert_eq!(one["d"]["EntryID"], json!(entry));
+    assert_eq!(kind(&one["d"]["AmountFC"]), "number", "Edm.Double");
+
+    // Sync rows: Int64 Timestamp as a string, like the recorded page's first row.
+    let recorded = fixture("payment_terms_sync.json");
+    let sync = api
+        .get_json("sync/Cashflow/PaymentTerms?$filter=Timestamp gt 1L&$select=ID,AmountFC,ApprovalStatus,EndDate,IsFullyPaid,LineType,Timestamp")
+        .await;
+    same_dialect(&sync["d"]["results"][0], &recorded["d"]["results"][0]);
+    assert!(sync["d"]["results"][0]["EndDate"].is_null());
+
+    // Errors: the recorded envelope's members, nothing else.
+    let resp = api
+        .get(&format!(
+            "purchaseentry/PurchaseEntries(guid'{}')",
+            ExactGuid::new_v4()
+        ))
+        .await;
+    assert_eq!(resp.status(), 404);
+    let err: Value = resp.json().await.unwrap();
+    let recorded = fixture("error.json");
+    let keys = |v: &Value| {
+        let e = &v["error"];
+        let mut k: Vec<String> = e.as_object().unwrap().keys().cloned().collect();
+        k.extend(e["message"].as_object().unwrap().keys().cloned());
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&err), keys(&recorded));
 }

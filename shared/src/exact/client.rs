@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use super::ExactOptions;
 use super::oauth::{OAuth, TokenRecord};
 use super::odata::{
-    Filter, Literal, error_message, lenient_i64, parse_page, parse_page_values, parse_single,
-    query_string, select,
+    Filter, Literal, Page, decode_row, error_message, lenient_i64, parse_page, parse_page_values,
+    parse_single, query_string, select,
 };
 use super::types::*;
 use crate::config::{ExactConfig, TenantConfig};
@@ -631,19 +631,15 @@ impl ExactClient {
     }
 
     fn sync_rows<T: DeserializeOwned>(
-        rows: Vec<Value>,
+        page: &Page<Value>,
         out: &mut Vec<T>,
         max: &mut Option<i64>,
     ) -> Result<()> {
-        for row in rows {
+        for (i, row) in page.rows.iter().enumerate() {
             if let Some(ts) = row.get("Timestamp").and_then(lenient_i64::parse) {
                 *max = Some(max.map_or(ts, |m| m.max(ts)));
             }
-            out.push(serde_json::from_value(row).map_err(|e| Error::Upstream {
-                api: Api::Exact,
-                status: 200,
-                message: format!("unexpected sync row: {e}"),
-            })?);
+            out.push(decode_row(row, &page.row_path(i))?);
         }
         Ok(())
     }
@@ -662,7 +658,7 @@ impl ExactClient {
         let page = parse_page_values(&reply.body)?;
         let mut rows = Vec::new();
         let mut max = None;
-        Self::sync_rows(page.rows, &mut rows, &mut max)?;
+        Self::sync_rows(&page, &mut rows, &mut max)?;
         Ok(SyncPage {
             rows,
             max_timestamp: max,
@@ -683,7 +679,7 @@ impl ExactClient {
         for _ in 0..self.inner.opts.max_pages {
             let reply = self.send_ok(Method::GET, &url, None).await?;
             let page = parse_page_values(&reply.body)?;
-            Self::sync_rows(page.rows, &mut rows, &mut max)?;
+            Self::sync_rows(&page, &mut rows, &mut max)?;
             match page.next {
                 Some(next) => url = self.follow(&next)?,
                 None => {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serializer};
 use serde_json::Value;
 
-use crate::error::{Api, Error, Result};
+use crate::error::{Error, Result};
 use crate::ids::ExactGuid;
 
 // ---------------------------------------------------------------------------------------------
@@ -261,51 +261,73 @@ pub fn query_string(params: &[(&str, &str)]) -> String {
 pub struct Page<T> {
     pub rows: Vec<T>,
     pub next: Option<String>,
+    /// Where the rows sat in the reply, so a row that cannot be used is named by its path.
+    shape: Shape,
 }
 
-fn malformed(what: &str, e: impl fmt::Display) -> Error {
-    Error::Upstream {
-        api: Api::Exact,
-        status: 200,
-        message: format!("unexpected response shape ({what}): {e}"),
+/// The three envelopes a GET or POST reply comes in (§4 "Responses").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `{"d":{"results":[…]}}`
+    Results,
+    /// `{"d":[…]}`
+    Array,
+    /// `{"d":{…}}`: one entity (GET by key, POST reply).
+    Single,
+}
+
+impl<T> Page<T> {
+    /// The JSON path of row `i` in the reply: `d.results[2]`, `d[2]` or `d`.
+    pub fn row_path(&self, i: usize) -> String {
+        match self.shape {
+            Shape::Results => format!("d.results[{i}]"),
+            Shape::Array => format!("d[{i}]"),
+            Shape::Single => "d".to_string(),
+        }
     }
 }
 
+/// A reply we cannot use. Permanent (Exact answered, and the same request gets the same answer),
+/// and worded by path and value, never by line and column.
+fn malformed(what: impl fmt::Display) -> Error {
+    Error::Malformed(format!("Exact reply: {what}"))
+}
+
 /// The raw rows of a GET response. Accepts `{"d":{"results":[…],"__next":"…"}}`, `{"d":[…]}` and
-/// a single object `{"d":{…}}` (§4 "Responses").
+/// a single object `{"d":{…}}` (§4 "Responses"); `__next` may come before or after `results`
+/// and is empty on the last page in some replies.
 pub fn parse_page_values(body: &[u8]) -> Result<Page<Value>> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| malformed("not JSON", e))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| not_json(body, &e))?;
     let d = match v {
         Value::Object(mut o) => match o.remove("d") {
             Some(d) => d,
-            None => return Err(malformed("no \"d\" member", "missing")),
+            None => return Err(malformed("no \"d\" member at the top level")),
         },
-        _ => return Err(malformed("not an object", "top level")),
+        other => return Err(malformed(format!("{} is not an object", excerpt(&other)))),
     };
+    let page = |rows, next, shape| Page { rows, next, shape };
     match d {
-        Value::Array(rows) => Ok(Page { rows, next: None }),
+        Value::Array(rows) => Ok(page(rows, None, Shape::Array)),
         Value::Object(mut o) => {
             let next = match o.remove("__next") {
                 Some(Value::String(s)) if !s.is_empty() => Some(s),
                 _ => None,
             };
             match o.remove("results") {
-                Some(Value::Array(rows)) => Ok(Page { rows, next }),
-                Some(other) => Err(malformed("\"results\" is not an array", other)),
-                None => {
-                    // A single entity (GET by key, POST reply); put back what `__next` took.
-                    Ok(Page {
-                        rows: vec![Value::Object(o)],
-                        next: None,
-                    })
-                }
+                Some(Value::Array(rows)) => Ok(page(rows, next, Shape::Results)),
+                Some(other) => Err(malformed(format!(
+                    "d.results: {} is not an array",
+                    excerpt(&other)
+                ))),
+                // A single entity (GET by key, POST reply); `__next` does not belong to it.
+                None => Ok(page(vec![Value::Object(o)], None, Shape::Single)),
             }
         }
-        Value::Null => Ok(Page {
-            rows: Vec::new(),
-            next: None,
-        }),
-        other => Err(malformed("\"d\" is neither object nor array", other)),
+        Value::Null => Ok(page(Vec::new(), None, Shape::Results)),
+        other => Err(malformed(format!(
+            "d: {} is neither an object nor an array",
+            excerpt(&other)
+        ))),
     }
 }
 
@@ -314,12 +336,14 @@ pub fn parse_page<T: DeserializeOwned>(body: &[u8]) -> Result<Page<T>> {
     let page = parse_page_values(body)?;
     let rows = page
         .rows
-        .into_iter()
-        .map(|r| serde_json::from_value(r).map_err(|e| malformed("row", e)))
+        .iter()
+        .enumerate()
+        .map(|(i, r)| decode_row(r, &page.row_path(i)))
         .collect::<Result<Vec<T>>>()?;
     Ok(Page {
         rows,
         next: page.next,
+        shape: page.shape,
     })
 }
 
@@ -327,16 +351,137 @@ pub fn parse_page<T: DeserializeOwned>(body: &[u8]) -> Result<Page<T>> {
 pub fn parse_single<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>> {
     let mut page = parse_page::<T>(body)?;
     if page.rows.len() > 1 {
-        return Err(malformed(
-            "expected one entity",
-            format!("{} rows", page.rows.len()),
-        ));
+        return Err(malformed(format!(
+            "expected one entity, got {} rows",
+            page.rows.len()
+        )));
     }
     Ok(page.rows.pop())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Decoding: a reply we cannot use names the path and a short excerpt of the value
+// ---------------------------------------------------------------------------------------------
+
+/// Most characters of an offending value an error quotes: enough to recognise it, too few to
+/// copy a document into logs and the DLQ.
+pub const EXCERPT_CHARS: usize = 40;
+
+/// Decode one entity of a reply. `at` is where it sits (`d.results[2]`, see [`Page::row_path`]),
+/// so a failure reads `d.results[2].AmountDC: "12,5" is not a number`.
+pub fn decode_row<T: DeserializeOwned>(row: &Value, at: &str) -> Result<T> {
+    serde_path_to_error::deserialize(row).map_err(|e| malformed(describe(at, row, &e)))
+}
+
+/// `path: excerpt reason` for a decoding error, the value looked up in `root` by the error's path.
+fn describe(at: &str, root: &Value, e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    use serde_path_to_error::Segment;
+    let mut path = at.to_string();
+    let mut value = Some(root);
+    let mut withheld = false;
+    for seg in e.path() {
+        match seg {
+            Segment::Seq { index } => {
+                path.push_str(&format!("[{index}]"));
+                value = value.and_then(|v| v.get(index));
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                value = value.and_then(|v| v.get(key.as_str()));
+                withheld |= is_secret_name(key);
+            }
+            Segment::Unknown => {
+                path.push_str(".?");
+                value = None;
+            }
+        }
+    }
+    if path.is_empty() {
+        path.push_str("(reply)");
+    }
+    let reason = reason(&e.inner().to_string());
+    match value {
+        // A missing field is about the object, which is not worth quoting.
+        _ if reason.starts_with("missing field") => format!("{path}: {reason}"),
+        Some(_) if withheld => format!("{path}: (value withheld) {reason}"),
+        Some(v) => format!("{path}: {} {reason}", excerpt(v)),
+        None => format!("{path}: {reason}"),
+    }
+}
+
+/// Field names whose values are never quoted, whatever the reply.
+fn is_secret_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["token", "secret", "password", "hashcode"]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+/// serde's own messages quote the whole value (`invalid type: string "…", expected i64`); keep
+/// only what was expected, since [`describe`] quotes a short excerpt itself.
+fn reason(msg: &str) -> String {
+    let msg = msg.trim();
+    if let Some(rest) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+        && let Some((_, expected)) = rest.rsplit_once(", expected ")
+    {
+        let expected = match expected {
+            "i8" | "i16" | "i32" | "i64" | "i128" | "u8" | "u16" | "u32" | "u64" | "u128" => {
+                "an integer"
+            }
+            "f32" | "f64" => "a number",
+            e if e.contains("UUID") => "a GUID",
+            other => other,
+        };
+        return format!("is not {expected}");
+    }
+    if msg.starts_with("UUID parsing failed") {
+        return "is not a GUID".to_string();
+    }
+    if let Some(field) = msg.strip_prefix("missing field ") {
+        return format!("missing field {}", field.trim_matches('`'));
+    }
+    shorten(msg, 80)
+}
+
+/// A short JSON rendering of a value: strings quoted, cut at [`EXCERPT_CHARS`].
+pub fn excerpt(v: &Value) -> String {
+    shorten(&v.to_string(), EXCERPT_CHARS)
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// A body that is not JSON at all (an Atom feed or an HTML error page) or is cut short. serde's
+/// position ("line 1 column 515") helps nobody reading the DLQ: say what the body starts with.
+fn not_json(body: &[u8], e: &serde_json::Error) -> Error {
+    let text = String::from_utf8_lossy(body);
+    let start = text.trim_start();
+    if start.is_empty() {
+        return malformed("the body is empty, not JSON");
+    }
+    let what = match e.classify() {
+        serde_json::error::Category::Eof => "is cut short",
+        _ => "is not JSON",
+    };
+    let head = shorten(&start.replace(['\r', '\n'], " "), EXCERPT_CHARS);
+    malformed(format!("the body {what} (it starts {head:?})"))
+}
+
 /// The human-readable message of an Exact error body:
 /// - OData: `{"error":{"code":"","message":{"lang":"","value":"…"}}}` (§4 "Errors");
+/// - OData in XML, what a request without `Accept: application/json` gets (§4):
+///   `<error xmlns="…/dataservices/metadata"><code/><message xml:lang="">…</message></error>`;
 /// - OAuth: `{"error":"unauthorized_client","error_description":"…"}` (§1);
 /// - anything else: the trimmed text, shortened.
 pub fn error_message(body: &[u8]) -> String {
@@ -376,11 +521,64 @@ pub fn error_message(body: &[u8]) -> String {
     if text.is_empty() {
         return "(empty body)".to_string();
     }
+    if let Some(m) = xml_error_message(text) {
+        return m;
+    }
     let mut short: String = text.chars().take(500).collect();
     if short.len() < text.len() {
         short.push('…');
     }
     short
+}
+
+/// The message (else the code) of an OData XML error envelope; `None` when `text` is not one.
+/// The envelope is two known elements, so a scan does instead of an XML parser; elements may
+/// carry a namespace prefix (`<m:message>`), as other OData v2 servers write them.
+fn xml_error_message(text: &str) -> Option<String> {
+    if !text.starts_with('<') || xml_element_text(text, "error").is_none() {
+        return None;
+    }
+    let message = xml_element_text(text, "message").filter(|m| !m.trim().is_empty());
+    let code = xml_element_text(text, "code").filter(|c| !c.trim().is_empty());
+    let found = message.or(code)?;
+    let mut short: String = found.trim().chars().take(500).collect();
+    if short.len() < found.trim().len() {
+        short.push('…');
+    }
+    Some(short)
+}
+
+/// The unescaped text of the first element named `local` (any prefix), `Some("")` when empty.
+fn xml_element_text(doc: &str, local: &str) -> Option<String> {
+    let mut from = 0;
+    while let Some(pos) = doc[from..].find('<') {
+        let open = from + pos;
+        from = open + 1;
+        let rest = &doc[open + 1..];
+        let name_len = rest
+            .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+            .unwrap_or(rest.len());
+        let qname = &rest[..name_len];
+        if qname.rsplit(':').next() != Some(local) || qname.starts_with(['/', '?', '!']) {
+            continue;
+        }
+        let tag_end = open + 1 + rest.find('>')?;
+        if doc[..tag_end].ends_with('/') {
+            return Some(String::new());
+        }
+        let close = format!("</{qname}>");
+        let inner_end = tag_end + 1 + doc[tag_end + 1..].find(&close)?;
+        return Some(xml_unescape(&doc[tag_end + 1..inner_end]));
+    }
+    None
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -517,21 +715,24 @@ pub fn decimal_to_f64(d: Decimal) -> Result<f64> {
 pub mod edm_double {
     use super::*;
 
-    fn from_value(v: Value) -> std::result::Result<Option<Decimal>, String> {
+    /// Messages leave the value out: [`decode_row`] quotes a short excerpt with the path.
+    fn from_value(v: Value) -> std::result::Result<Option<Decimal>, &'static str> {
         match v {
             Value::Null => Ok(None),
             Value::Number(n) => {
-                let f = n.as_f64().ok_or_else(|| format!("{n} is not a number"))?;
+                let f = n.as_f64().ok_or("is not a number")?;
                 decimal_from_f64(f, AMOUNT_DP)
                     .map(Some)
-                    .map_err(|e| e.to_string())
+                    .map_err(|_| "is out of the decimal range")
             }
+            // OData v2 JSON writes Edm.Decimal (and some servers Edm.Double) as a string; it is
+            // exact, so it is not rounded like a double is.
             Value::String(s) if s.trim().is_empty() => Ok(None),
             Value::String(s) => Decimal::from_str(s.trim())
                 .or_else(|_| Decimal::from_scientific(s.trim()))
                 .map(|d| Some(d.normalize()))
-                .map_err(|_| format!("'{s}' is not a number")),
-            other => Err(format!("{other} is not a number")),
+                .map_err(|_| "is not a number"),
+            _ => Err("is not a number"),
         }
     }
 
@@ -567,24 +768,29 @@ pub mod edm_double {
     }
 }
 
-/// serde helper for optional date fields: accepts `/Date(…)/`, ISO strings and `null`.
+/// serde helper for optional date fields: accepts `/Date(…)/` (with or without an offset), ISO
+/// strings and `null`.
 pub mod odata_date {
     use super::*;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<Option<DateTime<FixedOffset>>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            None => Ok(None),
-            Some(s) if s.trim().is_empty() => Ok(None),
-            Some(s) => parse_any_date(&s)
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            Value::String(s) if s.trim().is_empty() => Ok(None),
+            Value::String(s) => parse_any_date(&s)
                 .map(Some)
-                .map_err(serde::de::Error::custom),
+                .map_err(|_| serde::de::Error::custom("is not a date (/Date(ms)/ or ISO 8601)")),
+            _ => Err(serde::de::Error::custom(
+                "is not a date (/Date(ms)/ or ISO 8601)",
+            )),
         }
     }
 }
 
-/// serde helper for Int64 values that may arrive as a number or a string (Exact `Timestamp`).
+/// serde helper for Int64 values, which OData v2 JSON writes as a string (Exact `Timestamp`);
+/// a number is read too.
 pub mod lenient_i64 {
     use super::*;
 
@@ -605,7 +811,7 @@ pub mod lenient_i64 {
         }
         parse(&v)
             .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("{v} is not an integer")))
+            .ok_or_else(|| serde::de::Error::custom("is not an integer"))
     }
 }
 
@@ -621,24 +827,58 @@ pub mod trimmed {
 }
 
 /// serde helper for nested collections, which come as `{"results":[…]}`, `[…]`, or a deferred link
-/// `{"__deferred":{…}}` (read as empty).
+/// `{"__deferred":{…}}` (read as empty). Elements are read in place, so an error inside one is
+/// named by its full path (`PurchaseEntryLines.results[1].AmountFC`).
 pub mod nested {
+    use std::marker::PhantomData;
+
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
     use super::*;
 
-    pub fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
         d: D,
     ) -> std::result::Result<Vec<T>, D::Error> {
-        let rows = match Value::deserialize(d)? {
-            Value::Array(a) => a,
-            Value::Object(mut o) => match o.remove("results") {
-                Some(Value::Array(a)) => a,
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        rows.into_iter()
-            .map(|r| serde_json::from_value(r).map_err(serde::de::Error::custom))
-            .collect()
+        d.deserialize_any(Collection(PhantomData))
+    }
+
+    struct Collection<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Collection<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a collection ([…], {\"results\":[…]} or {\"__deferred\":…})")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Vec<T>, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Vec<T>, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "results" {
+                    out = map.next_value()?;
+                } else {
+                    // `__deferred`, `__count`, `__next`: not rows.
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -769,6 +1009,128 @@ mod tests {
         assert_eq!(parse_single::<Row>(single).unwrap(), Some(Row { id: 7 }));
         assert!(parse_single::<Row>(full).is_err());
         assert_eq!(parse_single::<Row>(empty).unwrap(), None);
+    }
+
+    fn malformed_text(r: Result<impl fmt::Debug>) -> String {
+        match r {
+            Err(Error::Malformed(m)) => m,
+            other => panic!("expected Error::Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_row_that_cannot_be_used_is_named_by_path_and_value() {
+        use crate::exact::types::PurchaseEntry;
+        let ok = r#"{"EntryID":"33333333-3333-3333-3333-333333333333","AmountDC":1.5}"#;
+        let body = format!(
+            r#"{{"d":{{"results":[{ok},{ok},{{"EntryID":"33333333-3333-3333-3333-333333333333","AmountDC":"12,5"}}]}}}}"#
+        );
+        assert_eq!(
+            malformed_text(parse_page::<PurchaseEntry>(body.as_bytes())),
+            r#"Exact reply: d.results[2].AmountDC: "12,5" is not a number"#
+        );
+        // A bare array, a nested line, serde's own type errors, a GUID and a date.
+        let cases: [(&str, &str); 6] = [
+            (
+                r#"{"d":[{"EntryID":"33333333-3333-3333-3333-333333333333","EntryNumber":"abc"}]}"#,
+                r#"d[0].EntryNumber: "abc" is not an integer"#,
+            ),
+            (
+                r#"{"d":{"EntryID":"33333333-3333-3333-3333-333333333333","PurchaseEntryLines":{"results":[{"AmountFC":1},{"AmountFC":true}]}}}"#,
+                "d.PurchaseEntryLines.results[1].AmountFC: true is not a number",
+            ),
+            (
+                r#"{"d":{"EntryID":"nope"}}"#,
+                r#"d.EntryID: "nope" is not a GUID"#,
+            ),
+            (
+                r#"{"d":{"EntryID":"33333333-3333-3333-3333-333333333333","EntryDate":"31-12-2025"}}"#,
+                r#"d.EntryDate: "31-12-2025" is not a date (/Date(ms)/ or ISO 8601)"#,
+            ),
+            (
+                r#"{"d":{"results":[{"AmountFC":1}]}}"#,
+                "d.results[0]: missing field EntryID",
+            ),
+            (
+                r#"{"d":{"EntryID":"33333333-3333-3333-3333-333333333333","Status":null,"Supplier":7}}"#,
+                "d.Supplier: 7 is not a GUID",
+            ),
+        ];
+        for (body, want) in cases {
+            let got = malformed_text(parse_page::<PurchaseEntry>(body.as_bytes()));
+            assert_eq!(got, format!("Exact reply: {want}"), "{body}");
+            assert!(!got.contains("line ") && !got.contains("column"), "{got}");
+        }
+    }
+
+    #[test]
+    fn excerpts_are_short_and_secrets_are_withheld() {
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Row {
+            #[serde(rename = "AmountFC", with = "edm_double")]
+            amount: Decimal,
+        }
+        let long = format!(
+            r#"{{"d":{{"AmountFC":"{}"}}}}"#,
+            "9".repeat(30) + &"x".repeat(200)
+        );
+        let m = malformed_text(parse_single::<Row>(long.as_bytes()));
+        let quoted = m
+            .strip_prefix("Exact reply: d.AmountFC: ")
+            .and_then(|r| r.strip_suffix(" is not a number"))
+            .unwrap_or_else(|| panic!("{m}"));
+        assert_eq!(quoted.chars().count(), EXCERPT_CHARS, "{quoted}");
+        assert!(quoted.ends_with('…'));
+
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Token {
+            refresh_token: i64,
+        }
+        let m = malformed_text(parse_single::<Token>(
+            br#"{"d":{"refresh_token":"Gcp7!IAAAA-very-secret"}}"#,
+        ));
+        assert_eq!(
+            m,
+            "Exact reply: d.refresh_token: (value withheld) is not an integer"
+        );
+        assert!(!m.contains("Gcp7"));
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_says_how_it_starts() {
+        let atom = b"<?xml version=\"1.0\" encoding=\"utf-8\"?><feed xml:base=\"https://start.exactonline.nl/api/v1/1/\">";
+        let m = malformed_text(parse_page_values(atom));
+        assert!(
+            m.starts_with("Exact reply: the body is not JSON (it starts \"<?xml"),
+            "{m}"
+        );
+        assert!(!m.contains("line") && !m.contains("column"), "{m}");
+        assert!(m.chars().count() < 120, "{m}");
+        let cut = malformed_text(parse_page_values(br#"{"d":{"results":[{"ID":1}"#));
+        assert!(cut.contains("is cut short"), "{cut}");
+        assert_eq!(
+            malformed_text(parse_page_values(b"  ")),
+            "Exact reply: the body is empty, not JSON"
+        );
+        assert_eq!(
+            malformed_text(parse_page_values(br#"{"d":{"results":{"ID":1}}}"#)),
+            r#"Exact reply: d.results: {"ID":1} is not an array"#
+        );
+    }
+
+    #[test]
+    fn xml_error_envelopes_are_read() {
+        let xml = br#"<?xml version="1.0" encoding="utf-8"?><error xmlns="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata"><code></code><message xml:lang="">Mandatory: Supplier &amp; Journal</message></error>"#;
+        assert_eq!(error_message(xml), "Mandatory: Supplier & Journal");
+        let prefixed = br#"<m:error xmlns:m="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata"><m:code>Forbidden</m:code><m:message xml:lang="en-US"/></m:error>"#;
+        assert_eq!(error_message(prefixed), "Forbidden");
+        // An XML body that is no error envelope is shown as text.
+        assert_eq!(
+            error_message(b"<html>Bad gateway</html>"),
+            "<html>Bad gateway</html>"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ enum ReplyBody {
     Json(Value),
     Empty,
     Text(String),
+    Xml(String),
 }
 
 struct Reply {
@@ -72,6 +73,7 @@ fn into_response(reply: Reply, drop_body: bool) -> Response {
         ),
         ReplyBody::Empty => (Body::empty(), None),
         ReplyBody::Text(t) => (Body::from(t), Some("text/plain; charset=utf-8")),
+        ReplyBody::Xml(t) => (Body::from(t), Some("application/xml; charset=utf-8")),
     };
     let body = if drop_body {
         // The change is committed; the client must not get a parsable reply. A body stream that
@@ -117,6 +119,49 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the request asked for JSON. Without `Accept: application/json` Exact answers in XML
+/// (spec §4), its errors included.
+fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("application/json"))
+}
+
+/// The OData XML form of an error envelope, for a client that did not ask for JSON:
+/// `<error xmlns="…/dataservices/metadata"><code/><message xml:lang="">…</message></error>`.
+fn as_xml_error(reply: Reply) -> Reply {
+    let ReplyBody::Json(v) = &reply.body else {
+        return reply;
+    };
+    let Some(err) = v.get("error").filter(|e| e.is_object()) else {
+        return reply;
+    };
+    let text = |x: Option<&Value>| x.and_then(Value::as_str).unwrap_or("").to_string();
+    let code = text(err.get("code"));
+    let lang = text(err.pointer("/message/lang"));
+    let message = text(err.pointer("/message/value"));
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><error xmlns=\"http://schemas.microsoft.com/ado/2007/08/dataservices/metadata\"><code>{}</code><message xml:lang=\"{}\">{}</message></error>",
+        xml_escape(&code),
+        xml_escape(&lang),
+        xml_escape(&message)
+    );
+    Reply {
+        body: ReplyBody::Xml(xml),
+        ..reply
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
 }
 
 /// Percent-encodes a query value the way Exact's `__next` links look: OData punctuation stays readable.
@@ -228,6 +273,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         )
     };
 
+    // The OAuth endpoints always answer JSON (spec §1); the API follows the Accept header.
+    let reply = if !path.starts_with("/api/oauth2/") && !accepts_json(&parts.headers) {
+        as_xml_error(reply)
+    } else {
+        reply
+    };
     record.status = reply.status;
     shared.inner.lock().expect("state lock").calls.push(record);
     webhooks::flush(&shared);
@@ -436,14 +487,9 @@ async fn api(
         ));
     };
     // Without `Accept: application/json` Exact answers in Atom XML (spec §4). The simulator answers
-    // 406 instead: a client that forgets the header could not parse Atom either, and 406 names the
-    // mistake.
-    let accepts_json = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("application/json"));
-    if !accepts_json {
+    // 406 instead, as an XML error like every error such a client gets: a client that forgets the
+    // header could not parse Atom either, and 406 names the mistake.
+    if !accepts_json(headers) {
         return Some((
             Reply::json(
                 406,
@@ -549,7 +595,18 @@ fn divisions(shared: &Shared, token: &super::oauth::AccessToken) -> Reply {
         .division_codes()
         .into_iter()
         .filter(|d| token.reaches(*d))
-        .map(|d| json!({"Code": d, "Description": format!("Administration {d}"), "Hid": d}))
+        .map(|d| {
+            json!({
+                "__metadata": {
+                    "uri": format!("{}/api/v1/{d}/system/Divisions({d})", shared.base_url),
+                    "type": "Exact.Web.Api.System.Division"
+                },
+                "Code": d,
+                "Description": format!("Administration {d}"),
+                // Edm.Int64: a string in OData v2 JSON.
+                "Hid": d.to_string()
+            })
+        })
         .collect();
     Reply::json(200, json!({"d": {"results": rows}}))
 }
@@ -989,11 +1046,20 @@ fn render(
             };
             m.insert(name.to_string(), v);
         } else {
-            m.insert(
-                name.to_string(),
-                row.get(*name).cloned().unwrap_or(Value::Null),
-            );
+            m.insert(name.to_string(), wire_value(*ty, row.get(*name)));
         }
     }
     Value::Object(m)
+}
+
+/// A stored value as OData v2 verbose JSON writes its type: unset fields are `null`, and Edm.Int64
+/// (the sync `Timestamp`) is a string, as `__count` is. Whether Exact quotes Int64 is not in the
+/// spec [U]; the OData v2 JSON format does, and one public Exact client reads `Timestamp` from a
+/// string. Edm.Double amounts stay numbers (spec §4; Exact's reference has no Edm.Decimal field).
+fn wire_value(ty: Edm, v: Option<&Value>) -> Value {
+    match (ty, v) {
+        (_, None) => Value::Null,
+        (Edm::Int64, Some(Value::Number(n))) => Value::String(n.to_string()),
+        (_, Some(v)) => v.clone(),
+    }
 }

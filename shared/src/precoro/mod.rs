@@ -10,6 +10,8 @@
 //! calls; `types.rs` the resources.
 
 mod api;
+#[cfg(any(test, feature = "testing"))]
+pub mod blanking;
 mod client;
 pub mod types;
 

@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use shared::config::Config;
+use shared::precoro::blanking::{Blank, blank_all, containers};
 use shared::precoro::{ListPage, decode};
 
 use super::*;
@@ -239,55 +240,6 @@ fn the_export_condition_reads_an_option_id_through_the_list() {
 // Property: blanked containers never break the mapping, and only business facts stop it
 // ---------------------------------------------------------------------------------------------
 
-fn containers(v: &Value, at: String, out: &mut Vec<String>) {
-    let children: Vec<(String, &Value)> = match v {
-        Value::Object(m) => m.iter().map(|(k, c)| (format!("{at}/{k}"), c)).collect(),
-        Value::Array(a) => a
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (format!("{at}/{i}"), c))
-            .collect(),
-        _ => return,
-    };
-    for (p, c) in children {
-        if c.is_object() || c.is_array() {
-            out.push(p.clone());
-        }
-        containers(c, p, out);
-    }
-}
-
-fn segments(pointer: &str) -> Vec<(u64, String)> {
-    pointer
-        .split('/')
-        .map(|s| (s.parse().unwrap_or(u64::MAX), s.to_string()))
-        .collect()
-}
-
-fn blank_out(v: &mut Value, pointer: &str, with: &Value) {
-    let (parent, key) = pointer.rsplit_once('/').unwrap();
-    match v.pointer_mut(parent) {
-        Some(Value::Object(m)) if with.is_string() => {
-            m.remove(key);
-        }
-        Some(Value::Object(m)) => {
-            if let Some(slot) = m.get_mut(key) {
-                *slot = with.clone();
-            }
-        }
-        Some(Value::Array(a)) => {
-            if let Some(i) = key.parse::<usize>().ok().filter(|i| *i < a.len()) {
-                if with.is_string() {
-                    a.remove(i);
-                } else {
-                    a[i] = with.clone();
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 /// The parts of the invoice the entry is made of; everything else is noise to the mapping.
 const BUSINESS: [&str; 5] = [
     "/items",
@@ -300,13 +252,13 @@ const BUSINESS: [&str; 5] = [
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Any object-or-array field may be `[]`, `{}`, null or missing ("-" below). Blanking noise
+    /// Any object-or-array field may be `[]`, `{}`, null or missing. Blanking noise
     /// leaves the entry unchanged; blanking a business part either still maps or fails with an
     /// error that names the invoice and what is missing, never a parse error.
     #[test]
     fn blanked_containers_map_or_name_what_is_missing(
         picks in proptest::collection::vec(
-            (any::<prop::sample::Index>(), prop_oneof![Just(json!([])), Just(json!({})), Just(Value::Null), Just(json!("-"))]),
+            (any::<prop::sample::Index>(), prop::sample::select(Blank::ALL.to_vec())),
             1..10,
         ),
     ) {
@@ -314,15 +266,11 @@ proptest! {
         let tenant = tenant();
         let lookups = lookups();
         let baseline = map_invoice(&invoice(fixture!("invoice-detail-spec.json")), &tenant, &lookups, supplier(), None).unwrap();
-        let mut all = Vec::new();
-        containers(&source, String::new(), &mut all);
-        let mut chosen: Vec<(String, Value)> =
-            picks.iter().map(|(i, b)| (all[i.index(all.len())].clone(), b.clone())).collect();
-        chosen.sort_by_key(|(p, _)| std::cmp::Reverse(segments(p)));
+        let all = containers(&source);
+        let chosen: Vec<(String, Blank)> =
+            picks.iter().map(|(i, b)| (all[i.index(all.len())].clone(), *b)).collect();
         let mut v = source.clone();
-        for (pointer, with) in &chosen {
-            blank_out(&mut v, pointer, with);
-        }
+        blank_all(&mut v, &chosen);
         let inv: Invoice = decode(v.to_string().as_bytes())
             .map_err(|e| TestCaseError::fail(format!("{e} after {chosen:?}")))?;
         let mapped = map_invoice(&inv, &tenant, &lookups, supplier(), None);

@@ -155,6 +155,7 @@ struct RawIngress {
     public_url: Option<String>,
     body_limit_bytes: Option<usize>,
     replay_window: Option<HumanDuration>,
+    hint_window: Option<HumanDuration>,
     request_deadline: Option<HumanDuration>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
@@ -401,6 +402,11 @@ pub struct IngressConfig {
     /// A signed Exact webhook whose bytes equal one accepted within this window is answered 200
     /// and not published again (a captured webhook is not valid forever).
     pub replay_window: Duration,
+    /// Precoro webhooks carry no timestamp or signature, so the same bytes are also a genuine
+    /// second edit. Within this window, repeats of a hook are coalesced: the first is published at
+    /// once, the repeats become one deferred copy (see `shared::store::hints`). Defaults to
+    /// Precoro's identical-GET minute, within which a second fetch would have to wait anyway.
+    pub hint_window: Duration,
     /// A request's head must arrive within this, and its body within this after the head
     /// (408 and the connection closed otherwise): a slow sender cannot hold a connection.
     pub request_deadline: Duration,
@@ -856,6 +862,13 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 .replay_window
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(600)),
+        )?,
+        hint_window: positive(
+            "ingress.hint_window",
+            raw.ingress
+                .hint_window
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(60)),
         )?,
         request_deadline: positive(
             "ingress.request_deadline",

@@ -156,6 +156,17 @@ pub fn redis_state_lost(
 }
 
 /// A verified webhook was a replay of one accepted within the window: answered, not published.
+/// A Precoro hint repeated while a deferred copy of it waits (`store::hints`): counted with the
+/// replays, logged quietly, since an edit burst repeats hooks as a matter of course.
+pub fn webhook_coalesced(source: &'static str, tenant: &str) {
+    metrics::counter!(names::WEBHOOK_REPLAYS, "source" => source).increment(1);
+    tracing::debug!(
+        source,
+        tenant,
+        "webhook repeated while a deferred copy waits: answered, not published again"
+    );
+}
+
 pub fn webhook_replayed(source: &'static str, tenant: &str) {
     metrics::counter!(names::WEBHOOK_REPLAYS, "source" => source).increment(1);
     tracing::warn!(

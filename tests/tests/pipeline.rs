@@ -337,6 +337,75 @@ async fn precoro_token_and_body_checks() {
     drop(ing);
 }
 
+/// Issue 15 point 5 for Precoro, whose hooks carry no timestamp: the same bytes are a replay or a
+/// genuine second edit (an edit, then the approval). Repeats are coalesced, not dropped: the
+/// first is published, the next becomes one deferred copy, the rest are answered and dropped
+/// while that copy waits; a repeat after it was delivered starts a new copy.
+#[tokio::test]
+async fn precoro_repeats_are_coalesced_into_one_deferred_copy() {
+    let env = EnvSpec::new("hints");
+    let tenant = TenantSpec::new("acme", 4244);
+    let other = TenantSpec::new("globex", 4245);
+    let cfg = harness::config(&env, &[tenant.clone(), other.clone()]);
+    let ing = Ingress::start(cfg.clone()).await;
+    let insp = Inspector::connect().await;
+    let http = shared::http::client(Duration::from_secs(10));
+    let url =
+        |t: &TenantSpec| format!("{}/webhooks/precoro/{}/{}", ing.base, t.id, t.webhook_token);
+    let body = r#"{"id":777,"type":3,"action":1,"idn":77}"#;
+    let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
+    let queue = names.flow_queue("invoices");
+
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (s, j) = post(&http, &url(&tenant), body, None).await;
+        assert_eq!(s, 202, "{j}");
+        statuses.push(j["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(statuses[..2], ["accepted", "deferred"]);
+    assert!(
+        statuses[2..].iter().all(|s| s == "duplicate"),
+        "{statuses:?}"
+    );
+    // Another company's byte-equal hook is its own hint.
+    let (_, j) = post(&http, &url(&other), body, None).await;
+    assert_eq!(j["status"], "accepted");
+
+    // Three messages: acme's now, globex's now, and acme's deferred copy after its wait tier.
+    let got = insp.wait_for(&queue, 3, Duration::from_secs(10)).await;
+    let tenants: Vec<String> = got
+        .iter()
+        .map(|m| Envelope::from_bytes(&m.body).unwrap().tenant.to_string())
+        .collect();
+    assert_eq!(tenants, ["acme", "globex", "acme"]);
+    assert!(
+        got.iter()
+            .all(|m| m.routing_key == "precoro.invoice.update")
+    );
+    // The deferred copy has been delivered, so a repeat now (an approval after the edit) is not
+    // dropped: it starts a new copy.
+    let (_, j) = post(&http, &url(&tenant), body, None).await;
+    assert_eq!(j["status"], "deferred");
+    assert_eq!(
+        insp.wait_for(&queue, 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        total_depth(&insp, &cfg).await,
+        0,
+        "nothing else was published"
+    );
+    let metrics = ing.metrics(&http).await;
+    assert!(
+        metrics.contains(r#"webhook_replays_total{source="precoro""#),
+        "{metrics}"
+    );
+    insp.delete_topology(&cfg.broker).await;
+    drop(ing);
+}
+
 #[tokio::test]
 async fn broker_outage_answers_503_then_recovers_without_restart() {
     let proxy = CuttableProxy::start("127.0.0.1:5672").await;

@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use shared::bus::topology::flow_for;
 use shared::bus::{Envelope, Source};
+use shared::store::hints::{self, Admit};
 use shared::telemetry::webhook_received;
 use shared::webhook::{self, Rejection};
 use tracing::Instrument;
@@ -99,6 +100,14 @@ impl Reply {
             event_id: Some(event_id),
         }
     }
+
+    /// Published to arrive after a wait (a coalesced repeat, see `shared::store::hints`).
+    fn deferred(event_id: String) -> Self {
+        Reply {
+            status: "deferred",
+            event_id: Some(event_id),
+        }
+    }
 }
 
 async fn publish<P: Serialize>(
@@ -165,11 +174,55 @@ pub async fn precoro(
     let span =
         tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);
     let routing_key = env.routing_key();
-    publish(&state, SRC, &env, &routing_key)
-        .instrument(span)
-        .await?;
-    webhook_received(SRC, Some(tenant.id.as_str()), "accepted", &routing_key);
-    Ok((StatusCode::ACCEPTED, Json(Reply::accepted(env.id))))
+    // The same bytes are a replay or a genuine second edit: coalesced, never dropped unanswered
+    // (shared::store::hints). Keyed by company too: two companies' hooks can be byte-equal.
+    let hash = webhook::fingerprint(&[tenant.id.as_str().as_bytes(), b"\n", &body].concat());
+    let admit = hints::admit(
+        &state.store,
+        SRC,
+        &hash,
+        state.config.ingress.hint_window,
+        &state.config.broker.retry_tiers,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        // Without Redis every hint is published; the workers' claims keep repeats harmless.
+        tracing::warn!(error = %e, "hint coalescing skipped: Redis unavailable");
+        Admit::Now
+    });
+    match admit {
+        Admit::Now => {
+            publish(&state, SRC, &env, &routing_key)
+                .instrument(span)
+                .await?;
+            webhook_received(SRC, Some(tenant.id.as_str()), "accepted", &routing_key);
+            Ok((StatusCode::ACCEPTED, Json(Reply::accepted(env.id))))
+        }
+        Admit::After(tier) => {
+            if let Err(e) = state
+                .publisher
+                .publish_envelope_after(&env, tier)
+                .instrument(span)
+                .await
+            {
+                let _ = state
+                    .store
+                    .del(&state.store.keys().webhook_trailing(SRC, &hash))
+                    .await;
+                webhook_received(SRC, Some(tenant.id.as_str()), "unavailable", &e.to_string());
+                return Err(ApiError::unavailable(format!(
+                    "could not hand the event to the broker ({}); retry later",
+                    e.kind()
+                )));
+            }
+            webhook_received(SRC, Some(tenant.id.as_str()), "deferred", &routing_key);
+            Ok((StatusCode::ACCEPTED, Json(Reply::deferred(env.id))))
+        }
+        Admit::Coalesced => {
+            shared::telemetry::webhook_coalesced(SRC, tenant.id.as_str());
+            Ok((StatusCode::ACCEPTED, Json(Reply::status("duplicate"))))
+        }
+    }
 }
 
 /// `POST /webhooks/exact`

@@ -217,6 +217,33 @@ impl Publisher {
             .await
     }
 
+    /// Publish an envelope that reaches its flow only after the wait tier `tier` (one of
+    /// `broker.retry_tiers`): through `sync.retry` to the tier's wait queue, whose expiry routes it
+    /// back to `sync.events` under its routing key, like a retry that has not failed yet.
+    pub async fn publish_envelope_after<P: serde::Serialize>(
+        &self,
+        env: &Envelope<P>,
+        tier: Duration,
+    ) -> Result<(), PublishError> {
+        let routing_key = env.routing_key();
+        let mut h = FieldTable::default();
+        for (k, v) in [
+            (headers::TENANT, env.tenant.as_str()),
+            (headers::SOURCE, env.source.as_str()),
+            (headers::KIND, env.entity.as_str()),
+            (headers::ORIGINAL_ROUTING_KEY, routing_key.as_str()),
+        ] {
+            h.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+        }
+        h.insert(
+            headers::RETRY_TIER.into(),
+            AMQPValue::LongString(LongString::from(super::topology::tier_name(tier).as_str())),
+        );
+        let exchange = self.names().retry_exchange();
+        self.publish(&exchange, &routing_key, &env.to_bytes(), &env.id, h)
+            .await
+    }
+
     /// Publish persistent + mandatory and wait for the broker's confirm.
     pub async fn publish(
         &self,

@@ -122,6 +122,12 @@ impl<'a> Keys<'a> {
         self.k(&["seen", source, hash])
     }
 
+    /// "A deferred copy of this hint is on its way" (a hash of the company and the hook's bytes),
+    /// living as long as the copy waits. Lost → one more copy is deferred.
+    pub fn webhook_trailing(&self, source: &str, hash: &str) -> String {
+        self.k(&["trailing", source, hash])
+    }
+
     // ---- rate limits --------------------------------------------------------------------------
 
     /// GCRA / hourly / daily / pause state of one API budget. Lost → a burst of 429s, then the

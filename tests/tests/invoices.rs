@@ -193,6 +193,55 @@ async fn a_multi_line_invoice_becomes_the_exact_entry_with_one_exact_call() {
     stack.stop().await;
 }
 
+/// An edit and the approval send Precoro's identical Update hook within a second. The ingress
+/// coalesces repeats (store::hints): the approval's hook becomes a deferred copy, which must
+/// still book the invoice, without a poll.
+#[tokio::test]
+async fn an_approval_right_after_an_edit_is_not_coalesced_away() {
+    let world = World::build(WorldOptions {
+        tag: "inv-edit-approve",
+        ..Default::default()
+    })
+    .await;
+    let stack = Stack::start(&world, 1, false).await;
+    let (_, idn) = world.invoice(InvoiceDraft {
+        number: "EDIT-1".into(),
+        supplier: world.ids.suppliers[0],
+        lines: vec![line("Desk lamp", 2, "30.00", "4000", 21)],
+        status: 1,
+        ..Default::default()
+    });
+    // The creation's hook and then the edit's are each delivered and fetched (the invoice is
+    // pending: skipped) ...
+    let fetched = format!("/invoices/{idn}");
+    let handled = |hooks: usize| {
+        let world = &world;
+        let fetched = fetched.clone();
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                world
+                    .precoro
+                    .webhook_deliveries()
+                    .iter()
+                    .filter(|d| d.status == Some(202))
+                    .count()
+                    >= hooks
+                    && world.precoro.calls().iter().any(|c| c.path == fetched)
+            })
+            .await
+        }
+    };
+    assert!(handled(1).await, "the creation's hook was fetched");
+    world.precoro.reset_calls();
+    world.precoro.set_invoice_status(idn, 1);
+    assert!(handled(2).await, "the edit's hook was fetched");
+    // ... and the approval's identical hook follows: coalesced into a deferred copy.
+    world.precoro.approve_invoice(idn);
+    let entries = booked(&world, "EDIT-1", Duration::from_secs(30)).await;
+    assert_eq!(entries.len(), 1);
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn credit_notes_split_costs_and_the_export_condition() {
     let world = World::build(WorldOptions {

@@ -222,6 +222,7 @@ struct RawExact {
     journal: String,
     minutely_limit: Option<u32>,
     daily_limit: Option<u32>,
+    min_refresh_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -488,6 +489,10 @@ pub struct ExactConfig {
     pub journal: String,
     pub minutely_limit: u32,
     pub daily_limit: u32,
+    /// Exact issues a new access token only this long after the previous one: 570 s
+    /// (specs/exact-online.md §1). A token Exact rejects sooner pauses the company's calls until
+    /// then. Other values are for simulators and tests.
+    pub min_refresh_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1165,6 +1170,12 @@ fn validate_tenant(
         journal: e.journal.trim().to_string(),
         minutely_limit: e.minutely_limit.unwrap_or(60),
         daily_limit: e.daily_limit.unwrap_or(5000),
+        min_refresh_interval: positive(
+            &f("exact.min_refresh_interval"),
+            e.min_refresh_interval
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(570)),
+        )?,
     };
     if exact.minutely_limit == 0 || exact.daily_limit == 0 {
         return Err(field_err(f("exact"), "rate limits must be at least 1"));

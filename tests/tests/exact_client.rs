@@ -46,6 +46,7 @@ fn exact_config(sim: &ExactSim, minutely_limit: u32) -> ExactConfig {
         journal: "70".into(),
         minutely_limit,
         daily_limit: 5000,
+        min_refresh_interval: o.min_refresh_interval,
     }
 }
 

@@ -190,7 +190,7 @@ impl ExactClient {
             &tenant.exact,
             store,
             limiter,
-            ExactOptions::default(),
+            ExactOptions::for_config(&tenant.exact),
         )
     }
 

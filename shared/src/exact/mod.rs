@@ -65,6 +65,16 @@ impl Default for ExactOptions {
     }
 }
 
+impl ExactOptions {
+    /// The defaults, with what the company's config says of Exact's rules.
+    pub fn for_config(cfg: &crate::config::ExactConfig) -> Self {
+        ExactOptions {
+            min_refresh_interval: cfg.min_refresh_interval,
+            ..ExactOptions::default()
+        }
+    }
+}
+
 /// Exact's country hosts (§1): an administration is only reachable on the host of the country
 /// whose App Center registered the app. Accepts ISO-style codes and the TLDs.
 pub fn host_for_country(country: &str) -> Option<&'static str> {

@@ -1417,6 +1417,16 @@ mod tests {
             )
             .starts_with("worker.rate_limit_wait:")
         );
+        assert!(
+            err(
+                &MINIMAL.replace(
+                    "journal = \"70\"",
+                    "journal = \"70\"\nmin_refresh_interval = \"0s\""
+                ),
+                &env
+            )
+            .starts_with("tenants[0].exact.min_refresh_interval:")
+        );
     }
 
     #[test]
@@ -1436,6 +1446,11 @@ mod tests {
         assert_eq!(c.worker.rate_limit_wait, Duration::from_secs(20));
         assert_eq!(c.worker.request_timeout, Duration::from_secs(60));
         assert_eq!(c.redis.min_replicas, 0);
+        // Exact's 570 s between access tokens (spec §1) unless a company's config says otherwise.
+        assert_eq!(
+            c.tenants[0].exact.min_refresh_interval,
+            Duration::from_secs(570)
+        );
     }
 
     #[test]

@@ -223,6 +223,7 @@ struct RawExact {
     journal: String,
     minutely_limit: Option<u32>,
     daily_limit: Option<u32>,
+    min_refresh_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -494,6 +495,10 @@ pub struct ExactConfig {
     pub journal: String,
     pub minutely_limit: u32,
     pub daily_limit: u32,
+    /// Exact issues a new access token only this long after the previous one: 570 s
+    /// (specs/exact-online.md §1). A token Exact rejects sooner pauses the company's calls until
+    /// then. Other values are for simulators and tests.
+    pub min_refresh_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1178,6 +1183,12 @@ fn validate_tenant(
         journal: e.journal.trim().to_string(),
         minutely_limit: e.minutely_limit.unwrap_or(60),
         daily_limit: e.daily_limit.unwrap_or(5000),
+        min_refresh_interval: positive(
+            &f("exact.min_refresh_interval"),
+            e.min_refresh_interval
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(570)),
+        )?,
     };
     if exact.minutely_limit == 0 || exact.daily_limit == 0 {
         return Err(field_err(f("exact"), "rate limits must be at least 1"));
@@ -1419,6 +1430,16 @@ mod tests {
             )
             .starts_with("worker.rate_limit_wait:")
         );
+        assert!(
+            err(
+                &MINIMAL.replace(
+                    "journal = \"70\"",
+                    "journal = \"70\"\nmin_refresh_interval = \"0s\""
+                ),
+                &env
+            )
+            .starts_with("tenants[0].exact.min_refresh_interval:")
+        );
     }
 
     #[test]
@@ -1438,6 +1459,11 @@ mod tests {
         assert_eq!(c.worker.rate_limit_wait, Duration::from_secs(20));
         assert_eq!(c.worker.request_timeout, Duration::from_secs(60));
         assert_eq!(c.redis.min_replicas, 0);
+        // Exact's 570 s between access tokens (spec §1) unless a company's config says otherwise.
+        assert_eq!(
+            c.tenants[0].exact.min_refresh_interval,
+            Duration::from_secs(570)
+        );
     }
 
     #[test]

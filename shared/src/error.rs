@@ -44,6 +44,10 @@ pub enum RetryClass {
     Busy,
     /// Wait and try again; the attempt is not counted (429, local rate limiter).
     RateLimited,
+    /// The company's Exact calls are paused until a known moment (a rejected access token that
+    /// may only be replaced then, or an endpoint close to Exact's error block): come back no
+    /// later than that moment, attempt not counted.
+    Paused,
     /// Dead-letter at once with a readable reason (validation, missing mapping, disabled flow).
     Permanent,
 }
@@ -54,6 +58,7 @@ impl RetryClass {
             RetryClass::Transient => "transient",
             RetryClass::Busy => "busy",
             RetryClass::RateLimited => "rate_limited",
+            RetryClass::Paused => "paused",
             RetryClass::Permanent => "permanent",
         }
     }
@@ -79,6 +84,18 @@ pub enum Error {
         "Exact connection for company '{tenant}' is broken: {message}. Reconnect it (worker exact connect), then replay"
     )]
     ConnectionBroken { tenant: String, message: String },
+
+    /// Every replica holds this company's Exact calls (all of them, or one endpoint's) until
+    /// `until_ms`; nothing was sent. The text names the cause: a token or Exact's error count, never
+    /// a rate limit.
+    #[error("{}", paused_message(tenant, cause, *until_ms, *retry_after))]
+    ExactPaused {
+        tenant: String,
+        cause: PauseCause,
+        /// Redis epoch ms at which calls may go again.
+        until_ms: i64,
+        retry_after: Duration,
+    },
 
     /// A Precoro record lacks the externalId that maps it to Exact (or the reverse).
     #[error("missing mapping: {0}")]
@@ -128,6 +145,7 @@ impl Error {
                 RetryClass::Transient
             }
             Error::RateLimited { .. } => RetryClass::RateLimited,
+            Error::ExactPaused { .. } => RetryClass::Paused,
             Error::Upstream { status, .. } => match *status {
                 429 => RetryClass::RateLimited,
                 // 408 is Exact's "request too broad" or a proxy timeout; 409/425 are races.
@@ -151,7 +169,9 @@ impl Error {
     /// Network errors and 5xx are never certain: the write may have been committed.
     pub fn certainly_not_applied(&self) -> bool {
         match self {
-            Error::RateLimited { .. } | Error::ConnectionBroken { .. } => true,
+            Error::RateLimited { .. }
+            | Error::ConnectionBroken { .. }
+            | Error::ExactPaused { .. } => true,
             Error::Upstream { status, .. } => {
                 (400..500).contains(status) && !matches!(status, 408 | 409)
             }
@@ -162,9 +182,9 @@ impl Error {
     /// How long to wait before trying again, when the error says.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after, .. } | Error::Fenced { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Error::RateLimited { retry_after, .. }
+            | Error::Fenced { retry_after, .. }
+            | Error::ExactPaused { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -176,6 +196,7 @@ impl Error {
             Error::Upstream { .. } => "upstream",
             Error::RateLimited { .. } => "rate_limited",
             Error::ConnectionBroken { .. } => "connection_broken",
+            Error::ExactPaused { .. } => "exact_paused",
             Error::MissingMapping(_) => "missing_mapping",
             Error::Invalid(_) => "invalid",
             Error::FlowDisabled { .. } => "flow_disabled",
@@ -194,6 +215,51 @@ impl Error {
             api,
             message: err.to_string(),
         }
+    }
+}
+
+/// Why a company's Exact calls are paused (see [`Error::ExactPaused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PauseCause {
+    /// Exact does not take the access token any more (`rejected`: its API answered 401 before the
+    /// token's expiry; otherwise the token expired) and issues a new one only `rule` after the
+    /// previous one (specs/exact-online.md §1: 570 s).
+    Token { rejected: bool, rule: Duration },
+    /// `errors` of the errors Exact counts (400/401/403/404) on `endpoint` within the last hour:
+    /// one more batch could reach the 10 after which Exact blocks the app there for an hour (§2).
+    Errors { endpoint: String, errors: u32 },
+}
+
+impl PauseCause {
+    /// A short label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PauseCause::Token { .. } => "token",
+            PauseCause::Errors { .. } => "errors",
+        }
+    }
+}
+
+fn paused_message(tenant: &str, cause: &PauseCause, until_ms: i64, wait: Duration) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(until_ms)
+        .map(|t| t.format("%H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("epoch ms {until_ms}"));
+    let secs = wait.as_secs_f64().ceil() as u64;
+    match cause {
+        PauseCause::Token { rejected, rule } => {
+            let what = if *rejected {
+                format!("Exact rejected the access token of company '{tenant}'")
+            } else {
+                format!("the Exact access token of company '{tenant}' has expired")
+            };
+            format!(
+                "{what}; a new one may be requested at {at} (Exact's {} s rule), so its Exact calls wait until then ({secs} s)",
+                rule.as_secs()
+            )
+        }
+        PauseCause::Errors { endpoint, errors } => format!(
+            "Exact counted {errors} errors on {endpoint} for company '{tenant}' within the last hour and blocks the app there for an hour after 10; calls to {endpoint} wait until {at} ({secs} s), when the oldest leaves the hour"
+        ),
     }
 }
 
@@ -251,6 +317,50 @@ mod tests {
             .retry_after(),
             Some(Duration::from_secs(3))
         );
+    }
+
+    #[test]
+    fn a_pause_waits_without_an_attempt_and_names_its_cause() {
+        // 2026-11-03 14:03:10 UTC.
+        let until_ms = 1_793_714_590_000;
+        let token = Error::ExactPaused {
+            tenant: "acme".into(),
+            cause: PauseCause::Token {
+                rejected: true,
+                rule: Duration::from_secs(570),
+            },
+            until_ms,
+            retry_after: Duration::from_millis(41_500),
+        };
+        assert_eq!(token.retry_class(), RetryClass::Paused);
+        assert_eq!(token.retry_after(), Some(Duration::from_millis(41_500)));
+        assert!(token.certainly_not_applied());
+        assert_eq!(token.kind(), "exact_paused");
+        assert_eq!(
+            token.to_string(),
+            "Exact rejected the access token of company 'acme'; a new one may be requested at \
+             14:03:10 UTC (Exact's 570 s rule), so its Exact calls wait until then (42 s)"
+        );
+        let errors = Error::ExactPaused {
+            tenant: "acme".into(),
+            cause: PauseCause::Errors {
+                endpoint: "purchaseentry/PurchaseEntries".into(),
+                errors: 8,
+            },
+            until_ms,
+            retry_after: Duration::from_secs(3_000),
+        };
+        assert_eq!(errors.retry_class(), RetryClass::Paused);
+        let text = errors.to_string();
+        assert!(
+            text.starts_with(
+                "Exact counted 8 errors on purchaseentry/PurchaseEntries for company 'acme'"
+            ) && text.contains("wait until 14:03:10 UTC (3000 s)"),
+            "{text}"
+        );
+        for e in [&token, &errors] {
+            assert!(!e.to_string().to_lowercase().contains("rate limit"), "{e}");
+        }
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub mod names {
     pub const DLQ_MESSAGES: &str = "dlq_messages";
     pub const REDIS_STATE_LOST: &str = "redis_state_lost_total";
     pub const WEBHOOK_REPLAYS: &str = "webhook_replays_total";
+    pub const EXACT_ERRORS_COUNTED: &str = "exact_errors_counted_total";
+    pub const EXACT_PAUSES: &str = "exact_pauses_total";
+    pub const EXACT_CALLS_HELD: &str = "exact_calls_held_total";
 }
 
 /// A webhook arrived and was accepted, ignored or refused.
@@ -86,7 +89,7 @@ pub fn webhook_refused(
 }
 
 /// A message was handled by a flow, with its outcome (`ok`, `retry`, `busy`, `rate_limited`,
-/// `dead_lettered`, `duplicate`). Waiting on another worker's lease (`busy`) or on Exact's call
+/// `paused`, `dead_lettered`, `duplicate`). Waiting on another worker's lease (`busy`) or on Exact's call
 /// budget (`rate_limited`) is the system pacing itself, logged at info; a failure that will be
 /// retried is a warning.
 pub fn event_processed(
@@ -102,7 +105,7 @@ pub fn event_processed(
         "ok" | "duplicate" | "skipped" => {
             tracing::info!(flow, tenant, event_id, outcome, detail, "event processed")
         }
-        "busy" | "rate_limited" => {
+        "busy" | "rate_limited" | "paused" => {
             tracing::info!(flow, tenant, event_id, outcome, detail, "event waits")
         }
         "dead_lettered" => tracing::error!(
@@ -173,5 +176,59 @@ pub fn webhook_replayed(source: &'static str, tenant: &str) {
         source,
         tenant,
         "webhook replayed: already accepted within the replay window; not published again"
+    );
+}
+
+/// Exact answered with a status its error limit counts (400/401/403/404), which we count too:
+/// `in_last_hour` on this endpoint for this company, ours included.
+pub fn exact_error_counted(tenant: &str, endpoint: &str, status: u16, in_last_hour: u32) {
+    metrics::counter!(names::EXACT_ERRORS_COUNTED, "endpoint" => endpoint.to_string(), "status" => status.to_string())
+        .increment(1);
+    tracing::warn!(
+        tenant,
+        endpoint,
+        status,
+        in_last_hour,
+        "Exact counts this error against the app (blocked for an hour after 10 per endpoint)"
+    );
+}
+
+/// Every replica stops calling Exact for this company (`cause` "token") or for one endpoint
+/// (`cause` "errors") until `until_ms`. Logged once, by the replica that saw the cause.
+pub fn exact_paused(
+    tenant: &str,
+    cause: &'static str,
+    endpoint: &str,
+    until_ms: i64,
+    detail: &str,
+) {
+    metrics::counter!(names::EXACT_PAUSES, "cause" => cause).increment(1);
+    tracing::warn!(
+        tenant,
+        cause,
+        endpoint,
+        until_ms,
+        detail,
+        "Exact calls paused"
+    );
+}
+
+/// A call met a pause: it `waited` (a short rest of the pause, slept through in the handler) or
+/// was `deferred` (handed back as `Error::ExactPaused`, so the message comes back later).
+pub fn exact_call_held(
+    tenant: &str,
+    cause: &'static str,
+    endpoint: &str,
+    outcome: &'static str,
+    wait: std::time::Duration,
+) {
+    metrics::counter!(names::EXACT_CALLS_HELD, "cause" => cause, "outcome" => outcome).increment(1);
+    tracing::info!(
+        tenant,
+        cause,
+        endpoint,
+        outcome,
+        wait_ms = wait.as_millis() as u64,
+        "Exact call held by a pause"
     );
 }

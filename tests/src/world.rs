@@ -55,6 +55,9 @@ pub struct WorldOptions {
     pub precoro_limits: bool,
     pub exact_minutely: u32,
     pub exact_daily: u32,
+    /// Exact's 570 s between access tokens, shortened in both the simulator and the company's
+    /// config (`tenants.exact.min_refresh_interval`), so a test can wait one out.
+    pub exact_min_refresh_interval: Option<Duration>,
     /// Extra TOML for the tenant (flows).
     pub tenant_toml: String,
     pub env: Option<EnvSpec>,
@@ -72,6 +75,7 @@ impl Default for WorldOptions {
             precoro_limits: false,
             exact_minutely: 60,
             exact_daily: 5000,
+            exact_min_refresh_interval: None,
             tenant_toml: String::new(),
             env: None,
             seed_precoro: true,
@@ -95,10 +99,15 @@ pub struct World {
 impl World {
     /// Start both simulators, seed and link them, write the config, connect Exact.
     pub async fn build(opts: WorldOptions) -> World {
+        let sim_defaults = ExactSimOptions::default();
+        let min_refresh_interval = opts
+            .exact_min_refresh_interval
+            .unwrap_or(sim_defaults.min_refresh_interval);
         let exact = ExactSim::start(ExactSimOptions {
             minutely_limit: opts.exact_minutely,
             daily_limit: opts.exact_daily,
-            ..ExactSimOptions::default()
+            min_refresh_interval,
+            ..sim_defaults
         })
         .await;
         let precoro = PrecoroSim::start(PrecoroSimOptions {
@@ -136,8 +145,10 @@ impl World {
         toml = toml.replace(
             "journal = \"70\"\n",
             &format!(
-                "journal = \"70\"\nminutely_limit = {}\ndaily_limit = {}\n",
-                opts.exact_minutely, opts.exact_daily
+                "journal = \"70\"\nminutely_limit = {}\ndaily_limit = {}\nmin_refresh_interval = \"{}ms\"\n",
+                opts.exact_minutely,
+                opts.exact_daily,
+                min_refresh_interval.as_millis()
             ),
         );
         if !opts.precoro_limits {

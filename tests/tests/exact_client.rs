@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use serde_json::json;
 use shared::config::{ExactConfig, RedisConfig, Secret};
-use shared::error::{Error, RetryClass};
+use shared::error::{Error, PauseCause, RetryClass};
 use shared::exact::client::{DOCUMENT_TYPE_PURCHASE_INVOICE, SYNC_START};
 use shared::exact::types::{
     AccountWrite, Entity, NewBankAccount, NewPurchaseEntry, NewPurchaseEntryLine,
@@ -47,6 +47,7 @@ fn exact_config(sim: &ExactSim, minutely_limit: u32) -> ExactConfig {
         journal: "70".into(),
         minutely_limit,
         daily_limit: 5000,
+        min_refresh_interval: o.min_refresh_interval,
     }
 }
 
@@ -1177,4 +1178,262 @@ mod fixtures {
             "unauthorized_client: Old refresh token used."
         );
     }
+}
+
+/// The simulator's 401s on `/api/v1/` (not the token endpoint).
+fn api_401s(sim: &ExactSim) -> Vec<testbed::exact_sim::CallRecord> {
+    sim.calls()
+        .into_iter()
+        .filter(|c| c.status == 401 && c.path.starts_with("/api/v1/"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_token_exact_rejects_within_the_570_s_rule_pauses_every_replica_until_a_refresh_is_allowed()
+ {
+    // The 570 s rule shortened to 4 s on both sides, so the test can wait one out.
+    const RULE: Duration = Duration::from_secs(4);
+    let co = Company::start(ExactSimOptions {
+        min_refresh_interval: RULE,
+        ..fast_sim()
+    })
+    .await;
+    let opts = ExactOptions {
+        min_refresh_interval: RULE,
+        ..ExactOptions::default()
+    };
+    // Two replicas that hand a pause back at once, and one that sleeps through pauses up to 10 s
+    // (what a worker does within worker.rate_limit_wait).
+    let a = co.client(opts.clone(), Duration::ZERO).await;
+    let b = co.client(opts.clone(), Duration::ZERO).await;
+    let patient = co.client(opts, Duration::from_secs(10)).await;
+    let connected = co.connect(&a).await;
+    a.list_journals().await.unwrap();
+
+    // Exact stops taking the token before its expiry, while the rule forbids a new one.
+    assert_eq!(co.sim.reject_access_tokens(), 1);
+    let err = a.list_journals().await.unwrap_err();
+    let Error::ExactPaused {
+        cause: PauseCause::Token { rejected: true, .. },
+        until_ms,
+        retry_after,
+        ..
+    } = &err
+    else {
+        panic!("expected the token pause, got {err:?}");
+    };
+    assert_eq!(err.retry_class(), RetryClass::Paused);
+    assert!(err.certainly_not_applied());
+    let text = err.to_string();
+    assert!(
+        text.contains("Exact rejected the access token")
+            && text.contains("may be requested at")
+            && text.contains("(Exact's 4 s rule)"),
+        "{text}"
+    );
+    assert!(!text.to_lowercase().contains("rate limit"), "{text}");
+    let allowed_at = connected.refresh_allowed_at(RULE);
+    assert_eq!(
+        *until_ms, allowed_at,
+        "the pause ends when a refresh is allowed"
+    );
+    assert!(*retry_after <= RULE);
+    let stored = co.tokens().await.load().await.unwrap().unwrap();
+    assert!(stored.rejected_at_ms.is_some(), "every replica can see it");
+    assert_eq!(stored.access_token, connected.access_token);
+
+    // Every replica holds its calls: no request, no token call, until the rule allows one.
+    let (calls, token_calls) = (co.sim.calls().len(), co.sim.token_calls());
+    for c in [&a, &b] {
+        for _ in 0..5 {
+            match c.list_vat_codes().await {
+                Err(Error::ExactPaused {
+                    cause: PauseCause::Token { .. },
+                    ..
+                }) => {}
+                other => panic!("expected the token pause, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(co.sim.calls().len(), calls, "nothing reached Exact");
+    assert_eq!(co.sim.token_calls(), token_calls);
+
+    // A call that may wait sleeps through the rest of the pause, refreshes once and goes on.
+    let codes = patient.list_vat_codes().await.unwrap();
+    assert_eq!(codes.len(), 3);
+    let refresh = co
+        .sim
+        .calls()
+        .into_iter()
+        .find(|c| c.path == "/api/oauth2/token" && c.at.timestamp_millis() >= allowed_at - 50)
+        .expect("a refresh after the pause");
+    assert_eq!(refresh.status, 200, "Exact issued the new token");
+    let resumed_ms = refresh.at.timestamp_millis() - allowed_at;
+    println!("token pause: 1 API 401; refresh {resumed_ms} ms after it was allowed");
+    assert!(
+        (0..2_000).contains(&resumed_ms),
+        "resumed {resumed_ms} ms after the refresh was allowed"
+    );
+    assert_eq!(co.sim.refresh_calls(), 1);
+    assert_eq!(api_401s(&co.sim).len(), 1, "one 401 in all");
+    let fresh = co.tokens().await.load().await.unwrap().unwrap();
+    assert!(fresh.rejected_at_ms.is_none());
+    assert_ne!(fresh.access_token, connected.access_token);
+    // The others carry on with the new token at once.
+    a.list_journals().await.unwrap();
+    b.list_vat_codes().await.unwrap();
+    assert_eq!(api_401s(&co.sim).len(), 1);
+    let counted = co
+        .sim
+        .error_counts()
+        .into_iter()
+        .map(|c| c.errors_last_hour)
+        .sum::<usize>();
+    assert_eq!(counted, 1, "Exact counted one error");
+
+    // A 401 with a token refreshed moments ago cannot be fixed by another refresh: it pauses too.
+    assert_eq!(co.sim.reject_access_tokens(), 1);
+    let err = b.list_journals().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ExactPaused {
+                cause: PauseCause::Token { rejected: true, .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(api_401s(&co.sim).len(), 2);
+
+    // Re-consent replaces the pair, which ends the pause at once.
+    co.connect(&b).await;
+    b.list_journals().await.unwrap();
+    assert_eq!(api_401s(&co.sim).len(), 2);
+}
+
+#[tokio::test]
+async fn refusals_on_one_endpoint_pause_it_before_exacts_block_and_the_others_carry_on() {
+    let co = Company::start(fast_sim()).await;
+    let a = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    let b = co
+        .client(ExactOptions::default(), Duration::from_secs(5))
+        .await;
+    co.connect(&a).await;
+    let endpoint = "purchaseentry/PurchaseEntries";
+
+    // Twelve entries for suppliers Exact does not have, from two replicas: each is refused (400)
+    // until the eighth; after it, none is sent.
+    let mut refused = 0;
+    let mut paused = Vec::new();
+    for i in 0..12 {
+        let c = if i % 2 == 0 { &a } else { &b };
+        let bad = entry(&co.demo, ExactGuid::new_v4(), &format!("BAD-{i}"));
+        match c.create_purchase_entry(&bad).await {
+            Err(Error::Upstream { status: 400, .. }) => refused += 1,
+            Err(e @ Error::ExactPaused { .. }) => paused.push(e),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(refused, 8);
+    assert_eq!(paused.len(), 4);
+    let err = &paused[0];
+    assert_eq!(err.retry_class(), RetryClass::Paused);
+    assert!(err.certainly_not_applied());
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("Exact counted 8 errors on {endpoint}")),
+        "{text}"
+    );
+    assert!(!text.to_lowercase().contains("rate limit"), "{text}");
+    let wait = err.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
+        "until the oldest error leaves the hour: {wait:?}"
+    );
+
+    // Exact saw eight errors there and never blocked anything.
+    let counts = co.sim.error_counts();
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(counts[0].endpoint, endpoint);
+    assert_eq!(counts[0].errors_last_hour, 8);
+    assert_eq!(co.sim.count_calls("POST", endpoint), 8);
+    assert!(co.sim.calls().iter().all(|c| c.status != 403));
+
+    // The lookup on that endpoint waits too; every other endpoint works.
+    let supplier = co.demo.suppliers[0].id;
+    assert!(matches!(
+        b.find_purchase_entry(supplier, "BAD-0").await,
+        Err(Error::ExactPaused {
+            cause: PauseCause::Errors { .. },
+            ..
+        })
+    ));
+    assert_eq!(a.list_vat_codes().await.unwrap().len(), 3);
+    b.create_account(&AccountWrite {
+        name: Some("Carry On B.V.".into()),
+        is_supplier: Some(true),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // A 404 the client reads as "not there" still counts at Exact, so it counts here.
+    let none: Option<shared::exact::types::Account> = a
+        .get_one(shared::exact::paths::ACCOUNTS, ExactGuid::new_v4(), &["ID"])
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert_eq!(
+        a.error_budget().check("crm/Accounts").await.unwrap().errors,
+        1
+    );
+
+    // The pause ends when the oldest counted error leaves the hour. Redis time cannot be moved,
+    // so the counted errors are moved back to two seconds before their hour is up.
+    let s = store(&co.prefix).await;
+    let key = s.keys().exact_errors(&co.tenant, endpoint);
+    let mut conn = s.conn();
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 8);
+    let now = s.now_ms().await.unwrap();
+    for (i, m) in members.iter().enumerate() {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&key)
+            .arg(now - 3_600_000 + 2_000 + i as i64)
+            .arg(m)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let count = a.error_budget().check(endpoint).await.unwrap();
+    let until = count.paused_until_ms.expect("still paused");
+    assert!((1_000..=2_100).contains(&(until - count.now_ms)));
+    let good = entry(&co.demo, supplier, "GOOD-1");
+    let booked = loop {
+        match a.create_purchase_entry(&good).await {
+            Ok(e) => break e,
+            Err(Error::ExactPaused { .. }) => {
+                assert!(
+                    s.now_ms().await.unwrap() < until + 5_000,
+                    "the pause did not end"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let resumed_ms = s.now_ms().await.unwrap() - until;
+    println!("errors pause: resumed {resumed_ms} ms after the oldest error left the hour");
+    assert!(booked.entry_number.is_some());
+    assert_eq!(co.sim.count_calls("POST", endpoint), 9);
+    assert!(co.sim.calls().iter().all(|c| c.status != 403));
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shared::bus::dlq::{DeadLetters, Filter};
+use shared::error::{Error, PauseCause};
 use shared::precoro::{CustomFieldKind, PrecoroClient};
 use shared::store::ratelimit::RateLimiter;
 use testbed::exact_sim::FaultPlan as ExactFaults;
@@ -727,5 +728,203 @@ async fn a_create_refused_by_the_rate_limiter_is_retried_without_a_lookup() {
         1
     );
     assert_eq!(world.exact.document_attachments(world.division).len(), 1);
+    stack.stop().await;
+}
+
+/// The simulator's 401s on `/api/v1/` (the token endpoint aside), in arrival order.
+fn api_401s(world: &World) -> Vec<testbed::exact_sim::CallRecord> {
+    world
+        .exact
+        .calls()
+        .into_iter()
+        .filter(|c| c.status == 401 && c.path.starts_with("/api/v1/"))
+        .collect()
+}
+
+/// Issue 14.6: Exact stops taking the company's access token while its 570 s rule (5 s here)
+/// forbids a new one, with six invoices on their way through three workers. Only the calls
+/// already on their way meet the 401; then every worker holds its Exact calls (messages put back
+/// without an attempt counted, the last second slept through) and the error names the token. The
+/// moment a refresh is allowed the first call refreshes, and all six book by themselves.
+#[tokio::test]
+async fn a_token_exact_rejects_inside_the_570_s_rule_pauses_every_worker_until_a_refresh_is_allowed()
+ {
+    const RULE: Duration = Duration::from_secs(5);
+    let metrics = shared::telemetry::metrics_handle();
+    let world = World::build(WorldOptions {
+        tag: "inv-token",
+        exact_min_refresh_interval: Some(RULE),
+        ..Default::default()
+    })
+    .await;
+    // Waits longer than a second go back to the queue, so both ways of waiting are exercised.
+    let mut config = world.config.clone();
+    config.worker.rate_limit_wait = Duration::from_secs(1);
+    let world = World { config, ..world };
+    let stack = Stack::start(&world, 3, false).await;
+    let tenant = &world.config.tenants[0];
+    // The test's own client on the same Redis, as an operator's tool: it hands pauses back.
+    let exact = shared::exact::ExactClient::for_tenant(
+        tenant,
+        world.store.clone(),
+        RateLimiter::new(world.store.clone(), Duration::ZERO),
+    );
+    let tokens = exact.oauth().tokens().clone();
+    let numbers: Vec<String> = (1..=6).map(|i| format!("TOK-{i}")).collect();
+    let mut idns = Vec::new();
+    for (i, number) in numbers.iter().enumerate() {
+        let (_, idn) = world.invoice(InvoiceDraft {
+            number: number.clone(),
+            supplier: world.ids.suppliers[i % 2],
+            lines: vec![line("Paper", 5, "4.20", "4000", 21)],
+            status: 1,
+            ..Default::default()
+        });
+        idns.push(idn);
+    }
+
+    // The routine refresh: once the rule allows one after the consent, the token falls due and
+    // is replaced.
+    let consent = tokens.load().await.unwrap().unwrap();
+    assert!(
+        eventually(RULE * 3, || async {
+            world.store.now_ms().await.unwrap() >= consent.refresh_allowed_at(RULE)
+        })
+        .await
+    );
+    let mut due = consent.clone();
+    due.expires_at_ms = world.store.now_ms().await.unwrap() - 1;
+    tokens.save(&due).await.unwrap();
+    exact.oauth().access_token().await.unwrap();
+    let refreshed = tokens.load().await.unwrap().unwrap();
+    assert_ne!(refreshed.access_token, consent.access_token);
+    let allowed_at = refreshed.refresh_allowed_at(RULE);
+
+    // Exact stops taking it (and the consent's, still live in the simulator) at once, and the six
+    // invoices are approved together.
+    world.exact.reset_calls();
+    assert_eq!(world.exact.reject_access_tokens(), 2);
+    for idn in &idns {
+        world.precoro.approve_invoice(*idn);
+    }
+
+    // The first 401 pauses the company for every worker; the error names the token.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            tokens
+                .load()
+                .await
+                .unwrap()
+                .is_some_and(|r| r.rejected_at_ms.is_some())
+        })
+        .await,
+        "a worker met the rejected token"
+    );
+    let first_401 = api_401s(&world)[0].at.timestamp_millis();
+    assert!(first_401 < allowed_at, "rejected inside the rule's window");
+    let held = exact.list_vat_codes().await.unwrap_err();
+    assert!(
+        matches!(
+            held,
+            Error::ExactPaused {
+                cause: PauseCause::Token { rejected: true, .. },
+                until_ms,
+                ..
+            } if until_ms == allowed_at
+        ),
+        "{held:?}"
+    );
+    let text = held.to_string();
+    assert!(
+        text.contains("Exact rejected the access token") && text.contains("(Exact's 5 s rule)"),
+        "{text}"
+    );
+    assert!(!text.to_lowercase().contains("rate limit"), "{text}");
+
+    // All six book by themselves.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            numbers.iter().all(|n| !world.entries_for(n).is_empty())
+        })
+        .await,
+        "booked: {:?}",
+        numbers
+            .iter()
+            .map(|n| world.entries_for(n).len())
+            .collect::<Vec<_>>()
+    );
+    let calls = world.exact.calls();
+    let ms = |c: &testbed::exact_sim::CallRecord| c.at.timestamp_millis();
+    let refresh = calls
+        .iter()
+        .find(|c| c.path == "/api/oauth2/token")
+        .expect("a refresh");
+    assert_eq!(refresh.status, 200, "asked only once Exact would answer");
+    assert!(
+        ms(refresh) >= allowed_at,
+        "never asked before the rule allowed"
+    );
+    let rejected = api_401s(&world);
+    // Nothing but calls already on their way when the first 401 came back reached Exact until
+    // the refresh: those are the only 401s, one per call the limiter had let go at once (its
+    // burst is 5).
+    let until_refresh: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.starts_with("/api/v1/") && ms(c) < ms(refresh))
+        .collect();
+    assert!(
+        until_refresh.iter().all(|c| c.status == 401),
+        "{until_refresh:?}"
+    );
+    assert!(
+        (1..=5).contains(&rejected.len()),
+        "{} 401s: {rejected:?}",
+        rejected.len()
+    );
+    assert!(
+        rejected.iter().all(|c| ms(c) < first_401 + 1_000),
+        "{rejected:?}"
+    );
+    let booked_at = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("purchaseentry/PurchaseEntries"))
+        .filter(|c| c.status == 201)
+        .map(ms)
+        .max()
+        .unwrap();
+    println!(
+        "token pause: {} API 401s; refresh {} ms and the last of 6 bookings {} ms after the refresh was allowed",
+        rejected.len(),
+        ms(refresh) - allowed_at,
+        booked_at - allowed_at
+    );
+    assert!(
+        ms(refresh) - allowed_at < 3_000,
+        "resumed {} ms after the refresh was allowed",
+        ms(refresh) - allowed_at
+    );
+    // Exact's error count stayed far below its block.
+    let counted: usize = world
+        .exact
+        .error_counts()
+        .iter()
+        .map(|c| c.errors_last_hour)
+        .sum();
+    assert_eq!(counted, rejected.len());
+    assert!(calls.iter().all(|c| c.status != 403));
+    for n in &numbers {
+        assert_eq!(world.entries_for(n).len(), 1, "{n}: booked once");
+    }
+    assert!(
+        world.dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    let rendered = metrics.render();
+    assert!(
+        rendered
+            .lines()
+            .any(|l| l.starts_with("events_processed_total{flow=\"invoices\",outcome=\"paused\"}")),
+        "a message went back to wait for the pause"
+    );
     stack.stop().await;
 }

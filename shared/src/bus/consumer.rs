@@ -9,6 +9,8 @@
 //! - Rate-limited → re-publish to the tier that covers the wait, attempt not counted, then ack.
 //! - Busy (another worker holds the entity or the message) → the same, attempt not counted: the
 //!   holder's lease is bounded in time, and a duplicate hint must not reach the DLQ for waiting.
+//! - Paused (the company's Exact calls wait for a token or for Exact's error count) → the same,
+//!   to the longest tier that ends by the pause's end, so work resumes when the pause does.
 //! - Permanent → DLQ at once with `x-error`, `x-error-class`, `x-attempts`, first/last failure times
 //!   and the original routing key, then ack.
 //! - A panic → counted like a transient failure but dead-lettered after `PANIC_LIMIT` panics; a
@@ -376,7 +378,7 @@ impl<H: Handler> FlowConsumer<H> {
                         .await
                     }
                     RetryClass::Transient => self.retry(delivery, headers, &msg, &err, true).await,
-                    RetryClass::RateLimited | RetryClass::Busy => {
+                    RetryClass::RateLimited | RetryClass::Busy | RetryClass::Paused => {
                         self.retry(delivery, headers, &msg, &err, false).await
                     }
                 }
@@ -460,22 +462,12 @@ impl<H: Handler> FlowConsumer<H> {
             .await;
             return;
         }
-        let tiers = &self.broker.retry_tiers;
-        let tier = match (err.retry_after(), err.retry_class()) {
-            // Held back (a fence after a Redis loss): look again no later than it ends, so the
-            // wait is never stretched to the next, much longer tier.
-            (Some(wait), RetryClass::Busy) => tiers
-                .iter()
-                .rev()
-                .find(|t| **t <= wait)
-                .copied()
-                .unwrap_or(tiers[0]),
-            (Some(wait), _) => *tiers
-                .iter()
-                .find(|t| **t >= wait)
-                .unwrap_or(tiers.last().expect("validated non-empty")),
-            (None, _) => tiers[(attempt.saturating_sub(1) as usize).min(tiers.len() - 1)],
-        };
+        let tier = retry_tier(
+            &self.broker.retry_tiers,
+            err.retry_after(),
+            err.retry_class(),
+            attempt,
+        );
         let mut out = headers.clone();
         for (k, v) in extra.inner() {
             out.insert(k.clone(), v.clone());
@@ -507,6 +499,7 @@ impl<H: Handler> FlowConsumer<H> {
                 let outcome = match (count_attempt, err.retry_class()) {
                     (true, _) => "retry",
                     (false, RetryClass::Busy) => "busy",
+                    (false, RetryClass::Paused) => "paused",
                     (false, _) => "rate_limited",
                 };
                 telemetry::event_processed(
@@ -575,6 +568,35 @@ impl<H: Handler> FlowConsumer<H> {
     }
 }
 
+/// The wait queue a retry goes to.
+///
+/// - Held back until a known moment (a fence after a Redis loss, a paused Exact company): the
+///   longest tier that ends no later than that moment, so work resumes when it ends rather than at
+///   the next, much longer tier; a message that comes back early looks again (no API call, no
+///   attempt counted) and the handler sleeps through the last stretch (`worker.rate_limit_wait`).
+/// - Told how long to wait otherwise (a 429): the shortest tier that covers the wait.
+/// - Otherwise by attempt.
+fn retry_tier(
+    tiers: &[Duration],
+    wait: Option<Duration>,
+    class: RetryClass,
+    attempt: u32,
+) -> Duration {
+    match (wait, class) {
+        (Some(wait), RetryClass::Busy | RetryClass::Paused) => tiers
+            .iter()
+            .rev()
+            .find(|t| **t <= wait)
+            .copied()
+            .unwrap_or(tiers[0]),
+        (Some(wait), _) => *tiers
+            .iter()
+            .find(|t| **t >= wait)
+            .unwrap_or(tiers.last().expect("validated non-empty")),
+        (None, _) => tiers[(attempt.saturating_sub(1) as usize).min(tiers.len() - 1)],
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -603,5 +625,33 @@ async fn nack_requeue(delivery: &Delivery) {
         .await
     {
         tracing::warn!(error = %e, "nack failed; the message will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_is_waited_out_in_tiers_that_never_end_after_it() {
+        let tiers: Vec<Duration> = [5, 30, 120, 600, 3600]
+            .into_iter()
+            .map(Duration::from_secs)
+            .collect();
+        let s = Duration::from_secs;
+        // A token pause of 9.5 minutes: two minutes at a time, never the ten-minute tier.
+        assert_eq!(
+            retry_tier(&tiers, Some(s(570)), RetryClass::Paused, 0),
+            s(120)
+        );
+        // Shorter than every tier: the shortest.
+        assert_eq!(retry_tier(&tiers, Some(s(2)), RetryClass::Paused, 0), s(5));
+        // A 429's wait is covered, not undercut.
+        assert_eq!(
+            retry_tier(&tiers, Some(s(61)), RetryClass::RateLimited, 0),
+            s(120)
+        );
+        // No wait given: by attempt.
+        assert_eq!(retry_tier(&tiers, None, RetryClass::Transient, 3), s(120));
     }
 }

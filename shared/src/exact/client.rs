@@ -4,6 +4,16 @@
 //!
 //! Writes are never retried here except after a 429 (Exact did not process it, §5): a POST that got
 //! no reply surfaces as `Error::Network` and the flow looks the entry up before creating it again.
+//!
+//! No error storms (§2: Exact blocks an app on an endpoint for an hour after 10 errors there in an
+//! hour): before every call the company's pauses are checked, and a paused call is never sent.
+//! - The token pause: Exact rejected the access token and the 570 s rule forbids a new one yet
+//!   (`oauth`). It ends exactly when a refresh is allowed; the first call then refreshes.
+//! - The errors pause: the endpoint is close to Exact's error limit (`error_budget`). Every reply
+//!   Exact counts (400/401/403/404) is counted here, whatever the caller makes of it.
+//!
+//! A pause that ends within the limiter's `max_wait` is slept through; a longer one is returned as
+//! `Error::ExactPaused`, which names its cause, so the message comes back when it ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::ExactOptions;
+use super::error_budget::{self, ErrorBudget};
 use super::oauth::{OAuth, TokenRecord};
 use super::odata::{
     Filter, Literal, Page, decode_row, error_message, lenient_i64, parse_page, parse_page_values,
@@ -24,7 +35,7 @@ use super::odata::{
 };
 use super::types::*;
 use crate::config::{ExactConfig, TenantConfig};
-use crate::error::{Api, Error, Result};
+use crate::error::{Api, Error, PauseCause, Result};
 use crate::ids::{Division, ExactGuid, TenantId};
 use crate::store::Store;
 use crate::store::ratelimit::{Limits, RateLimiter};
@@ -152,6 +163,7 @@ struct Inner {
     limiter: RateLimiter,
     limits: Limits,
     oauth: OAuth,
+    errors: ErrorBudget,
     opts: ExactOptions,
 }
 
@@ -190,7 +202,7 @@ impl ExactClient {
             &tenant.exact,
             store,
             limiter,
-            ExactOptions::default(),
+            ExactOptions::for_config(&tenant.exact),
         )
     }
 
@@ -204,6 +216,7 @@ impl ExactClient {
     ) -> Self {
         let limits = Limits::exact(tenant.as_str(), cfg.minutely_limit, cfg.daily_limit);
         let oauth = OAuth::new(tenant.clone(), cfg, store.clone(), opts.clone());
+        let errors = ErrorBudget::new(store.clone(), tenant.clone(), opts.pause_at_errors);
         ExactClient {
             inner: Arc::new(Inner {
                 host: cfg.host.trim_end_matches('/').to_string(),
@@ -214,6 +227,7 @@ impl ExactClient {
                 limiter,
                 limits,
                 oauth,
+                errors,
                 opts,
             }),
         }
@@ -237,6 +251,11 @@ impl ExactClient {
 
     pub fn oauth(&self) -> &OAuth {
         &self.inner.oauth
+    }
+
+    /// The errors Exact counted against this company, per endpoint.
+    pub fn error_budget(&self) -> &ErrorBudget {
+        &self.inner.errors
     }
 
     /// See [`OAuth::authorize_url`].
@@ -294,8 +313,12 @@ impl ExactClient {
     }
 
     /// A GET with a token that is not (yet) the company's: the body, or `None` when Exact
-    /// refuses the token there (401, 403, 404).
+    /// refuses the token there (401, 403, 404). Those refusals still count toward Exact's error
+    /// limit, so they are counted and the endpoint's errors pause applies; the token pause does
+    /// not (this is another token, usually the one that will replace the rejected one).
     async fn get_with(&self, access_token: &str, url: &str) -> Result<Option<bytes::Bytes>> {
+        let endpoint = error_budget::endpoint_of(url);
+        self.wait_out_pauses(&endpoint, false).await?;
         self.inner.limiter.acquire(&self.inner.limits).await?;
         let network = |e: reqwest::Error| Error::network(Api::Exact, e);
         let resp = self
@@ -311,6 +334,7 @@ impl ExactClient {
         let body = resp.bytes().await.map_err(network)?;
         metrics::counter!(crate::telemetry::names::API_REQUESTS, "api" => "exact", "status" => status.to_string())
             .increment(1);
+        self.count_error(&endpoint, status).await;
         match status {
             200..=299 => Ok(Some(body)),
             401 | 403 | 404 => Ok(None),
@@ -345,16 +369,32 @@ impl ExactClient {
         Error::network(Api::Exact, format!("{method} {path} {kind}: {e}"))
     }
 
-    /// One logical call: limiter, token, request; a 401 refreshes once and retries, a 429 pauses
-    /// every replica and retries through the limiter (up to `max_429_retries`). Any other status
-    /// is returned to the caller.
+    /// One logical call: pauses, limiter, token, request. A 401 refreshes and retries (or, when
+    /// the 570 s rule forbids a refresh yet, pauses every replica until it allows one); a 429
+    /// pauses every replica and retries through the limiter (up to `max_429_retries`). Any other
+    /// status is returned to the caller; the ones Exact counts as errors are counted first.
     async fn send(&self, method: Method, url: &str, body: Option<&[u8]>) -> Result<Reply> {
         let inner = &self.inner;
-        let mut refreshed = false;
+        let endpoint = error_budget::endpoint_of(url);
+        // Bounds on the loop: 401s answered by a refresh, pauses met after the check (a replica
+        // found the token dead meanwhile), 429s.
+        let mut refreshes = 0u32;
+        let mut late_pauses = 0u32;
         let mut throttled = 0u32;
         loop {
+            self.wait_out_pauses(&endpoint, true).await?;
             inner.limiter.acquire(&inner.limits).await?;
-            let token = inner.oauth.access_token().await?;
+            let token = match inner.oauth.access_token().await {
+                Ok(t) => t,
+                Err(e @ Error::ExactPaused { .. }) => {
+                    late_pauses += 1;
+                    if late_pauses > 3 {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut req = inner
                 .http
                 .request(method.clone(), url)
@@ -384,12 +424,26 @@ impl ExactClient {
             metrics::counter!("api_requests_total", "api" => "exact", "status" => status.to_string())
                 .increment(1);
             tracing::debug!(tenant = %inner.tenant, %method, url, status, elapsed_ms = started.elapsed().as_millis() as u64, "exact call");
+            self.count_error(&endpoint, status).await;
             match status {
-                401 if !refreshed => {
-                    // "Refresh … once more on an API 401" (§1).
-                    refreshed = true;
-                    tracing::info!(tenant = %inner.tenant, "Exact answered 401; refreshing the access token once");
-                    inner.oauth.refresh_after_401(&token).await?;
+                // "Refresh … once more on an API 401" (§1). A second 401 in one call comes with a
+                // token refreshed moments ago, which the 570 s rule cannot replace: the refresh
+                // then pauses the company. Beyond two (only with the rule switched off) the 401
+                // goes to the caller.
+                401 if refreshes < 2 => {
+                    refreshes += 1;
+                    tracing::info!(tenant = %inner.tenant, "Exact answered 401; refreshing the access token");
+                    match inner.oauth.refresh_after_401(&token).await {
+                        Ok(_) => {}
+                        // The loop's first step waits the pause out or hands it to the caller.
+                        Err(e @ Error::ExactPaused { .. }) => {
+                            late_pauses += 1;
+                            if late_pauses > 3 {
+                                return Err(e);
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 429 => {
                     throttled += 1;
@@ -445,6 +499,105 @@ impl ExactClient {
             tracing::warn!(tenant = %self.inner.tenant, error = %e, "could not record the Exact pause in Redis");
         }
         Some(Duration::from_millis((until - now).max(0) as u64))
+    }
+
+    /// Hold the call while the company (`with_token`: for the token too) or `endpoint` is paused:
+    /// sleep through a pause that ends within the limiter's `max_wait`, hand a longer one back as
+    /// `Error::ExactPaused`. Nothing is sent while paused, so a pause costs Exact no error.
+    async fn wait_out_pauses(&self, endpoint: &str, with_token: bool) -> Result<()> {
+        let inner = &self.inner;
+        let started = tokio::time::Instant::now();
+        loop {
+            let count = inner.errors.check(endpoint).await?;
+            let now = count.now_ms;
+            let mut pause: Option<(i64, PauseCause)> = count.paused_until_ms.map(|until| {
+                (
+                    until,
+                    PauseCause::Errors {
+                        endpoint: endpoint.to_string(),
+                        errors: count.errors,
+                    },
+                )
+            });
+            if with_token && let Some(p) = inner.oauth.token_pause(now).await? {
+                // Both: the later end decides, and names the cause.
+                if pause.as_ref().is_none_or(|(until, _)| p.until_ms > *until) {
+                    pause = Some((
+                        p.until_ms,
+                        PauseCause::Token {
+                            rejected: p.rejected,
+                            rule: inner.opts.min_refresh_interval,
+                        },
+                    ));
+                }
+            }
+            let Some((until_ms, cause)) = pause else {
+                return Ok(());
+            };
+            let wait = Duration::from_millis((until_ms - now).max(0) as u64);
+            if started.elapsed() + wait <= inner.limiter.max_wait() {
+                crate::telemetry::exact_call_held(
+                    inner.tenant.as_str(),
+                    cause.as_str(),
+                    endpoint,
+                    "waited",
+                    wait,
+                );
+                // A little jitter so replicas do not wake in lockstep; the first to wake after a
+                // token pause refreshes, under the refresh lock, for all.
+                let jitter = Duration::from_millis(rand::random::<u64>() % 25);
+                tokio::time::sleep(wait + jitter).await;
+                continue;
+            }
+            crate::telemetry::exact_call_held(
+                inner.tenant.as_str(),
+                cause.as_str(),
+                endpoint,
+                "deferred",
+                wait,
+            );
+            return Err(Error::ExactPaused {
+                tenant: inner.tenant.to_string(),
+                cause,
+                until_ms,
+                retry_after: wait,
+            });
+        }
+    }
+
+    /// Count a reply Exact counts toward its error limit (§2: 400/401/403/404), whatever the
+    /// caller will make of it: a 404 read as "not there" is still an error at Exact. The count
+    /// reaching `pause_at_errors` pauses the endpoint for every replica. A count that cannot be
+    /// stored is logged, not raised: the reply itself is what the caller needs.
+    async fn count_error(&self, endpoint: &str, status: u16) {
+        if !error_budget::counts(status) {
+            return;
+        }
+        let inner = &self.inner;
+        let tenant = inner.tenant.as_str();
+        match inner.errors.record(endpoint, status).await {
+            Ok(count) => {
+                crate::telemetry::exact_error_counted(tenant, endpoint, status, count.errors);
+                if let Some(until_ms) = count.paused_until_ms
+                    && count.errors == inner.errors.pause_at()
+                {
+                    let detail = Error::ExactPaused {
+                        tenant: tenant.to_string(),
+                        cause: PauseCause::Errors {
+                            endpoint: endpoint.to_string(),
+                            errors: count.errors,
+                        },
+                        until_ms,
+                        retry_after: Duration::from_millis((until_ms - count.now_ms).max(0) as u64),
+                    }
+                    .to_string();
+                    crate::telemetry::exact_paused(tenant, "errors", endpoint, until_ms, &detail);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tenant, endpoint, status, error = %e, "could not count an Exact error in Redis")
+            }
+        }
     }
 
     fn upstream(reply: &Reply) -> Error {

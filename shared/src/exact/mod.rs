@@ -4,9 +4,12 @@
 //! - [`oauth_state`]: the signed `state` that carries the company through Exact's consent page.
 //! - [`odata`]: `$filter`/`$select` builders, envelopes, `/Date()/` values, `Edm.Double` ↔ `Decimal`.
 //! - [`client`]: [`ExactClient`], the HTTP calls with rate limiting, paging and sync cursors.
+//! - [`error_budget`]: Exact's 10-errors-per-endpoint-per-hour limit, counted on our side, and the
+//!   pause that keeps a company clear of it.
 //! - [`types`]: the entities the flows read and write.
 
 pub mod client;
+pub mod error_budget;
 pub mod oauth;
 pub mod oauth_state;
 pub mod odata;
@@ -45,6 +48,10 @@ pub struct ExactOptions {
     pub max_429_retries: u32,
     /// Upper bound on pages followed through `__next` in one listing.
     pub max_pages: usize,
+    /// Calls to an endpoint pause, for every replica, once this many errors Exact counts
+    /// (400/401/403/404) are within the last hour there: Exact blocks the app on that endpoint for
+    /// an hour after 10 (§2). The rest of the ten covers calls in flight when the last one came.
+    pub pause_at_errors: u32,
 }
 
 impl Default for ExactOptions {
@@ -61,6 +68,17 @@ impl Default for ExactOptions {
             code_exchanges_per_day: 10,
             max_429_retries: 3,
             max_pages: 10_000,
+            pause_at_errors: 8,
+        }
+    }
+}
+
+impl ExactOptions {
+    /// The defaults, with what the company's config says of Exact's rules.
+    pub fn for_config(cfg: &crate::config::ExactConfig) -> Self {
+        ExactOptions {
+            min_refresh_interval: cfg.min_refresh_interval,
+            ..ExactOptions::default()
         }
     }
 }

@@ -10,6 +10,12 @@
 //! 4. persist the new pair before using it;
 //! 5. never ask for a new access token within 570 s of the last one (Exact refuses it);
 //! 6. losers poll the stored record until it changes (bounded), then use it.
+//!
+//! When Exact's API rejects the access token (401) and the 570 s rule forbids a new one yet, the
+//! rejection is written into the stored record (`rejected_at_ms`): every replica then holds its
+//! Exact calls until the moment a refresh is allowed (the token pause, see
+//! [`OAuth::token_pause`]) instead of sending the dead token again, and collecting a 401 each time
+//! toward Exact's error block (§2). The first call after that moment refreshes, and work resumes.
 
 use std::time::Duration;
 
@@ -19,7 +25,7 @@ use serde_json::Value;
 use super::ExactOptions;
 use super::odata::error_message;
 use crate::config::{ExactConfig, Secret};
-use crate::error::{Api, Error, Result};
+use crate::error::{Api, Error, PauseCause, Result};
 use crate::ids::TenantId;
 use crate::store::Store;
 use crate::store::lease::Lease;
@@ -39,6 +45,31 @@ pub struct TokenRecord {
     /// call Exact for this company.
     #[serde(default)]
     pub broken: Option<String>,
+    /// Redis epoch ms at which Exact's API rejected this access token (401) although our record
+    /// had it valid, and no new one could be requested yet: no replica sends it again, and the
+    /// first call once the 570 s rule allows refreshes. A new pair clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_at_ms: Option<i64>,
+}
+
+impl TokenRecord {
+    /// The access token works at `now`, as far as we know.
+    pub fn usable(&self, now_ms: i64) -> bool {
+        self.rejected_at_ms.is_none() && now_ms < self.expires_at_ms
+    }
+
+    /// Redis epoch ms from which Exact issues a new access token (`min_interval` after the last).
+    pub fn refresh_allowed_at(&self, min_interval: Duration) -> i64 {
+        self.refreshed_at_ms + min_interval.as_millis() as i64
+    }
+}
+
+/// The company's access token no longer works and Exact issues no new one before `until_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPause {
+    pub until_ms: i64,
+    /// Exact rejected the token (401); otherwise it expired.
+    pub rejected: bool,
 }
 
 impl std::fmt::Debug for TokenRecord {
@@ -49,6 +80,7 @@ impl std::fmt::Debug for TokenRecord {
             .field("expires_at_ms", &self.expires_at_ms)
             .field("refreshed_at_ms", &self.refreshed_at_ms)
             .field("broken", &self.broken)
+            .field("rejected_at_ms", &self.rejected_at_ms)
             .finish()
     }
 }
@@ -299,6 +331,7 @@ impl OAuth {
             expires_at_ms: now + resp.expires_in.as_millis() as i64,
             refreshed_at_ms: now,
             broken: None,
+            rejected_at_ms: None,
         })
     }
 
@@ -313,7 +346,9 @@ impl OAuth {
     }
 
     /// Exact answered 401 to `rejected`: refresh once (unless someone already did) and return the
-    /// token to retry with.
+    /// token to retry with. When the 570 s rule forbids a new token yet, the rejection is stored
+    /// and the answer is `Error::ExactPaused` (the token cause): every replica holds its calls
+    /// until a refresh is allowed.
     pub async fn refresh_after_401(&self, rejected: &str) -> Result<String> {
         self.ensure(Some(rejected)).await
     }
@@ -324,7 +359,42 @@ impl OAuth {
 
     fn needs_refresh(&self, rec: &TokenRecord, now: i64, rejected: Option<&str>) -> bool {
         rejected == Some(rec.access_token.as_str())
+            || rec.rejected_at_ms.is_some()
             || now + self.opts.refresh_margin.as_millis() as i64 >= rec.expires_at_ms
+    }
+
+    /// The token pause of `rec` at `now`: its access token no longer works and the 570 s rule
+    /// forbids a new one yet (§1). It ends exactly when a refresh is allowed.
+    fn pause_of(&self, rec: &TokenRecord, now: i64) -> Option<TokenPause> {
+        let until_ms = rec.refresh_allowed_at(self.opts.min_refresh_interval);
+        (rec.broken.is_none() && !rec.usable(now) && now < until_ms).then_some(TokenPause {
+            until_ms,
+            rejected: rec.rejected_at_ms.is_some(),
+        })
+    }
+
+    /// Whether the company's Exact calls must wait for a new token, as of `now` (Redis time). Read
+    /// from the stored record, which every replica shares. A missing or broken connection is not
+    /// a pause: [`OAuth::access_token`] reports those.
+    pub async fn token_pause(&self, now_ms: i64) -> Result<Option<TokenPause>> {
+        Ok(self
+            .tokens
+            .load()
+            .await?
+            .and_then(|rec| self.pause_of(&rec, now_ms)))
+    }
+
+    /// The error a call held by `pause` reports.
+    pub fn pause_error(&self, pause: TokenPause, now_ms: i64) -> Error {
+        Error::ExactPaused {
+            tenant: self.tenant.to_string(),
+            cause: PauseCause::Token {
+                rejected: pause.rejected,
+                rule: self.opts.min_refresh_interval,
+            },
+            until_ms: pause.until_ms,
+            retry_after: Duration::from_millis((pause.until_ms - now_ms).max(0) as u64),
+        }
     }
 
     async fn load_usable(&self) -> Result<TokenRecord> {
@@ -348,6 +418,10 @@ impl OAuth {
         let now = self.store.now_ms().await?;
         if !self.needs_refresh(&rec, now, rejected) {
             return Ok(rec.access_token);
+        }
+        // Already known to be unusable and not yet replaceable: no lock, no token call.
+        if let Some(p) = self.pause_of(&rec, now) {
+            return Err(self.pause_error(p, now));
         }
         let _local = self.local.lock().await;
         let give_up = tokio::time::Instant::now() + self.opts.refresh_wait;
@@ -386,18 +460,17 @@ impl OAuth {
             return Ok(rec.access_token);
         }
         let rejected_current = rejected == Some(rec.access_token.as_str());
-        let since = now - rec.refreshed_at_ms;
-        let min = self.opts.min_refresh_interval.as_millis() as i64;
-        if since < min {
+        if now < rec.refresh_allowed_at(self.opts.min_refresh_interval) {
             // Exact refuses a new access token within 570 s of the previous one (§1).
-            if !rejected_current && now < rec.expires_at_ms {
+            if !rejected_current && rec.usable(now) {
                 return Ok(rec.access_token);
             }
-            tracing::warn!(tenant = %self.tenant, wait_ms = min - since, "Exact token needs refreshing but the minimum refresh interval has not passed");
-            return Err(Error::RateLimited {
-                api: Api::Exact,
-                retry_after: Duration::from_millis((min - since) as u64),
-            });
+            // The token is dead and cannot be replaced yet: pause, do not retry into 401s.
+            let mut held = rec.clone();
+            if rejected_current {
+                held.rejected_at_ms.get_or_insert(now);
+            }
+            return Err(self.hold(&rec, held, now).await);
         }
         let form = [
             ("grant_type", "refresh_token"),
@@ -414,6 +487,7 @@ impl OAuth {
                     expires_at_ms: now + resp.expires_in.as_millis() as i64,
                     refreshed_at_ms: now,
                     broken: None,
+                    rejected_at_ms: None,
                 };
                 // Persist before use: the old refresh token is already dead.
                 self.persist(&new).await?;
@@ -421,14 +495,15 @@ impl OAuth {
                 Ok(new.access_token)
             }
             Err(TokenFailure::NotExpired(msg)) => {
-                if rejected_current {
-                    return Err(Error::Upstream {
-                        api: Api::Exact,
-                        status: 401,
-                        message: format!(
-                            "Exact rejected the access token, yet its token endpoint says it has not expired ({msg})"
-                        ),
-                    });
+                if rejected_current || rec.rejected_at_ms.is_some() {
+                    // Exact's API refuses the token while its token endpoint says one was issued
+                    // less than 570 s ago: our record of the last issue is behind Exact's. Count
+                    // the interval from now, the latest it can have been, and hold until then.
+                    tracing::warn!(tenant = %self.tenant, reason = %msg, "Exact rejected the access token, yet its token endpoint says it has not expired; waiting a full interval");
+                    let mut held = rec.clone();
+                    held.refreshed_at_ms = now;
+                    held.rejected_at_ms.get_or_insert(now);
+                    return Err(self.hold(&rec, held, now).await);
                 }
                 // Keep using the current token; move our expiry estimate so the next attempt is a
                 // minute away instead of on every call (200 token calls a day at most).
@@ -452,6 +527,32 @@ impl OAuth {
             }
             Err(TokenFailure::Other(e)) => Err(e),
         }
+    }
+
+    /// The access token of `stored` is dead and the 570 s rule forbids a new one: store `held`
+    /// (the same record, marked rejected where Exact's API refused it) so that every replica
+    /// holds its calls instead of sending the dead token again, and return the pause, which ends
+    /// when a refresh is allowed. Runs with the lease.
+    async fn hold(&self, stored: &TokenRecord, held: TokenRecord, now: i64) -> Error {
+        let pause = TokenPause {
+            until_ms: held.refresh_allowed_at(self.opts.min_refresh_interval),
+            rejected: held.rejected_at_ms.is_some(),
+        };
+        let err = self.pause_error(pause, now);
+        if held != *stored {
+            if let Err(e) = self.persist(&held).await {
+                return e;
+            }
+            // Once per rejection: by the caller that recorded it.
+            crate::telemetry::exact_paused(
+                self.tenant.as_str(),
+                "token",
+                "",
+                pause.until_ms,
+                &err.to_string(),
+            );
+        }
+        err
     }
 
     /// Record the break for every replica, tell the operator loudly, and return the error.
@@ -655,6 +756,7 @@ mod tests {
             expires_at_ms: 1,
             refreshed_at_ms: 0,
             broken: None,
+            rejected_at_ms: None,
         };
         let s = format!("{r:?}");
         assert!(!s.contains("secret-"));

@@ -147,6 +147,14 @@ impl<'a> Keys<'a> {
         self.k(&["rl", "exact-exchange", tenant.as_str(), day])
     }
 
+    /// The errors Exact counted against the company on one endpoint (`purchaseentry/PurchaseEntries`)
+    /// in the last hour: a sorted set scored by Redis time. Lost → the count starts again, so in
+    /// that hour Exact may see up to `pause_at_errors` more than we stop at, which can reach its
+    /// block (specs/exact-online.md §2).
+    pub fn exact_errors(&self, tenant: &TenantId, endpoint: &str) -> String {
+        self.k(&["rl", "exact-errors", tenant.as_str(), endpoint])
+    }
+
     // ---- cursors and schedules ----------------------------------------------------------------
 
     /// A sync cursor (Exact Timestamp, Precoro modifiedSince). Lost → a re-scan from the start.

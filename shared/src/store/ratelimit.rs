@@ -156,6 +156,11 @@ impl RateLimiter {
         ]
     }
 
+    /// Waits up to this long are slept through; longer ones are handed back to the caller.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
     /// One attempt: `Ok(None)` when the call may go now (and was counted), else how long to wait.
     pub async fn try_acquire(&self, l: &Limits) -> Result<Option<(Duration, WaitReason)>> {
         let [tat, hour, day, pause] = self.keys(l);

@@ -370,6 +370,15 @@ impl ExactSim {
         self.lock().consenting_user_divisions = divisions.map(|d| d.iter().map(|d| d.0).collect());
     }
 
+    /// Exact stops taking every access token issued so far, before its expiry (as when it ends a
+    /// session early, or its clock runs ahead of ours): API calls with them get 401. Refresh
+    /// tokens and the 570 s rule stay as they were, so a client that refreshed recently cannot
+    /// get a new token yet. Returns how many tokens were still live.
+    pub fn reject_access_tokens(&self) -> usize {
+        let now = self.now_ms();
+        self.lock().oauth.reject_access_tokens(now)
+    }
+
     /// All POSTs to /api/oauth2/token.
     pub fn token_calls(&self) -> u64 {
         self.lock().oauth.token_calls

@@ -115,6 +115,19 @@ impl OAuthState {
         self.access.get(token)
     }
 
+    /// Ends every access token issued so far at `now_ms` (the API answers 401 to them), leaving
+    /// refresh tokens and the 570 s rule as they are. Returns how many were still live.
+    pub fn reject_access_tokens(&mut self, now_ms: i64) -> usize {
+        let mut live = 0;
+        for t in self.access.values_mut() {
+            if t.expires_ms > now_ms {
+                live += 1;
+                t.expires_ms = now_ms;
+            }
+        }
+        live
+    }
+
     fn issue(&mut self, opts: &ExactSimOptions, grant: usize, now_ms: i64) -> TokenReply {
         let access = random_token("at-");
         let refresh = random_token("rt-");

@@ -45,21 +45,21 @@ impl Context {
         // Every request is bounded by worker.request_timeout, which the loss fence covers
         // (store::claim).
         let timeout = config.worker.request_timeout;
-        let exact_opts = ExactOptions {
-            request_timeout: timeout,
-            token_timeout: timeout.min(ExactOptions::default().token_timeout),
-            ..ExactOptions::default()
-        };
         let exact = config
             .tenants
             .iter()
             .map(|t| {
+                let exact_opts = ExactOptions {
+                    request_timeout: timeout,
+                    token_timeout: timeout.min(ExactOptions::default().token_timeout),
+                    ..ExactOptions::for_config(&t.exact)
+                };
                 let client = ExactClient::new(
                     t.id.clone(),
                     &t.exact,
                     store.clone(),
                     limiter.clone(),
-                    exact_opts.clone(),
+                    exact_opts,
                 );
                 (t.id.clone(), client)
             })

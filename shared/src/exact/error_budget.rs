@@ -62,32 +62,21 @@ pub fn endpoint_of(url: &str) -> String {
     resource.trim_matches('/').to_string()
 }
 
-/// Drops what left the window and reports `{count, paused until (0: not paused), now}`.
-/// ARGV: pause_at, window ms. With `n` errors counted and a pause at `p`, calls may go again once
-/// `n - p + 1` of the oldest have left the hour: at the `(n - p)`-th oldest's time plus the window.
-const CHECK: &str = r"
+/// Drops what left the window, adds one error when ARGV[3] (a unique member) is given, and
+/// reports `{count, paused until (0: not paused), now}`, all at Redis time.
+/// ARGV: pause_at, window ms[, member]. With `n` errors counted and a pause at `p`, calls may go
+/// again once `n - p + 1` of the oldest have left the hour: at the `(n - p)`-th oldest's time plus
+/// the window.
+const COUNT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pause_at = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local n = redis.call('ZCARD', KEYS[1])
-local until_ms = 0
-if n >= pause_at then
-  local e = redis.call('ZRANGE', KEYS[1], n - pause_at, n - pause_at, 'WITHSCORES')
-  until_ms = tonumber(e[2]) + window
+if ARGV[3] then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
 end
-return {n, until_ms, now}";
-
-/// As [`CHECK`], after adding one error (ARGV[3]: a unique member) at Redis time.
-const RECORD: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local pause_at = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], window)
 local n = redis.call('ZCARD', KEYS[1])
 local until_ms = 0
 if n >= pause_at then
@@ -132,9 +121,9 @@ impl ErrorBudget {
         self.store.keys().exact_errors(&self.tenant, endpoint)
     }
 
-    async fn run(&self, script: &str, endpoint: &str, member: Option<String>) -> Result<Count> {
+    async fn run(&self, endpoint: &str, member: Option<String>) -> Result<Count> {
         let mut c = self.store.conn();
-        let script = Script::new(script);
+        let script = Script::new(COUNT);
         let mut inv = script.key(self.key(endpoint));
         inv.arg(self.pause_at).arg(WINDOW.as_millis() as u64);
         if let Some(m) = member {
@@ -150,13 +139,13 @@ impl ErrorBudget {
 
     /// The endpoint's count now.
     pub async fn check(&self, endpoint: &str) -> Result<Count> {
-        self.run(CHECK, endpoint, None).await
+        self.run(endpoint, None).await
     }
 
     /// Count one error Exact answered with `status` on `endpoint`.
     pub async fn record(&self, endpoint: &str, status: u16) -> Result<Count> {
         let member = format!("{status}:{}", uuid::Uuid::new_v4().simple());
-        self.run(RECORD, endpoint, Some(member)).await
+        self.run(endpoint, Some(member)).await
     }
 }
 

@@ -42,7 +42,8 @@ enum Loaded {
     Terms(Arc<Vec<PaymentTerm>>),
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Loaded)>>>;
+/// A list as last loaded: when the load started, whether it read past every cache, the list.
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, bool, Loaded)>>>;
 
 /// Per-process memo of the lists, keyed by company and list.
 pub struct LookupCache {
@@ -107,14 +108,21 @@ impl LookupCache {
 
     async fn get(&self, precoro: &PrecoroClient, list: &List, fresh: bool) -> Result<Loaded> {
         let slot = self.slot(precoro.tenant(), list);
-        // One load per list at a time: the others wait for it and take its result.
+        let asked = Instant::now();
+        // One load per list at a time: the others wait for it and take its result. A fresh read
+        // is satisfied by a load that started after it was asked for, so a burst of invoices
+        // naming a new option costs one fresh GET, not one identical-GET minute each.
         let mut held = slot.lock().await;
-        if !fresh
-            && let Some((at, loaded)) = held.as_ref()
-            && at.elapsed() < TTL
+        if let Some((at, was_fresh, loaded)) = held.as_ref()
+            && if fresh {
+                *was_fresh && *at >= asked
+            } else {
+                at.elapsed() < TTL
+            }
         {
             return Ok(loaded.clone());
         }
+        let started = Instant::now();
         let read = if fresh { Read::Fresh } else { Read::Cached };
         let all = MasterQuery::default();
         let loaded = match list {
@@ -126,7 +134,8 @@ impl LookupCache {
                 Loaded::Terms(Arc::new(precoro.list_payment_terms_with(&all, read).await?))
             }
         };
-        *held = Some((Instant::now(), loaded.clone()));
+        // Stamped with when the load started: what it read is at least that fresh.
+        *held = Some((started, fresh, loaded.clone()));
         Ok(loaded)
     }
 

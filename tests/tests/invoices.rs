@@ -12,6 +12,7 @@ use shared::store::ratelimit::RateLimiter;
 use testbed::exact_sim::FaultPlan as ExactFaults;
 use testbed::harness::{Inspector, eventually};
 use testbed::precoro_sim::FaultPlan as PrecoroFaults;
+use testbed::precoro_sim::OptionSeed;
 use testbed::world::{InvoiceDraft, Stack, World, WorldOptions};
 
 fn line(
@@ -240,6 +241,67 @@ async fn an_approval_right_after_an_edit_is_not_coalesced_away() {
     world.precoro.approve_invoice(idn);
     let entries = booked(&world, "EDIT-1", Duration::from_secs(30)).await;
     assert_eq!(entries.len(), 1);
+    stack.stop().await;
+}
+
+/// A real line names its GL option by id only; the worker keeps the option list it resolves
+/// against. An option created after that list was read must still book, through one fresh
+/// reload of the list, not go to the dead letters.
+#[tokio::test]
+async fn an_option_created_after_the_list_was_kept_still_books() {
+    let mut world = World::build(WorldOptions {
+        tag: "inv-new-option",
+        ..Default::default()
+    })
+    .await;
+    let stack = Stack::start(&world, 1, false).await;
+    let supplier = world.ids.suppliers[0];
+    world.invoice(InvoiceDraft {
+        number: "KEPT-1".into(),
+        supplier,
+        lines: vec![line("Pens", 10, "1.20", "4000", 21)],
+        ..Default::default()
+    });
+    assert_eq!(
+        booked(&world, "KEPT-1", Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+
+    // A new GL option, stamped with an Exact GL account, after the worker kept the list.
+    let guid = world.exact_ids.gl_accounts["4000"].to_string();
+    let option = world.precoro.add_option(
+        world.ids.gl_field,
+        OptionSeed {
+            name: "Office supplies (shop)".into(),
+            code: Some("4000-S".into()),
+            external_id: Some(guid),
+            ..Default::default()
+        },
+    );
+    world.ids.gl.insert("4000-S".into(), option);
+    world.precoro.reset_calls();
+    world.invoice(InvoiceDraft {
+        number: "KEPT-2".into(),
+        supplier,
+        lines: vec![line("Stapler", 1, "12.00", "4000-S", 21)],
+        ..Default::default()
+    });
+    assert_eq!(
+        booked(&world, "KEPT-2", Duration::from_secs(20))
+            .await
+            .len(),
+        1
+    );
+    let gl_list = format!("/itemcustomfields/{}/options", world.ids.gl_field);
+    let reloads = world
+        .precoro
+        .calls()
+        .iter()
+        .filter(|c| c.path == gl_list)
+        .count();
+    assert_eq!(reloads, 1, "one fresh read of the GL options");
     stack.stop().await;
 }
 

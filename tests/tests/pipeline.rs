@@ -1210,14 +1210,22 @@ async fn slow_and_dripping_senders_cannot_exhaust_the_ingress() {
     for _ in 0..45 {
         conns.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
+    // Every connection ends: beyond the cap with a 503 at once, within it when the head deadline
+    // passes (closed, or a 408). Told apart by the answer, not by how soon it came, which a busy
+    // machine stretches.
     let mut refused = Vec::new();
     for (i, tcp) in conns.iter_mut().enumerate() {
-        if let Some(reply) = answer(tcp, Duration::from_millis(200)).await
-            && !reply.is_empty()
-        {
-            assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+        let reply = answer(tcp, Duration::from_secs(30))
+            .await
+            .unwrap_or_default();
+        if reply.starts_with("HTTP/1.1 503") {
             assert!(reply.contains("too many connections"), "{reply}");
             refused.push(i);
+        } else {
+            assert!(
+                reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+                "connection {i}: {reply:?}"
+            );
         }
     }
     assert!(

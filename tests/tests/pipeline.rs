@@ -1204,7 +1204,7 @@ async fn slow_and_dripping_senders_cannot_exhaust_the_ingress() {
     );
     let small = IngressProcess::start(&capped, port).await;
     let addr = format!("127.0.0.1:{port}");
-    // 45 connections at once: the first 40 (39 if the readiness probe's is still open) are
+    // 45 connections at once: the first 40 (39 while the readiness probe's is still open) are
     // held, the rest answered 503 and closed at once.
     let mut conns = Vec::new();
     for _ in 0..45 {
@@ -1228,8 +1228,10 @@ async fn slow_and_dripping_senders_cannot_exhaust_the_ingress() {
             );
         }
     }
+    // The readiness probe's connection may close at any moment of the 45 connects, freeing its
+    // slot then: 5 or 6 refused, all among the last six.
     assert!(
-        refused == (40..45).collect::<Vec<_>>() || refused == (39..45).collect::<Vec<_>>(),
+        (5..=6).contains(&refused.len()) && refused.iter().all(|i| *i >= 39),
         "refused: {refused:?}"
     );
     let idle = conns;

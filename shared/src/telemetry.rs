@@ -67,7 +67,7 @@ pub fn webhook_received(
     metrics::counter!(names::WEBHOOKS_RECEIVED, "source" => source, "outcome" => outcome)
         .increment(1);
     match outcome {
-        "accepted" | "ignored" | "handshake" => {
+        "accepted" | "ignored" | "handshake" | "deferred" => {
             tracing::info!(source, tenant, outcome, detail, "webhook received")
         }
         _ => tracing::warn!(source, tenant, outcome, detail, "webhook refused"),

@@ -28,6 +28,10 @@ use super::invoice_map::{self, Lookups, Needs};
 /// that reference sync did not make (and so did not announce) can cost.
 pub const TTL: Duration = Duration::from_secs(15 * 60);
 
+/// How stale another replica's announcement may be seen: reference sync's writes reach Precoro
+/// one call a second, so a second more is nothing an invoice can notice.
+const GENERATION_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum List {
     Options(CustomFieldKind, i64),
@@ -49,8 +53,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<(Instant, bool, Loaded)>>>;
 pub struct LookupCache {
     store: Store,
     slots: Mutex<HashMap<(TenantId, List), Slot>>,
-    /// The generation each company's lists were loaded under.
-    seen: Mutex<HashMap<TenantId, i64>>,
+    /// The generation each company's lists were loaded under, and when it was last read.
+    seen: Mutex<HashMap<TenantId, (i64, Instant)>>,
 }
 
 impl LookupCache {
@@ -73,8 +77,18 @@ impl LookupCache {
         Ok(())
     }
 
-    /// Drop this process's copies when another replica announced a change.
+    /// Drop this process's copies when another replica announced a change. Read at most once per
+    /// [`GENERATION_EVERY`], so a burst of invoices does not cost a Redis round trip each.
     async fn follow_generation(&self, tenant: &TenantId) -> Result<()> {
+        {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen
+                .get(tenant)
+                .is_some_and(|(_, at)| at.elapsed() < GENERATION_EVERY)
+            {
+                return Ok(());
+            }
+        }
         let key = self.store.keys().lookups_generation(tenant);
         let current: i64 = self
             .store
@@ -84,7 +98,9 @@ impl LookupCache {
             .unwrap_or(0);
         let changed = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.insert(tenant.clone(), current) != Some(current)
+            seen.insert(tenant.clone(), (current, Instant::now()))
+                .map(|(g, _)| g)
+                != Some(current)
         };
         if changed {
             self.forget(tenant);

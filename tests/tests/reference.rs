@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 use shared::bus::Publisher;
 use shared::config::ReferenceKind;
 use shared::exact::client::ExactClient;
-use shared::ids::{Division, ExactGuid, TenantId};
+use shared::ids::{Division, ExactGuid, PrecoroIdn, TenantId};
 use shared::precoro::{CustomFieldKind, OptionInput};
 use shared::store::Store;
 use shared::store::ratelimit::RateLimiter;
 use testbed::exact_sim::{ExactSim, ExactSimOptions, RefKind};
 use testbed::harness::{self, EnvSpec, Inspector, TenantSpec, eventually};
 use testbed::precoro_sim::{PrecoroSim, PrecoroSimOptions};
-use testbed::world::{Stack, TENANT, World, WorldOptions};
+use testbed::world::{InvoiceDraft, Stack, TENANT, World, WorldOptions};
 use worker::flows::Context;
 use worker::flows::reference::{ReferenceFlow, Report, enqueue_sync};
 
@@ -560,4 +560,73 @@ async fn each_company_is_synced_on_its_own_schedule() {
         .await
         .delete_topology(&config.broker)
         .await;
+}
+
+/// Invoices resolve the option ids of their lines against lists each worker keeps (15 minutes).
+/// A stamp that reference sync changes must reach every replica's copy at once, not when its
+/// copy expires: reference sync bumps a generation in Redis, which every worker follows.
+#[tokio::test]
+async fn a_stamp_reference_sync_changes_reaches_every_workers_kept_lists() {
+    let world = World::build(WorldOptions {
+        tag: "ref-lookups",
+        ..Default::default()
+    })
+    .await;
+    let t = TenantId(TENANT.into());
+    let tenant = world
+        .config
+        .tenant(TENANT)
+        .expect("the world's company")
+        .clone();
+    let replica = || {
+        Context::new(
+            Arc::new(world.config.clone()),
+            world.store.clone(),
+            Publisher::new(&world.config.broker),
+        )
+    };
+    let (a, b) = (replica(), replica());
+    let (_, idn) = world.invoice(InvoiceDraft {
+        number: "GEN-1".into(),
+        supplier: world.ids.suppliers[0],
+        lines: vec![("Pens".into(), 1, "2.00".into(), "4000".into(), 21)],
+        ..Default::default()
+    });
+    let (field, option) = (world.ids.gl_field, world.ids.gl["4000"]);
+    let precoro = a.precoro(&t).unwrap();
+    let invoice = precoro.get_invoice(PrecoroIdn(idn)).await.unwrap();
+    let stamp = |ctx: Arc<Context>| {
+        let (tenant, invoice) = (tenant.clone(), invoice.clone());
+        async move {
+            let lookups = ctx
+                .lookups
+                .for_invoice(ctx.precoro(&tenant.id).unwrap(), &tenant, &invoice)
+                .await
+                .unwrap();
+            lookups.options[&field]
+                .iter()
+                .find(|o| o.id == option)
+                .and_then(|o| o.external_id.clone())
+        }
+    };
+    let before = stamp(b.clone()).await;
+    assert!(before.is_some());
+    assert_eq!(stamp(a.clone()).await, before);
+
+    // Exact recreated the account: reference sync re-stamps the option, then announces it.
+    let new = "0f0e0d0c-0b0a-4909-8807-060504030201";
+    precoro
+        .set_option_external_id(CustomFieldKind::Item, field, option, new)
+        .await
+        .unwrap();
+    a.lookups.bump(&t).await.unwrap();
+    assert_eq!(stamp(a.clone()).await.as_deref(), Some(new));
+    // The other replica's copy still resolves the old stamp, so only the generation tells it.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            stamp(b.clone()).await.as_deref() == Some(new)
+        })
+        .await,
+        "the other replica follows the new generation"
+    );
 }

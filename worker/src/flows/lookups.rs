@@ -5,7 +5,7 @@
 //! one load at a time per list: a day of invoices costs a few GETs per list, not several per
 //! invoice (Precoro allows 1,500 calls an hour). Two things end a copy early:
 //! - reference sync bumps a per-company generation in Redis after it writes ([`LookupCache::bump`]);
-//!   every replica sees the new generation on its next invoice and reloads;
+//!   every replica reads it at most a second later, on its next invoice, and reloads;
 //! - a value the copy cannot resolve (an option created since, an externalId stamped by hand)
 //!   reloads that list fresh once before the invoice is given up on, so staleness costs a GET,
 //!   never a dead letter.

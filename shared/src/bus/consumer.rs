@@ -570,11 +570,13 @@ impl<H: Handler> FlowConsumer<H> {
 
 /// The wait queue a retry goes to.
 ///
-/// - Held back until a known moment (a fence after a Redis loss, a paused Exact company): the
-///   longest tier that ends no later than that moment, so work resumes when it ends rather than at
-///   the next, much longer tier; a message that comes back early looks again (no API call, no
-///   attempt counted) and the handler sleeps through the last stretch (`worker.rate_limit_wait`).
-/// - Told how long to wait otherwise (a 429): the shortest tier that covers the wait.
+/// - Held back until a known moment (a fence after a Redis loss, a paused Exact company, a rate
+///   limit whose reset was announced: Exact's `X-RateLimit-*-Reset`, Precoro's
+///   `RateLimit-Retry-After`, our own limiter's answer): the longest tier that ends no later than
+///   that moment, so work resumes when the limit does rather than at the next, much longer tier
+///   (a minute's reset used to cost a two-minute tier). A message that comes back early looks
+///   again at no API call (the pause is recorded in Redis, and no attempt is counted), and the
+///   handler sleeps through the last stretch (`worker.rate_limit_wait`).
 /// - Otherwise by attempt.
 fn retry_tier(
     tiers: &[Duration],
@@ -583,7 +585,7 @@ fn retry_tier(
     attempt: u32,
 ) -> Duration {
     match (wait, class) {
-        (Some(wait), RetryClass::Busy | RetryClass::Paused) => tiers
+        (Some(wait), RetryClass::Busy | RetryClass::Paused | RetryClass::RateLimited) => tiers
             .iter()
             .rev()
             .find(|t| **t <= wait)
@@ -646,9 +648,20 @@ mod tests {
         );
         // Shorter than every tier: the shortest.
         assert_eq!(retry_tier(&tiers, Some(s(2)), RetryClass::Paused, 0), s(5));
-        // A 429's wait is covered, not undercut.
+        // A rate limit that resets in 61 s: 30 s at a time, not the two-minute tier (issue 18:
+        // invoices were posted a minute after Exact's minutely reset).
         assert_eq!(
             retry_tier(&tiers, Some(s(61)), RetryClass::RateLimited, 0),
+            s(30)
+        );
+        // A daily limit: hours at a time, never past the reset.
+        assert_eq!(
+            retry_tier(&tiers, Some(s(5 * 3600)), RetryClass::RateLimited, 0),
+            s(3600)
+        );
+        // A transient failure told to wait (a 503 with Retry-After): the wait is covered.
+        assert_eq!(
+            retry_tier(&tiers, Some(s(61)), RetryClass::Transient, 1),
             s(120)
         );
         // No wait given: by attempt.

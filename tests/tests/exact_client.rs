@@ -1421,12 +1421,13 @@ async fn refusals_on_one_endpoint_pause_it_before_exacts_block_and_the_others_ca
     let booked = loop {
         match a.create_purchase_entry(&good).await {
             Ok(e) => break e,
-            Err(Error::ExactPaused { .. }) => {
+            Err(Error::ExactPaused { retry_after, .. }) => {
                 assert!(
                     s.now_ms().await.unwrap() < until + 5_000,
                     "the pause did not end"
                 );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Come back when the pause says it ends, as the consumer does.
+                tokio::time::sleep(retry_after).await;
             }
             Err(e) => panic!("{e}"),
         }

@@ -1110,6 +1110,7 @@ async fn slow_and_dripping_senders_cannot_exhaust_the_ingress() {
                 if tcp.write_all(b" ").await.is_err() {
                     break;
                 }
+                // The attack itself: one byte per TCP segment, 2 ms apart (issue 15's probe).
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 if started.elapsed() > Duration::from_secs(4) {
                     break;
@@ -1135,6 +1136,7 @@ async fn slow_and_dripping_senders_cannot_exhaust_the_ingress() {
                 {
                     peak.fetch_max(kb * 1024, std::sync::atomic::Ordering::SeqCst);
                 }
+                // A sampling period: RSS has no event to wait for, only a value to read often.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })

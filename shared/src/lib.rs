@@ -6,6 +6,7 @@ pub mod bus;
 pub mod config;
 pub mod error;
 pub mod exact;
+pub mod excerpt;
 pub mod http;
 pub mod ids;
 pub mod precoro;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serializer};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::excerpt::{EXCERPT_CHARS, excerpt, shorten};
 use crate::ids::ExactGuid;
 
 // ---------------------------------------------------------------------------------------------
@@ -363,10 +364,6 @@ pub fn parse_single<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>> {
 // Decoding: a reply we cannot use names the path and a short excerpt of the value
 // ---------------------------------------------------------------------------------------------
 
-/// Most characters of an offending value an error quotes: enough to recognise it, too few to
-/// copy a document into logs and the DLQ.
-pub const EXCERPT_CHARS: usize = 40;
-
 /// Decode one entity of a reply. `at` is where it sits (`d.results[2]`, see [`Page::row_path`]),
 /// so a failure reads `d.results[2].AmountDC: "12,5" is not a number`.
 pub fn decode_row<T: DeserializeOwned>(row: &Value, at: &str) -> Result<T> {
@@ -446,20 +443,6 @@ fn reason(msg: &str) -> String {
         return format!("missing field {}", field.trim_matches('`'));
     }
     shorten(msg, 80)
-}
-
-/// A short JSON rendering of a value: strings quoted, cut at [`EXCERPT_CHARS`].
-pub fn excerpt(v: &Value) -> String {
-    shorten(&v.to_string(), EXCERPT_CHARS)
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max - 1).collect();
-    out.push('…');
-    out
 }
 
 /// A body that is not JSON at all (an Atom feed or an HTML error page) or is cut short. serde's

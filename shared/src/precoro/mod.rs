@@ -10,9 +10,9 @@
 //! calls; `types.rs` the resources.
 
 mod api;
-#[cfg(any(test, feature = "testing"))]
-pub mod blanking;
 mod client;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod types;
 
 pub use client::{

@@ -7,17 +7,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::ids::{PrecoroId, PrecoroIdn};
-use crate::precoro::blanking::{Blank, blank_all, containers};
-
-macro_rules! fixture {
-    ($name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/precoro/",
-            $name
-        ))
-    };
-}
+use crate::precoro::testing::{Blank, blank_all, containers, fixture};
 
 fn dec(s: &str) -> Decimal {
     s.parse().unwrap()
@@ -29,7 +19,7 @@ fn parse<T: DeserializeOwned>(body: &str) -> T {
 
 #[test]
 fn invoice_detail_in_the_spec_typing() {
-    let inv: Invoice = parse(fixture!("invoice-detail-spec.json"));
+    let inv: Invoice = parse(&fixture("invoice-detail-spec.json"));
     assert_eq!((inv.id, inv.idn), (PrecoroId(4410211), PrecoroIdn(101)));
     // `sum` a number, `netSum` a string (§1.5).
     assert_eq!(inv.sum, dec("290.4"));
@@ -74,7 +64,7 @@ fn invoice_detail_in_the_spec_typing() {
 
 #[test]
 fn invoice_detail_as_live_connectors_type_it() {
-    let inv: Invoice = parse(fixture!("invoice-detail-live.json"));
+    let inv: Invoice = parse(&fixture("invoice-detail-live.json"));
     // `idn` a string, amounts strings, `exchangeRate` and relations `[]` (§1.4–1.6).
     assert_eq!(inv.idn, PrecoroIdn(102));
     assert_eq!(
@@ -113,7 +103,7 @@ fn invoice_detail_as_live_connectors_type_it() {
 
 #[test]
 fn every_candidate_line_shape_reads() {
-    let inv: Invoice = parse(fixture!("invoice-line-variants.json"));
+    let inv: Invoice = parse(&fixture("invoice-line-variants.json"));
     assert_eq!(inv.exchange_rate(), Some(Decimal::ONE));
     assert!(inv.payment_term.is_none());
     assert_eq!(inv.sum_paid, Decimal::ZERO);
@@ -183,7 +173,7 @@ fn exchange_rate_in_every_form() {
 
 #[test]
 fn split_markers_in_all_three_forms() {
-    let rows: Vec<Invoice> = parse(fixture!("invoice-split-markers.json"));
+    let rows: Vec<Invoice> = parse(&fixture("invoice-split-markers.json"));
     let parents: Vec<Option<Option<i64>>> = rows.iter().map(Invoice::split_parent).collect();
     assert_eq!(
         parents,
@@ -200,33 +190,33 @@ fn split_markers_in_all_three_forms() {
 
 #[test]
 fn list_pages_in_both_pagination_styles() {
-    let page: ListPage<Invoice> = parse(fixture!("invoice-list-page.json"));
+    let page: ListPage<Invoice> = parse(&fixture("invoice-list-page.json"));
     assert_eq!(page.data.len(), 2);
     assert!(page.has_next(100));
     // The same idn twice for a split-cost invoice (§1.8); the child is marked.
     assert_eq!(page.data[0].idn, page.data[1].idn);
     assert!(page.data[1].is_split_child());
-    let legacy: ListPage<Invoice> = parse(fixture!("invoice-list-page-legacy.json"));
+    let legacy: ListPage<Invoice> = parse(&fixture("invoice-list-page-legacy.json"));
     assert_eq!(legacy.data[0].status, status::APPROVED);
     assert!(legacy.has_next(100));
 }
 
 #[test]
 fn master_data_lists() {
-    let options: ListPage<CustomFieldOption> = parse(fixture!("options-gl-account.json"));
+    let options: ListPage<CustomFieldOption> = parse(&fixture("options-gl-account.json"));
     assert_eq!(options.data.len(), 3);
     assert_eq!(options.data[1].parent.as_ref().unwrap().id, Some(9000));
     assert!(options.data[2].parent.is_none());
     assert_eq!(options.data[2].external_id, None);
-    let centers: ListPage<CustomFieldOption> = parse(fixture!("options-cost-center.json"));
+    let centers: ListPage<CustomFieldOption> = parse(&fixture("options-cost-center.json"));
     // `externalId` as a number or a string (§1.7).
     assert_eq!(centers.data[0].external_id.as_deref(), Some("100"));
     assert_eq!(centers.data[1].enable, Some(false));
-    let _: ListPage<CustomFieldOption> = parse(fixture!("options-project.json"));
-    let fields: ListPage<CustomField> = parse(fixture!("itemcustomfields-list.json"));
+    let _: ListPage<CustomFieldOption> = parse(&fixture("options-project.json"));
+    let fields: ListPage<CustomField> = parse(&fixture("itemcustomfields-list.json"));
     assert_eq!(fields.data[1].id, 12);
     assert_eq!(fields.data[1].name.as_deref(), Some("Cost center"));
-    let taxes: ListPage<Tax> = parse(fixture!("taxes-list.json"));
+    let taxes: ListPage<Tax> = parse(&fixture("taxes-list.json"));
     let ext: Vec<Option<&str>> = taxes
         .data
         .iter()
@@ -234,7 +224,7 @@ fn master_data_lists() {
         .collect();
     assert_eq!(ext, [Some("2"), Some("1"), None]);
     assert_eq!(taxes.data[2].is_withholding_tax, Some(true));
-    let terms: ListPage<PaymentTerm> = parse(fixture!("paymentterms-list.json"));
+    let terms: ListPage<PaymentTerm> = parse(&fixture("paymentterms-list.json"));
     assert_eq!(terms.data[0].external_id.as_deref(), Some("30"));
     assert_eq!(terms.data[1].credit_period_days, Some(14));
     assert_eq!(terms.data[1].terms_due_date_after_invoicing, Some(true));
@@ -243,19 +233,19 @@ fn master_data_lists() {
 
 #[test]
 fn suppliers_as_live_data_and_the_spec_type_them() {
-    let live: Supplier = parse(fixture!("supplier-live.json"));
+    let live: Supplier = parse(&fixture("supplier-live.json"));
     assert_eq!(live.currencies, ["EUR", "USD"]);
     assert_eq!(live.external_id.as_deref(), Some("20231"));
     assert_eq!(live.email(), Some("billing@noord.example"));
     assert_eq!(live.payment_terms[0].external_id.as_deref(), Some("30"));
-    let spec: Supplier = parse(fixture!("supplier-spec.json"));
+    let spec: Supplier = parse(&fixture("supplier-spec.json"));
     assert_eq!(spec.currencies, ["EUR", "GBP"]);
     assert_eq!(spec.payment_terms.len(), 1);
 }
 
 #[test]
 fn payments_with_missing_idn_and_string_amounts() {
-    let page: ListPage<Payment> = parse(fixture!("payments-list.json"));
+    let page: ListPage<Payment> = parse(&fixture("payments-list.json"));
     assert_eq!(page.data[0].sum_paid, dec("145.2"));
     assert_eq!(page.data[1].sum_paid, dec("145.20"));
     assert_eq!(page.data[1].idn, None);
@@ -264,7 +254,7 @@ fn payments_with_missing_idn_and_string_amounts() {
         Some("2026-11-11T00:00:00+00:00")
     );
     assert_eq!(page.data[1].invoice.as_ref().unwrap().idn, Some(101));
-    let created: Payment = parse(fixture!("payment-created.json"));
+    let created: Payment = parse(&fixture("payment-created.json"));
     assert_eq!(created.idn, Some(33));
 }
 
@@ -298,24 +288,24 @@ fn errors_name_the_path_and_an_excerpt() {
 
 #[test]
 fn webhook_and_error_bodies() {
-    let hook: crate::webhook::PrecoroHook = parse(fixture!("webhook-invoice.json"));
+    let hook: crate::webhook::PrecoroHook = parse(&fixture("webhook-invoice.json"));
     assert_eq!(
         (hook.id, hook.kind, hook.action, hook.idn),
         (4410211, 3, 1, Some(101))
     );
-    let hook: crate::webhook::PrecoroHook = parse(fixture!("webhook-supplier.json"));
+    let hook: crate::webhook::PrecoroHook = parse(&fixture("webhook-supplier.json"));
     assert_eq!((hook.kind, hook.idn), (7, None));
     let hook: crate::webhook::PrecoroHook =
         parse(r#"{"id": "12", "type": "3", "action": "0", "idn": "5"}"#);
     assert_eq!((hook.id, hook.kind, hook.idn), (12, 3, Some(5)));
     let info = crate::precoro::RateLimitInfo::parse(
         &reqwest::header::HeaderMap::new(),
-        fixture!("error-429.json").as_bytes(),
+        fixture("error-429.json").as_bytes(),
     );
     assert_eq!(info.retry_at, parse_datetime("2025-12-16T09:00:49+00:00"));
     assert!(info.is_route_limiter());
     assert_eq!(
-        crate::precoro::error_message(fixture!("error-payment-overpaid.json").as_bytes()),
+        crate::precoro::error_message(fixture("error-payment-overpaid.json").as_bytes()),
         "sumPaid: The Invoice is already fully paid."
     );
 }
@@ -333,8 +323,8 @@ proptest! {
             1..12,
         ),
     ) {
-        let source = [fixture!("invoice-detail-spec.json"), fixture!("invoice-detail-live.json")][which];
-        let mut v: Value = serde_json::from_str(source).unwrap();
+        let source = fixture(["invoice-detail-spec.json", "invoice-detail-live.json"][which]);
+        let mut v: Value = serde_json::from_str(&source).unwrap();
         let all = containers(&v);
         let chosen: Vec<(String, Blank)> =
             picks.iter().map(|(i, b)| (all[i.index(all.len())].clone(), *b)).collect();

@@ -69,19 +69,7 @@ pub mod de {
 
     use super::*;
 
-    /// At most this many characters of an offending value appear in an error.
-    const EXCERPT: usize = 40;
-
-    /// A short, single-line rendering of a JSON value for error messages.
-    pub fn excerpt(v: &Value) -> String {
-        let s = v.to_string();
-        if s.chars().count() <= EXCERPT {
-            return s;
-        }
-        let mut out: String = s.chars().take(EXCERPT - 1).collect();
-        out.push('…');
-        out
-    }
+    pub use crate::excerpt::excerpt;
 
     /// A number, a numeric string, or an object carrying one under `amount`, `value`, `sum` or
     /// `rate`. Decimal commas are not guessed at: "21,0" could be 21 or 210.

@@ -7,6 +7,7 @@
 //! value, so an operator can fix the data and replay.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -102,19 +103,21 @@ pub fn condition_met(invoice: &Invoice, tenant: &TenantConfig, lookups: &Lookups
 /// line's custom-field value is the option's id as a string, a line's tax names no master tax,
 /// and the invoice's `paymentTerm` is `{id}` (specs/precoro-shapes.md §4, §5, §7). Loaded by the
 /// flow from Precoro's lists (cached GETs) only for what [`needs`] says is missing inline.
+///
+/// The lists are shared (`Arc`) with the worker's copy ([`super::lookups`]), not copied per invoice.
 #[derive(Debug, Clone, Default)]
 pub struct Lookups {
     /// Options of a custom field, by the field's id.
-    pub options: HashMap<i64, Vec<CustomFieldOption>>,
-    pub taxes: Vec<Tax>,
-    pub terms: Vec<PaymentTerm>,
+    pub options: HashMap<i64, Arc<Vec<CustomFieldOption>>>,
+    pub taxes: Arc<Vec<Tax>>,
+    pub terms: Arc<Vec<PaymentTerm>>,
 }
 
 impl Lookups {
     fn options(&self, field_id: i64) -> &[CustomFieldOption] {
         self.options
             .get(&field_id)
-            .map(Vec::as_slice)
+            .map(|o| o.as_slice())
             .unwrap_or(&[])
     }
 
@@ -196,14 +199,14 @@ pub fn needs(invoice: &Invoice, tenant: &TenantConfig) -> Needs {
     out
 }
 
-/// The lists among those [`needs`] names that leave a value of `invoice` unresolved: a value
+/// The lists among `wanted` (what [`needs`] named) that leave a value of `invoice` unresolved: a value
 /// naming no listed option, an option, tax or term without its externalId. Reloaded fresh once,
 /// since reference sync (or a user) may have written them after the list was read.
-pub fn unresolved(invoice: &Invoice, tenant: &TenantConfig, lookups: &Lookups) -> Needs {
-    let wanted = needs(invoice, tenant);
+pub fn unresolved(invoice: &Invoice, wanted: &Needs, lookups: &Lookups) -> Needs {
     let fields = wanted
         .fields
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|(kind, field)| {
             let entries: Vec<&CustomFieldValue> = match kind {
                 CustomFieldKind::Item => invoice

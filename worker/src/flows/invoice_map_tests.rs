@@ -3,20 +3,12 @@
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use shared::config::Config;
-use shared::precoro::blanking::{Blank, blank_all, containers};
+use shared::precoro::testing::{Blank, blank_all, containers, fixture};
 use shared::precoro::{ListPage, decode};
 
-use super::*;
+use std::sync::Arc;
 
-macro_rules! fixture {
-    ($name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/precoro/",
-            $name
-        ))
-    };
-}
+use super::*;
 
 const TENANT: &str = r#"
     [[tenants]]
@@ -57,20 +49,20 @@ fn supplier() -> ExactGuid {
     g("5b8e0a6f-1c52-4f0b-9a9e-2f1d5c7e8a01")
 }
 
-fn list<T: serde::de::DeserializeOwned>(body: &str) -> Vec<T> {
-    decode::<ListPage<T>>(body.as_bytes()).unwrap().data
+fn list<T: serde::de::DeserializeOwned>(body: &str) -> Arc<Vec<T>> {
+    Arc::new(decode::<ListPage<T>>(body.as_bytes()).unwrap().data)
 }
 
 /// Every list reference sync would have stamped, as the fixtures give them.
 fn lookups() -> Lookups {
     Lookups {
         options: HashMap::from([
-            (11, list(fixture!("options-gl-account.json"))),
-            (12, list(fixture!("options-cost-center.json"))),
-            (21, list(fixture!("options-project.json"))),
+            (11, list(&fixture("options-gl-account.json"))),
+            (12, list(&fixture("options-cost-center.json"))),
+            (21, list(&fixture("options-project.json"))),
         ]),
-        taxes: list(fixture!("taxes-list.json")),
-        terms: list(fixture!("paymentterms-list.json")),
+        taxes: list(&fixture("taxes-list.json")),
+        terms: list(&fixture("paymentterms-list.json")),
     }
 }
 
@@ -80,7 +72,7 @@ fn invoice(body: &str) -> Invoice {
 
 #[test]
 fn a_spec_shaped_invoice_books_through_the_lists() {
-    let inv = invoice(fixture!("invoice-detail-spec.json"));
+    let inv = invoice(&fixture("invoice-detail-spec.json"));
     let tenant = tenant();
     assert_eq!(decide(&inv), Ok(()));
     assert_eq!(
@@ -144,7 +136,7 @@ fn a_spec_shaped_invoice_books_through_the_lists() {
 
 #[test]
 fn a_live_shaped_invoice_books_too() {
-    let inv = invoice(fixture!("invoice-detail-live.json"));
+    let inv = invoice(&fixture("invoice-detail-live.json"));
     let e = map_invoice(&inv, &tenant(), &lookups(), supplier(), None).unwrap();
     // The issue date came as a PHP DateTime in a named zone: its calendar day is kept.
     assert_eq!(e.entry_date, NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
@@ -160,7 +152,7 @@ fn a_live_shaped_invoice_books_too() {
 
 #[test]
 fn every_candidate_way_of_naming_the_gl_account_resolves() {
-    let inv = invoice(fixture!("invoice-line-variants.json"));
+    let inv = invoice(&fixture("invoice-line-variants.json"));
     let e = map_invoice(&inv, &tenant(), &lookups(), supplier(), None).unwrap();
     assert_eq!(e.lines.len(), 5);
     for l in &e.lines {
@@ -178,7 +170,7 @@ fn every_candidate_way_of_naming_the_gl_account_resolves() {
 fn what_cannot_be_resolved_is_named() {
     let tenant = tenant();
     let with_line = |line: Value| {
-        let mut v: Value = serde_json::from_str(fixture!("invoice-line-variants.json")).unwrap();
+        let mut v: Value = serde_json::from_str(&fixture("invoice-line-variants.json")).unwrap();
         v["items"] = json!([line]);
         v["sum"] = json!(121);
         v["netSum"] = json!(100);
@@ -231,7 +223,7 @@ fn the_export_condition_reads_an_option_id_through_the_list() {
         .unwrap()
         .tenants
         .remove(0);
-    let inv = invoice(fixture!("invoice-detail-spec.json"));
+    let inv = invoice(&fixture("invoice-detail-spec.json"));
     assert!(!condition_met(&inv, &tenant, &Lookups::default()));
     assert!(condition_met(&inv, &tenant, &lookups()));
 }
@@ -262,10 +254,10 @@ proptest! {
             1..10,
         ),
     ) {
-        let source: Value = serde_json::from_str(fixture!("invoice-detail-spec.json")).unwrap();
+        let source: Value = serde_json::from_str(&fixture("invoice-detail-spec.json")).unwrap();
         let tenant = tenant();
         let lookups = lookups();
-        let baseline = map_invoice(&invoice(fixture!("invoice-detail-spec.json")), &tenant, &lookups, supplier(), None).unwrap();
+        let baseline = map_invoice(&invoice(&fixture("invoice-detail-spec.json")), &tenant, &lookups, supplier(), None).unwrap();
         let all = containers(&source);
         let chosen: Vec<(String, Blank)> =
             picks.iter().map(|(i, b)| (all[i.index(all.len())].clone(), *b)).collect();

@@ -171,10 +171,10 @@ impl LookupCache {
         for list in &lists {
             match (list, self.get(precoro, list, fresh).await?) {
                 (List::Options(_, field), Loaded::Options(o)) => {
-                    out.options.insert(*field, o.as_ref().clone());
+                    out.options.insert(*field, o);
                 }
-                (_, Loaded::Taxes(t)) => out.taxes = t.as_ref().clone(),
-                (_, Loaded::Terms(t)) => out.terms = t.as_ref().clone(),
+                (_, Loaded::Taxes(t)) => out.taxes = t,
+                (_, Loaded::Terms(t)) => out.terms = t,
                 _ => unreachable!("a list loads as its own kind"),
             }
         }
@@ -195,7 +195,7 @@ impl LookupCache {
         }
         self.follow_generation(precoro.tenant()).await?;
         let kept = self.load(precoro, &needs, false).await?;
-        let stale = invoice_map::unresolved(invoice, tenant, &kept);
+        let stale = invoice_map::unresolved(invoice, &needs, &kept);
         if stale.is_empty() {
             return Ok(kept);
         }

@@ -1,7 +1,15 @@
-//! For property tests of Precoro readers: blank any object or array of a JSON reply the ways PHP
-//! and the live API write "nothing" (specs/precoro-shapes.md §1.4): `[]`, `{}`, null, or absent.
+//! For tests of Precoro readers, in this crate and others: the recorded shapes under
+//! `tests/fixtures/precoro/`, and blanking any object or array of a JSON reply the ways PHP and
+//! the live API write "nothing" (specs/precoro-shapes.md §1.4): `[]`, `{}`, null, or absent.
 
 use serde_json::{Value, json};
+
+/// The text of `tests/fixtures/precoro/{name}` (its README says what each one shows).
+pub fn fixture(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/precoro/");
+    std::fs::read_to_string(format!("{path}{name}"))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blank {

@@ -941,13 +941,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         return Err(field_err("worker.prefetch", "must be at least 1"));
     }
     for (flow, n) in &worker.prefetch_per_flow {
-        if !crate::bus::topology::FLOWS.contains(&flow.as_str()) {
+        if flow.parse::<crate::flow::Flow>().is_err() {
             return Err(field_err(
                 format!("worker.prefetch_per_flow.{flow}"),
-                format!(
-                    "unknown flow (one of {})",
-                    crate::bus::topology::FLOWS.join(", ")
-                ),
+                format!("unknown flow (one of {})", crate::flow::Flow::names()),
             ));
         }
         if *n == 0 {

@@ -4,9 +4,11 @@
 
 pub mod bus;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod exact;
 pub mod excerpt;
+pub mod flow;
 pub mod http;
 pub mod ids;
 pub mod precoro;
@@ -15,4 +17,6 @@ pub mod store;
 pub mod telemetry;
 pub mod webhook;
 
+pub use digest::fingerprint;
 pub use error::{Api, Error, Result, RetryClass};
+pub use flow::Flow;

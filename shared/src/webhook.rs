@@ -80,12 +80,6 @@ impl Rejection {
     }
 }
 
-/// A short fingerprint of signed bytes (SHA-256, 128 bits in hex), to recognise a replay.
-pub fn fingerprint(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(&Sha256::digest(bytes)[..16])
-}
-
 /// Constant-time equality of two byte strings (length is not secret).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))

@@ -357,9 +357,9 @@ impl Inspector {
     pub async fn delete_topology(&self, cfg: &shared::config::BrokerConfig) {
         use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
         let names = shared::bus::topology::Names::new(&cfg.prefix);
-        let mut queues: Vec<String> = shared::bus::topology::FLOWS
+        let mut queues: Vec<String> = shared::Flow::ALL
             .iter()
-            .map(|f| names.flow_queue(f))
+            .map(|f| names.flow_queue(*f))
             .collect();
         queues.push(names.dlq());
         queues.extend(cfg.retry_tiers.iter().map(|t| names.wait_queue(*t)));

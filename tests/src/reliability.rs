@@ -271,20 +271,18 @@ struct Hooked<H> {
 }
 
 impl<H: Handler> Handler for Hooked<H> {
-    fn flow(&self) -> &'static str {
+    type Msg = H::Msg;
+
+    fn flow(&self) -> shared::Flow {
         self.inner.flow()
     }
 
-    fn entity_key(&self, envelope: &Envelope) -> Option<String> {
-        self.inner.entity_key(envelope)
-    }
-
-    async fn handle(&self, msg: &Message) -> Result<Outcome, Error> {
-        if self.abort_on_poison && msg.envelope.payload["poison"] == json!(true) {
+    async fn handle(&self, delivery: &Message, msg: &H::Msg) -> Result<Outcome, Error> {
+        if self.abort_on_poison && delivery.envelope.payload["poison"] == json!(true) {
             eprintln!("worker {}: poison message, aborting", std::process::id());
             std::process::abort();
         }
-        let out = self.inner.handle(msg).await;
+        let out = self.inner.handle(delivery, msg).await;
         if out.is_ok() && !self.hold_after.is_zero() {
             tokio::time::sleep(self.hold_after).await;
         }
@@ -1365,11 +1363,7 @@ pub async fn settled_after_fence(world: &World, within: Duration) -> bool {
     let insp = Inspector::connect().await;
     let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
     let mut queues = wait_queues(world);
-    queues.extend(
-        shared::bus::topology::FLOWS
-            .iter()
-            .map(|f| names.flow_queue(f)),
-    );
+    queues.extend(shared::Flow::ALL.iter().map(|f| names.flow_queue(*f)));
     let mut quiet_reads = 0;
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {

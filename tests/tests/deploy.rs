@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_norway::Value as Yaml;
-use shared::bus::topology::{FLOWS, Names};
+use shared::Flow;
+use shared::bus::topology::Names;
 use shared::config::{BROKER_URL_ENV, CONFIG_ENV, Config, LISTEN_ENV, REDIS_URL_ENV};
 
 fn repo() -> PathBuf {
@@ -813,7 +814,7 @@ fn kubernetes_manifests_name_only_what_exists() {
     .map(|c| c.broker.prefix)
     .unwrap_or_default();
     let names = Names::new(&prefix_cfg);
-    let queues: BTreeSet<String> = FLOWS.iter().map(|f| names.flow_queue(f)).collect();
+    let queues: BTreeSet<String> = Flow::ALL.iter().map(|f| names.flow_queue(*f)).collect();
     let mut scaled_on = BTreeSet::new();
     for t in list(&so["spec"]["triggers"]) {
         assert_eq!(t["type"], "rabbitmq");
@@ -836,7 +837,7 @@ fn kubernetes_manifests_name_only_what_exists() {
             }
         }
     }
-    for flow in ["invoices", "payments"] {
+    for flow in [Flow::Invoices, Flow::Payments] {
         assert!(
             scaled_on.contains(&names.flow_queue(flow)),
             "KEDA watches the {flow} queue"

@@ -158,7 +158,7 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     assert!(out.contains(&format!("{total} dead letter(s)")), "{out}");
     let invoices = dlq::Selection {
         tenant: Some(TENANT.into()),
-        flow: Some("invoices".into()),
+        flow: Some(shared::Flow::Invoices),
         ..Default::default()
     };
     let inv = dlq::fetch(&config, &invoices).await.unwrap();
@@ -168,7 +168,7 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
             .all(|d| d.error_class.as_deref() == Some("permanent"))
     );
     let suppliers = dlq::Selection {
-        flow: Some("suppliers".into()),
+        flow: Some(shared::Flow::Suppliers),
         ..Default::default()
     };
     assert_eq!(dlq::fetch(&config, &suppliers).await.unwrap().len(), 1);
@@ -189,19 +189,16 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     assert_eq!(dlq::fetch(&config, &future).await.unwrap().len(), 0);
     let recent = dlq::Selection {
         since: Some(worker::cli::parse_when("10m", chrono::Utc::now()).unwrap()),
-        flow: Some("invoices".into()),
+        flow: Some(shared::Flow::Invoices),
         ..Default::default()
     };
     assert_eq!(dlq::fetch(&config, &recent).await.unwrap().len(), inv.len());
     let (n, out) = run!(|o| dlq::list(&config, &invoices, true, o));
     let listed: Value = serde_json::from_str(&out).expect("--json prints JSON");
     assert_eq!(listed.as_array().unwrap().len(), n.unwrap());
-    // Typos are refused, not answered with an empty list.
-    let typo = dlq::Selection {
-        flow: Some("invoice".into()),
-        ..Default::default()
-    };
-    let err = dlq::fetch(&config, &typo).await.unwrap_err().to_string();
+    // Typos are refused, not answered with an empty list: a flow is one of the flows before it
+    // can filter.
+    let err = "invoice".parse::<shared::Flow>().unwrap_err().to_string();
     assert!(err.contains("unknown flow 'invoice'"), "{err}");
     let nobody = dlq::Selection {
         tenant: Some("nobody".into()),
@@ -759,7 +756,7 @@ async fn status_shows_connection_budget_cursors_runs_queues_and_dead_letters() {
     let store = world.store.clone();
     assert!(
         eventually(Duration::from_secs(20), || async {
-            worker::last_run::last_success(&store, TENANT, "payments")
+            worker::last_run::last_success(&store, TENANT, shared::Flow::Payments)
                 .await
                 .unwrap()
                 .is_some()
@@ -912,7 +909,7 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
     });
     let req = |flow: &str, from: Option<&str>, to: Option<&str>| backfill::Request {
         tenant: TENANT.into(),
-        flow: flow.into(),
+        flow: flow.parse().unwrap(),
         from: from.map(|d| d.parse().unwrap()),
         to: to.map(|d| d.parse().unwrap()),
         progress: false,
@@ -930,7 +927,9 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
         "{out}"
     );
     let inspector = Inspector::connect().await;
-    let taken = inspector.drain(&names.flow_queue("invoices")).await;
+    let taken = inspector
+        .drain(&names.flow_queue(shared::Flow::Invoices))
+        .await;
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].routing_key, "job.invoices.export");
     let env = Envelope::from_bytes(&taken[0].body).unwrap();
@@ -940,7 +939,9 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
     // Payments: a re-read from --from; suppliers: cursors rewound and a reconcile; reference: full.
     let (r, out) = run!(|o| backfill::run(&config, &req("payments", Some("2026-10-01"), None), o));
     assert_eq!(r.unwrap().enqueued, 1, "{out}");
-    let taken = inspector.drain(&names.flow_queue("payments")).await;
+    let taken = inspector
+        .drain(&names.flow_queue(shared::Flow::Payments))
+        .await;
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].routing_key, "job.payments.poll");
     let env = Envelope::from_bytes(&taken[0].body).unwrap();
@@ -952,7 +953,9 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
 
     let (r, _) = run!(|o| backfill::run(&config, &req("suppliers", Some("2026-10-01"), None), o));
     r.unwrap();
-    let taken = inspector.drain(&names.flow_queue("suppliers")).await;
+    let taken = inspector
+        .drain(&names.flow_queue(shared::Flow::Suppliers))
+        .await;
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].routing_key, "job.suppliers.reconcile");
     let cursor = world
@@ -968,13 +971,14 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
 
     let (r, _) = run!(|o| backfill::run(&config, &req("reference", None, None), o));
     r.unwrap();
-    let taken = inspector.drain(&names.flow_queue("reference")).await;
+    let taken = inspector
+        .drain(&names.flow_queue(shared::Flow::Reference))
+        .await;
     assert_eq!(taken.len(), 1);
     let env = Envelope::from_bytes(&taken[0].body).unwrap();
     assert_eq!(env.payload["full"], json!(true));
     for (bad, needle) in [
         (req("reference", Some("2026-01-01"), None), "no dates"),
-        (req("invoice", None, None), "unknown flow 'invoice'"),
         (
             req("invoices", Some("2026-12-01"), Some("2026-11-01")),
             "is after --to",
@@ -983,6 +987,8 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
         let err = run!(|o| backfill::run(&config, &bad, o)).0.unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");
     }
+    let err = "invoice".parse::<shared::Flow>().unwrap_err().to_string();
+    assert!(err.contains("unknown flow 'invoice'"), "{err}");
 
     // The workers do what a backfill enqueues: the invoice is booked once.
     run!(|o| backfill::run(

@@ -596,7 +596,7 @@ async fn a_poll_waits_for_an_entry_being_settled_rather_than_step_over_its_rows(
     let lock = ctx
         .store
         .keys()
-        .entity_lease("payments", &tenant(), &entry_key(entry));
+        .entity_lease(shared::Flow::Payments, &tenant(), &entry_key(entry));
     ctx.store
         .set_string(&lock, "held-by-a-test", Some(Duration::from_secs(30)))
         .await

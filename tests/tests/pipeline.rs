@@ -94,7 +94,7 @@ async fn post(
 async fn total_depth(insp: &Inspector, cfg: &Config) -> u32 {
     let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
     let mut n = 0;
-    for flow in shared::bus::topology::FLOWS {
+    for flow in shared::Flow::ALL {
         n += insp.depth(&names.flow_queue(flow)).await;
     }
     n
@@ -209,7 +209,11 @@ async fn exact_signature_matrix_publishes_only_verified_events() {
     assert_eq!((s, j["status"].as_str()), (200, Some("ignored")));
 
     let got = insp
-        .wait_for(&names.flow_queue("suppliers"), 2, Duration::from_secs(5))
+        .wait_for(
+            &names.flow_queue(shared::Flow::Suppliers),
+            2,
+            Duration::from_secs(5),
+        )
         .await;
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|m| m.routing_key == "exact.accounts.update"));
@@ -299,7 +303,11 @@ async fn precoro_token_and_body_checks() {
 
     let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
     let got = insp
-        .wait_for(&names.flow_queue("invoices"), 1, Duration::from_secs(5))
+        .wait_for(
+            &names.flow_queue(shared::Flow::Invoices),
+            1,
+            Duration::from_secs(5),
+        )
         .await;
     assert_eq!(got.len(), 1);
     let e = Envelope::from_bytes(&got[0].body).unwrap();
@@ -354,7 +362,7 @@ async fn precoro_repeats_are_coalesced_into_one_deferred_copy() {
         |t: &TenantSpec| format!("{}/webhooks/precoro/{}/{}", ing.base, t.id, t.webhook_token);
     let body = r#"{"id":777,"type":3,"action":1,"idn":77}"#;
     let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
-    let queue = names.flow_queue("invoices");
+    let queue = names.flow_queue(shared::Flow::Invoices);
 
     let mut statuses = Vec::new();
     for _ in 0..10 {
@@ -448,11 +456,20 @@ async fn broker_outage_answers_503_then_recovers_without_restart() {
     let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
     // Exactly the 2xx'd webhooks are in the queue: the first one and the one after recovery.
     let got = insp
-        .wait_for(&names.flow_queue("invoices"), 2, Duration::from_secs(5))
+        .wait_for(
+            &names.flow_queue(shared::Flow::Invoices),
+            2,
+            Duration::from_secs(5),
+        )
         .await;
     assert_eq!(got.len(), 2);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(insp.drain(&names.flow_queue("invoices")).await.len(), 0);
+    assert_eq!(
+        insp.drain(&names.flow_queue(shared::Flow::Invoices))
+            .await
+            .len(),
+        0
+    );
     insp.delete_topology(&cfg.broker).await;
     drop(ing);
 }
@@ -513,7 +530,11 @@ async fn shutdown_lets_the_request_in_flight_finish_and_publish() {
     let insp = Inspector::connect().await;
     let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
     let got = insp
-        .wait_for(&names.flow_queue("invoices"), 1, Duration::from_secs(5))
+        .wait_for(
+            &names.flow_queue(shared::Flow::Invoices),
+            1,
+            Duration::from_secs(5),
+        )
         .await;
     assert_eq!(got.len(), 1, "the answered webhook is in the queue");
     insp.delete_topology(&cfg.broker).await;
@@ -531,12 +552,28 @@ struct Probe {
     doomed: bool,
 }
 
+/// Any envelope is a probe message: the probe reads its `mode` from the payload itself.
+#[derive(Clone)]
+struct ProbeMsg;
+
+impl TryFrom<&Envelope> for ProbeMsg {
+    type Error = Error;
+
+    fn try_from(_: &Envelope) -> Result<ProbeMsg, Error> {
+        Ok(ProbeMsg)
+    }
+}
+
+impl shared::bus::consumer::FlowMessage for ProbeMsg {}
+
 impl Handler for Probe {
-    fn flow(&self) -> &'static str {
-        "invoices"
+    type Msg = ProbeMsg;
+
+    fn flow(&self) -> shared::Flow {
+        shared::Flow::Invoices
     }
 
-    async fn handle(&self, msg: &Message) -> Result<Outcome, Error> {
+    async fn handle(&self, msg: &Message, _: &ProbeMsg) -> Result<Outcome, Error> {
         let id = msg.envelope.id.clone();
         self.attempts
             .lock()

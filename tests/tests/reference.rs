@@ -521,7 +521,7 @@ async fn each_company_is_synced_on_its_own_schedule() {
     let worker = worker::Worker::start(
         config.clone(),
         worker::Parts {
-            flows: vec!["reference"],
+            flows: vec![shared::Flow::Reference],
             scheduler: true,
         },
     )

@@ -320,7 +320,7 @@ async fn hostile_webhooks_get_the_right_4xx_and_nothing_is_published() {
     let insp = Inspector::connect().await;
     let names = shared::bus::topology::Names::new(&cfg.broker.prefix);
     let mut depth = 0;
-    for flow in shared::bus::topology::FLOWS {
+    for flow in shared::Flow::ALL {
         depth += insp.depth(&names.flow_queue(flow)).await;
     }
     assert_eq!(depth, 0, "nothing published for any refusal");
@@ -336,7 +336,11 @@ async fn hostile_webhooks_get_the_right_4xx_and_nothing_is_published() {
         );
     }
     let got = insp
-        .wait_for(&names.flow_queue("suppliers"), 1, Duration::from_secs(5))
+        .wait_for(
+            &names.flow_queue(shared::Flow::Suppliers),
+            1,
+            Duration::from_secs(5),
+        )
         .await;
     assert_eq!(got.len(), 1);
     // A Precoro hook replayed 20 times: it carries no timestamp, so a repeat may be a genuine
@@ -348,7 +352,11 @@ async fn hostile_webhooks_get_the_right_4xx_and_nothing_is_published() {
         );
     }
     let got = insp
-        .wait_for(&names.flow_queue("invoices"), 2, Duration::from_secs(10))
+        .wait_for(
+            &names.flow_queue(shared::Flow::Invoices),
+            2,
+            Duration::from_secs(10),
+        )
         .await;
     assert_eq!(got.len(), 2, "20 repeats of one Precoro hook");
     // A signed webhook for a division nobody configured answers like a wrong signature.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use shared::Flow;
 use shared::bus::Publisher;
 use shared::bus::consumer::FlowConsumer;
 use shared::config::Config;
@@ -21,14 +22,14 @@ use crate::scheduler;
 /// Which parts a worker runs (all by default; tests and the CLI pick).
 #[derive(Debug, Clone)]
 pub struct Parts {
-    pub flows: Vec<&'static str>,
+    pub flows: Vec<Flow>,
     pub scheduler: bool,
 }
 
 impl Default for Parts {
     fn default() -> Self {
         Parts {
-            flows: vec!["invoices", "payments", "reference", "suppliers"],
+            flows: Flow::ALL.to_vec(),
             scheduler: true,
         }
     }
@@ -62,12 +63,11 @@ impl Worker {
         let mut tasks = JoinSet::new();
         for flow in &parts.flows {
             let on = (&*config, &store, &publisher, &ctx.claims, &rx);
-            match *flow {
-                "invoices" => spawn_flow(&mut tasks, InvoiceFlow::new(ctx.clone()), on),
-                "reference" => spawn_flow(&mut tasks, ReferenceFlow::new(ctx.clone()), on),
-                "payments" => spawn_flow(&mut tasks, PaymentFlow::new(ctx.clone()), on),
-                "suppliers" => spawn_flow(&mut tasks, SupplierFlow::new(ctx.clone()), on),
-                other => anyhow::bail!("unknown flow '{other}'"),
+            match flow {
+                Flow::Invoices => spawn_flow(&mut tasks, InvoiceFlow::new(ctx.clone()), on),
+                Flow::Reference => spawn_flow(&mut tasks, ReferenceFlow::new(ctx.clone()), on),
+                Flow::Payments => spawn_flow(&mut tasks, PaymentFlow::new(ctx.clone()), on),
+                Flow::Suppliers => spawn_flow(&mut tasks, SupplierFlow::new(ctx.clone()), on),
             }
         }
         if parts.scheduler {

@@ -6,23 +6,20 @@
 //! apart. One small write per run, none per entity.
 
 use chrono::{DateTime, Utc};
-use shared::bus::consumer::{Handler, Message, Outcome};
-use shared::bus::envelope::Envelope;
+use shared::Flow;
+use shared::bus::consumer::{FlowMessage, Handler, Message, Outcome};
 use shared::error::Result;
 use shared::store::Store;
 
-/// Actions that are runs over a company's data rather than work on one entity.
-pub const RUN_ACTIONS: [&str; 3] = ["poll", "sync", "reconcile"];
-
-fn key(store: &Store, tenant: &str, flow: &str) -> String {
-    store.keys().last_run(tenant, flow)
+fn key(store: &Store, tenant: &str, flow: Flow) -> String {
+    store.keys().last_run(tenant, flow.as_str())
 }
 
 /// The time of the last successful run of `flow` for `tenant`, if any is recorded.
 pub async fn last_success(
     store: &Store,
     tenant: &str,
-    flow: &str,
+    flow: Flow,
 ) -> Result<Option<DateTime<Utc>>> {
     Ok(store
         .get_string(&key(store, tenant, flow))
@@ -44,20 +41,17 @@ impl<H: Handler> Recorded<H> {
 }
 
 impl<H: Handler> Handler for Recorded<H> {
-    fn flow(&self) -> &'static str {
+    type Msg = H::Msg;
+
+    fn flow(&self) -> Flow {
         self.inner.flow()
     }
 
-    fn entity_key(&self, envelope: &Envelope) -> Option<String> {
-        self.inner.entity_key(envelope)
-    }
-
-    async fn handle(&self, msg: &Message) -> Result<Outcome> {
-        let outcome = self.inner.handle(msg).await?;
-        if matches!(outcome, Outcome::Done(_))
-            && RUN_ACTIONS.contains(&msg.envelope.action.as_str())
-        {
-            let k = key(&self.store, msg.envelope.tenant.as_str(), self.inner.flow());
+    async fn handle(&self, delivery: &Message, msg: &H::Msg) -> Result<Outcome> {
+        let outcome = self.inner.handle(delivery, msg).await?;
+        if matches!(outcome, Outcome::Done(_)) && msg.is_run() {
+            let tenant = delivery.envelope.tenant.as_str();
+            let k = key(&self.store, tenant, self.inner.flow());
             // Redis time, like everything `status` compares it with (replica clocks may differ).
             let now = match self.store.now_ms().await {
                 Ok(ms) => DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_else(Utc::now),

@@ -44,9 +44,8 @@ enum Command {
         /// The company's `id` in the config.
         #[arg(long)]
         tenant: String,
-        /// invoices, payments, suppliers or reference.
-        #[arg(long)]
-        flow: String,
+        #[arg(long, value_enum)]
+        flow: shared::Flow,
         /// First day (YYYY-MM-DD, inclusive).
         #[arg(long, value_parser = parse_date)]
         from: Option<chrono::NaiveDate>,
@@ -79,9 +78,9 @@ struct DlqFilter {
     /// Only this company (its `id` in the config).
     #[arg(long)]
     tenant: Option<String>,
-    /// Only this flow: invoices, payments, suppliers or reference.
-    #[arg(long)]
-    flow: Option<String>,
+    /// Only this flow.
+    #[arg(long, value_enum)]
+    flow: Option<shared::Flow>,
     /// Only this error class: permanent, transient, busy or rate_limited.
     #[arg(long = "class")]
     error_class: Option<String>,

@@ -4,54 +4,75 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use shared::bus::{Envelope, Publisher, Source};
+use shared::bus::{Envelope, Publisher};
 use shared::config::{Config, ReferenceKind, TenantConfig};
+use shared::ids::TenantId;
 use shared::store::Store;
 use tokio::sync::watch;
+
+use crate::flows::invoices::InvoiceMsg;
+use crate::flows::payments::PaymentMsg;
+use crate::flows::reference::ReferenceMsg;
+use crate::flows::suppliers::SupplierMsg;
 
 /// A job the scheduler enqueues for a company.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    /// Routing entity: the flow name (`job.{flow}.{action}`).
-    pub flow: &'static str,
-    pub action: &'static str,
     /// Unique within the company: part of the slot key.
     pub name: String,
     pub every: Duration,
-    pub payload: serde_json::Value,
+    pub work: Work,
+}
+
+/// What a job asks of its flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    InvoicePoll,
+    PaymentPoll,
+    SupplierReconcile,
+    ReferenceSync {
+        kinds: Vec<ReferenceKind>,
+        full: bool,
+    },
+}
+
+impl Work {
+    /// The message, built by the flow's own constructor.
+    pub fn envelope(&self, tenant: &TenantId) -> Envelope {
+        match self {
+            Work::InvoicePoll => InvoiceMsg::poll(tenant),
+            Work::PaymentPoll => PaymentMsg::poll(tenant, None),
+            Work::SupplierReconcile => SupplierMsg::reconcile(tenant),
+            Work::ReferenceSync { kinds, full } => ReferenceMsg::sync(tenant, kinds, *full),
+        }
+    }
 }
 
 /// The jobs a company's configuration asks for.
 pub fn jobs_for(t: &TenantConfig) -> Vec<Job> {
     let mut jobs = Vec::new();
     let f = &t.flows;
+    let mut add = |name: String, every: Duration, work: Work| jobs.push(Job { name, every, work });
     if f.invoices.enabled {
-        jobs.push(Job {
-            flow: "invoices",
-            action: "poll",
-            name: "invoices-poll".into(),
-            every: f.invoices.poll_every,
-            payload: json!({}),
-        });
+        add(
+            "invoices-poll".into(),
+            f.invoices.poll_every,
+            Work::InvoicePoll,
+        );
     }
     if f.payments.enabled {
-        jobs.push(Job {
-            flow: "payments",
-            action: "poll",
-            name: "payments-poll".into(),
-            every: f.payments.poll_every,
-            payload: json!({}),
-        });
+        add(
+            "payments-poll".into(),
+            f.payments.poll_every,
+            Work::PaymentPoll,
+        );
     }
     if f.suppliers.enabled {
-        jobs.push(Job {
-            flow: "suppliers",
-            action: "reconcile",
-            name: "suppliers-reconcile".into(),
-            every: f.suppliers.every,
-            payload: json!({}),
-        });
+        add(
+            "suppliers-reconcile".into(),
+            f.suppliers.every,
+            Work::SupplierReconcile,
+        );
     }
     if f.reference.enabled {
         for kind in &f.reference.kinds {
@@ -61,21 +82,17 @@ pub fn jobs_for(t: &TenantConfig) -> Vec<Job> {
                 .get(kind)
                 .copied()
                 .unwrap_or(Duration::from_secs(3600));
-            jobs.push(Job {
-                flow: "reference",
-                action: "sync",
-                name: format!("reference-{}", kind.as_str()),
-                every,
-                payload: json!({"kind": kind, "full": false}),
-            });
+            let work = Work::ReferenceSync {
+                kinds: vec![*kind],
+                full: false,
+            };
+            add(format!("reference-{}", kind.as_str()), every, work);
         }
-        jobs.push(Job {
-            flow: "reference",
-            action: "sync",
-            name: "reference-full".into(),
-            every: f.reference.full_every,
-            payload: json!({"kinds": f.reference.kinds, "full": true}),
-        });
+        let work = Work::ReferenceSync {
+            kinds: f.reference.kinds.clone(),
+            full: true,
+        };
+        add("reference-full".into(), f.reference.full_every, work);
     }
     jobs
 }
@@ -100,9 +117,7 @@ pub async fn tick(
             {
                 continue;
             }
-            let mut payload = job.payload.clone();
-            payload["slot"] = json!(slot);
-            let env = Envelope::new(t.id.clone(), Source::Job, job.flow, job.action, payload);
+            let env = job.work.envelope(&t.id);
             if let Err(e) = publisher.publish_envelope(&env, Default::default()).await {
                 // Let another tick (ours or another replica's) try the slot again.
                 store.del(&key).await?;
@@ -136,18 +151,4 @@ pub async fn run(
             }
         }
     }
-}
-
-/// Is this reference kind named in a job payload?
-pub fn payload_kinds(payload: &serde_json::Value) -> Vec<ReferenceKind> {
-    if let Some(k) = payload
-        .get("kind")
-        .and_then(|k| serde_json::from_value(k.clone()).ok())
-    {
-        return vec![k];
-    }
-    payload
-        .get("kinds")
-        .and_then(|k| serde_json::from_value(k.clone()).ok())
-        .unwrap_or_else(|| ReferenceKind::ALL.to_vec())
 }

@@ -10,7 +10,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
-use shared::bus::topology::flow_for;
+use shared::Flow;
 use shared::bus::{Envelope, Source};
 use shared::store::hints::{self, Admit};
 use shared::telemetry::webhook_received;
@@ -176,7 +176,7 @@ pub async fn precoro(
     let routing_key = env.routing_key();
     // The same bytes are a replay or a genuine second edit: coalesced, never dropped unanswered
     // (shared::store::hints). Keyed by company too: two companies' hooks can be byte-equal.
-    let hash = webhook::fingerprint(&[tenant.id.as_str().as_bytes(), b"\n", &body].concat());
+    let hash = shared::fingerprint(&[tenant.id.as_str().as_bytes(), b"\n", &body].concat());
     let admit = hints::admit(
         &state.store,
         SRC,
@@ -255,7 +255,7 @@ pub async fn exact(
         hook.raw_content.to_owned(),
     );
     let routing_key = env.routing_key();
-    if flow_for(&routing_key).is_none() {
+    if Flow::for_routing_key(&routing_key).is_none() {
         webhook_received(
             SRC,
             Some(tenant.id.as_str()),
@@ -267,10 +267,10 @@ pub async fn exact(
     // A captured webhook is not valid forever: the same signed bytes within the replay window
     // are answered and not published again. Claimed before publishing (one round trip) and given
     // back if the publish fails, so a sender's retry after a 503 still gets through.
-    let seen = state.store.keys().webhook_seen(
-        SRC,
-        &webhook::fingerprint(hook.raw_content.get().as_bytes()),
-    );
+    let seen = state
+        .store
+        .keys()
+        .webhook_seen(SRC, &shared::fingerprint(hook.raw_content.get().as_bytes()));
     match state
         .store
         .set_nx(&seen, "1", state.config.ingress.replay_window)

@@ -42,6 +42,7 @@ use super::publisher::Publisher;
 use super::topology::{self, tier_name};
 use crate::config::{BrokerConfig, WorkerConfig};
 use crate::error::{Error, RetryClass};
+use crate::flow::Flow;
 use crate::store::Store;
 use crate::store::claim::{Claimed, Claims};
 use crate::store::lease::Lease;
@@ -90,17 +91,37 @@ pub enum Outcome {
     Skipped(String),
 }
 
-/// A flow. Handlers treat a message as a hint: fetch the current state, decide, act.
-pub trait Handler: Send + Sync + 'static {
-    /// The flow's name: `invoices`, `payments`, `suppliers` or `reference`.
-    fn flow(&self) -> &'static str;
-
+/// A flow's message, read from its envelope once, at the edge: a payload the flow cannot read is
+/// dead-lettered by the consumer before any claim or API call, and the flow only ever sees a
+/// well-formed message. Producers (the scheduler, backfills, flows that queue work) build the same
+/// types, so what is written is what is read.
+pub trait FlowMessage:
+    for<'a> TryFrom<&'a Envelope, Error = Error> + Clone + Send + Sync + 'static
+{
     /// The entity this message is about, if two replicas must not work on it at once.
-    fn entity_key(&self, _envelope: &Envelope) -> Option<String> {
+    fn entity_key(&self) -> Option<String> {
         None
     }
 
-    fn handle(&self, msg: &Message) -> impl Future<Output = Result<Outcome, Error>> + Send;
+    /// A run over a company's data (a poll, sync or reconciliation) rather than work on one
+    /// entity: its success is recorded for `worker status`.
+    fn is_run(&self) -> bool {
+        false
+    }
+}
+
+/// A flow. Handlers treat a message as a hint: fetch the current state, decide, act.
+pub trait Handler: Send + Sync + 'static {
+    type Msg: FlowMessage;
+
+    fn flow(&self) -> Flow;
+
+    /// Handle `msg`, delivered as `delivery` (its envelope, attempt and replay marks).
+    fn handle(
+        &self,
+        delivery: &Message,
+        msg: &Self::Msg,
+    ) -> impl Future<Output = Result<Outcome, Error>> + Send;
 }
 
 /// Runs one flow's consumer until shutdown, reconnecting by itself.
@@ -142,7 +163,7 @@ impl<H: Handler> FlowConsumer<H> {
             match this.clone().consume_once(&mut shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(flow, error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer lost the broker; reconnecting");
+                    tracing::warn!(flow = flow.as_str(), error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer lost the broker; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
@@ -162,7 +183,10 @@ impl<H: Handler> FlowConsumer<H> {
         let channel = conn.create_channel().await?;
         topology::declare(&channel, &self.broker).await?;
         channel
-            .basic_qos(self.worker.prefetch_for(flow), BasicQosOptions::default())
+            .basic_qos(
+                self.worker.prefetch_for(flow.as_str()),
+                BasicQosOptions::default(),
+            )
             .await?;
         let queue = self.publisher.names().flow_queue(flow);
         let tag = format!("{flow}-{}", uuid::Uuid::new_v4());
@@ -174,7 +198,7 @@ impl<H: Handler> FlowConsumer<H> {
                 FieldTable::default(),
             )
             .await?;
-        tracing::info!(flow, queue, "consuming");
+        tracing::info!(flow = flow.as_str(), queue, "consuming");
         let mut tasks = JoinSet::new();
         let result = loop {
             tokio::select! {
@@ -202,7 +226,7 @@ impl<H: Handler> FlowConsumer<H> {
                 .is_err()
             {
                 tracing::warn!(
-                    flow,
+                    flow = flow.as_str(),
                     "shutdown grace over with messages in flight; they will be redelivered"
                 );
                 tasks.abort_all();
@@ -244,17 +268,43 @@ impl<H: Handler> FlowConsumer<H> {
             routing_key: routing_key.clone(),
             envelope,
         };
-        let span = tracing::info_span!("event", flow, tenant = %msg.envelope.tenant, event_id = %msg.envelope.id, attempt = msg.attempt);
-        self.process_message(&delivery, &props_headers, msg)
-            .instrument(span)
-            .await;
+        let span = tracing::info_span!("event", flow = flow.as_str(), tenant = %msg.envelope.tenant, event_id = %msg.envelope.id, attempt = msg.attempt);
+        async {
+            // The one place a message the flow cannot read is dead-lettered.
+            match H::Msg::try_from(&msg.envelope) {
+                Ok(body) => {
+                    self.process_message(&delivery, &props_headers, msg, body)
+                        .await
+                }
+                Err(e) => {
+                    self.dead_letter(
+                        &delivery,
+                        &props_headers,
+                        &routing_key,
+                        e.kind(),
+                        RetryClass::Permanent,
+                        &e.to_string(),
+                        msg.attempt + 1,
+                    )
+                    .await
+                }
+            }
+        }
+        .instrument(span)
+        .await;
     }
 
-    async fn process_message(&self, delivery: &Delivery, headers: &FieldTable, msg: Message) {
+    async fn process_message(
+        &self,
+        delivery: &Delivery,
+        headers: &FieldTable,
+        msg: Message,
+        body: H::Msg,
+    ) {
         let flow = self.handler.flow();
         let env = &msg.envelope;
         telemetry::backlog(
-            flow,
+            flow.as_str(),
             (Utc::now() - env.received_at).num_milliseconds() as f64 / 1000.0,
         );
         // The crash net of the quorum queue's delivery limit, kept across re-publishes.
@@ -283,7 +333,7 @@ impl<H: Handler> FlowConsumer<H> {
             Ok(Claimed::Acquired(claim)) => claim,
             Ok(Claimed::Done(result)) => {
                 telemetry::event_processed(
-                    flow,
+                    flow.as_str(),
                     env.tenant.as_str(),
                     &env.id,
                     "duplicate",
@@ -300,7 +350,7 @@ impl<H: Handler> FlowConsumer<H> {
             }
         };
 
-        let lease = match self.handler.entity_key(env) {
+        let lease = match body.entity_key() {
             Some(key) => {
                 let lkey = self.store.keys().entity_lease(flow, &env.tenant, &key);
                 match Lease::acquire_within(
@@ -332,7 +382,8 @@ impl<H: Handler> FlowConsumer<H> {
 
         let handler = self.handler.clone();
         let task_msg = msg.clone();
-        let work = tokio::spawn(async move { handler.handle(&task_msg).await }.in_current_span());
+        let work =
+            tokio::spawn(async move { handler.handle(&task_msg, &body).await }.in_current_span());
         // Renew the message claim and the entity lease while the handler runs: a slow but live
         // handler must not be overtaken by a duplicate that would then act a second time.
         let every = self.worker.entity_lease.min(self.worker.idempotency_lease) / 3;
@@ -359,7 +410,13 @@ impl<H: Handler> FlowConsumer<H> {
                 if let Err(e) = claim.complete(result).await {
                     tracing::warn!(error = %e, "could not record the result; a duplicate delivery will be handled again (its effects are guarded)");
                 }
-                telemetry::event_processed(flow, env.tenant.as_str(), &env.id, label, result);
+                telemetry::event_processed(
+                    flow.as_str(),
+                    env.tenant.as_str(),
+                    &env.id,
+                    label,
+                    result,
+                );
                 ack(delivery).await;
             }
             Ok(Err(err)) => {
@@ -503,7 +560,7 @@ impl<H: Handler> FlowConsumer<H> {
                     (false, _) => "rate_limited",
                 };
                 telemetry::event_processed(
-                    flow,
+                    flow.as_str(),
                     msg.envelope.tenant.as_str(),
                     &msg.envelope.id,
                     outcome,
@@ -541,7 +598,7 @@ impl<H: Handler> FlowConsumer<H> {
         }
         set_str(&mut out, h::LAST_FAILED, &now);
         set_str(&mut out, h::ORIGINAL_ROUTING_KEY, routing_key);
-        set_str(&mut out, h::FLOW, flow);
+        set_str(&mut out, h::FLOW, flow.as_str());
         let message_id = delivery
             .properties
             .message_id()
@@ -556,8 +613,14 @@ impl<H: Handler> FlowConsumer<H> {
         {
             Ok(()) => {
                 let tenant = get_str(headers, h::TENANT).unwrap_or_default();
-                telemetry::event_processed(flow, &tenant, &message_id, "dead_lettered", reason);
-                telemetry::dead_lettered(flow);
+                telemetry::event_processed(
+                    flow.as_str(),
+                    &tenant,
+                    &message_id,
+                    "dead_lettered",
+                    reason,
+                );
+                telemetry::dead_lettered(flow.as_str());
                 ack(delivery).await;
             }
             Err(e) => {

@@ -22,12 +22,13 @@ use super::publisher::Publisher;
 use super::topology::{self, Names};
 use crate::config::BrokerConfig;
 use crate::error::{Error, Result};
+use crate::flow::Flow;
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub tenant: Option<String>,
-    pub flow: Option<String>,
+    pub flow: Option<Flow>,
     pub error_class: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub id: Option<String>,
@@ -41,7 +42,7 @@ impl Filter {
             && self
                 .flow
                 .as_ref()
-                .is_none_or(|f| d.flow.as_deref() == Some(f))
+                .is_none_or(|f| d.flow.as_deref() == Some(f.as_str()))
             && self
                 .error_class
                 .as_ref()
@@ -97,7 +98,7 @@ impl DeadLetter {
             tenant: get_str(&headers, h::TENANT)
                 .or_else(|| env.as_ref().map(|e| e.tenant.to_string())),
             flow: get_str(&headers, h::FLOW)
-                .or_else(|| topology::flow_for(routing_key).map(str::to_string)),
+                .or_else(|| Flow::for_routing_key(routing_key).map(|f| f.to_string())),
             routing_key: get_str(&headers, h::ORIGINAL_ROUTING_KEY)
                 .unwrap_or_else(|| routing_key.to_string()),
             error: get_str(&headers, h::ERROR).or(broker_reason),

@@ -20,55 +20,7 @@ use lapin::{Channel, ExchangeKind};
 use super::envelope::headers;
 use crate::config::BrokerConfig;
 use crate::error::Result;
-
-/// The flows, each with its own work queue.
-pub const FLOWS: [&str; 4] = ["invoices", "payments", "suppliers", "reference"];
-
-/// Routing-key patterns bound to each flow's queue. Each routing key reaches exactly one flow, so
-/// a retry re-routed through `sync.events` lands only where it failed.
-pub fn bindings(flow: &str) -> &'static [&'static str] {
-    match flow {
-        "invoices" => &["precoro.invoice.*", "job.invoices.*"],
-        "payments" => &[
-            "exact.bankentries.*",
-            "exact.cashentries.*",
-            "exact.purchaseentries.*",
-            "job.payments.*",
-        ],
-        "suppliers" => &["precoro.supplier.*", "exact.accounts.*", "job.suppliers.*"],
-        "reference" => &[
-            "exact.glaccounts.*",
-            "exact.vatcodes.*",
-            "exact.paymentconditions.*",
-            "exact.costcenters.*",
-            "exact.costunits.*",
-            "exact.projects.*",
-            "job.reference.*",
-        ],
-        _ => &[],
-    }
-}
-
-/// The flow whose queue receives `routing_key`, if any (topic matching with `*` = one word).
-pub fn flow_for(routing_key: &str) -> Option<&'static str> {
-    FLOWS.into_iter().find(|flow| {
-        bindings(flow)
-            .iter()
-            .any(|pattern| topic_matches(pattern, routing_key))
-    })
-}
-
-/// AMQP topic matching for patterns that use `*` only: same number of words, each equal or `*`.
-fn topic_matches(pattern: &str, routing_key: &str) -> bool {
-    let (mut p, mut k) = (pattern.split('.'), routing_key.split('.'));
-    loop {
-        match (p.next(), k.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if a == "*" || a == b => {}
-            _ => return false,
-        }
-    }
-}
+use crate::flow::Flow;
 
 /// The names of every exchange and queue, under the configured prefix.
 #[derive(Debug, Clone)]
@@ -91,7 +43,7 @@ impl Names {
     pub fn dead_exchange(&self) -> String {
         format!("{}sync.dead", self.prefix)
     }
-    pub fn flow_queue(&self, flow: &str) -> String {
+    pub fn flow_queue(&self, flow: Flow) -> String {
         format!("{}sync.{flow}", self.prefix)
     }
     pub fn dlq(&self) -> String {
@@ -185,7 +137,7 @@ pub async fn declare(channel: &Channel, cfg: &BrokerConfig) -> Result<()> {
         )
         .await?;
 
-    for flow in FLOWS {
+    for flow in Flow::ALL {
         let q = names.flow_queue(flow);
         channel
             .queue_declare(
@@ -204,7 +156,7 @@ pub async fn declare(channel: &Channel, cfg: &BrokerConfig) -> Result<()> {
                 ]),
             )
             .await?;
-        for key in bindings(flow) {
+        for key in flow.bindings() {
             channel
                 .queue_bind(
                     q.clone().into(),
@@ -257,29 +209,5 @@ mod tests {
         assert_eq!(tier_name(Duration::from_secs(3600)), "1h");
         assert_eq!(tier_name(Duration::from_secs(21_600)), "6h");
         assert_eq!(tier_name(Duration::from_millis(300)), "300ms");
-    }
-
-    #[test]
-    fn routing_keys_find_their_flow() {
-        assert_eq!(flow_for("precoro.invoice.update"), Some("invoices"));
-        assert_eq!(flow_for("exact.accounts.delete"), Some("suppliers"));
-        assert_eq!(flow_for("exact.bankentries.update"), Some("payments"));
-        assert_eq!(flow_for("job.reference.sync"), Some("reference"));
-        assert_eq!(flow_for("exact.salesinvoices.update"), None);
-        assert_eq!(flow_for("precoro.invoice"), None);
-        assert_eq!(flow_for("precoro.invoice.update.more"), None);
-        assert_eq!(flow_for(""), None);
-    }
-
-    #[test]
-    fn every_routing_key_reaches_one_flow() {
-        let all: Vec<&str> = FLOWS
-            .iter()
-            .flat_map(|f| bindings(f).iter().copied())
-            .collect();
-        let mut dedup = all.clone();
-        dedup.sort();
-        dedup.dedup();
-        assert_eq!(all.len(), dedup.len());
     }
 }

@@ -34,7 +34,6 @@ use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::types::ListPage;
@@ -519,7 +518,7 @@ impl PrecoroClient {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
-        let hash = hex::encode(&Sha256::digest(target.as_bytes())[..16]);
+        let hash = crate::fingerprint(target.as_bytes());
         let tenant = self.tenant.as_str();
         let collection = collections_for(url.path()).remove(0);
         let keys = self.store.keys();

@@ -30,6 +30,13 @@ pub mod status {
     pub const CLOSED: i64 = 11;
 }
 
+/// Supplier status codes (§3).
+pub mod supplier_status {
+    pub const PENDING: i64 = 1;
+    pub const APPROVED: i64 = 2;
+    pub const REJECTED: i64 = 3;
+}
+
 /// Invoice `logicType` values that mark a credit note (§3: "credit notes are 1 and 5").
 pub const CREDIT_NOTE_LOGIC_TYPES: [i64; 2] = [1, 5];
 

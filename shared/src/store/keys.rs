@@ -9,6 +9,7 @@
 //! Layout: `{prefix}:{family}:…`. A tenant id never holds ':' (config validation), so a family's
 //! keys can be scanned by pattern.
 
+use crate::flow::Flow;
 use crate::ids::TenantId;
 
 use super::Store;
@@ -72,16 +73,16 @@ impl<'a> Keys<'a> {
     // ---- leases -------------------------------------------------------------------------------
 
     /// The consumer's lease on one entity of a flow. Lost → nothing (the claim guards the effect).
-    pub fn entity_lease(&self, flow: &str, tenant: &TenantId, entity: &str) -> String {
-        self.k(&["lock", "entity", flow, tenant.as_str(), entity])
+    pub fn entity_lease(&self, flow: Flow, tenant: &TenantId, entity: &str) -> String {
+        self.k(&["lock", "entity", flow.as_str(), tenant.as_str(), entity])
     }
 
     /// A company-wide lease of a flow (`suppliers`), or of one of its parts (`reference`, kind).
     /// Lost → nothing (claims and lookups guard the effects).
-    pub fn flow_lease(&self, flow: &str, tenant: &TenantId, part: Option<&str>) -> String {
+    pub fn flow_lease(&self, flow: Flow, tenant: &TenantId, part: Option<&str>) -> String {
         match part {
-            Some(p) => self.k(&["lock", flow, tenant.as_str(), p]),
-            None => self.k(&["lock", flow, tenant.as_str()]),
+            Some(p) => self.k(&["lock", flow.as_str(), tenant.as_str(), p]),
+            None => self.k(&["lock", flow.as_str(), tenant.as_str()]),
         }
     }
 

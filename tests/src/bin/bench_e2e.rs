@@ -111,7 +111,7 @@ async fn run_worker(path: &std::path::Path) -> anyhow::Result<()> {
     let worker = worker::Worker::start(
         config,
         worker::Parts {
-            flows: vec!["invoices"],
+            flows: vec![shared::Flow::Invoices],
             scheduler: false,
         },
     )

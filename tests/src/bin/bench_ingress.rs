@@ -31,7 +31,7 @@ use testbed::harness::{EnvSpec, Inspector, TenantSpec, config};
 const ROUTING_KEY: &str = "exact.accounts.update";
 /// The flow queue `exact.accounts.*` lands in (no consumer: it only grows, so it is purged
 /// between runs and deleted at the end).
-const FLOW: &str = "suppliers";
+const FLOW: shared::Flow = shared::Flow::Suppliers;
 /// Stop a run early past this many messages so a long `--seconds` cannot fill the broker's disk.
 const MESSAGE_CAP: u64 = 200_000;
 /// Distinct signed webhooks (each its own `Key`) prepared before the clock starts and sent in

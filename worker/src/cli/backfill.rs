@@ -16,11 +16,11 @@
 use std::io::Write;
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use serde_json::json;
-use shared::bus::{Envelope, Publisher, Source};
+use shared::Flow;
+use shared::bus::{Envelope, Publisher};
 use shared::config::{Config, TenantConfig};
 use shared::exact::ExactClient;
 use shared::exact::client::SYNC_START;
@@ -29,12 +29,17 @@ use shared::store::Store;
 use shared::store::keys::ApiName;
 use shared::store::ratelimit::RateLimiter;
 
-use crate::flows::invoice_map::APPROVED;
+use shared::precoro::status::APPROVED;
+
+use crate::flows::invoices::InvoiceMsg;
+use crate::flows::payments::PaymentMsg;
+use crate::flows::reference::ReferenceMsg;
+use crate::flows::suppliers::SupplierMsg;
 
 #[derive(Debug, Clone)]
 pub struct Request {
     pub tenant: String,
-    pub flow: String,
+    pub flow: Flow,
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
     /// Draw a progress bar on stderr (off in tests and when stderr is not a terminal).
@@ -49,21 +54,9 @@ pub struct Report {
     pub enqueued: usize,
 }
 
-fn flow_enabled(t: &TenantConfig, flow: &str) -> anyhow::Result<bool> {
-    Ok(match flow {
-        "invoices" => t.flows.invoices.enabled,
-        "payments" => t.flows.payments.enabled,
-        "suppliers" => t.flows.suppliers.enabled,
-        "reference" => t.flows.reference.enabled,
-        other => anyhow::bail!(
-            "unknown flow '{other}' (one of: invoices, payments, suppliers, reference)"
-        ),
-    })
-}
-
 pub async fn run(config: &Config, req: &Request, out: &mut impl Write) -> anyhow::Result<Report> {
     let t = super::tenant(config, &req.tenant)?;
-    if !flow_enabled(t, &req.flow)? {
+    if !req.flow.enabled_in(&t.flows) {
         anyhow::bail!(
             "the {} flow is off for company '{}' (flows.{}.enabled): a worker would skip the work",
             req.flow,
@@ -77,11 +70,11 @@ pub async fn run(config: &Config, req: &Request, out: &mut impl Write) -> anyhow
         anyhow::bail!("--from {f} is after --to {to}");
     }
     let publisher = Publisher::new(&config.broker);
-    let result = match req.flow.as_str() {
-        "invoices" => invoices(config, t, req, &publisher, out).await,
-        "payments" => payments(t, req, &publisher, out).await,
-        "suppliers" => suppliers(config, t, req, &publisher, out).await,
-        _ => reference(t, req, &publisher, out).await,
+    let result = match req.flow {
+        Flow::Invoices => invoices(config, t, req, &publisher, out).await,
+        Flow::Payments => payments(t, req, &publisher, out).await,
+        Flow::Suppliers => suppliers(config, t, req, &publisher, out).await,
+        Flow::Reference => reference(t, req, &publisher, out).await,
     };
     publisher.close(config.worker.shutdown_grace).await;
     result
@@ -163,13 +156,7 @@ async fn invoices(
         enqueued: 0,
     };
     for inv in &in_range {
-        let env = Envelope::new(
-            t.id.clone(),
-            Source::Job,
-            "invoices",
-            "export",
-            json!({"id": inv.id.0, "idn": inv.idn.0, "backfill": true}),
-        );
+        let env = InvoiceMsg::export(&t.id, inv.id, inv.idn);
         publish(publisher, &env).await?;
         report.enqueued += 1;
         pb.inc(1);
@@ -206,13 +193,7 @@ async fn payments(
         .and_hms_opt(0, 0, 0)
         .expect("midnight exists")
         .and_utc();
-    let env = Envelope::new(
-        t.id.clone(),
-        Source::Job,
-        "payments",
-        "poll",
-        json!({"rescan_from": since.to_rfc3339()}),
-    );
+    let env = PaymentMsg::poll(&t.id, Some(since));
     publish(publisher, &env).await?;
     writeln!(
         out,
@@ -257,13 +238,7 @@ async fn suppliers(
         RateLimiter::new(store.clone(), Duration::from_secs(1)),
     );
     exact.save_cursor("suppliers", SYNC_START).await?;
-    let env = Envelope::new(
-        t.id.clone(),
-        Source::Job,
-        "suppliers",
-        "reconcile",
-        json!({"backfill": true, "at": Utc::now().to_rfc3339()}),
-    );
+    let env = SupplierMsg::reconcile(&t.id);
     publish(publisher, &env).await?;
     writeln!(
         out,
@@ -288,13 +263,7 @@ async fn reference(
             "reference data has no dates: a reference backfill is a full reconciliation of every kind (leave out --from/--to)"
         );
     }
-    let env = Envelope::new(
-        t.id.clone(),
-        Source::Job,
-        "reference",
-        "sync",
-        json!({"kinds": t.flows.reference.kinds, "full": true}),
-    );
+    let env = ReferenceMsg::sync(&t.id, &t.flows.reference.kinds, true);
     publish(publisher, &env).await?;
     writeln!(
         out,

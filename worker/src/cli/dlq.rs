@@ -9,8 +9,8 @@
 use std::io::{BufRead, Write};
 
 use chrono::{DateTime, Utc};
+use shared::Flow;
 use shared::bus::dlq::{DeadLetter, DeadLetters, Filter, Moved};
-use shared::bus::topology::FLOWS;
 use shared::config::Config;
 
 /// The error classes the consumer writes in `x-error-class`.
@@ -21,7 +21,7 @@ pub const ERROR_CLASSES: [&str; 4] = ["permanent", "transient", "busy", "rate_li
 pub struct Selection {
     pub id: Option<String>,
     pub tenant: Option<String>,
-    pub flow: Option<String>,
+    pub flow: Option<Flow>,
     pub error_class: Option<String>,
     pub since: Option<DateTime<Utc>>,
 }
@@ -40,11 +40,6 @@ impl Selection {
         if let Some(t) = &self.tenant {
             super::tenant(config, t)?;
         }
-        if let Some(f) = &self.flow
-            && !FLOWS.contains(&f.as_str())
-        {
-            anyhow::bail!("unknown flow '{f}' (one of: {})", FLOWS.join(", "));
-        }
         if let Some(c) = &self.error_class
             && !ERROR_CLASSES.contains(&c.as_str())
         {
@@ -59,7 +54,7 @@ impl Selection {
     fn filter(&self) -> Filter {
         Filter {
             tenant: self.tenant.clone(),
-            flow: self.flow.clone(),
+            flow: self.flow,
             error_class: self.error_class.clone(),
             since: self.since,
             id: self.id.clone(),

@@ -75,7 +75,7 @@ pub async fn connect(
 }
 
 /// The Exact webhook topics a company's enabled flows consume (routing keys `exact.{topic}.*`,
-/// see `shared::bus::topology::bindings`).
+/// see `shared::Flow::bindings`).
 pub fn topics_for(t: &TenantConfig) -> Vec<&'static str> {
     let mut topics = Vec::new();
     if t.flows.payments.enabled {

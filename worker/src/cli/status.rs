@@ -13,8 +13,9 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde::Serialize;
+use shared::Flow;
 use shared::bus::dlq::DeadLetters;
-use shared::bus::topology::{FLOWS, Names};
+use shared::bus::topology::Names;
 use shared::config::{Config, TenantConfig};
 use shared::exact::{ExactClient, TokenStore};
 use shared::precoro::PrecoroClient;
@@ -70,40 +71,23 @@ pub struct FlowStatus {
     pub last_success: Option<DateTime<Utc>>,
 }
 
-fn enabled(t: &TenantConfig, flow: &str) -> bool {
-    match flow {
-        "invoices" => t.flows.invoices.enabled,
-        "payments" => t.flows.payments.enabled,
-        "suppliers" => t.flows.suppliers.enabled,
-        "reference" => t.flows.reference.enabled,
-        _ => false,
-    }
-}
-
-/// Which flow a cursor (`cursor:{api}:{tenant}:{name}`) belongs to.
-fn flow_of_cursor(name: &str) -> &'static str {
-    if name.starts_with("payment") {
-        "payments"
-    } else if name.starts_with("reference") {
-        "reference"
-    } else if name.starts_with("supplier") {
-        "suppliers"
-    } else if name.starts_with("invoice") {
-        "invoices"
-    } else {
-        "other"
-    }
+/// Which flow a cursor (`cursor:{api}:{tenant}:{name}`) belongs to: its name starts with the
+/// flow's, singular or plural (`payment-terms`, `suppliers`, `reference-taxes`).
+fn flow_of_cursor(name: &str) -> Option<Flow> {
+    Flow::ALL
+        .into_iter()
+        .find(|f| name.starts_with(f.as_str().trim_end_matches('s')))
 }
 
 /// Every cursor of `tenant`, by flow: `{api}:{name}` → value.
 async fn cursors(
     store: &Store,
     tenant: &str,
-) -> anyhow::Result<BTreeMap<&'static str, BTreeMap<String, String>>> {
+) -> anyhow::Result<BTreeMap<Option<Flow>, BTreeMap<String, String>>> {
     let (pattern, base) = store.keys().cursor_pattern(tenant);
     let mut keys = store.scan_keys(&pattern).await?;
     keys.sort();
-    let mut out: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
+    let mut out: BTreeMap<Option<Flow>, BTreeMap<String, String>> = BTreeMap::new();
     for key in keys {
         // `{prefix}:cursor:{api}:{tenant}:{name}`; a tenant id has no ':' (config validation).
         let Some(rest) = key.strip_prefix(&format!("{base}:")) else {
@@ -183,9 +167,9 @@ pub async fn collect(config: &Config) -> anyhow::Result<Report> {
     let conn = Connection::connect(&config.broker.url, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     let names = Names::new(&config.broker.prefix);
-    let mut queue_names: Vec<(String, String)> = FLOWS
+    let mut queue_names: Vec<(String, String)> = Flow::ALL
         .iter()
-        .map(|f| (format!("sync.{f}"), names.flow_queue(f)))
+        .map(|f| (format!("sync.{f}"), names.flow_queue(*f)))
         .collect();
     queue_names.push(("sync.dlq".into(), names.dlq()));
     for (label, q) in queue_names {
@@ -220,11 +204,11 @@ pub async fn collect(config: &Config) -> anyhow::Result<Report> {
         ];
         let mut cursors = cursors(&store, t.id.as_str()).await?;
         let mut flows = Vec::new();
-        for flow in FLOWS {
+        for flow in Flow::ALL {
             flows.push(FlowStatus {
                 flow: flow.to_string(),
-                enabled: enabled(t, flow),
-                cursors: cursors.remove(flow).unwrap_or_default(),
+                enabled: flow.enabled_in(&t.flows),
+                cursors: cursors.remove(&Some(flow)).unwrap_or_default(),
                 last_success: last_run::last_success(&store, t.id.as_str(), flow).await?,
             });
         }

@@ -1,19 +1,19 @@
-//! The flows. Each reads top to bottom as the story it tells: fetch, decide, map, write, stamp.
+//! The flows, one folder each: `message.rs` (what the flow is asked, read once from the
+//! envelope), `mod.rs` (the handler, reading top to bottom as the story it tells: fetch, decide,
+//! map, write, stamp), and the pure rules beside it (`map.rs`, `lines.rs`), tested without a
+//! network.
 
-pub mod invoice_map;
 pub mod invoices;
-pub mod lookups;
-pub mod payment_lines;
 pub mod payments;
 pub mod reference;
-pub mod reference_map;
-pub mod supplier_map;
 pub mod suppliers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shared::bus::Publisher;
+use serde::de::DeserializeOwned;
+use shared::Flow;
+use shared::bus::{Envelope, Publisher, Source};
 use shared::config::{Config, TenantConfig};
 use shared::error::{Error, Result};
 use shared::exact::ExactOptions;
@@ -32,7 +32,7 @@ pub struct Context {
     pub limiter: RateLimiter,
     pub claims: Claims,
     /// The option, tax and term lists invoices refer into, kept for a minute.
-    pub lookups: lookups::LookupCache,
+    pub lookups: invoices::lookups::LookupCache,
     exact: HashMap<TenantId, ExactClient>,
     precoro: HashMap<TenantId, PrecoroClient>,
 }
@@ -78,7 +78,7 @@ impl Context {
             })
             .collect();
         Arc::new(Context {
-            lookups: lookups::LookupCache::new(store.clone()),
+            lookups: invoices::lookups::LookupCache::new(store.clone()),
             config,
             store,
             publisher,
@@ -106,4 +106,22 @@ impl Context {
             .get(id)
             .ok_or_else(|| Error::UnknownTenant(id.to_string()))
     }
+}
+
+/// A job for `flow`, routed `job.{flow}.{action}`: what the scheduler, backfills and flows queue.
+/// Each flow's `message.rs` builds its own jobs with this, beside the parser that reads them.
+pub fn job(tenant: &TenantId, flow: Flow, action: &str, payload: serde_json::Value) -> Envelope {
+    Envelope::new(tenant.clone(), Source::Job, flow.as_str(), action, payload)
+}
+
+/// The envelope's payload as `T`; a payload that does not fit names its routing key and the field.
+pub fn read_payload<T: DeserializeOwned>(env: &Envelope) -> Result<T> {
+    serde_path_to_error::deserialize(&env.payload).map_err(|e| {
+        Error::Malformed(format!(
+            "{}: {}: {}",
+            env.routing_key(),
+            e.path(),
+            e.inner()
+        ))
+    })
 }

@@ -60,13 +60,7 @@ impl Want {
             Want::Upsert(d) => serde_json::to_string(d).expect("a Desired serialises"),
             Want::Disable(_) => "disabled".to_string(),
         };
-        // FNV-1a: stable across processes and Rust versions, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        shared::fingerprint(text.as_bytes())
     }
 
     /// Whether applying this can leave the record disabled (a disabled row is never created).

@@ -153,17 +153,13 @@ impl Synced {
         self
     }
 
-    /// A stable fingerprint of the fields (FNV-1a 64 over the sorted `field=value` lines). It only
-    /// needs to tell "same synced fields" from "changed", not resist an adversary.
+    /// A stable fingerprint of the fields: of their sorted `field=value` lines.
     pub fn hash(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut lines = Vec::new();
         for (k, v) in &self.0 {
-            for b in k.bytes().chain([b'=']).chain(v.bytes()).chain([b'\n']) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+            lines.extend(k.bytes().chain([b'=']).chain(v.bytes()).chain([b'\n']));
         }
-        format!("{h:016x}")
+        shared::fingerprint(&lines)
     }
 
     /// The Precoro supplier's synced fields.

@@ -25,13 +25,15 @@
 //! are coalesced into it: the runner notices the new generation and runs once more, so a burst
 //! of 100 webhooks costs a couple of runs, not 100 (Exact allows 60 calls a minute, §2).
 
+pub mod map;
+pub mod message;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
-use serde_json::json;
+use shared::bus::Envelope;
 use shared::bus::consumer::{Handler, Message, Outcome};
-use shared::bus::{Envelope, Source};
 use shared::config::{Config, ReferenceKind, TenantConfig};
 use shared::error::{Error, Result};
 use shared::exact::client::{ExactClient, SYNC_START};
@@ -43,8 +45,9 @@ use shared::precoro::{
 use shared::store::lease::Lease;
 
 use super::Context;
-use super::reference_map::{self as map, Changes, Current, Desired, Index, Want};
-use crate::scheduler;
+use map::{Changes, Current, Desired, Index, Want};
+pub use message::ReferenceMsg;
+use shared::Flow;
 
 /// Precoro's largest page (§2 "Pagination").
 const PER_PAGE: u32 = 200;
@@ -137,12 +140,14 @@ impl std::fmt::Display for Report {
 }
 
 impl Handler for ReferenceFlow {
-    fn flow(&self) -> &'static str {
-        "reference"
+    type Msg = ReferenceMsg;
+
+    fn flow(&self) -> Flow {
+        Flow::Reference
     }
 
-    async fn handle(&self, msg: &Message) -> Result<Outcome> {
-        let env = &msg.envelope;
+    async fn handle(&self, delivery: &Message, msg: &ReferenceMsg) -> Result<Outcome> {
+        let env = &delivery.envelope;
         let tenant = self.ctx.tenant(&env.tenant)?;
         let flow = &tenant.flows.reference;
         if !flow.enabled {
@@ -150,28 +155,10 @@ impl Handler for ReferenceFlow {
                 "reference flow is off for this company".into(),
             ));
         }
-        let (asked, full) = match env.source {
-            Source::Job => (
-                scheduler::payload_kinds(&env.payload),
-                env.payload.get("full").and_then(|f| f.as_bool()) == Some(true),
-            ),
-            Source::Exact => match map::kind_for_entity(&env.entity) {
-                Some(k) => (vec![k], false),
-                None => {
-                    return Err(Error::Malformed(format!(
-                        "Exact topic '{}' carries no reference data",
-                        env.entity
-                    )));
-                }
-            },
-            Source::Precoro => {
-                return Err(Error::Malformed(
-                    "reference data flows from Exact to Precoro only".into(),
-                ));
-            }
-        };
+        let (asked, full) = msg.kinds();
         let kinds: Vec<ReferenceKind> = asked
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|k| flow.kinds.contains(k))
             .collect();
         if kinds.is_empty() {
@@ -206,7 +193,7 @@ impl ReferenceFlow {
         let gen_key = store.keys().reference_generation(tenant, kind.as_str());
         let lease_key = store
             .keys()
-            .flow_lease("reference", tenant, Some(kind.as_str()));
+            .flow_lease(Flow::Reference, tenant, Some(kind.as_str()));
         let ttl = self.ctx.config.worker.entity_lease;
         if !full {
             // A new generation: whoever holds the lease will see it and run again.
@@ -770,22 +757,12 @@ pub async fn enqueue_sync(
     kind: Option<ReferenceKind>,
     full: bool,
 ) -> anyhow::Result<Envelope> {
-    let t = config.tenant(tenant).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no company '{tenant}' in the config (known: {})",
-            config
-                .tenants
-                .iter()
-                .map(|t| t.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
+    let t = crate::cli::tenant(config, tenant)?;
     let flow = &t.flows.reference;
     if !flow.enabled {
         anyhow::bail!("the reference flow is off for company '{tenant}' (flows.reference.enabled)");
     }
-    let payload = match kind {
+    let env = match kind {
         Some(k) if !flow.kinds.contains(&k) => anyhow::bail!(
             "company '{tenant}' does not sync {} (flows.reference.kinds = [{}])",
             k.as_str(),
@@ -795,10 +772,9 @@ pub async fn enqueue_sync(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        Some(k) => json!({"kind": k, "full": full}),
-        None => json!({"kinds": flow.kinds, "full": full}),
+        Some(k) => ReferenceMsg::sync(&t.id, &[k], full),
+        None => ReferenceMsg::sync(&t.id, &flow.kinds, full),
     };
-    let env = Envelope::new(t.id.clone(), Source::Job, "reference", "sync", payload);
     let publisher = shared::bus::Publisher::new(&config.broker);
     let sent = publisher
         .publish_envelope(&env, Default::default())

@@ -54,14 +54,17 @@
 //! account) also runs under a claim on the supplier (`shared::store::claim`), which fences it when
 //! Redis loses its data and remembers what it created until it is stamped.
 
+pub mod map;
+pub mod message;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use shared::bus::Envelope;
 use shared::bus::consumer::{Handler, Message, Outcome};
-use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::exact::client::ExactClient;
 use shared::exact::client::SYNC_START;
@@ -69,24 +72,26 @@ use shared::exact::odata::odata_date;
 use shared::exact::types::{Account, Entity, NewBankAccount};
 use shared::exact::{Filter, paths};
 use shared::ids::{ExactGuid, PrecoroId, TenantId};
-use shared::precoro::{MasterQuery, PrecoroClient, Supplier, SupplierQuery, parse_datetime};
+use shared::precoro::{
+    MasterQuery, PrecoroClient, Supplier, SupplierQuery, parse_datetime, supplier_status,
+};
 use shared::store::claim::{ClaimGuard, Claimed};
 use shared::store::keys::ApiName;
 use shared::store::lease::Lease;
 
 use super::Context;
-use super::supplier_map::{
+use map::{
     Changes, Field, MergeInput, Side, Synced, is_exact_code, merge, new_account, normalize,
     supplier_input,
 };
+pub use message::{Change, SupplierMsg};
+use shared::Flow;
 
 /// How long a message waits for the company's supplier lease before it is retried later.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Remembered sync state outlives any realistic gap between two edits; losing it only means the
 /// next sync merges by rule 3.
 const STATE_TTL: Duration = Duration::from_secs(180 * 24 * 3600);
-/// Precoro supplier status: 1 pending, 2 approved, 3 rejected (specs/precoro.md §3).
-const APPROVED: i64 = 2;
 
 pub struct SupplierFlow {
     ctx: Arc<Context>,
@@ -99,33 +104,31 @@ impl SupplierFlow {
 }
 
 impl Handler for SupplierFlow {
-    fn flow(&self) -> &'static str {
-        "suppliers"
+    type Msg = SupplierMsg;
+
+    fn flow(&self) -> Flow {
+        Flow::Suppliers
     }
 
-    // No per-message entity key: a supplier is known by a Precoro id on one side and a GUID on
-    // the other, so the flow takes one lease per company instead (see the module doc).
-
-    async fn handle(&self, msg: &Message) -> Result<Outcome> {
-        let env = &msg.envelope;
-        let tenant = self.ctx.tenant(&env.tenant)?;
-        if !tenant.flows.suppliers.enabled {
+    async fn handle(&self, delivery: &Message, msg: &SupplierMsg) -> Result<Outcome> {
+        let tenant_id = &delivery.envelope.tenant;
+        if !self.ctx.tenant(tenant_id)?.flows.suppliers.enabled {
             return Ok(Outcome::Skipped(
                 "supplier flow is off for this company".into(),
             ));
         }
-        let sync = Sync::new(&self.ctx, &env.tenant)?;
-        if env.source == Source::Job && env.action == "reconcile" {
-            return sync.reconcile().await;
-        }
-        let target = target(env)?;
+        let sync = Sync::new(&self.ctx, tenant_id)?;
+        let change = match *msg {
+            SupplierMsg::Reconcile => return sync.reconcile().await,
+            SupplierMsg::Sync(change) => change,
+        };
         let lease = sync.lock().await?;
         let result = lease
             .hold(async {
-                match target {
-                    Target::Precoro(id) => sync.precoro_changed(id).await,
-                    Target::Exact(id) if env.action == "delete" => sync.exact_deleted(id).await,
-                    Target::Exact(id) => sync.exact_changed(id).await,
+                match change {
+                    Change::Precoro(id) => sync.precoro_changed(id).await,
+                    Change::Exact(id) => sync.exact_changed(id).await,
+                    Change::ExactDeleted(id) => sync.exact_deleted(id).await,
                 }
             })
             .await;
@@ -165,39 +168,6 @@ pub async fn ensure_in_exact(
         .await;
     lease.release().await?;
     result
-}
-
-/// Which supplier a message is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    Precoro(PrecoroId),
-    Exact(ExactGuid),
-}
-
-fn target(env: &Envelope) -> Result<Target> {
-    let p = &env.payload;
-    let precoro = match env.source {
-        Source::Precoro => p.get("id"),
-        _ => p.get("precoro_id"),
-    }
-    .and_then(|v| v.as_i64());
-    if let Some(id) = precoro {
-        return Ok(Target::Precoro(PrecoroId(id)));
-    }
-    let exact = match env.source {
-        Source::Exact => p.get("Key"),
-        _ => p.get("exact_id"),
-    }
-    .and_then(|v| v.as_str());
-    match exact.map(str::parse::<ExactGuid>) {
-        Some(Ok(id)) => Ok(Target::Exact(id)),
-        Some(Err(e)) => Err(Error::Malformed(format!(
-            "supplier message with a bad Exact key: {e}"
-        ))),
-        None => Err(Error::Malformed(
-            "supplier message names neither a Precoro supplier nor an Exact account".into(),
-        )),
-    }
 }
 
 /// How a supplier sync ended.
@@ -301,7 +271,7 @@ impl<'a> Sync<'a> {
             .ctx
             .store
             .keys()
-            .flow_lease("suppliers", self.tenant, None);
+            .flow_lease(Flow::Suppliers, self.tenant, None);
         Lease::acquire_within(
             &self.ctx.store,
             key,
@@ -464,7 +434,7 @@ impl<'a> Sync<'a> {
 
     /// A Precoro supplier without externalId: match an Exact account or create one, then stamp.
     async fn link_from_precoro(&self, s: Supplier) -> Result<Done> {
-        if s.status.is_some_and(|st| st != APPROVED) || s.enable == Some(false) {
+        if s.status.is_some_and(|st| st != supplier_status::APPROVED) || s.enable == Some(false) {
             return Ok(Done::Skipped(format!(
                 "Precoro supplier {} is not approved and enabled (status {:?}, enabled {:?})",
                 s.id, s.status, s.enable
@@ -799,7 +769,7 @@ impl<'a> Sync<'a> {
             .filter(|(f, _)| !f.is_bank())
             .map(|(f, v)| (*f, v.clone()))
             .collect();
-        let mut write = super::supplier_map::account_write(&account_changes);
+        let mut write = map::account_write(&account_changes);
         if e.account.is_supplier != Some(true) {
             write.is_supplier = Some(true);
         }
@@ -935,7 +905,10 @@ impl<'a> Sync<'a> {
             newest = newest.max(updated);
             let due = match external_guid(s) {
                 Err(_) => false,
-                Ok(None) => s.status.is_none_or(|st| st == APPROVED) && s.enable != Some(false),
+                Ok(None) => {
+                    s.status.is_none_or(|st| st == supplier_status::APPROVED)
+                        && s.enable != Some(false)
+                }
                 Ok(Some(g)) => self
                     .load(Side::Precoro, &s.id.to_string())
                     .await?
@@ -944,7 +917,8 @@ impl<'a> Sync<'a> {
                     }),
             };
             if due {
-                self.enqueue(json!({ "precoro_id": s.id.0 })).await?;
+                self.enqueue(SupplierMsg::sync_precoro(self.tenant, s.id))
+                    .await?;
                 queued += 1;
             }
         }
@@ -963,7 +937,7 @@ impl<'a> Sync<'a> {
                 .await?
                 .is_none_or(|r| r.fields.without_bank() != now);
             if due {
-                self.enqueue(json!({ "exact_id": a.id.to_string() }))
+                self.enqueue(SupplierMsg::sync_exact(self.tenant, a.id))
                     .await?;
                 queued += 1;
             }
@@ -984,14 +958,7 @@ impl<'a> Sync<'a> {
         )))
     }
 
-    async fn enqueue(&self, payload: serde_json::Value) -> Result<()> {
-        let env = Envelope::new(
-            self.tenant.clone(),
-            Source::Job,
-            "suppliers",
-            "sync",
-            payload,
-        );
+    async fn enqueue(&self, env: Envelope) -> Result<()> {
         self.ctx
             .publisher
             .publish_envelope(&env, Default::default())

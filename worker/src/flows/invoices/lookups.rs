@@ -22,7 +22,7 @@ use shared::precoro::{
 };
 use shared::store::Store;
 
-use super::invoice_map::{self, Lookups, Needs};
+use super::map::{self, Lookups, Needs};
 
 /// How long a list is reused without asking Precoro again. Bounds what a hand edit in Precoro
 /// that reference sync did not make (and so did not announce) can cost.
@@ -189,13 +189,13 @@ impl LookupCache {
         tenant: &TenantConfig,
         invoice: &Invoice,
     ) -> Result<Lookups> {
-        let needs = invoice_map::needs(invoice, tenant);
+        let needs = map::needs(invoice, tenant);
         if needs.is_empty() {
             return Ok(Lookups::default());
         }
         self.follow_generation(precoro.tenant()).await?;
         let kept = self.load(precoro, &needs, false).await?;
-        let stale = invoice_map::unresolved(invoice, &needs, &kept);
+        let stale = map::unresolved(invoice, &needs, &kept);
         if stale.is_empty() {
             return Ok(kept);
         }

@@ -17,11 +17,8 @@ use shared::exact::types::{NewPurchaseEntry, NewPurchaseEntryLine};
 use shared::ids::ExactGuid;
 use shared::precoro::{
     CustomFieldKind, CustomFieldOption, CustomFieldValue, Invoice, InvoiceItem, LineTax,
-    PaymentTerm, Tax,
+    PaymentTerm, Tax, status,
 };
-
-/// Precoro status 2: approved (specs/precoro.md §3).
-pub const APPROVED: i64 = 2;
 
 /// Why an invoice is not exported now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +57,7 @@ pub fn decide(invoice: &Invoice) -> Result<(), Skip> {
     {
         return Err(Skip::AlreadyExported(ext.to_string()));
     }
-    if invoice.status != APPROVED {
+    if invoice.status != status::APPROVED {
         return Err(Skip::NotApproved(invoice.status));
     }
     // Split-cost: export only the base document (specs/precoro-shapes.md §1.8).
@@ -338,10 +335,6 @@ pub fn date_of(value: Option<&str>) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()
 }
 
-fn is_credit_note(invoice: &Invoice) -> bool {
-    matches!(invoice.logic_type, 1 | 5)
-}
-
 /// Round half away from zero to cents.
 fn cents(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
@@ -502,7 +495,7 @@ pub fn map_invoice(
     // Credit notes post with negative amounts (Exact: GAccountAmountFC negative on credit notes,
     // Type 31). Whether Precoro already signs credit-note amounts is unconfirmed, so take the
     // magnitude and apply the sign ourselves.
-    let sign = if is_credit_note(invoice) {
+    let sign = if invoice.is_credit_note() {
         Decimal::NEGATIVE_ONE
     } else {
         Decimal::ONE
@@ -659,5 +652,5 @@ pub fn supplier_guid(invoice: &Invoice) -> Result<ExactGuid, Error> {
 }
 
 #[cfg(test)]
-#[path = "invoice_map_tests.rs"]
+#[path = "map_tests.rs"]
 mod tests;

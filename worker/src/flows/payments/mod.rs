@@ -20,6 +20,9 @@
 //! The first poll of a company reads the sync endpoint from the start (a Timestamp is a rowversion,
 //! not a date, §4 "Sync APIs"), but only acts on payments made within `initial_window`.
 
+pub mod lines;
+pub mod message;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,24 +31,23 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use shared::bus::Envelope;
 use shared::bus::consumer::{Handler, Message, Outcome};
-use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::exact::client::SYNC_START;
 use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, InvoiceQuery, Read};
 use shared::store::claim::{ClaimGuard, Claimed};
 
+use shared::Flow;
+use shared::precoro::status::{APPROVED, PAID, PARTLY_PAID};
+
 use super::Context;
-use super::payment_lines::{self, Decision, PaidLine, SNAP};
+use lines::{Decision, PaidLine, SNAP};
+pub use message::{PaymentMsg, Poll};
 
 /// The sync cursor's name (`cursor:exact:{tenant}:payment-terms`).
 pub const CURSOR: &str = "payment-terms";
-
-/// Precoro invoice statuses (specs/precoro.md §3).
-const APPROVED: i64 = 2;
-const PARTLY_PAID: i64 = 4;
-const PAID: i64 = 5;
 
 /// How long "this Exact entry has no Precoro invoice" is believed. Short: an entry booked by the
 /// invoice flow whose stamp is still being retried must not stay "foreign" for long.
@@ -104,64 +106,35 @@ pub struct Reversal {
     pub line: SyncedLine,
 }
 
-enum Kind {
-    Hint,
-    Entry(EntryPayments),
-    Reversal(Reversal),
-}
-
 /// The entity key of an entry's `job.payments.entry` messages: one worker settles an entry at a time.
 pub fn entry_key(entry: ExactGuid) -> String {
     format!("entry:{entry}")
 }
 
-fn kind(env: &Envelope) -> Result<Kind> {
-    let parse = |what: &str| {
-        Error::Malformed(format!(
-            "payments {what} message with an unreadable payload: {}",
-            env.payload
-        ))
-    };
-    Ok(match (env.source, env.action.as_str()) {
-        (Source::Job, "entry") => {
-            Kind::Entry(serde_json::from_value(env.payload.clone()).map_err(|_| parse("entry"))?)
-        }
-        (Source::Job, "reversal") => Kind::Reversal(
-            serde_json::from_value(env.payload.clone()).map_err(|_| parse("reversal"))?,
-        ),
-        _ => Kind::Hint,
-    })
-}
-
 impl Handler for PaymentFlow {
-    fn flow(&self) -> &'static str {
-        "payments"
+    type Msg = PaymentMsg;
+
+    fn flow(&self) -> Flow {
+        Flow::Payments
     }
 
-    fn entity_key(&self, env: &Envelope) -> Option<String> {
-        match kind(env).ok()? {
-            // One poll per company at a time: hints queue behind it and then find themselves covered.
-            Kind::Hint => Some("poll".into()),
-            Kind::Entry(e) => Some(entry_key(e.entry)),
-            Kind::Reversal(_) => None,
-        }
-    }
-
-    async fn handle(&self, msg: &Message) -> Result<Outcome> {
-        let env = &msg.envelope;
+    async fn handle(&self, delivery: &Message, msg: &PaymentMsg) -> Result<Outcome> {
+        let env = &delivery.envelope;
         let tenant = self.ctx.tenant(&env.tenant)?;
         if !tenant.flows.payments.enabled {
             return Ok(Outcome::Skipped(
                 "payment flow is off for this company".into(),
             ));
         }
-        match kind(env)? {
-            Kind::Hint => self.poll(env).await,
-            Kind::Entry(e) => {
-                self.settle_entry(&env.tenant, e, msg.maybe_repeated())
+        match msg {
+            PaymentMsg::Poll(ask) => self.poll(&env.tenant, env.received_at, *ask).await,
+            PaymentMsg::Entry(e) => {
+                self.settle_entry(&env.tenant, e.clone(), delivery.maybe_repeated())
                     .await
             }
-            Kind::Reversal(r) => report_reversal(&env.tenant, &r, msg.replay_nonce.is_some()),
+            PaymentMsg::Reversal(r) => {
+                report_reversal(&env.tenant, r, delivery.replay_nonce.is_some())
+            }
         }
     }
 }
@@ -170,42 +143,51 @@ impl Handler for PaymentFlow {
 // Poll
 // ---------------------------------------------------------------------------------------------
 
+/// What one poll found in Exact's payment terms since the cursor, before acting on it.
+struct Found {
+    /// Per entry, the payment lines not yet synced.
+    fresh: BTreeMap<ExactGuid, Vec<PaidLine>>,
+    reversals: Vec<Reversal>,
+    already: usize,
+}
+
 impl PaymentFlow {
-    async fn poll(&self, env: &Envelope) -> Result<Outcome> {
-        let tenant_id = &env.tenant;
+    /// One poll: skip if covered → debounce a webhook → fetch since the cursor → sort the rows →
+    /// hand each entry of ours to its own message, report reversals → move the cursor.
+    async fn poll(
+        &self,
+        tenant_id: &TenantId,
+        received_at: DateTime<Utc>,
+        ask: Poll,
+    ) -> Result<Outcome> {
         let cfg = &self.ctx.tenant(tenant_id)?.flows.payments;
-        let store = &self.ctx.store;
         let last_key = last_poll_key(&self.ctx, tenant_id);
-        // `worker backfill --flow payments --from D` asks for a re-read from the start that
-        // applies payments made since D (a Timestamp is a rowversion, not a date: §4). No other
-        // poll covers that, so it is never skipped as covered.
-        let rescan_from = env
-            .payload
-            .get("rescan_from")
-            .and_then(|v| v.as_str())
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|d| d.with_timezone(&Utc));
+        let rescan_from = match ask {
+            Poll::Rescan(from) => Some(from),
+            Poll::Scheduled | Poll::Webhook => None,
+        };
+        // A re-read is never covered by another poll.
         if rescan_from.is_none()
-            && let Some(covered) = self.covered(&last_key, env.received_at).await?
+            && let Some(covered) = self.covered(&last_key, received_at).await?
         {
             return Ok(Outcome::Skipped(covered));
         }
-        if env.source == Source::Exact {
+        if ask == Poll::Webhook {
             // Debounce: a payment run fires a burst of BankEntries/PurchaseEntries webhooks; let
             // it land so one poll covers it. The wait is bounded well inside the entity lease.
             let settle = cfg.debounce.min(self.ctx.config.worker.entity_lease / 2);
-            let since = (Utc::now() - env.received_at).to_std().unwrap_or_default();
+            let since = (Utc::now() - received_at).to_std().unwrap_or_default();
             if let Some(left) = settle.checked_sub(since) {
                 tokio::time::sleep(left).await;
             }
             // Another hint's poll may have run meanwhile (its lease expired or it came first).
-            if let Some(covered) = self.covered(&last_key, env.received_at).await? {
+            if let Some(covered) = self.covered(&last_key, received_at).await? {
                 return Ok(Outcome::Skipped(covered));
             }
         }
 
         // Fetch: the rows changed since the cursor (one call when nothing is new).
-        let started_ms = store.now_ms().await?;
+        let started_ms = self.ctx.store.now_ms().await?;
         let now = DateTime::<Utc>::from_timestamp_millis(started_ms).unwrap_or_else(Utc::now);
         let exact = self.ctx.exact(tenant_id)?;
         let cursor = exact.load_cursor(CURSOR).await?;
@@ -223,12 +205,42 @@ impl PaymentFlow {
             (None, Some(_)) => None,
         };
 
-        // Decide.
-        let changes = payment_lines::classify(&page.rows, floor, now);
-        let mut reversals: Vec<Reversal> = Vec::new();
+        // Decide, then hand on.
+        let changes = lines::classify(&page.rows, floor, now);
+        let found = self.sort(tenant_id, &changes).await?;
+        let already = found.already;
+        let (queued, foreign, reported) = self.hand_on(tenant_id, found).await?;
+
+        // Move the cursor only now: everything up to it is handed on.
+        if let Some(ts) = page.max_timestamp
+            && cursor.is_none_or(|c| ts > c)
+        {
+            exact.save_cursor(CURSOR, ts).await?;
+        }
+        self.ctx
+            .store
+            .set_string(&last_key, &started_ms.to_string(), None)
+            .await?;
+        let summary = format!(
+            "{} row(s): {queued} entr(y/ies) queued, {already} line(s) already synced, {foreign} foreign entr(y/ies), {} before the first window, {reported} reversal(s)",
+            page.rows.len(),
+            changes.before_window
+        );
+        tracing::info!(tenant = %tenant_id, cursor = ?cursor, next = ?page.max_timestamp, "{summary}");
+        Ok(Outcome::Done(summary))
+    }
+
+    /// Sort the changed rows against what we synced: new payment lines per entry, payments of
+    /// ours that were undone, lines already synced.
+    async fn sort(&self, tenant_id: &TenantId, changes: &lines::Changes) -> Result<Found> {
+        let mut found = Found {
+            fresh: BTreeMap::new(),
+            reversals: Vec::new(),
+            already: 0,
+        };
         for open in &changes.open {
             match self.synced(tenant_id, open.row).await? {
-                Some(line) if line.payment.is_some() => reversals.push(Reversal {
+                Some(line) if line.payment.is_some() => found.reversals.push(Reversal {
                     row: open.row,
                     line,
                 }),
@@ -246,69 +258,55 @@ impl PaymentFlow {
                 None => {}
             }
         }
-        let mut fresh: BTreeMap<ExactGuid, Vec<PaidLine>> = BTreeMap::new();
-        let mut already = 0usize;
         for (entry, lines) in &changes.paid {
             for line in lines {
-                match self.synced(tenant_id, line.row).await? {
-                    Some(s) if s.bank == line.bank => already += 1,
-                    Some(s) => {
-                        // Reopened and paid again between two polls: the old payment was undone.
-                        if s.payment.is_some() {
-                            reversals.push(Reversal {
-                                row: line.row,
-                                line: s,
-                            });
-                        }
-                        fresh.entry(*entry).or_default().push(line.clone());
-                    }
-                    None => fresh.entry(*entry).or_default().push(line.clone()),
+                let synced = self.synced(tenant_id, line.row).await?;
+                if let Some(s) = &synced
+                    && s.bank == line.bank
+                {
+                    found.already += 1;
+                    continue;
                 }
+                // Reopened and paid again between two polls: the old payment was undone.
+                if let Some(s) = synced.filter(|s| s.payment.is_some()) {
+                    found.reversals.push(Reversal {
+                        row: line.row,
+                        line: s,
+                    });
+                }
+                found.fresh.entry(*entry).or_default().push(line.clone());
             }
         }
-        let entries: Vec<ExactGuid> = fresh.keys().copied().collect();
-        let links = self.invoices_for(tenant_id, &entries).await?;
+        Ok(found)
+    }
 
-        // Hand each entry of ours to its own message (own lease, retries and DLQ entry).
-        let mut queued = 0usize;
-        let mut foreign = 0usize;
-        for (entry, lines) in fresh {
+    /// Queue each entry of ours as its own message (own lease, retries and DLQ entry) and report
+    /// the reversals. Returns (entries queued, foreign entries, reversals reported).
+    async fn hand_on(&self, tenant_id: &TenantId, found: Found) -> Result<(usize, usize, usize)> {
+        let entries: Vec<ExactGuid> = found.fresh.keys().copied().collect();
+        let links = self.invoices_for(tenant_id, &entries).await?;
+        let (mut queued, mut foreign, mut reported) = (0, 0, 0);
+        for (entry, lines) in found.fresh {
             let Some(invoice) = links.get(&entry) else {
                 foreign += 1;
                 tracing::debug!(tenant = %tenant_id, %entry, "payment on an Exact entry not booked from Precoro; ignored");
                 continue;
             };
-            let payload = EntryPayments {
+            let payments = EntryPayments {
                 entry,
                 invoice: *invoice,
                 lines,
             };
-            self.publish(tenant_id, "entry", json!(payload)).await?;
+            self.publish(&PaymentMsg::entry(tenant_id, &payments))
+                .await?;
             queued += 1;
         }
-        let mut reported = 0usize;
-        for r in reversals {
+        for r in found.reversals {
             if self.reversal_noticed(tenant_id, &r).await? {
                 reported += 1;
             }
         }
-
-        // Move the cursor only now: everything up to it is handed on.
-        if let Some(ts) = page.max_timestamp
-            && cursor.is_none_or(|c| ts > c)
-        {
-            exact.save_cursor(CURSOR, ts).await?;
-        }
-        store
-            .set_string(&last_key, &started_ms.to_string(), None)
-            .await?;
-        let summary = format!(
-            "{} row(s): {queued} entr(y/ies) queued, {already} line(s) already synced, {foreign} foreign entr(y/ies), {} before the first window, {reported} reversal(s)",
-            page.rows.len(),
-            changes.before_window
-        );
-        tracing::info!(tenant = %tenant_id, cursor = ?cursor, next = ?page.max_timestamp, "{summary}");
-        Ok(Outcome::Done(summary))
+        Ok((queued, foreign, reported))
     }
 
     /// `Some(reason)` when a poll that started after `received_at` has already succeeded.
@@ -328,16 +326,10 @@ impl PaymentFlow {
         })
     }
 
-    async fn publish(
-        &self,
-        tenant: &TenantId,
-        action: &str,
-        payload: serde_json::Value,
-    ) -> Result<()> {
-        let env = Envelope::new(tenant.clone(), Source::Job, "payments", action, payload);
+    async fn publish(&self, env: &Envelope) -> Result<()> {
         self.ctx
             .publisher
-            .publish_envelope(&env, Default::default())
+            .publish_envelope(env, Default::default())
             .await?;
         Ok(())
     }
@@ -348,7 +340,7 @@ impl PaymentFlow {
             .ctx
             .store
             .keys()
-            .entity_lease("payments", tenant, &entry_key(entry));
+            .entity_lease(Flow::Payments, tenant, &entry_key(entry));
         Ok(self.ctx.store.get_string(&key).await?.is_some())
     }
 
@@ -395,7 +387,7 @@ impl PaymentFlow {
             amount = %r.line.amount,
             "an Exact payment synced to Precoro was reversed; reporting it to an operator"
         );
-        if let Err(e) = self.publish(tenant, "reversal", json!(r)).await {
+        if let Err(e) = self.publish(&PaymentMsg::reversal(tenant, r)).await {
             self.ctx.store.del(&once).await?;
             return Err(e);
         }
@@ -602,7 +594,7 @@ impl PaymentFlow {
                 )));
             }
         }
-        let amount = match payment_lines::decide(line.amount, invoice.sum, invoice.sum_paid) {
+        let amount = match lines::decide(line.amount, invoice.sum, invoice.sum_paid) {
             Decision::FullyPaid => return Ok(Settled::LeftAlone),
             Decision::Post {
                 amount,

@@ -1,0 +1,312 @@
+//! One invoice's export, as the stages it reads in:
+//!
+//! claim → [`fetch`](Export::fetch) → [`decide`](Export::decide) →
+//! [`resolve_supplier`](Export::resolve_supplier) → [`find_existing`](Export::find_existing) →
+//! document → map → [`write`](Export::write) → [`stamp`](Export::remember_and_stamp).
+//!
+//! Each stage is one function with a typed result; the claim around them is what makes the whole
+//! happen once (module doc of [`super`]).
+
+use shared::bus::consumer::Outcome;
+use shared::config::TenantConfig;
+use shared::error::{Error, Result, RetryClass};
+use shared::exact::client::ExactClient;
+use shared::exact::types::NewPurchaseEntry;
+use shared::ids::{ExactGuid, PrecoroId, TenantId};
+use shared::precoro::{Invoice, PrecoroClient};
+use shared::store::claim::{ClaimGuard, Claimed};
+
+use super::InvoiceRef;
+use super::map::{self, Lookups, Skip};
+use crate::flows::Context;
+
+/// One export of one invoice, as its message asked for it.
+pub struct Export<'a> {
+    pub ctx: &'a Context,
+    pub tenant_id: &'a TenantId,
+    pub invoice: InvoiceRef,
+    /// Queued by the poll or a backfill: an earlier export may have booked it without stamping.
+    pub queued: bool,
+    /// An earlier attempt of this message may have had an effect (retry, redelivery, replay).
+    pub repeated: bool,
+    /// An operator replayed it: a refusal remembered for the same payload is tried again.
+    pub replayed: bool,
+}
+
+/// How an export ended.
+enum Exported {
+    Booked(String),
+    AlreadyStamped(String),
+    Skipped(String),
+}
+
+/// What [`Export::decide`] concluded.
+enum Decision {
+    /// Book it, resolving its fields against these lists.
+    Book(Lookups),
+    Stop(Exported),
+}
+
+/// The clients and settings of the company the export is for.
+struct Company<'a> {
+    config: &'a TenantConfig,
+    exact: &'a ExactClient,
+    precoro: &'a PrecoroClient,
+}
+
+impl Export<'_> {
+    /// Claim the invoice, run the stages under the claim, and record the result with it.
+    pub async fn run(self) -> Result<Outcome> {
+        let scope = format!("invoice:{}:{}", self.tenant_id, self.invoice.key());
+        let claim = match self.ctx.claims.claim(&scope).await? {
+            Claimed::Done(entry) => {
+                return Ok(Outcome::Skipped(format!(
+                    "already booked as Exact entry {entry}"
+                )));
+            }
+            Claimed::Acquired(claim) => claim,
+        };
+        let may_exist = self.repeated || claim.maybe_attempted() || self.queued;
+        let exported = claim.hold(Box::pin(self.claimed(&claim, may_exist))).await;
+        match exported {
+            Ok(Exported::Booked(entry)) | Ok(Exported::AlreadyStamped(entry)) => {
+                claim.complete(&entry).await?;
+                Ok(Outcome::Done(entry))
+            }
+            Ok(Exported::Skipped(why)) => {
+                // Not done: a later update (e.g. the approval) must be able to export it.
+                claim.release().await?;
+                Ok(Outcome::Skipped(why))
+            }
+            Err(e) => {
+                let _ = claim.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn company(&self) -> Result<Company<'_>> {
+        Ok(Company {
+            config: self.ctx.tenant(self.tenant_id)?,
+            exact: self.ctx.exact(self.tenant_id)?,
+            precoro: self.ctx.precoro(self.tenant_id)?,
+        })
+    }
+
+    async fn claimed(&self, claim: &ClaimGuard, may_exist: bool) -> Result<Exported> {
+        let company = self.company()?;
+        let invoice = self.fetch(&company).await?;
+        let lookups = match self.decide(&company, &invoice).await? {
+            Decision::Book(lookups) => lookups,
+            Decision::Stop(exported) => return Ok(exported),
+        };
+
+        // Booked before but not stamped (the stamp failed): stamp only.
+        if let Some(entry) = claim.created() {
+            company
+                .precoro
+                .set_invoice_external_id(invoice.idn, entry)
+                .await?;
+            return Ok(Exported::Booked(entry.to_string()));
+        }
+
+        let supplier = self.resolve_supplier(&invoice).await?;
+        if may_exist
+            && let Some(entry) = self
+                .find_existing(&company, &invoice, &lookups, supplier)
+                .await?
+        {
+            self.remember_and_stamp(claim, &company, &invoice, &entry)
+                .await?;
+            return Ok(Exported::Booked(entry));
+        }
+
+        // The PDF first, so the entry links it in the same POST.
+        let document = if company.config.flows.invoices.attachments {
+            super::document::attach_pdf(self.ctx, self.tenant_id, &invoice, supplier).await?
+        } else {
+            None
+        };
+        let entry = map::map_invoice(&invoice, company.config, &lookups, supplier, document)?;
+        let entry_id = self
+            .write(claim, &company, &invoice, &entry, may_exist)
+            .await?;
+        self.remember_and_stamp(claim, &company, &invoice, &entry_id)
+            .await?;
+        Ok(Exported::Booked(entry_id))
+    }
+
+    /// The invoice as Precoro has it now.
+    async fn fetch(&self, company: &Company<'_>) -> Result<Invoice> {
+        match self.invoice {
+            // A webhook says the invoice changed: a cached copy could predate the approval.
+            InvoiceRef::Idn(idn) | InvoiceRef::Both(_, idn) => {
+                company.precoro.get_invoice_fresh(idn).await
+            }
+            InvoiceRef::Id(id) => company
+                .precoro
+                .find_invoice_by_id(id)
+                .await?
+                .ok_or_else(|| Error::Invalid(format!("Precoro invoice with id {id} not found"))),
+        }
+    }
+
+    /// Whether it goes to Exact now, and the lists its fields resolve against if so.
+    async fn decide(&self, company: &Company<'_>, invoice: &Invoice) -> Result<Decision> {
+        if let Err(skip) = map::decide(invoice) {
+            return Ok(Decision::Stop(match skip {
+                Skip::AlreadyExported(id) => Exported::AlreadyStamped(id),
+                other => Exported::Skipped(other.to_string()),
+            }));
+        }
+        let lookups = self
+            .ctx
+            .lookups
+            .for_invoice(company.precoro, company.config, invoice)
+            .await?;
+        if !map::condition_met(invoice, company.config, &lookups) {
+            return Ok(Decision::Stop(Exported::Skipped(
+                Skip::ExportConditionFalse.to_string(),
+            )));
+        }
+        Ok(Decision::Book(lookups))
+    }
+
+    /// The supplier's Exact account. A supplier not yet in Exact is synced first, by the supplier
+    /// flow's rules (matched by VAT number or code, else created; never by name).
+    async fn resolve_supplier(&self, invoice: &Invoice) -> Result<ExactGuid> {
+        match map::supplier_guid(invoice) {
+            Err(Error::MissingMapping(why)) => {
+                let Some(id) = invoice.supplier.as_ref().and_then(|s| s.id) else {
+                    return Err(Error::MissingMapping(why));
+                };
+                // Boxed: the supplier flow's future is large, and this one is held across it.
+                Box::pin(crate::flows::suppliers::ensure_in_exact(
+                    self.ctx,
+                    self.tenant_id,
+                    PrecoroId(id),
+                ))
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// The entry an earlier attempt booked, looked up by supplier and `YourRef` (Exact has no
+    /// idempotency key). A booking under the same supplier invoice number for another Precoro
+    /// invoice is an error for a person, never taken for ours.
+    async fn find_existing(
+        &self,
+        company: &Company<'_>,
+        invoice: &Invoice,
+        lookups: &Lookups,
+        supplier: ExactGuid,
+    ) -> Result<Option<String>> {
+        let preview = map::map_invoice(invoice, company.config, lookups, supplier, None)?;
+        let Some(found) = company
+            .exact
+            .find_purchase_entry(supplier, &preview.your_ref)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mentions_us = found
+            .description
+            .as_deref()
+            .is_none_or(|d| d.contains(&format!("Precoro invoice {}", invoice.idn)));
+        if !mentions_us {
+            return Err(Error::Invalid(format!(
+                "supplier invoice number '{}' is already booked in Exact as entry {} ({}), not for Precoro invoice {}: is it entered twice?",
+                preview.your_ref,
+                found.entry_number.unwrap_or_default(),
+                found.description.unwrap_or_default(),
+                invoice.idn
+            )));
+        }
+        Ok(Some(found.entry_id.to_string()))
+    }
+
+    /// POST the entry and return its id.
+    ///
+    /// Exact blocks an endpoint for an hour after 10 errors in an hour (DESIGN.md "Worker"). A
+    /// refused entry is dead-lettered, but every later hint for the same invoice (its Create and
+    /// Update webhooks, the poll) would POST it again and spend another error. So the refusal is
+    /// remembered with the exact payload it was given for: the same payload is refused here
+    /// without a call, a changed invoice is tried again, and an operator's replay (after fixing
+    /// the data in Exact) always is.
+    async fn write(
+        &self,
+        claim: &ClaimGuard,
+        company: &Company<'_>,
+        invoice: &Invoice,
+        entry: &NewPurchaseEntry,
+        may_exist: bool,
+    ) -> Result<String> {
+        let store = &self.ctx.store;
+        let refused_key = store
+            .keys()
+            .invoice_refused(self.tenant_id, &invoice.id.to_string());
+        let body = serde_json::to_vec(entry)
+            .map_err(|e| Error::Invalid(format!("the entry cannot be serialised: {e}")))?;
+        let fingerprint = shared::fingerprint(&body);
+        if !self.replayed
+            && let Some(before) = store.get_string(&refused_key).await?
+            && let Some((fp, reason)) = before.split_once(' ')
+            && fp == fingerprint
+        {
+            return Err(Error::Invalid(format!(
+                "Exact refused this entry before and the invoice has not changed since (not sent again, to spare Exact's error budget): {reason}"
+            )));
+        }
+
+        let mark = claim.mark_attempted().await?;
+        let created = match company.exact.create_purchase_entry(entry).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Refused before Exact acted on it (most often our own rate limiter, which
+                // refuses while the budget is spent): the retry need not look up first. Where an
+                // earlier attempt may have written, its lookup found nothing but the mark stays.
+                if !may_exist && e.certainly_not_applied() {
+                    let _ = claim.unmark_attempted(mark).await;
+                }
+                if matches!(
+                    e,
+                    Error::Upstream {
+                        status: 400..=499,
+                        ..
+                    }
+                ) && e.retry_class() == RetryClass::Permanent
+                {
+                    let _ = store
+                        .set_string(
+                            &refused_key,
+                            &format!("{fingerprint} {e}"),
+                            Some(self.ctx.config.worker.idempotency_ttl),
+                        )
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        let entry_id = created.entry_id.to_string();
+        tracing::info!(invoice = invoice.idn.0, entry = %entry_id, entry_number = ?created.entry_number, "booked in Exact");
+        Ok(entry_id)
+    }
+
+    /// Remember the entry with the claim (so a failed stamp is retried without posting again),
+    /// then stamp it on the Precoro invoice as its externalId.
+    async fn remember_and_stamp(
+        &self,
+        claim: &ClaimGuard,
+        company: &Company<'_>,
+        invoice: &Invoice,
+        entry: &str,
+    ) -> Result<()> {
+        claim.remember_created(entry).await?;
+        company
+            .precoro
+            .set_invoice_external_id(invoice.idn, entry)
+            .await?;
+        Ok(())
+    }
+}

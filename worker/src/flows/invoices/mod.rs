@@ -1,0 +1,108 @@
+//! Invoices: approved in Precoro → purchase entry in Exact, exactly once.
+//!
+//! Triggers: a Precoro invoice webhook (a hint: we fetch the invoice) and the backstop poll, which
+//! enqueues one `export` message per approved, not yet exported invoice ([`message`]).
+//!
+//! Exactly once, in layers (the claim mechanism is `shared::store::claim`):
+//! 1. A claim per invoice (`invoice:{tenant}:{id}`): `done:{EntryID}` answers every later
+//!    duplicate without a single API call; the claim is fenced when Redis loses its data.
+//! 2. The entry id is remembered with the claim the moment Exact returns it, so a failed stamp is
+//!    retried without posting again.
+//! 3. Lookup-before-create by supplier + `YourRef` whenever an earlier attempt may have reached
+//!    Exact (a retry, a redelivery, an expired lease, a poll, a Redis loss), since Exact has no
+//!    idempotency key (specs/exact-online.md §5).
+//!
+//! Happy path: Precoro GET invoice, Exact POST entry, Precoro PATCH externalId (plus, with
+//! attachments on, the PDF download and two Exact document calls).
+//!
+//! Where things are: [`message`] (what the flow is asked), [`export`] (the stages of one export:
+//! fetch → decide → resolve supplier → find existing → write → stamp), [`map`] (the pure mapping
+//! rules, with their tests), [`document`] (the PDF in Exact), [`lookups`] (the option, tax and
+//! term lists the mapping resolves against).
+
+pub mod document;
+pub mod export;
+pub mod lookups;
+pub mod map;
+pub mod message;
+
+use std::sync::Arc;
+
+use shared::Flow;
+use shared::bus::consumer::{Handler, Message, Outcome};
+use shared::error::Result;
+use shared::ids::TenantId;
+use shared::precoro::{InvoiceQuery, status};
+
+use super::Context;
+use export::Export;
+pub use message::{InvoiceMsg, InvoiceRef};
+
+pub struct InvoiceFlow {
+    ctx: Arc<Context>,
+}
+
+impl InvoiceFlow {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        InvoiceFlow { ctx }
+    }
+}
+
+impl Handler for InvoiceFlow {
+    type Msg = InvoiceMsg;
+
+    fn flow(&self) -> Flow {
+        Flow::Invoices
+    }
+
+    async fn handle(&self, delivery: &Message, msg: &InvoiceMsg) -> Result<Outcome> {
+        let tenant = &delivery.envelope.tenant;
+        if !self.ctx.tenant(tenant)?.flows.invoices.enabled {
+            return Ok(Outcome::Skipped(
+                "invoice flow is off for this company".into(),
+            ));
+        }
+        let (invoice, queued) = match *msg {
+            InvoiceMsg::Poll => return self.poll(tenant).await,
+            InvoiceMsg::Changed(invoice) => (invoice, false),
+            InvoiceMsg::Export(invoice) => (invoice, true),
+        };
+        Export {
+            ctx: &self.ctx,
+            tenant_id: tenant,
+            invoice,
+            queued,
+            repeated: delivery.maybe_repeated(),
+            replayed: delivery.replay_nonce.is_some(),
+        }
+        .run()
+        .await
+    }
+}
+
+impl InvoiceFlow {
+    /// The backstop: enqueue every approved invoice without an externalId.
+    async fn poll(&self, tenant: &TenantId) -> Result<Outcome> {
+        let precoro = self.ctx.precoro(tenant)?;
+        let invoices = precoro
+            .list_invoices(&InvoiceQuery {
+                status: vec![status::APPROVED],
+                sent_to_external: Some(false),
+                ..Default::default()
+            })
+            .await?;
+        let mut queued = 0;
+        for inv in invoices
+            .iter()
+            .filter(|i| i.external_id.as_deref().is_none_or(|e| e.trim().is_empty()))
+        {
+            let env = InvoiceMsg::export(tenant, inv.id, inv.idn);
+            self.ctx
+                .publisher
+                .publish_envelope(&env, Default::default())
+                .await?;
+            queued += 1;
+        }
+        Ok(Outcome::Done(format!("poll queued {queued} invoice(s)")))
+    }
+}

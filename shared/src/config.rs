@@ -61,33 +61,26 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// A duration written as `500ms`, `30s`, `15m`, `2h` or `1d`.
+/// A duration written as `500ms`, `30s`, `15m`, `2h` or `1d` (humantime's grammar, which also
+/// takes `1h 30m` or `2 weeks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     pub fn parse(s: &str) -> Result<Self, String> {
+        use humantime_serde::re::humantime::{DurationError, parse_duration};
+        // humantime-serde's own deserializer drops humantime's reason ("expected a duration");
+        // the operator is told which part of the value is wrong and what to write instead.
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("'{s}' has no unit (use ms, s, m, h or d)"))?;
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("'{s}' does not start with a whole number"))?;
-        let d = match unit.trim() {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" | "min" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
-            other => {
-                return Err(format!(
-                    "unknown unit '{other}' in '{s}' (use ms, s, m, h or d)"
-                ));
+        parse_duration(s).map(HumanDuration).map_err(|e| match e {
+            DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+                format!("'{s}' has no unit (use ms, s, m, h or d)")
             }
-        };
-        Ok(HumanDuration(d))
+            DurationError::UnknownUnit { unit, .. } => {
+                format!("unknown unit '{unit}' in '{s}' (use ms, s, m, h or d)")
+            }
+            other => format!("'{s}' is not a duration like 500ms, 15m or 1d: {other}"),
+        })
     }
 }
 

@@ -1354,6 +1354,217 @@ mod tests {
         );
     }
 
+    /// The defaults a config that names only a company gets, value by value: the serde tree's
+    /// `Default` impls and `default = …` attributes, and the ones settled from other settings.
+    #[test]
+    fn every_default_is_as_documented() {
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        let secs = Duration::from_secs;
+        assert!(!c.development);
+
+        let b = &c.broker;
+        assert_eq!(b.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(b.prefix, "");
+        assert_eq!(b.confirm_channels, 4);
+        assert_eq!(b.confirm_timeout, secs(5));
+        assert_eq!(b.delivery_limit, 10);
+        assert_eq!(
+            b.retry_tiers,
+            [5, 30, 120, 600, 3600, 21_600].map(secs).to_vec()
+        );
+        assert_eq!(b.max_attempts, 12);
+
+        let r = &c.redis;
+        assert_eq!(r.url, "redis://127.0.0.1:6379");
+        assert_eq!(r.prefix, "pe");
+        assert_eq!(r.loss_fence, secs(140));
+        assert_eq!(r.loss_recovery, secs(14 * 86_400));
+        assert_eq!(r.min_replicas, 0);
+        assert_eq!(r.replica_timeout, secs(2));
+        let single = RedisConfig::single_node("redis://127.0.0.1:6379", "pe");
+        assert_eq!(
+            (
+                single.loss_fence,
+                single.loss_recovery,
+                single.replica_timeout
+            ),
+            (r.loss_fence, r.loss_recovery, r.replica_timeout)
+        );
+
+        let i = &c.ingress;
+        assert_eq!(i.listen, "0.0.0.0:8080");
+        assert_eq!(i.admin_listen, "127.0.0.1:9090");
+        assert!(i.trusted_proxies.is_empty());
+        assert_eq!(i.public_url, "https://127.0.0.1:8080");
+        assert_eq!(i.body_limit_bytes, 256 * 1024);
+        assert_eq!(i.replay_window, secs(600));
+        assert_eq!(i.hint_window, secs(60));
+        assert_eq!(i.request_deadline, secs(10));
+        assert_eq!(i.max_connections, 1024);
+        assert_eq!(i.max_in_flight, 512);
+        assert!(!i.oauth_state_secret_configured);
+        assert_eq!(
+            i.oauth_state_secret.expose().len(),
+            64,
+            "256 random bits, hex"
+        );
+
+        let w = &c.worker;
+        assert_eq!(w.prefetch, 10);
+        assert!(w.prefetch_per_flow.is_empty());
+        assert_eq!(w.idempotency_lease, secs(120));
+        assert_eq!(w.idempotency_ttl, secs(14 * 86_400));
+        assert_eq!(w.entity_lease, secs(120));
+        assert_eq!(w.scheduler_tick, secs(5));
+        assert_eq!(w.shutdown_grace, secs(30));
+        assert_eq!(w.rate_limit_wait, secs(20));
+        assert_eq!(w.request_timeout, secs(60));
+
+        assert!(!c.telemetry.json_logs);
+        assert_eq!(c.telemetry.log_filter, "info");
+
+        let t = &c.tenants[0];
+        assert_eq!(t.name, "acme", "the id unless a name is given");
+        let p = &t.precoro;
+        assert_eq!(p.base_url, "https://api.precoro.com");
+        assert!(p.signature_secret.is_none());
+        assert_eq!(
+            (p.requests_per_second, p.hourly_limit, p.daily_limit),
+            (1, 1500, 3000)
+        );
+        assert_eq!(p.identical_get_window, secs(60));
+        let e = &t.exact;
+        assert_eq!(e.host, "https://start.exactonline.nl");
+        assert_eq!(
+            e.redirect_uri,
+            "https://127.0.0.1:8080/oauth/exact/callback"
+        );
+        assert_eq!((e.minutely_limit, e.daily_limit), (60, 5000));
+        assert_eq!(e.min_refresh_interval, secs(570));
+
+        let f = &t.flows;
+        assert!(f.invoices.enabled && f.invoices.attachments);
+        assert_eq!(f.invoices.poll_every, secs(900));
+        assert!(f.invoices.export_condition.is_none());
+        assert!(f.payments.enabled);
+        assert_eq!(f.payments.poll_every, secs(600));
+        assert_eq!(f.payments.initial_window, secs(30 * 86_400));
+        assert_eq!(f.payments.debounce, secs(10));
+        assert!(f.suppliers.enabled);
+        assert_eq!(f.suppliers.every, secs(3600));
+        assert!(f.reference.enabled);
+        assert_eq!(f.reference.kinds, ReferenceKind::ALL.to_vec());
+        assert!(
+            ReferenceKind::ALL
+                .iter()
+                .all(|k| f.reference.every[k] == secs(3600))
+        );
+        assert_eq!(f.reference.full_every, secs(86_400));
+    }
+
+    /// Settings that default to another setting follow it; URLs lose a trailing slash.
+    #[test]
+    fn defaults_that_follow_other_settings() {
+        let text = format!(
+            "[ingress]\npublic_url = \"https://hooks.example/\"\noauth_state_secret = \"{}\"\n[worker]\nidempotency_ttl = \"3d\"\nentity_lease = \"5m\"\n{}",
+            "0123456789abcdefghijklmnopqrstuv",
+            MINIMAL
+                .replace("id = \"acme\"", "id = \"acme\"\nname = \"ACME B.V.\"")
+                .replace("journal = \"70\"", "journal = \" 70 \"")
+                .replace(
+                    "[tenants.custom_fields]",
+                    "[tenants.flows.reference]\nkinds = [\"taxes\", \"gl_accounts\"]\nevery = \"2h\"\nevery_per_kind = { gl_accounts = \"15m\" }\n[tenants.custom_fields]"
+                )
+        );
+        let c = Config::from_toml(&text, &env).unwrap();
+        assert_eq!(c.ingress.public_url, "https://hooks.example");
+        assert!(c.ingress.oauth_state_secret_configured);
+        assert_eq!(
+            c.ingress.oauth_state_secret.expose(),
+            "0123456789abcdefghijklmnopqrstuv"
+        );
+        assert_eq!(
+            c.redis.loss_fence,
+            Duration::from_secs(300),
+            "the longer lease"
+        );
+        assert_eq!(c.redis.loss_recovery, Duration::from_secs(3 * 86_400));
+        let t = &c.tenants[0];
+        assert_eq!(t.name, "ACME B.V.");
+        assert_eq!(t.exact.journal, "70");
+        assert_eq!(
+            t.exact.redirect_uri,
+            "https://hooks.example/oauth/exact/callback"
+        );
+        let every = &t.flows.reference.every;
+        assert_eq!(every.len(), 2);
+        assert_eq!(every[&ReferenceKind::Taxes], Duration::from_secs(7200));
+        assert_eq!(every[&ReferenceKind::GlAccounts], Duration::from_secs(900));
+    }
+
+    /// Every duration form the deploy files, tests and README write reads as it did before
+    /// humantime; humantime also takes compound and fractional forms.
+    #[test]
+    fn durations_read_as_written_before() {
+        let d = |s: &str| HumanDuration::parse(s).map(|h| h.0);
+        for (s, want) in [
+            ("300ms", Duration::from_millis(300)),
+            ("1s", Duration::from_secs(1)),
+            ("2m", Duration::from_secs(120)),
+            ("3min", Duration::from_secs(180)),
+            ("1h", Duration::from_secs(3600)),
+            ("14d", Duration::from_secs(14 * 86_400)),
+            (" 60 s ", Duration::from_secs(60)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("1.5s", Duration::from_millis(1500)),
+        ] {
+            assert_eq!(d(s), Ok(want), "{s}");
+        }
+        assert_eq!(
+            d("10 parsecs").unwrap_err(),
+            "unknown unit 'parsecs' in '10 parsecs' (use ms, s, m, h or d)"
+        );
+        assert_eq!(
+            d("15").unwrap_err(),
+            "'15' has no unit (use ms, s, m, h or d)"
+        );
+    }
+
+    /// A value serde refuses names its field and where it stands; text that is not TOML gets
+    /// the parser's report.
+    #[test]
+    fn refused_values_name_their_field_and_line() {
+        let e = err(&MINIMAL.replace("journal", "jurnal"), &env);
+        assert!(
+            e.starts_with("tenants[0].exact.jurnal: unknown field `jurnal`, expected one of"),
+            "{e}"
+        );
+        assert!(e.ends_with("(line 13, column 9)"), "{e}");
+        let e = err(
+            &MINIMAL.replace(
+                "[tenants.custom_fields]",
+                "[tenants.flows.reference]\nevery_per_kind = { bogus = \"1h\" }\n[tenants.custom_fields]",
+            ),
+            &env,
+        );
+        assert!(
+            e.starts_with("tenants[0].flows.reference.every_per_kind.bogus: unknown kind"),
+            "{e}"
+        );
+        let e = err(
+            &MINIMAL.replace("[tenants.exact]", "[tenants.exact]\nredirect_uri = \"\""),
+            &env,
+        );
+        assert!(
+            e.starts_with("tenants[0].exact.redirect_uri: '' is not a URL"),
+            "{e}"
+        );
+        assert!(
+            err("[broker\n", &env)
+                .starts_with("config is not valid TOML: TOML parse error at line 1")
+        );
+    }
+
     #[test]
     fn env_overrides_broker_and_redis_urls() {
         let c = Config::from_toml(MINIMAL, &|n| match n {

@@ -1,6 +1,13 @@
 //! Configuration: one TOML file, overridable by environment variables, validated at start.
 //!
-//! Every validation error names the field it is about (`tenants[1].exact.division: …`) so an operator
+//! The types below are the file's sections as serde reads them: unknown keys are refused and each
+//! section's defaults stand beside its fields. [`Config::from_toml`] then takes three steps: the
+//! environment (the URL overrides and `env:NAME` secrets), each section's rules (`validate`), and
+//! the defaults that follow from another setting (`settle`: the Exact redirect URI from
+//! `ingress.public_url`, the Redis loss fence from the worker's timeouts, a company's name from its
+//! id).
+//!
+//! Every error names the field it is about (`tenants[1].exact.division: …`) so an operator
 //! can fix the file without reading code. Secrets may be written inline or as `env:NAME`; they are
 //! resolved at load and never logged (their `Debug` prints `[REDACTED]`).
 
@@ -22,6 +29,9 @@ pub const REDIS_URL_ENV: &str = "PRECORO_EXACT_REDIS_URL";
 /// Overrides `ingress.listen`.
 pub const LISTEN_ENV: &str = "PRECORO_EXACT_LISTEN";
 
+/// Looks up an environment variable (the process's, or a test's own).
+type Env<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -42,6 +52,11 @@ fn field_err(field: impl Into<String>, message: impl Into<String>) -> ConfigErro
     }
 }
 
+/// The name of `field` in the section at `path`, as errors show it: `tenants[1].exact.division`.
+fn at(path: &str, field: &str) -> String {
+    format!("{path}.{field}")
+}
+
 /// A secret value. In the file: the value itself, or `env:NAME` to read it from the environment.
 #[derive(Clone)]
 pub struct Secret(SecretString);
@@ -50,8 +65,36 @@ impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Secret(SecretString::from(value.into()))
     }
+
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
+    }
+
+    /// 256 random bits, hex: for a secret the file leaves out.
+    fn random() -> Self {
+        Secret::new(hex::encode(rand::random::<[u8; 32]>()))
+    }
+
+    /// The value in force: an `env:NAME` reference replaced by the variable's value.
+    fn resolve(&mut self, field: &str, env: &Env) -> Result<(), ConfigError> {
+        if let Some(name) = self.expose().strip_prefix("env:") {
+            let value = env(name).ok_or_else(|| {
+                field_err(field, format!("environment variable {name} is not set"))
+            })?;
+            *self = Secret::new(value);
+        }
+        if self.expose().is_empty() {
+            return Err(field_err(field, "must not be empty"));
+        }
+        if self.expose().trim() != self.expose() {
+            // A Kubernetes secret made from a file often ends in a newline: accepted as it is,
+            // every genuine webhook would then fail its check.
+            return Err(field_err(
+                field,
+                "has leading or trailing whitespace (a newline from the file it came from?): remove it",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -61,33 +104,32 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// A duration written as `500ms`, `30s`, `15m`, `2h` or `1d`.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+/// A duration written as `500ms`, `30s`, `15m`, `2h` or `1d` (humantime's grammar, which also
+/// takes `1h 30m` or `2 weeks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     pub fn parse(s: &str) -> Result<Self, String> {
+        use humantime_serde::re::humantime::{DurationError, parse_duration};
+        // humantime-serde's own deserializer drops humantime's reason ("expected a duration");
+        // the operator is told which part of the value is wrong and what to write instead.
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("'{s}' has no unit (use ms, s, m, h or d)"))?;
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("'{s}' does not start with a whole number"))?;
-        let d = match unit.trim() {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" | "min" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
-            other => {
-                return Err(format!(
-                    "unknown unit '{other}' in '{s}' (use ms, s, m, h or d)"
-                ));
+        parse_duration(s).map(HumanDuration).map_err(|e| match e {
+            DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+                format!("'{s}' has no unit (use ms, s, m, h or d)")
             }
-        };
-        Ok(HumanDuration(d))
+            DurationError::UnknownUnit { unit, .. } => {
+                format!("unknown unit '{unit}' in '{s}' (use ms, s, m, h or d)")
+            }
+            other => format!("'{s}' is not a duration like 500ms, 15m or 1d: {other}"),
+        })
     }
 }
 
@@ -98,189 +140,34 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The file as written (raw), then the validated form.
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    /// Allows `http://` URLs on loopback addresses (tests, the sandbox, a demo on one machine).
-    #[serde(default)]
-    development: bool,
-    #[serde(default)]
-    broker: RawBroker,
-    #[serde(default)]
-    redis: RawRedis,
-    #[serde(default)]
-    ingress: RawIngress,
-    #[serde(default)]
-    worker: RawWorker,
-    #[serde(default)]
-    telemetry: RawTelemetry,
-    #[serde(default)]
-    tenants: Vec<RawTenant>,
+/// `deserialize_with` for a `Duration` field written as a [`HumanDuration`].
+fn human<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    HumanDuration::deserialize(d).map(|h| h.0)
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawBroker {
-    url: Option<String>,
-    prefix: Option<String>,
-    confirm_channels: Option<usize>,
-    confirm_timeout: Option<HumanDuration>,
-    delivery_limit: Option<u32>,
-    retry_tiers: Option<Vec<HumanDuration>>,
-    max_attempts: Option<u32>,
+/// `deserialize_with` for a list of durations.
+fn human_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<HumanDuration>::deserialize(d).map(|v| v.into_iter().map(|h| h.0).collect())
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRedis {
-    url: Option<String>,
-    prefix: Option<String>,
-    loss_fence: Option<HumanDuration>,
-    loss_recovery: Option<HumanDuration>,
-    min_replicas: Option<u32>,
-    replica_timeout: Option<HumanDuration>,
+// `#[serde(default = …)]` takes a function; these let a field's attribute show its default.
+fn count<const N: u32>() -> u32 {
+    N
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawIngress {
-    listen: Option<String>,
-    admin_listen: Option<String>,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    public_url: Option<String>,
-    body_limit_bytes: Option<usize>,
-    replay_window: Option<HumanDuration>,
-    hint_window: Option<HumanDuration>,
-    request_deadline: Option<HumanDuration>,
-    max_connections: Option<usize>,
-    max_in_flight: Option<usize>,
-    oauth_state_secret: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawWorker {
-    prefetch: Option<u16>,
-    #[serde(default)]
-    prefetch_per_flow: BTreeMap<String, u16>,
-    idempotency_lease: Option<HumanDuration>,
-    idempotency_ttl: Option<HumanDuration>,
-    entity_lease: Option<HumanDuration>,
-    scheduler_tick: Option<HumanDuration>,
-    shutdown_grace: Option<HumanDuration>,
-    rate_limit_wait: Option<HumanDuration>,
-    request_timeout: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTelemetry {
-    json_logs: Option<bool>,
-    log_filter: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTenant {
-    id: String,
-    name: Option<String>,
-    precoro: RawPrecoro,
-    exact: RawExact,
-    #[serde(default)]
-    flows: RawFlows,
-    #[serde(default)]
-    custom_fields: CustomFields,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPrecoro {
-    base_url: Option<String>,
-    token: String,
-    email: String,
-    webhook_token: String,
-    signature_secret: Option<String>,
-    requests_per_second: Option<u32>,
-    hourly_limit: Option<u32>,
-    daily_limit: Option<u32>,
-    identical_get_window: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExact {
-    host: Option<String>,
-    client_id: String,
-    client_secret: String,
-    webhook_secret: String,
-    redirect_uri: Option<String>,
-    division: i64,
-    journal: String,
-    minutely_limit: Option<u32>,
-    daily_limit: Option<u32>,
-    min_refresh_interval: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawFlows {
-    #[serde(default)]
-    invoices: RawInvoiceFlow,
-    #[serde(default)]
-    payments: RawPaymentFlow,
-    #[serde(default)]
-    suppliers: RawScheduledFlow,
-    #[serde(default)]
-    reference: RawReferenceFlow,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawInvoiceFlow {
-    enabled: Option<bool>,
-    poll_every: Option<HumanDuration>,
-    attachments: Option<bool>,
-    export_condition: Option<ExportCondition>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawPaymentFlow {
-    enabled: Option<bool>,
-    poll_every: Option<HumanDuration>,
-    initial_window: Option<HumanDuration>,
-    debounce: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawScheduledFlow {
-    enabled: Option<bool>,
-    every: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawReferenceFlow {
-    enabled: Option<bool>,
-    every: Option<HumanDuration>,
-    full_every: Option<HumanDuration>,
-    kinds: Option<Vec<ReferenceKind>>,
-    #[serde(default)]
-    every_per_kind: BTreeMap<String, HumanDuration>,
+fn secs<const S: u64>() -> Duration {
+    Duration::from_secs(S)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Validated configuration
+// The file
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Allows `http://` URLs on loopback addresses (tests, the sandbox, a demo on one machine).
+    pub development: bool,
     pub broker: BrokerConfig,
     pub redis: RedisConfig,
     pub ingress: IngressConfig,
@@ -289,88 +176,83 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
+    /// Overridden by `PRECORO_EXACT_BROKER_URL`.
     pub url: String,
     /// Prefix for every exchange and queue name; tests use a unique one each.
     pub prefix: String,
     pub confirm_channels: usize,
+    #[serde(deserialize_with = "human")]
     pub confirm_timeout: Duration,
     /// Quorum-queue `x-delivery-limit`: the crash net for poison messages.
     pub delivery_limit: u32,
     /// Delays of the wait queues, shortest first.
+    #[serde(deserialize_with = "human_list")]
     pub retry_tiers: Vec<Duration>,
     /// Transient failures counted before a message is dead-lettered.
     pub max_attempts: u32,
 }
 
-#[derive(Debug, Clone)]
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: String::new(),
+            confirm_channels: 4,
+            confirm_timeout: Duration::from_secs(5),
+            delivery_limit: 10,
+            retry_tiers: [5, 30, 120, 600, 3600, 21_600]
+                .map(Duration::from_secs)
+                .to_vec(),
+            max_attempts: 12,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    /// Overridden by `PRECORO_EXACT_REDIS_URL`.
     pub url: String,
     /// Prefix for every key; tests use a unique one each.
     pub prefix: String,
     /// After Redis lost its data: how long every claim waits, so that work begun before the loss
     /// has finished its write (`store::claim`). At least `2 × worker.request_timeout +
     /// worker.rate_limit_wait`; by default the longer of that and the leases.
+    #[serde(skip)]
     pub loss_fence: Duration,
+    /// As written; the worker's settings give the value in force when the file says nothing.
+    #[serde(rename = "loss_fence")]
+    loss_fence_setting: Option<HumanDuration>,
     /// After Redis lost its data: how long every claim looks up before creating (by default
     /// `worker.idempotency_ttl`, the life of an attempt mark).
+    #[serde(skip)]
     pub loss_recovery: Duration,
+    #[serde(rename = "loss_recovery")]
+    loss_recovery_setting: Option<HumanDuration>,
     /// Replicas that must acknowledge each claim and attempt mark (`WAIT`) before an external
     /// write; 0 for a single node.
     pub min_replicas: u32,
     /// How long a claim waits for those acknowledgements.
+    #[serde(deserialize_with = "human")]
     pub replica_timeout: Duration,
 }
 
-/// An address or a CIDR range (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpRange {
-    net: std::net::IpAddr,
-    prefix: u8,
-}
-
-impl IpRange {
-    pub fn parse(s: &str) -> Result<IpRange, String> {
-        let (addr, prefix) = match s.trim().split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s.trim(), None),
-        };
-        let net: std::net::IpAddr = addr
-            .parse()
-            .map_err(|_| format!("'{s}' is not an IP address or CIDR range"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
-        };
-        Ok(IpRange { net, prefix })
-    }
-
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        let bits = |ip: std::net::IpAddr| -> u128 {
-            match ip {
-                std::net::IpAddr::V4(v4) => u32::from(v4) as u128,
-                std::net::IpAddr::V6(v6) => u128::from(v6),
-            }
-        };
-        if ip.is_ipv4() != self.net.is_ipv4() {
-            return false;
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let worker = WorkerConfig::default();
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "pe".into(),
+            loss_fence: worker.default_loss_fence(),
+            loss_fence_setting: None,
+            loss_recovery: worker.idempotency_ttl,
+            loss_recovery_setting: None,
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(2),
         }
-        let width = if ip.is_ipv4() { 32 } else { 128 };
-        if self.prefix == 0 {
-            return true;
-        }
-        let shift = width - u32::from(self.prefix);
-        (bits(ip) >> shift) == (bits(self.net) >> shift)
     }
 }
 
@@ -380,16 +262,15 @@ impl RedisConfig {
         RedisConfig {
             url: url.into(),
             prefix: prefix.into(),
-            loss_fence: Duration::from_secs(140),
-            loss_recovery: Duration::from_secs(14 * 86_400),
-            min_replicas: 0,
-            replica_timeout: Duration::from_secs(2),
+            ..RedisConfig::default()
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct IngressConfig {
+    /// Overridden by `PRECORO_EXACT_LISTEN`.
     pub listen: String,
     /// The admin port: `/metrics` (and health) for the operator's network only, never the
     /// public webhook port.
@@ -402,40 +283,93 @@ pub struct IngressConfig {
     pub body_limit_bytes: usize,
     /// A signed Exact webhook whose bytes equal one accepted within this window is answered 200
     /// and not published again (a captured webhook is not valid forever).
+    #[serde(deserialize_with = "human")]
     pub replay_window: Duration,
     /// Precoro webhooks carry no timestamp or signature, so the same bytes are also a genuine
     /// second edit. Within this window, repeats of a hook are coalesced: the first is published at
     /// once, the repeats become one deferred copy (see `shared::store::hints`). Defaults to
     /// Precoro's identical-GET minute, within which a second fetch would have to wait anyway.
+    #[serde(deserialize_with = "human")]
     pub hint_window: Duration,
     /// A request's head must arrive within this, and its body within this after the head
     /// (408 and the connection closed otherwise): a slow sender cannot hold a connection.
+    #[serde(deserialize_with = "human")]
     pub request_deadline: Duration,
     /// Open connections beyond this are answered 503 and closed at once.
     pub max_connections: usize,
     /// Requests being handled beyond this are answered 503.
     pub max_in_flight: usize,
     /// Signs the operator's connect links and the OAuth `state` parameter.
+    #[serde(skip)]
     pub oauth_state_secret: Secret,
     /// Whether that secret came from the config (the same in every process) rather than being
     /// made up at start: connect links made by `worker exact connect` need it.
+    #[serde(skip)]
     pub oauth_state_secret_configured: bool,
+    /// As written; without it, a per-process random secret: connect links then only work against
+    /// the ingress that issued them, which is fine for one replica and for tests.
+    #[serde(rename = "oauth_state_secret")]
+    state_secret_setting: Option<Secret>,
 }
 
-#[derive(Debug, Clone)]
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            trusted_proxies: Vec::new(),
+            public_url: "https://127.0.0.1:8080".into(),
+            body_limit_bytes: 256 * 1024,
+            replay_window: Duration::from_secs(600),
+            hint_window: Duration::from_secs(60),
+            request_deadline: Duration::from_secs(10),
+            max_connections: 1024,
+            max_in_flight: 512,
+            oauth_state_secret: Secret::random(),
+            oauth_state_secret_configured: false,
+            state_secret_setting: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     pub prefetch: u16,
     pub prefetch_per_flow: BTreeMap<String, u16>,
+    #[serde(deserialize_with = "human")]
     pub idempotency_lease: Duration,
+    #[serde(deserialize_with = "human")]
     pub idempotency_ttl: Duration,
+    #[serde(deserialize_with = "human")]
     pub entity_lease: Duration,
+    #[serde(deserialize_with = "human")]
     pub scheduler_tick: Duration,
+    #[serde(deserialize_with = "human")]
     pub shutdown_grace: Duration,
     /// The longest wait for an API's call budget a handler sleeps through; a longer one puts the
     /// message back (rate-limited, attempt not counted) so the consumer is free meanwhile.
+    #[serde(deserialize_with = "human")]
     pub rate_limit_wait: Duration,
     /// Timeout of one Exact or Precoro request.
+    #[serde(deserialize_with = "human")]
     pub request_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            prefetch: 10,
+            prefetch_per_flow: BTreeMap::new(),
+            idempotency_lease: Duration::from_secs(120),
+            idempotency_ttl: Duration::from_secs(14 * 86_400),
+            entity_lease: Duration::from_secs(120),
+            scheduler_tick: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            rate_limit_wait: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl WorkerConfig {
@@ -445,63 +379,125 @@ impl WorkerConfig {
             .copied()
             .unwrap_or(self.prefetch)
     }
+
+    /// The longest time between a claim's last check and the end of the write it guards: the
+    /// budget wait, a token call, the request (`store::claim`).
+    fn write_window(&self) -> Duration {
+        2 * self.request_timeout + self.rate_limit_wait
+    }
+
+    /// `redis.loss_fence` when the file says nothing: the write window, or a lease if longer.
+    fn default_loss_fence(&self) -> Duration {
+        self.write_window()
+            .max(self.idempotency_lease)
+            .max(self.entity_lease)
+    }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     pub json_logs: bool,
     pub log_filter: String,
 }
 
-#[derive(Debug, Clone)]
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            json_logs: false,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub id: TenantId,
+    /// The company's name as the operator sees it: the id unless the file gives one.
+    #[serde(skip)]
     pub name: String,
+    #[serde(rename = "name")]
+    name_setting: Option<String>,
     pub precoro: PrecoroConfig,
     pub exact: ExactConfig,
+    #[serde(default)]
     pub flows: FlowsConfig,
+    #[serde(default)]
     pub custom_fields: CustomFields,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PrecoroConfig {
     /// `https://api.precoro.com` or `https://api.precoro.us` (specs/precoro.md §1).
+    #[serde(default = "precoro_api")]
     pub base_url: String,
     pub token: Secret,
     pub email: String,
     /// The random secret in the webhook URL; Precoro does not sign webhooks.
     pub webhook_token: Secret,
     /// If Precoro ever signs webhooks for this company, verify that too (fail closed).
+    #[serde(default)]
     pub signature_secret: Option<Secret>,
+    #[serde(default = "count::<1>")]
     pub requests_per_second: u32,
+    #[serde(default = "count::<1500>")]
     pub hourly_limit: u32,
+    #[serde(default = "count::<3000>")]
     pub daily_limit: u32,
     /// Precoro refuses an identical GET within a minute (specs/precoro.md §2); zero only for a
     /// Precoro (simulator) that does not enforce it.
+    #[serde(default = "secs::<60>", deserialize_with = "human")]
     pub identical_get_window: Duration,
 }
 
-#[derive(Debug, Clone)]
+fn precoro_api() -> String {
+    "https://api.precoro.com".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExactConfig {
     /// Country host, e.g. `https://start.exactonline.nl`.
+    #[serde(default = "exact_nl")]
     pub host: String,
     pub client_id: String,
     pub client_secret: Secret,
     /// The app's webhook secret (separate from the OAuth client secret).
     pub webhook_secret: Secret,
+    /// Left out of the file: the ingress's callback, `{ingress.public_url}/oauth/exact/callback`.
+    #[serde(default, deserialize_with = "written_url")]
     pub redirect_uri: String,
     pub division: Division,
     /// Purchase journal code, e.g. "70".
     pub journal: String,
+    #[serde(default = "count::<60>")]
     pub minutely_limit: u32,
+    #[serde(default = "count::<5000>")]
     pub daily_limit: u32,
     /// Exact issues a new access token only this long after the previous one: 570 s
     /// (specs/exact-online.md §1). A token Exact rejects sooner pauses the company's calls until
     /// then. Other values are for simulators and tests.
+    #[serde(default = "secs::<570>", deserialize_with = "human")]
     pub min_refresh_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+fn exact_nl() -> String {
+    "https://start.exactonline.nl".into()
+}
+
+/// `deserialize_with` for a URL whose absence is written as the empty string: one that is
+/// written must at least be a URL.
+fn written_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let value = String::deserialize(d)?;
+    url::Url::parse(&value)
+        .map_err(|e| serde::de::Error::custom(format!("'{value}' is not a URL: {e}")))?;
+    Ok(value)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FlowsConfig {
     pub invoices: InvoiceFlow,
     pub payments: PaymentFlow,
@@ -509,13 +505,26 @@ pub struct FlowsConfig {
     pub reference: ReferenceFlow,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct InvoiceFlow {
     pub enabled: bool,
     /// Backstop poll for approved, not yet exported invoices.
+    #[serde(deserialize_with = "human")]
     pub poll_every: Duration,
     pub attachments: bool,
     pub export_condition: Option<ExportCondition>,
+}
+
+impl Default for InvoiceFlow {
+    fn default() -> Self {
+        InvoiceFlow {
+            enabled: true,
+            poll_every: Duration::from_secs(900),
+            attachments: true,
+            export_condition: None,
+        }
+    }
 }
 
 /// Export only invoices whose document custom field `field_id` has value `value` (e.g. "Send to
@@ -527,30 +536,79 @@ pub struct ExportCondition {
     pub value: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PaymentFlow {
     pub enabled: bool,
+    #[serde(deserialize_with = "human")]
     pub poll_every: Duration,
     /// The first poll starts this far back, not at the beginning of time.
+    #[serde(deserialize_with = "human")]
     pub initial_window: Duration,
     /// A burst of Exact webhooks costs one poll within this window.
+    #[serde(deserialize_with = "human")]
     pub debounce: Duration,
 }
 
-#[derive(Debug, Clone)]
+impl Default for PaymentFlow {
+    fn default() -> Self {
+        PaymentFlow {
+            enabled: true,
+            poll_every: Duration::from_secs(600),
+            initial_window: Duration::from_secs(30 * 86_400),
+            debounce: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ScheduledFlow {
     pub enabled: bool,
+    #[serde(deserialize_with = "human")]
     pub every: Duration,
 }
 
-#[derive(Debug, Clone)]
+impl Default for ScheduledFlow {
+    fn default() -> Self {
+        ScheduledFlow {
+            enabled: true,
+            every: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReferenceFlow {
     pub enabled: bool,
-    pub kinds: Vec<ReferenceKind>,
     /// Incremental sync interval per kind.
+    #[serde(skip)]
     pub every: BTreeMap<ReferenceKind, Duration>,
+    /// As written: the interval of a kind `every_per_kind` does not name.
+    #[serde(rename = "every")]
+    every_setting: HumanDuration,
     /// Full reconciliation interval.
+    #[serde(deserialize_with = "human")]
     pub full_every: Duration,
+    pub kinds: Vec<ReferenceKind>,
+    /// As written, by kind name (`validate` names an unknown one).
+    every_per_kind: BTreeMap<String, HumanDuration>,
+}
+
+impl Default for ReferenceFlow {
+    fn default() -> Self {
+        let mut flow = ReferenceFlow {
+            enabled: true,
+            every: BTreeMap::new(),
+            every_setting: HumanDuration(Duration::from_secs(3600)),
+            full_every: Duration::from_secs(86_400),
+            kinds: ReferenceKind::ALL.to_vec(),
+            every_per_kind: BTreeMap::new(),
+        };
+        flow.settle();
+        flow
+    }
 }
 
 #[derive(
@@ -604,6 +662,67 @@ pub struct CustomFields {
     pub project: Option<i64>,
 }
 
+/// An address or a CIDR range (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+impl IpRange {
+    pub fn parse(s: &str) -> Result<IpRange, String> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let net: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR range"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+        };
+        Ok(IpRange { net, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let bits = |ip: std::net::IpAddr| -> u128 {
+            match ip {
+                std::net::IpAddr::V4(v4) => u32::from(v4) as u128,
+                std::net::IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        if ip.is_ipv4() != self.net.is_ipv4() {
+            return false;
+        }
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = width - u32::from(self.prefix);
+        (bits(ip) >> shift) == (bits(self.net) >> shift)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        IpRange::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading: the file, the environment, the rules, the defaults that follow from other settings
+// ---------------------------------------------------------------------------------------------
+
 impl Config {
     /// Load from `path`, or from the file named by `PRECORO_EXACT_CONFIG`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -630,34 +749,463 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        validate(raw, env)
+        let mut config = read(text)?;
+        config.apply_environment(env)?;
+        config.validate()?;
+        config.settle();
+        Ok(config)
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.id.as_str() == id)
+    }
+
+    pub fn tenant_by_division(&self, division: i64) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.exact.division.0 == division)
+    }
+
+    /// The override variables, then every secret's value in force.
+    fn apply_environment(&mut self, env: &Env) -> Result<(), ConfigError> {
+        if let Some(url) = env(BROKER_URL_ENV) {
+            self.broker.url = url;
+        }
+        if let Some(url) = env(REDIS_URL_ENV) {
+            self.redis.url = url;
+        }
+        if let Some(listen) = env(LISTEN_ENV) {
+            self.ingress.listen = listen;
+        }
+        if let Some(secret) = &mut self.ingress.state_secret_setting {
+            secret.resolve("ingress.oauth_state_secret", env)?;
+        }
+        for (i, t) in self.tenants.iter_mut().enumerate() {
+            t.resolve_secrets(&format!("tenants[{i}]"), env)?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.broker.validate("broker")?;
+        self.redis.validate("redis", &self.worker)?;
+        self.ingress.validate("ingress", self.development)?;
+        self.worker.validate("worker")?;
+        for (i, t) in self.tenants.iter().enumerate() {
+            let path = format!("tenants[{i}]");
+            t.validate(&path, self.development)?;
+            t.secrets_apart_from(&path, &self.tenants[..i])?;
+            t.distinct_from(&path, &self.tenants[..i])?;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self) {
+        self.ingress.settle();
+        self.redis.settle(&self.worker);
+        for t in &mut self.tenants {
+            t.settle(&self.ingress.public_url);
+        }
     }
 }
 
-fn secret(
-    field: &str,
-    value: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Secret, ConfigError> {
-    let resolved = match value.strip_prefix("env:") {
-        Some(name) => env(name)
-            .ok_or_else(|| field_err(field, format!("environment variable {name} is not set")))?,
-        None => value.to_string(),
-    };
-    if resolved.is_empty() {
-        return Err(field_err(field, "must not be empty"));
-    }
-    if resolved.trim() != resolved {
-        // A Kubernetes secret made from a file often ends in a newline: accepted as it is, every
-        // genuine webhook would then fail its check.
-        return Err(field_err(
-            field,
-            "has leading or trailing whitespace (a newline from the file it came from?): remove it",
-        ));
-    }
-    Ok(Secret::new(resolved))
+/// The file read into the tree. A value serde refuses is reported at its field, and where it
+/// stands in the file; only text that is not TOML at all gets the TOML parser's own report.
+fn read(text: &str) -> Result<Config, ConfigError> {
+    let file = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    serde_path_to_error::deserialize(file).map_err(|e| {
+        let field = e.path().to_string();
+        let e = e.into_inner();
+        match e.span() {
+            _ if field == "." => ConfigError::Parse(e.to_string()),
+            Some(span) => {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                field_err(
+                    field,
+                    format!("{} (line {line}, column {column})", e.message().trim_end()),
+                )
+            }
+            None => field_err(field, e.message().trim_end()),
+        }
+    })
 }
+
+impl BrokerConfig {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        url_scheme(&at(path, "url"), &self.url, ["amqp://", "amqps://"])?;
+        self.tiers_increase(path)?;
+        if !(1..=64).contains(&self.confirm_channels) {
+            return Err(field_err(
+                at(path, "confirm_channels"),
+                "must be between 1 and 64",
+            ));
+        }
+        positive(&at(path, "confirm_timeout"), self.confirm_timeout)?;
+        at_least_one(&at(path, "delivery_limit"), self.delivery_limit)?;
+        at_least_one(&at(path, "max_attempts"), self.max_attempts)
+    }
+
+    fn tiers_increase(&self, path: &str) -> Result<(), ConfigError> {
+        let tiers = &self.retry_tiers;
+        if tiers.is_empty() {
+            return Err(field_err(
+                at(path, "retry_tiers"),
+                "needs at least one delay",
+            ));
+        }
+        if tiers.windows(2).any(|w| w[0] >= w[1]) || tiers[0].is_zero() {
+            return Err(field_err(
+                at(path, "retry_tiers"),
+                "delays must be positive and increasing",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RedisConfig {
+    fn validate(&self, path: &str, worker: &WorkerConfig) -> Result<(), ConfigError> {
+        url_scheme(&at(path, "url"), &self.url, ["redis://", "rediss://"])?;
+        self.fence_covers_a_write(path, worker)?;
+        positive(&at(path, "replica_timeout"), self.replica_timeout)
+    }
+
+    fn fence_covers_a_write(&self, path: &str, worker: &WorkerConfig) -> Result<(), ConfigError> {
+        let window = worker.write_window();
+        match self.loss_fence_setting {
+            Some(fence) if fence.0 < window => Err(field_err(
+                at(path, "loss_fence"),
+                format!(
+                    "must be at least 2 × worker.request_timeout + worker.rate_limit_wait ({} s), so that work begun before a loss has finished writing",
+                    window.as_secs()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn settle(&mut self, worker: &WorkerConfig) {
+        self.loss_fence = self
+            .loss_fence_setting
+            .map_or_else(|| worker.default_loss_fence(), |d| d.0);
+        self.loss_recovery = self
+            .loss_recovery_setting
+            .map_or(worker.idempotency_ttl, |d| d.0);
+    }
+}
+
+impl IngressConfig {
+    fn validate(&self, path: &str, development: bool) -> Result<(), ConfigError> {
+        socket_addr(&at(path, "listen"), &self.listen, "0.0.0.0:8080")?;
+        socket_addr(
+            &at(path, "admin_listen"),
+            &self.admin_listen,
+            "127.0.0.1:9090",
+        )?;
+        http_url(&at(path, "public_url"), &self.public_url, development)?;
+        if self.body_limit_bytes < 1024 {
+            return Err(field_err(
+                at(path, "body_limit_bytes"),
+                "must be at least 1024",
+            ));
+        }
+        if let Some(secret) = &self.state_secret_setting {
+            strong(
+                &at(path, "oauth_state_secret"),
+                secret,
+                "it signs the links that connect a company to Exact",
+            )?;
+        }
+        positive(&at(path, "replay_window"), self.replay_window)?;
+        positive(&at(path, "hint_window"), self.hint_window)?;
+        positive(&at(path, "request_deadline"), self.request_deadline)?;
+        at_least_one(&at(path, "max_connections"), self.max_connections)?;
+        at_least_one(&at(path, "max_in_flight"), self.max_in_flight)
+    }
+
+    fn settle(&mut self) {
+        tidy_url(&mut self.public_url);
+        if let Some(secret) = self.state_secret_setting.take() {
+            self.oauth_state_secret = secret;
+            self.oauth_state_secret_configured = true;
+        }
+    }
+}
+
+impl WorkerConfig {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        for (name, d) in [
+            ("idempotency_lease", self.idempotency_lease),
+            ("idempotency_ttl", self.idempotency_ttl),
+            ("entity_lease", self.entity_lease),
+            ("scheduler_tick", self.scheduler_tick),
+            ("rate_limit_wait", self.rate_limit_wait),
+            ("request_timeout", self.request_timeout),
+        ] {
+            positive(&at(path, name), d)?;
+        }
+        at_least_one(&at(path, "prefetch"), self.prefetch)?;
+        self.prefetch_per_known_flow(path)?;
+        if self.idempotency_lease >= self.idempotency_ttl {
+            return Err(field_err(
+                at(path, "idempotency_ttl"),
+                "must be longer than worker.idempotency_lease",
+            ));
+        }
+        Ok(())
+    }
+
+    fn prefetch_per_known_flow(&self, path: &str) -> Result<(), ConfigError> {
+        for (flow, n) in &self.prefetch_per_flow {
+            let field = at(path, &format!("prefetch_per_flow.{flow}"));
+            if flow.parse::<crate::flow::Flow>().is_err() {
+                return Err(field_err(
+                    field,
+                    format!("unknown flow (one of {})", crate::flow::Flow::names()),
+                ));
+            }
+            at_least_one(&field, *n)?;
+        }
+        Ok(())
+    }
+}
+
+impl TenantConfig {
+    fn resolve_secrets(&mut self, path: &str, env: &Env) -> Result<(), ConfigError> {
+        let (p, e) = (&mut self.precoro, &mut self.exact);
+        p.webhook_token
+            .resolve(&at(path, "precoro.webhook_token"), env)?;
+        p.token.resolve(&at(path, "precoro.token"), env)?;
+        if let Some(s) = &mut p.signature_secret {
+            s.resolve(&at(path, "precoro.signature_secret"), env)?;
+        }
+        e.client_secret
+            .resolve(&at(path, "exact.client_secret"), env)?;
+        e.webhook_secret
+            .resolve(&at(path, "exact.webhook_secret"), env)
+    }
+
+    fn validate(&self, path: &str, development: bool) -> Result<(), ConfigError> {
+        let id = self.id.as_str();
+        let tidy = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        if id.is_empty() || id.len() > 64 || !id.chars().all(tidy) {
+            return Err(field_err(
+                at(path, "id"),
+                "must be 1-64 characters of a-z, 0-9, '-' or '_'",
+            ));
+        }
+        self.precoro.validate(&at(path, "precoro"), development)?;
+        self.exact.validate(&at(path, "exact"), development)?;
+        self.flows.validate(&at(path, "flows"))?;
+        self.dimension_fields_configured(path)
+    }
+
+    /// The dimension kinds that become custom-field options need the field to write them into.
+    fn dimension_fields_configured(&self, path: &str) -> Result<(), ConfigError> {
+        let reference = &self.flows.reference;
+        if !reference.enabled {
+            return Ok(());
+        }
+        let cf = &self.custom_fields;
+        for (kind, field, name) in [
+            (ReferenceKind::GlAccounts, cf.gl_account, "gl_account"),
+            (ReferenceKind::CostCenters, cf.cost_center, "cost_center"),
+            (ReferenceKind::CostUnits, cf.cost_unit, "cost_unit"),
+            (ReferenceKind::Projects, cf.project, "project"),
+        ] {
+            if reference.kinds.contains(&kind) && field.is_none() {
+                return Err(field_err(
+                    at(path, &format!("custom_fields.{name}")),
+                    format!(
+                        "flows.reference syncs {} but no Precoro custom field id is configured for it",
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Secrets are per company or per Exact app: a Precoro webhook token or signing secret reused
+    /// by another company would let one company's sender post as the other; the same Exact app
+    /// (client id) must carry the same secrets everywhere, and two apps never share a webhook
+    /// secret.
+    fn secrets_apart_from(&self, path: &str, before: &[TenantConfig]) -> Result<(), ConfigError> {
+        let same = |a: &Secret, b: &Secret| a.expose() == b.expose();
+        let (p, e) = (&self.precoro, &self.exact);
+        for o in before {
+            let own = format!("is also company '{}''s: give each company its own", o.id);
+            if same(&p.webhook_token, &o.precoro.webhook_token) {
+                return Err(field_err(at(path, "precoro.webhook_token"), own));
+            }
+            if let (Some(a), Some(b)) = (&p.signature_secret, &o.precoro.signature_secret)
+                && same(a, b)
+            {
+                return Err(field_err(at(path, "precoro.signature_secret"), own));
+            }
+            let same_app = e.client_id.eq_ignore_ascii_case(&o.exact.client_id);
+            if same_app && !same(&e.webhook_secret, &o.exact.webhook_secret) {
+                return Err(field_err(
+                    at(path, "exact.webhook_secret"),
+                    format!(
+                        "differs from company '{}''s, which uses the same Exact app (client_id): an app has one webhook secret",
+                        o.id
+                    ),
+                ));
+            }
+            if !same_app && same(&e.webhook_secret, &o.exact.webhook_secret) {
+                return Err(field_err(
+                    at(path, "exact.webhook_secret"),
+                    format!(
+                        "is also the secret of another Exact app (company '{}'): each app has its own",
+                        o.id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One company per id, and per Exact division: Exact webhooks are routed by division, so two
+    /// companies on one division would be ambiguous.
+    fn distinct_from(&self, path: &str, before: &[TenantConfig]) -> Result<(), ConfigError> {
+        if before.iter().any(|o| o.id == self.id) {
+            return Err(field_err(
+                at(path, "id"),
+                format!("'{}' is used twice", self.id),
+            ));
+        }
+        let host = self.exact.host.trim_end_matches('/');
+        let division = self.exact.division;
+        match before
+            .iter()
+            .find(|o| o.exact.division == division && o.exact.host.trim_end_matches('/') == host)
+        {
+            Some(o) => Err(field_err(
+                at(path, "exact.division"),
+                format!("{division} is already used by company '{}'", o.id),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn settle(&mut self, public_url: &str) {
+        self.name = self
+            .name_setting
+            .clone()
+            .unwrap_or_else(|| self.id.0.clone());
+        tidy_url(&mut self.precoro.base_url);
+        self.exact.settle(public_url);
+        self.flows.reference.settle();
+    }
+}
+
+impl PrecoroConfig {
+    fn validate(&self, path: &str, development: bool) -> Result<(), ConfigError> {
+        strong(
+            &at(path, "webhook_token"),
+            &self.webhook_token,
+            "it is the only proof a webhook came from Precoro",
+        )?;
+        if !self.email.contains('@') {
+            return Err(field_err(
+                at(path, "email"),
+                format!("'{}' is not an e-mail address", self.email),
+            ));
+        }
+        http_url(&at(path, "base_url"), &self.base_url, development)?;
+        if [
+            self.requests_per_second,
+            self.hourly_limit,
+            self.daily_limit,
+        ]
+        .contains(&0)
+        {
+            return Err(field_err(path, "rate limits must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl ExactConfig {
+    fn validate(&self, path: &str, development: bool) -> Result<(), ConfigError> {
+        if self.division.0 <= 0 {
+            return Err(field_err(at(path, "division"), "must be a positive number"));
+        }
+        if self.journal.trim().is_empty() {
+            return Err(field_err(
+                at(path, "journal"),
+                "must name the purchase journal code, e.g. \"70\"",
+            ));
+        }
+        if uuid::Uuid::parse_str(self.client_id.trim()).is_err() {
+            return Err(field_err(
+                at(path, "client_id"),
+                format!(
+                    "'{}' is not a GUID (Exact's App Center shows the app's client id as one)",
+                    self.client_id
+                ),
+            ));
+        }
+        http_url(&at(path, "host"), &self.host, development)?;
+        if !self.redirect_uri.is_empty() {
+            http_url(&at(path, "redirect_uri"), &self.redirect_uri, development)?;
+        }
+        positive(&at(path, "min_refresh_interval"), self.min_refresh_interval)?;
+        if [self.minutely_limit, self.daily_limit].contains(&0) {
+            return Err(field_err(path, "rate limits must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, public_url: &str) {
+        tidy_url(&mut self.host);
+        self.journal = self.journal.trim().to_string();
+        if self.redirect_uri.is_empty() {
+            self.redirect_uri = format!("{public_url}/oauth/exact/callback");
+        }
+        tidy_url(&mut self.redirect_uri);
+    }
+}
+
+impl FlowsConfig {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        positive(&at(path, "invoices.poll_every"), self.invoices.poll_every)?;
+        positive(&at(path, "payments.poll_every"), self.payments.poll_every)?;
+        positive(&at(path, "suppliers.every"), self.suppliers.every)?;
+        self.reference.validate(&at(path, "reference"))
+    }
+}
+
+impl ReferenceFlow {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        positive(&at(path, "every"), self.every_setting.0)?;
+        for (name, every) in &self.every_per_kind {
+            let field = at(path, &format!("every_per_kind.{name}"));
+            if ReferenceKind::parse(name).is_none() {
+                return Err(field_err(
+                    field,
+                    "unknown kind (taxes, payment_terms, gl_accounts, cost_centers, cost_units, projects)",
+                ));
+            }
+            positive(&field, every.0)?;
+        }
+        positive(&at(path, "full_every"), self.full_every)
+    }
+
+    /// Each kind's interval: `every`, or its own in `every_per_kind` (a kind named there but not
+    /// in `kinds` keeps its entry, unused).
+    fn settle(&mut self) {
+        let every = self.kinds.iter().map(|k| (*k, self.every_setting.0));
+        let own = (self.every_per_kind.iter())
+            .filter_map(|(name, d)| Some((ReferenceKind::parse(name)?, d.0)));
+        self.every = every.chain(own).collect();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules shared by the sections
+// ---------------------------------------------------------------------------------------------
 
 /// A fresh random secret: 256 bits, URL-safe base64 (43 characters), good for a webhook token in
 /// a URL path and for `ingress.oauth_state_secret` (`worker secret`).
@@ -682,7 +1230,7 @@ fn strong(field: &str, s: &Secret, why: &str) -> Result<(), ConfigError> {
 }
 
 /// An external URL: HTTPS, or `http://` on a loopback address with `development = true`.
-fn http_url(field: &str, value: &str, development: bool) -> Result<String, ConfigError> {
+fn http_url(field: &str, value: &str, development: bool) -> Result<(), ConfigError> {
     let url = url::Url::parse(value)
         .map_err(|e| field_err(field, format!("'{value}' is not a URL: {e}")))?;
     let loopback = match url.host() {
@@ -692,630 +1240,62 @@ fn http_url(field: &str, value: &str, development: bool) -> Result<String, Confi
         None => false,
     };
     match url.scheme() {
-        "https" => {}
-        "http" if development && loopback => {}
-        "http" => {
-            return Err(field_err(
-                field,
-                format!(
-                    "'{value}' must be https:// (http:// is allowed only on a loopback address with development = true)"
-                ),
-            ));
-        }
-        _ => {
-            return Err(field_err(field, format!("'{value}' must be an https URL")));
-        }
-    }
-    Ok(value.trim_end_matches('/').to_string())
-}
-
-fn at_least_one(field: &str, n: Option<usize>, default: usize) -> Result<usize, ConfigError> {
-    match n.unwrap_or(default) {
-        0 => Err(field_err(field, "must be at least 1")),
-        n => Ok(n),
+        "https" => Ok(()),
+        "http" if development && loopback => Ok(()),
+        "http" => Err(field_err(
+            field,
+            format!(
+                "'{value}' must be https:// (http:// is allowed only on a loopback address with development = true)"
+            ),
+        )),
+        _ => Err(field_err(field, format!("'{value}' must be an https URL"))),
     }
 }
 
-fn positive(field: &str, d: Duration) -> Result<Duration, ConfigError> {
+/// The broker's and Redis's URLs: one of the schemes the client speaks. The URL may carry a
+/// password, so the message shows it redacted.
+fn url_scheme(field: &str, value: &str, schemes: [&str; 2]) -> Result<(), ConfigError> {
+    if schemes.iter().any(|s| value.starts_with(s)) {
+        return Ok(());
+    }
+    Err(field_err(
+        field,
+        format!(
+            "'{}' must start with {}",
+            crate::redact::url(value),
+            schemes.join(" or ")
+        ),
+    ))
+}
+
+fn socket_addr(field: &str, value: &str, example: &str) -> Result<(), ConfigError> {
+    match value.parse::<std::net::SocketAddr>() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(field_err(
+            field,
+            format!("'{value}' is not an address like {example}"),
+        )),
+    }
+}
+
+/// URLs are joined with paths (`{host}/api/v1/…`): a trailing slash would double.
+fn tidy_url(url: &mut String) {
+    url.truncate(url.trim_end_matches('/').len());
+}
+
+fn at_least_one<N: Default + PartialEq>(field: &str, n: N) -> Result<(), ConfigError> {
+    if n == N::default() {
+        Err(field_err(field, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn positive(field: &str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {
         Err(field_err(field, "must be greater than zero"))
     } else {
-        Ok(d)
-    }
-}
-
-fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let broker_url = env(BROKER_URL_ENV)
-        .or(raw.broker.url)
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    if !broker_url.starts_with("amqp://") && !broker_url.starts_with("amqps://") {
-        return Err(field_err(
-            "broker.url",
-            format!(
-                "'{}' must start with amqp:// or amqps://",
-                crate::redact::url(&broker_url)
-            ),
-        ));
-    }
-    let retry_tiers: Vec<Duration> = match raw.broker.retry_tiers {
-        Some(t) => t.into_iter().map(|d| d.0).collect(),
-        None => [5, 30, 120, 600, 3600, 21_600]
-            .into_iter()
-            .map(Duration::from_secs)
-            .collect(),
-    };
-    if retry_tiers.is_empty() {
-        return Err(field_err("broker.retry_tiers", "needs at least one delay"));
-    }
-    if retry_tiers.windows(2).any(|w| w[0] >= w[1]) || retry_tiers[0].is_zero() {
-        return Err(field_err(
-            "broker.retry_tiers",
-            "delays must be positive and increasing",
-        ));
-    }
-    let confirm_channels = raw.broker.confirm_channels.unwrap_or(4);
-    if confirm_channels == 0 || confirm_channels > 64 {
-        return Err(field_err(
-            "broker.confirm_channels",
-            "must be between 1 and 64",
-        ));
-    }
-    let broker = BrokerConfig {
-        url: broker_url,
-        prefix: raw.broker.prefix.unwrap_or_default(),
-        confirm_channels,
-        confirm_timeout: positive(
-            "broker.confirm_timeout",
-            raw.broker
-                .confirm_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(5)),
-        )?,
-        delivery_limit: raw.broker.delivery_limit.unwrap_or(10),
-        retry_tiers,
-        max_attempts: raw.broker.max_attempts.unwrap_or(12),
-    };
-    if broker.delivery_limit == 0 {
-        return Err(field_err("broker.delivery_limit", "must be at least 1"));
-    }
-    if broker.max_attempts == 0 {
-        return Err(field_err("broker.max_attempts", "must be at least 1"));
-    }
-
-    let mut raw_redis = raw.redis;
-    let redis_url = env(REDIS_URL_ENV)
-        .or(raw_redis.url.take())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
-        return Err(field_err(
-            "redis.url",
-            format!(
-                "'{}' must start with redis:// or rediss://",
-                crate::redact::url(&redis_url)
-            ),
-        ));
-    }
-
-    let listen = env(LISTEN_ENV)
-        .or(raw.ingress.listen)
-        .unwrap_or_else(|| "0.0.0.0:8080".into());
-    if listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(field_err(
-            "ingress.listen",
-            format!("'{listen}' is not an address like 0.0.0.0:8080"),
-        ));
-    }
-    let admin_listen = raw
-        .ingress
-        .admin_listen
-        .unwrap_or_else(|| "127.0.0.1:9090".into());
-    if admin_listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(field_err(
-            "ingress.admin_listen",
-            format!("'{admin_listen}' is not an address like 127.0.0.1:9090"),
-        ));
-    }
-    let trusted_proxies = raw
-        .ingress
-        .trusted_proxies
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            IpRange::parse(p).map_err(|m| field_err(format!("ingress.trusted_proxies[{i}]"), m))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let development = raw.development;
-    let public_url = http_url(
-        "ingress.public_url",
-        raw.ingress
-            .public_url
-            .as_deref()
-            .unwrap_or("https://127.0.0.1:8080"),
-        development,
-    )?;
-    let body_limit_bytes = raw.ingress.body_limit_bytes.unwrap_or(256 * 1024);
-    if body_limit_bytes < 1024 {
-        return Err(field_err(
-            "ingress.body_limit_bytes",
-            "must be at least 1024",
-        ));
-    }
-    let oauth_state_secret_configured = raw.ingress.oauth_state_secret.is_some();
-    let oauth_state_secret = match raw.ingress.oauth_state_secret {
-        Some(s) => {
-            let s = secret("ingress.oauth_state_secret", &s, env)?;
-            strong(
-                "ingress.oauth_state_secret",
-                &s,
-                "it signs the links that connect a company to Exact",
-            )?;
-            s
-        }
-        // Without a configured secret, a per-process random one: connect links then only work
-        // against the ingress that issued them, which is fine for one replica and for tests.
-        None => Secret::new(hex::encode(rand::random::<[u8; 32]>())),
-    };
-    let ingress = IngressConfig {
-        listen,
-        admin_listen,
-        trusted_proxies,
-        public_url: public_url.clone(),
-        body_limit_bytes,
-        replay_window: positive(
-            "ingress.replay_window",
-            raw.ingress
-                .replay_window
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(600)),
-        )?,
-        hint_window: positive(
-            "ingress.hint_window",
-            raw.ingress
-                .hint_window
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(60)),
-        )?,
-        request_deadline: positive(
-            "ingress.request_deadline",
-            raw.ingress
-                .request_deadline
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(10)),
-        )?,
-        max_connections: at_least_one(
-            "ingress.max_connections",
-            raw.ingress.max_connections,
-            1024,
-        )?,
-        max_in_flight: at_least_one("ingress.max_in_flight", raw.ingress.max_in_flight, 512)?,
-        oauth_state_secret,
-        oauth_state_secret_configured,
-    };
-
-    let w = raw.worker;
-    let worker = WorkerConfig {
-        prefetch: w.prefetch.unwrap_or(10),
-        prefetch_per_flow: w.prefetch_per_flow,
-        idempotency_lease: positive(
-            "worker.idempotency_lease",
-            w.idempotency_lease
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(120)),
-        )?,
-        idempotency_ttl: positive(
-            "worker.idempotency_ttl",
-            w.idempotency_ttl
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(14 * 86_400)),
-        )?,
-        entity_lease: positive(
-            "worker.entity_lease",
-            w.entity_lease
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(120)),
-        )?,
-        scheduler_tick: positive(
-            "worker.scheduler_tick",
-            w.scheduler_tick
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(5)),
-        )?,
-        shutdown_grace: w
-            .shutdown_grace
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30)),
-        rate_limit_wait: positive(
-            "worker.rate_limit_wait",
-            w.rate_limit_wait
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(20)),
-        )?,
-        request_timeout: positive(
-            "worker.request_timeout",
-            w.request_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(60)),
-        )?,
-    };
-    if worker.prefetch == 0 {
-        return Err(field_err("worker.prefetch", "must be at least 1"));
-    }
-    for (flow, n) in &worker.prefetch_per_flow {
-        if flow.parse::<crate::flow::Flow>().is_err() {
-            return Err(field_err(
-                format!("worker.prefetch_per_flow.{flow}"),
-                format!("unknown flow (one of {})", crate::flow::Flow::names()),
-            ));
-        }
-        if *n == 0 {
-            return Err(field_err(
-                format!("worker.prefetch_per_flow.{flow}"),
-                "must be at least 1",
-            ));
-        }
-    }
-    if worker.idempotency_lease >= worker.idempotency_ttl {
-        return Err(field_err(
-            "worker.idempotency_ttl",
-            "must be longer than worker.idempotency_lease",
-        ));
-    }
-
-    // The longest time between a claim's last check and the end of the write it guards: the
-    // budget wait, a token call, the request (store::claim).
-    let write_window = 2 * worker.request_timeout + worker.rate_limit_wait;
-    let loss_fence = match raw_redis.loss_fence {
-        Some(d) if d.0 < write_window => {
-            return Err(field_err(
-                "redis.loss_fence",
-                format!(
-                    "must be at least 2 × worker.request_timeout + worker.rate_limit_wait ({} s), so that work begun before a loss has finished writing",
-                    write_window.as_secs()
-                ),
-            ));
-        }
-        Some(d) => d.0,
-        None => write_window
-            .max(worker.idempotency_lease)
-            .max(worker.entity_lease),
-    };
-    let redis = RedisConfig {
-        url: redis_url,
-        prefix: raw_redis.prefix.unwrap_or_else(|| "pe".into()),
-        loss_fence,
-        loss_recovery: raw_redis
-            .loss_recovery
-            .map(|d| d.0)
-            .unwrap_or(worker.idempotency_ttl),
-        min_replicas: raw_redis.min_replicas.unwrap_or(0),
-        replica_timeout: positive(
-            "redis.replica_timeout",
-            raw_redis
-                .replica_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(2)),
-        )?,
-    };
-
-    let telemetry = TelemetryConfig {
-        json_logs: raw.telemetry.json_logs.unwrap_or(false),
-        log_filter: raw.telemetry.log_filter.unwrap_or_else(|| "info".into()),
-    };
-
-    let mut tenants = Vec::with_capacity(raw.tenants.len());
-    for (i, t) in raw.tenants.into_iter().enumerate() {
-        let tenant = validate_tenant(i, t, &public_url, development, env)?;
-        same_app_or_other_secrets(i, &tenant, &tenants)?;
-        if tenants.iter().any(|o: &TenantConfig| o.id == tenant.id) {
-            return Err(field_err(
-                format!("tenants[{i}].id"),
-                format!("'{}' is used twice", tenant.id),
-            ));
-        }
-        if let Some(o) = tenants.iter().find(|o: &&TenantConfig| {
-            o.exact.division == tenant.exact.division && o.exact.host == tenant.exact.host
-        }) {
-            // Exact webhooks are routed by division: two companies on one division would be ambiguous.
-            return Err(field_err(
-                format!("tenants[{i}].exact.division"),
-                format!(
-                    "{} is already used by company '{}'",
-                    tenant.exact.division, o.id
-                ),
-            ));
-        }
-        tenants.push(tenant);
-    }
-
-    Ok(Config {
-        broker,
-        redis,
-        ingress,
-        worker,
-        telemetry,
-        tenants,
-    })
-}
-
-/// Secrets are per company or per Exact app: a Precoro webhook token or signing secret reused by
-/// another company would let one company's sender post as the other; the same Exact app (client
-/// id) must carry the same secrets everywhere, and two apps never share a webhook secret.
-fn same_app_or_other_secrets(
-    i: usize,
-    t: &TenantConfig,
-    before: &[TenantConfig],
-) -> Result<(), ConfigError> {
-    let f = |name: &str| format!("tenants[{i}].{name}");
-    let same = |a: &Secret, b: &Secret| a.expose() == b.expose();
-    for o in before {
-        if same(&t.precoro.webhook_token, &o.precoro.webhook_token) {
-            return Err(field_err(
-                f("precoro.webhook_token"),
-                format!("is also company '{}''s: give each company its own", o.id),
-            ));
-        }
-        if let (Some(a), Some(b)) = (&t.precoro.signature_secret, &o.precoro.signature_secret)
-            && same(a, b)
-        {
-            return Err(field_err(
-                f("precoro.signature_secret"),
-                format!("is also company '{}''s: give each company its own", o.id),
-            ));
-        }
-        let same_app = t.exact.client_id.eq_ignore_ascii_case(&o.exact.client_id);
-        if same_app && !same(&t.exact.webhook_secret, &o.exact.webhook_secret) {
-            return Err(field_err(
-                f("exact.webhook_secret"),
-                format!(
-                    "differs from company '{}''s, which uses the same Exact app (client_id): an app has one webhook secret",
-                    o.id
-                ),
-            ));
-        }
-        if !same_app && same(&t.exact.webhook_secret, &o.exact.webhook_secret) {
-            return Err(field_err(
-                f("exact.webhook_secret"),
-                format!(
-                    "is also the secret of another Exact app (company '{}'): each app has its own",
-                    o.id
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn validate_tenant(
-    i: usize,
-    t: RawTenant,
-    public_url: &str,
-    development: bool,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<TenantConfig, ConfigError> {
-    let f = |name: &str| format!("tenants[{i}].{name}");
-    if t.id.is_empty()
-        || !t
-            .id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        || t.id.len() > 64
-    {
-        return Err(field_err(
-            f("id"),
-            "must be 1-64 characters of a-z, 0-9, '-' or '_'",
-        ));
-    }
-
-    let p = t.precoro;
-    let webhook_token = secret(&f("precoro.webhook_token"), &p.webhook_token, env)?;
-    strong(
-        &f("precoro.webhook_token"),
-        &webhook_token,
-        "it is the only proof a webhook came from Precoro",
-    )?;
-    if !p.email.contains('@') {
-        return Err(field_err(
-            f("precoro.email"),
-            format!("'{}' is not an e-mail address", p.email),
-        ));
-    }
-    let precoro = PrecoroConfig {
-        base_url: http_url(
-            &f("precoro.base_url"),
-            p.base_url.as_deref().unwrap_or("https://api.precoro.com"),
-            development,
-        )?,
-        token: secret(&f("precoro.token"), &p.token, env)?,
-        email: p.email,
-        webhook_token,
-        signature_secret: p
-            .signature_secret
-            .map(|s| secret(&f("precoro.signature_secret"), &s, env))
-            .transpose()?,
-        requests_per_second: p.requests_per_second.unwrap_or(1),
-        hourly_limit: p.hourly_limit.unwrap_or(1500),
-        daily_limit: p.daily_limit.unwrap_or(3000),
-        identical_get_window: p
-            .identical_get_window
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(60)),
-    };
-    if precoro.requests_per_second == 0 || precoro.hourly_limit == 0 || precoro.daily_limit == 0 {
-        return Err(field_err(f("precoro"), "rate limits must be at least 1"));
-    }
-
-    let e = t.exact;
-    if e.division <= 0 {
-        return Err(field_err(f("exact.division"), "must be a positive number"));
-    }
-    if e.journal.trim().is_empty() {
-        return Err(field_err(
-            f("exact.journal"),
-            "must name the purchase journal code, e.g. \"70\"",
-        ));
-    }
-    if uuid::Uuid::parse_str(e.client_id.trim()).is_err() {
-        return Err(field_err(
-            f("exact.client_id"),
-            format!(
-                "'{}' is not a GUID (Exact's App Center shows the app's client id as one)",
-                e.client_id
-            ),
-        ));
-    }
-    let exact = ExactConfig {
-        host: http_url(
-            &f("exact.host"),
-            e.host.as_deref().unwrap_or("https://start.exactonline.nl"),
-            development,
-        )?,
-        client_id: e.client_id,
-        client_secret: secret(&f("exact.client_secret"), &e.client_secret, env)?,
-        webhook_secret: secret(&f("exact.webhook_secret"), &e.webhook_secret, env)?,
-        redirect_uri: match e.redirect_uri {
-            Some(u) => http_url(&f("exact.redirect_uri"), &u, development)?,
-            None => format!("{public_url}/oauth/exact/callback"),
-        },
-        division: Division(e.division),
-        journal: e.journal.trim().to_string(),
-        minutely_limit: e.minutely_limit.unwrap_or(60),
-        daily_limit: e.daily_limit.unwrap_or(5000),
-        min_refresh_interval: positive(
-            &f("exact.min_refresh_interval"),
-            e.min_refresh_interval
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(570)),
-        )?,
-    };
-    if exact.minutely_limit == 0 || exact.daily_limit == 0 {
-        return Err(field_err(f("exact"), "rate limits must be at least 1"));
-    }
-
-    let fl = t.flows;
-    let invoices = InvoiceFlow {
-        enabled: fl.invoices.enabled.unwrap_or(true),
-        poll_every: positive(
-            &f("flows.invoices.poll_every"),
-            fl.invoices
-                .poll_every
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(900)),
-        )?,
-        attachments: fl.invoices.attachments.unwrap_or(true),
-        export_condition: fl.invoices.export_condition,
-    };
-    let payments = PaymentFlow {
-        enabled: fl.payments.enabled.unwrap_or(true),
-        poll_every: positive(
-            &f("flows.payments.poll_every"),
-            fl.payments
-                .poll_every
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(600)),
-        )?,
-        initial_window: fl
-            .payments
-            .initial_window
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30 * 86_400)),
-        debounce: fl
-            .payments
-            .debounce
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(10)),
-    };
-    let suppliers = ScheduledFlow {
-        enabled: fl.suppliers.enabled.unwrap_or(true),
-        every: positive(
-            &f("flows.suppliers.every"),
-            fl.suppliers
-                .every
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(3600)),
-        )?,
-    };
-    let default_every = fl
-        .reference
-        .every
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(3600));
-    positive(&f("flows.reference.every"), default_every)?;
-    let kinds = fl
-        .reference
-        .kinds
-        .unwrap_or_else(|| ReferenceKind::ALL.to_vec());
-    let mut every = BTreeMap::new();
-    for k in &kinds {
-        every.insert(*k, default_every);
-    }
-    for (name, d) in fl.reference.every_per_kind {
-        let kind = ReferenceKind::parse(&name).ok_or_else(|| {
-            field_err(
-                f(&format!("flows.reference.every_per_kind.{name}")),
-                "unknown kind (taxes, payment_terms, gl_accounts, cost_centers, cost_units, projects)",
-            )
-        })?;
-        every.insert(
-            kind,
-            positive(&f(&format!("flows.reference.every_per_kind.{name}")), d.0)?,
-        );
-    }
-    let reference = ReferenceFlow {
-        enabled: fl.reference.enabled.unwrap_or(true),
-        kinds,
-        every,
-        full_every: positive(
-            &f("flows.reference.full_every"),
-            fl.reference
-                .full_every
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(86_400)),
-        )?,
-    };
-
-    // The dimension kinds that become custom-field options need the field to write them into.
-    if reference.enabled {
-        let cf = &t.custom_fields;
-        for (kind, field, name) in [
-            (ReferenceKind::GlAccounts, cf.gl_account, "gl_account"),
-            (ReferenceKind::CostCenters, cf.cost_center, "cost_center"),
-            (ReferenceKind::CostUnits, cf.cost_unit, "cost_unit"),
-            (ReferenceKind::Projects, cf.project, "project"),
-        ] {
-            if reference.kinds.contains(&kind) && field.is_none() {
-                return Err(field_err(
-                    f(&format!("custom_fields.{name}")),
-                    format!(
-                        "flows.reference syncs {} but no Precoro custom field id is configured for it",
-                        kind.as_str()
-                    ),
-                ));
-            }
-        }
-    }
-
-    Ok(TenantConfig {
-        id: TenantId(t.id.clone()),
-        name: t.name.unwrap_or(t.id),
-        precoro,
-        exact,
-        flows: FlowsConfig {
-            invoices,
-            payments,
-            suppliers,
-            reference,
-        },
-        custom_fields: t.custom_fields,
-    })
-}
-
-impl Config {
-    pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {
-        self.tenants.iter().find(|t| t.id.as_str() == id)
-    }
-
-    pub fn tenant_by_division(&self, division: i64) -> Option<&TenantConfig> {
-        self.tenants.iter().find(|t| t.exact.division.0 == division)
+        Ok(())
     }
 }
 
@@ -1370,6 +1350,217 @@ mod tests {
         assert!(
             !format!("{t:?}").contains("s3cret"),
             "secrets never reach Debug output"
+        );
+    }
+
+    /// The defaults a config that names only a company gets, value by value: the serde tree's
+    /// `Default` impls and `default = …` attributes, and the ones settled from other settings.
+    #[test]
+    fn every_default_is_as_documented() {
+        let c = Config::from_toml(MINIMAL, &env).unwrap();
+        let secs = Duration::from_secs;
+        assert!(!c.development);
+
+        let b = &c.broker;
+        assert_eq!(b.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(b.prefix, "");
+        assert_eq!(b.confirm_channels, 4);
+        assert_eq!(b.confirm_timeout, secs(5));
+        assert_eq!(b.delivery_limit, 10);
+        assert_eq!(
+            b.retry_tiers,
+            [5, 30, 120, 600, 3600, 21_600].map(secs).to_vec()
+        );
+        assert_eq!(b.max_attempts, 12);
+
+        let r = &c.redis;
+        assert_eq!(r.url, "redis://127.0.0.1:6379");
+        assert_eq!(r.prefix, "pe");
+        assert_eq!(r.loss_fence, secs(140));
+        assert_eq!(r.loss_recovery, secs(14 * 86_400));
+        assert_eq!(r.min_replicas, 0);
+        assert_eq!(r.replica_timeout, secs(2));
+        let single = RedisConfig::single_node("redis://127.0.0.1:6379", "pe");
+        assert_eq!(
+            (
+                single.loss_fence,
+                single.loss_recovery,
+                single.replica_timeout
+            ),
+            (r.loss_fence, r.loss_recovery, r.replica_timeout)
+        );
+
+        let i = &c.ingress;
+        assert_eq!(i.listen, "0.0.0.0:8080");
+        assert_eq!(i.admin_listen, "127.0.0.1:9090");
+        assert!(i.trusted_proxies.is_empty());
+        assert_eq!(i.public_url, "https://127.0.0.1:8080");
+        assert_eq!(i.body_limit_bytes, 256 * 1024);
+        assert_eq!(i.replay_window, secs(600));
+        assert_eq!(i.hint_window, secs(60));
+        assert_eq!(i.request_deadline, secs(10));
+        assert_eq!(i.max_connections, 1024);
+        assert_eq!(i.max_in_flight, 512);
+        assert!(!i.oauth_state_secret_configured);
+        assert_eq!(
+            i.oauth_state_secret.expose().len(),
+            64,
+            "256 random bits, hex"
+        );
+
+        let w = &c.worker;
+        assert_eq!(w.prefetch, 10);
+        assert!(w.prefetch_per_flow.is_empty());
+        assert_eq!(w.idempotency_lease, secs(120));
+        assert_eq!(w.idempotency_ttl, secs(14 * 86_400));
+        assert_eq!(w.entity_lease, secs(120));
+        assert_eq!(w.scheduler_tick, secs(5));
+        assert_eq!(w.shutdown_grace, secs(30));
+        assert_eq!(w.rate_limit_wait, secs(20));
+        assert_eq!(w.request_timeout, secs(60));
+
+        assert!(!c.telemetry.json_logs);
+        assert_eq!(c.telemetry.log_filter, "info");
+
+        let t = &c.tenants[0];
+        assert_eq!(t.name, "acme", "the id unless a name is given");
+        let p = &t.precoro;
+        assert_eq!(p.base_url, "https://api.precoro.com");
+        assert!(p.signature_secret.is_none());
+        assert_eq!(
+            (p.requests_per_second, p.hourly_limit, p.daily_limit),
+            (1, 1500, 3000)
+        );
+        assert_eq!(p.identical_get_window, secs(60));
+        let e = &t.exact;
+        assert_eq!(e.host, "https://start.exactonline.nl");
+        assert_eq!(
+            e.redirect_uri,
+            "https://127.0.0.1:8080/oauth/exact/callback"
+        );
+        assert_eq!((e.minutely_limit, e.daily_limit), (60, 5000));
+        assert_eq!(e.min_refresh_interval, secs(570));
+
+        let f = &t.flows;
+        assert!(f.invoices.enabled && f.invoices.attachments);
+        assert_eq!(f.invoices.poll_every, secs(900));
+        assert!(f.invoices.export_condition.is_none());
+        assert!(f.payments.enabled);
+        assert_eq!(f.payments.poll_every, secs(600));
+        assert_eq!(f.payments.initial_window, secs(30 * 86_400));
+        assert_eq!(f.payments.debounce, secs(10));
+        assert!(f.suppliers.enabled);
+        assert_eq!(f.suppliers.every, secs(3600));
+        assert!(f.reference.enabled);
+        assert_eq!(f.reference.kinds, ReferenceKind::ALL.to_vec());
+        assert!(
+            ReferenceKind::ALL
+                .iter()
+                .all(|k| f.reference.every[k] == secs(3600))
+        );
+        assert_eq!(f.reference.full_every, secs(86_400));
+    }
+
+    /// Settings that default to another setting follow it; URLs lose a trailing slash.
+    #[test]
+    fn defaults_that_follow_other_settings() {
+        let text = format!(
+            "[ingress]\npublic_url = \"https://hooks.example/\"\noauth_state_secret = \"{}\"\n[worker]\nidempotency_ttl = \"3d\"\nentity_lease = \"5m\"\n{}",
+            "0123456789abcdefghijklmnopqrstuv",
+            MINIMAL
+                .replace("id = \"acme\"", "id = \"acme\"\nname = \"ACME B.V.\"")
+                .replace("journal = \"70\"", "journal = \" 70 \"")
+                .replace(
+                    "[tenants.custom_fields]",
+                    "[tenants.flows.reference]\nkinds = [\"taxes\", \"gl_accounts\"]\nevery = \"2h\"\nevery_per_kind = { gl_accounts = \"15m\" }\n[tenants.custom_fields]"
+                )
+        );
+        let c = Config::from_toml(&text, &env).unwrap();
+        assert_eq!(c.ingress.public_url, "https://hooks.example");
+        assert!(c.ingress.oauth_state_secret_configured);
+        assert_eq!(
+            c.ingress.oauth_state_secret.expose(),
+            "0123456789abcdefghijklmnopqrstuv"
+        );
+        assert_eq!(
+            c.redis.loss_fence,
+            Duration::from_secs(300),
+            "the longer lease"
+        );
+        assert_eq!(c.redis.loss_recovery, Duration::from_secs(3 * 86_400));
+        let t = &c.tenants[0];
+        assert_eq!(t.name, "ACME B.V.");
+        assert_eq!(t.exact.journal, "70");
+        assert_eq!(
+            t.exact.redirect_uri,
+            "https://hooks.example/oauth/exact/callback"
+        );
+        let every = &t.flows.reference.every;
+        assert_eq!(every.len(), 2);
+        assert_eq!(every[&ReferenceKind::Taxes], Duration::from_secs(7200));
+        assert_eq!(every[&ReferenceKind::GlAccounts], Duration::from_secs(900));
+    }
+
+    /// Every duration form the deploy files, tests and README write reads as it did before
+    /// humantime; humantime also takes compound and fractional forms.
+    #[test]
+    fn durations_read_as_written_before() {
+        let d = |s: &str| HumanDuration::parse(s).map(|h| h.0);
+        for (s, want) in [
+            ("300ms", Duration::from_millis(300)),
+            ("1s", Duration::from_secs(1)),
+            ("2m", Duration::from_secs(120)),
+            ("3min", Duration::from_secs(180)),
+            ("1h", Duration::from_secs(3600)),
+            ("14d", Duration::from_secs(14 * 86_400)),
+            (" 60 s ", Duration::from_secs(60)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("1.5s", Duration::from_millis(1500)),
+        ] {
+            assert_eq!(d(s), Ok(want), "{s}");
+        }
+        assert_eq!(
+            d("10 parsecs").unwrap_err(),
+            "unknown unit 'parsecs' in '10 parsecs' (use ms, s, m, h or d)"
+        );
+        assert_eq!(
+            d("15").unwrap_err(),
+            "'15' has no unit (use ms, s, m, h or d)"
+        );
+    }
+
+    /// A value serde refuses names its field and where it stands; text that is not TOML gets
+    /// the parser's report.
+    #[test]
+    fn refused_values_name_their_field_and_line() {
+        let e = err(&MINIMAL.replace("journal", "jurnal"), &env);
+        assert!(
+            e.starts_with("tenants[0].exact.jurnal: unknown field `jurnal`, expected one of"),
+            "{e}"
+        );
+        assert!(e.ends_with("(line 13, column 9)"), "{e}");
+        let e = err(
+            &MINIMAL.replace(
+                "[tenants.custom_fields]",
+                "[tenants.flows.reference]\nevery_per_kind = { bogus = \"1h\" }\n[tenants.custom_fields]",
+            ),
+            &env,
+        );
+        assert!(
+            e.starts_with("tenants[0].flows.reference.every_per_kind.bogus: unknown kind"),
+            "{e}"
+        );
+        let e = err(
+            &MINIMAL.replace("[tenants.exact]", "[tenants.exact]\nredirect_uri = \"\""),
+            &env,
+        );
+        assert!(
+            e.starts_with("tenants[0].exact.redirect_uri: '' is not a URL"),
+            "{e}"
+        );
+        assert!(
+            err("[broker\n", &env)
+                .starts_with("config is not valid TOML: TOML parse error at line 1")
         );
     }
 

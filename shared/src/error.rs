@@ -53,6 +53,15 @@ pub enum RetryClass {
 }
 
 impl RetryClass {
+    /// Every class, as the consumer may write it in a dead letter's `x-error-class`.
+    pub const ALL: [RetryClass; 5] = [
+        RetryClass::Permanent,
+        RetryClass::Transient,
+        RetryClass::Busy,
+        RetryClass::RateLimited,
+        RetryClass::Paused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RetryClass::Transient => "transient",
@@ -61,6 +70,11 @@ impl RetryClass {
             RetryClass::Paused => "paused",
             RetryClass::Permanent => "permanent",
         }
+    }
+
+    /// The class named `s` ([`RetryClass::as_str`]).
+    pub fn parse(s: &str) -> Option<RetryClass> {
+        RetryClass::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 

@@ -82,7 +82,7 @@ struct DlqFilter {
     /// Only this flow: invoices, payments, suppliers or reference.
     #[arg(long)]
     flow: Option<String>,
-    /// Only this error class: permanent, transient, busy or rate_limited.
+    /// Only this error class: permanent, transient, busy, rate_limited or paused.
     #[arg(long = "class")]
     error_class: Option<String>,
     /// Only those that last failed since then: an age (2h, 3d), a date (2026-01-31) or an

@@ -12,9 +12,7 @@ use chrono::{DateTime, Utc};
 use shared::bus::dlq::{DeadLetter, DeadLetters, Filter, Moved};
 use shared::bus::topology::FLOWS;
 use shared::config::Config;
-
-/// The error classes the consumer writes in `x-error-class`.
-pub const ERROR_CLASSES: [&str; 4] = ["permanent", "transient", "busy", "rate_limited"];
+use shared::error::RetryClass;
 
 /// Which dead letters a command applies to. Empty = all of them.
 #[derive(Debug, Clone, Default)]
@@ -45,12 +43,13 @@ impl Selection {
         {
             anyhow::bail!("unknown flow '{f}' (one of: {})", FLOWS.join(", "));
         }
+        // The consumer writes a retry class in `x-error-class`.
         if let Some(c) = &self.error_class
-            && !ERROR_CLASSES.contains(&c.as_str())
+            && RetryClass::parse(c).is_none()
         {
             anyhow::bail!(
                 "unknown error class '{c}' (one of: {})",
-                ERROR_CLASSES.join(", ")
+                RetryClass::ALL.map(RetryClass::as_str).join(", ")
             );
         }
         Ok(())

@@ -637,17 +637,17 @@ impl ExactClient {
                 self.inner.host
             ))
         })?;
-        let target = base.join(next).map_err(|e| Error::Upstream {
-            api: Api::Exact,
-            status: 200,
-            message: format!("__next link '{next}' is not a URL: {e}"),
+        let target = base.join(next).map_err(|e| {
+            Error::unexpected_reply(
+                Api::Exact,
+                format!("__next link '{next}' is not a URL: {e}"),
+            )
         })?;
         if target.origin() != base.origin() {
-            return Err(Error::Upstream {
-                api: Api::Exact,
-                status: 200,
-                message: format!("__next link '{next}' leaves the Exact host"),
-            });
+            return Err(Error::unexpected_reply(
+                Api::Exact,
+                format!("__next link '{next}' leaves the Exact host"),
+            ));
         }
         Ok(target.to_string())
     }
@@ -657,8 +657,9 @@ impl ExactClient {
             .map_err(|e| Error::Invalid(format!("cannot encode for Exact: {e}")))
     }
 
-    /// POST and read the created entity. A 201 whose body cannot be read still created the entity,
-    /// so that case is reported like a lost reply (`Error::Network`): look up before retrying.
+    /// POST and read the created entity. A 201 whose body cannot be read still created the entity:
+    /// the error says so, and the replay looks it up before creating (`Error::UnexpectedReply` is
+    /// never "certainly not applied").
     async fn post_entity<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -669,17 +670,17 @@ impl ExactClient {
         let reply = self.send_ok(Method::POST, &url, Some(&body)).await?;
         match parse_single::<T>(&reply.body) {
             Ok(Some(t)) => Ok(t),
-            Ok(None) => Err(Error::network(
+            Ok(None) => Err(Error::unexpected_reply(
                 Api::Exact,
                 format!(
-                    "POST {path} answered {} without the created entity; look it up before retrying",
+                    "POST {path} answered {} without the created entity, which was probably created; a replay looks it up before creating",
                     reply.status
                 ),
             )),
-            Err(e) => Err(Error::network(
+            Err(e) => Err(Error::unexpected_reply(
                 Api::Exact,
                 format!(
-                    "POST {path} answered {} but the reply is unreadable ({e}); look it up before retrying",
+                    "POST {path} answered {} with an entity we cannot read ({e}); it was probably created, and a replay looks it up before creating",
                     reply.status
                 ),
             )),
@@ -714,14 +715,13 @@ impl ExactClient {
                 None => return Ok(rows),
             }
         }
-        Err(Error::Upstream {
-            api: Api::Exact,
-            status: 200,
-            message: format!(
+        Err(Error::unexpected_reply(
+            Api::Exact,
+            format!(
                 "{path}: more than {} pages; narrow the query",
                 self.inner.opts.max_pages
             ),
-        })
+        ))
     }
 
     /// [`Self::get_all`] with the entity's default `$select`.
@@ -755,11 +755,8 @@ impl ExactClient {
             query_string(&[("$select", &sel)])
         );
         let reply = self.send_ok(Method::GET, &url, None).await?;
-        parse_single::<Me>(&reply.body)?.ok_or_else(|| Error::Upstream {
-            api: Api::Exact,
-            status: reply.status,
-            message: "current/Me returned no row".into(),
-        })
+        parse_single::<Me>(&reply.body)?
+            .ok_or_else(|| Error::unexpected_reply(Api::Exact, "current/Me returned no row"))
     }
 
     /// The administration the user last switched to. It drifts with the user's choice, so the
@@ -844,11 +841,10 @@ impl ExactClient {
                 }
             }
         }
-        Err(Error::Upstream {
-            api: Api::Exact,
-            status: 200,
-            message: format!("{path}: more than {} pages", self.inner.opts.max_pages),
-        })
+        Err(Error::unexpected_reply(
+            Api::Exact,
+            format!("{path}: more than {} pages", self.inner.opts.max_pages),
+        ))
     }
 
     fn cursor_key(&self, name: &str) -> String {
@@ -914,7 +910,8 @@ impl ExactClient {
     // -----------------------------------------------------------------------------------------
 
     /// POST a purchase entry with its lines. Not retried except after a 429; on `Error::Network`
-    /// the entry may exist: call [`Self::find_purchase_entry`] before posting again (§5).
+    /// or `Error::UnexpectedReply` the entry may exist: call [`Self::find_purchase_entry`] before
+    /// posting again (§5).
     pub async fn create_purchase_entry(&self, entry: &NewPurchaseEntry) -> Result<PurchaseEntry> {
         if entry.lines.is_empty() {
             return Err(Error::Invalid(

@@ -670,7 +670,7 @@ impl PrecoroClient {
         let url = self.url(path, query)?;
         let body = self.get_url(url, read).await?;
         super::types::decode(&body)
-            .map_err(|e| Error::Malformed(format!("Precoro GET {path}: unexpected reply: {e}")))
+            .map_err(|e| Error::unexpected_reply(Api::Precoro, format!("GET {path}: {e}")))
     }
 
     /// Every page of a list (§2 "Pagination"): `page`/`per_page` (10, 20, 50, 100 or 200, default
@@ -749,7 +749,7 @@ impl PrecoroClient {
                 return Ok(Value::Null);
             }
             return super::types::decode(&raw.body).map_err(|e| {
-                Error::Malformed(format!("Precoro {method} {path}: unexpected reply: {e}"))
+                Error::unexpected_reply(Api::Precoro, format!("{method} {path}: {e}"))
             });
         }
         if raw.status == 429 {

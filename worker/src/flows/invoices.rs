@@ -303,7 +303,8 @@ impl InvoiceFlow {
             // SipHash with fixed keys: stable across processes of one build; a build that hashes
             // differently only costs one more attempt.
             use std::hash::{Hash, Hasher};
-            let body = serde_json::to_string(&entry).map_err(|e| Error::Other(e.into()))?;
+            let body = serde_json::to_string(&entry)
+                .map_err(|e| Error::Invalid(format!("cannot encode for Exact: {e}")))?;
             let mut h = std::hash::DefaultHasher::new();
             body.hash(&mut h);
             format!("{:016x}", h.finish())

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::bus::consumer::{Handler, Message, Outcome};
 use shared::bus::{Envelope, Source};
-use shared::error::{Error, Result};
+use shared::error::{Api, Error, Result};
 use shared::exact::client::SYNC_START;
 use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, InvoiceQuery, Read};
@@ -671,9 +671,9 @@ impl PaymentFlow {
 }
 
 fn payment_idn(p: &shared::precoro::Payment) -> Result<PrecoroIdn> {
-    p.idn
-        .map(PrecoroIdn)
-        .ok_or_else(|| Error::Malformed(format!("Precoro payment {} has no idn", p.id)))
+    p.idn.map(PrecoroIdn).ok_or_else(|| {
+        Error::unexpected_reply(Api::Precoro, format!("payment {} has no idn", p.id))
+    })
 }
 
 /// The operator's DLQ entry for a reversed payment. Replaying it acknowledges it.
@@ -689,8 +689,11 @@ fn report_reversal(tenant: &TenantId, r: &Reversal, replayed: bool) -> Result<Ou
             "reversal of Precoro payment {payment} acknowledged"
         )));
     }
-    Err(Error::Invalid(format!(
-        "payment reversed in Exact: payment line {} of entry {} ({} paid) was synced to Precoro invoice {} as payment {payment}, which still counts there. Precoro's API has no documented payment cancel (specs/precoro.md §3): cancel or correct the payment in Precoro by hand, then replay this message to acknowledge it",
-        r.row, r.line.entry, r.line.amount, r.line.invoice.idn
-    )))
+    Err(Error::PaymentReversed {
+        line: r.row,
+        entry: r.line.entry,
+        amount: r.line.amount,
+        invoice: r.line.invoice.idn,
+        payment: r.line.payment,
+    })
 }

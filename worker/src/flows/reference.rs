@@ -33,7 +33,7 @@ use serde_json::json;
 use shared::bus::consumer::{Handler, Message, Outcome};
 use shared::bus::{Envelope, Source};
 use shared::config::{Config, ReferenceKind, TenantConfig};
-use shared::error::{Error, Result};
+use shared::error::{Api, Error, Result};
 use shared::exact::client::{ExactClient, SYNC_START};
 use shared::exact::types::Deleted;
 use shared::ids::{PrecoroId, TenantId};
@@ -662,9 +662,8 @@ async fn create(precoro: &PrecoroClient, target: Target, d: &Desired) -> Result<
                     enable: None,
                 })
                 .await?;
-            Current::from_term(&t).ok_or_else(|| {
-                Error::Malformed("Precoro POST /paymentterms: the reply has no id".into())
-            })?
+            Current::from_term(&t)
+                .ok_or_else(|| Error::unexpected_reply(Api::Precoro, "POST /paymentterms: no id"))?
         }
         Target::Options(kind, field) => Current::from_option(
             &precoro

@@ -39,6 +39,7 @@ use crate::error::{Api, Error, PauseCause, Result};
 use crate::ids::{Division, ExactGuid, TenantId};
 use crate::store::Store;
 use crate::store::ratelimit::{Limits, RateLimiter};
+use crate::telemetry;
 
 /// Resource paths under `/api/v1/{division}/` (§4).
 pub mod paths {
@@ -332,8 +333,7 @@ impl ExactClient {
             .map_err(network)?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(network)?;
-        metrics::counter!(crate::telemetry::names::API_REQUESTS, "api" => "exact", "status" => status.to_string())
-            .increment(1);
+        telemetry::api_request(Api::Exact, &status.to_string());
         self.count_error(&endpoint, status).await;
         match status {
             200..=299 => Ok(Some(body)),
@@ -362,8 +362,7 @@ impl ExactClient {
     }
 
     fn network(&self, method: &Method, url: &str, what: &str, e: reqwest::Error) -> Error {
-        metrics::counter!("api_requests_total", "api" => "exact", "status" => "network")
-            .increment(1);
+        telemetry::api_request(Api::Exact, "network");
         let path = url.strip_prefix(&self.inner.host).unwrap_or(url);
         let kind = if e.is_timeout() { "timed out" } else { what };
         Error::network(Api::Exact, format!("{method} {path} {kind}: {e}"))
@@ -421,8 +420,7 @@ impl ExactClient {
                 .bytes()
                 .await
                 .map_err(|e| self.network(&method, url, "reply could not be read", e))?;
-            metrics::counter!("api_requests_total", "api" => "exact", "status" => status.to_string())
-                .increment(1);
+            telemetry::api_request(Api::Exact, &status.to_string());
             tracing::debug!(tenant = %inner.tenant, %method, url, status, elapsed_ms = started.elapsed().as_millis() as u64, "exact call");
             self.count_error(&endpoint, status).await;
             match status {
@@ -470,14 +468,12 @@ impl ExactClient {
     /// Feed Exact's rate-limit headers to the shared limiter; returns the pause set, if any.
     async fn observe_rate_headers(&self, headers: &HeaderMap, status: u16) -> Option<Duration> {
         let rh = RateHeaders::parse(headers);
-        let tenant = self.inner.tenant.to_string();
+        let tenant = self.inner.tenant.as_str();
         if let Some(r) = rh.minutely_remaining {
-            metrics::gauge!("exact_ratelimit_remaining", "tenant" => tenant.clone(), "window" => "minute")
-                .set(r as f64);
+            telemetry::exact_calls_remaining(tenant, "minute", r);
         }
         if let Some(r) = rh.daily_remaining {
-            metrics::gauge!("exact_ratelimit_remaining", "tenant" => tenant, "window" => "day")
-                .set(r as f64);
+            telemetry::exact_calls_remaining(tenant, "day", r);
         }
         if rh.minutely_remaining != Some(0) && rh.daily_remaining != Some(0) && status != 429 {
             return None;

@@ -571,9 +571,7 @@ impl OAuth {
                 tracing::error!(tenant = %self.tenant, error = %e, "could not read the Exact token record to mark it broken")
             }
         }
-        tracing::error!(tenant = %self.tenant, reason = %msg, "EXACT CONNECTION BROKEN: reconnect the company (worker exact connect), then replay its dead letters");
-        metrics::counter!("exact_connection_broken_total", "tenant" => self.tenant.to_string())
-            .increment(1);
+        crate::telemetry::exact_connection_broken(self.tenant.as_str(), msg);
         Error::ConnectionBroken {
             tenant: self.tenant.to_string(),
             message,
@@ -666,8 +664,7 @@ impl OAuth {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let body = resp.bytes().await.map_err(network)?;
-        metrics::counter!("oauth_token_requests_total", "api" => "exact", "status" => status.to_string())
-            .increment(1);
+        crate::telemetry::exact_token_request(status);
         if (200..300).contains(&status) {
             parse_token_response(&body).map_err(TokenFailure::Other)
         } else {

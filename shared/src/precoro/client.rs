@@ -342,8 +342,7 @@ fn is_format_complaint(raw: &Raw) -> bool {
 }
 
 fn record(status: &str) {
-    metrics::counter!("api_requests_total", "api" => "precoro", "status" => status.to_string())
-        .increment(1);
+    crate::telemetry::api_request(Api::Precoro, status);
 }
 
 impl PrecoroClient {

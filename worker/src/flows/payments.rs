@@ -385,15 +385,13 @@ impl PaymentFlow {
         if !self.ctx.store.set_nx(&once, "1", LINE_TTL).await? {
             return Ok(false);
         }
-        metrics::counter!("payments_reversed_total", "tenant" => tenant.to_string()).increment(1);
-        tracing::warn!(
-            tenant = %tenant,
-            entry = %r.line.entry,
-            row = %r.row,
-            precoro_payment = ?r.line.payment,
-            invoice = r.line.invoice.idn.0,
-            amount = %r.line.amount,
-            "an Exact payment synced to Precoro was reversed; reporting it to an operator"
+        shared::telemetry::payment_reversed(
+            tenant.as_str(),
+            r.line.entry,
+            r.row,
+            r.line.payment,
+            r.line.invoice.idn,
+            r.line.amount,
         );
         if let Err(e) = self.publish(tenant, "reversal", json!(r)).await {
             self.ctx.store.del(&once).await?;
@@ -614,9 +612,14 @@ impl PaymentFlow {
                     } else {
                         "capped"
                     };
-                    metrics::counter!("payments_adjusted_total", "tenant" => tenant.to_string(), "kind" => kind)
-                        .increment(1);
-                    tracing::warn!(tenant = %tenant, invoice = invoice.idn.0, row = %line.row, exact_amount = %from, posted = %amount, sum = %invoice.sum, sum_paid = %invoice.sum_paid, kind, "Exact payment adjusted to Precoro's open balance");
+                    shared::telemetry::payment_adjusted(
+                        tenant.as_str(),
+                        invoice,
+                        line.row,
+                        kind,
+                        from,
+                        amount,
+                    );
                 }
                 amount
             }

@@ -1,31 +1,70 @@
 //! Logs and metrics. Every event is a log line and a metric, emitted through one small function
 //! per event so the two never drift apart (STYLE.md; Vector's `internal_events`).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rust_decimal::Decimal;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::TelemetryConfig;
 use crate::error::Api;
 use crate::ids::{ExactGuid, PrecoroIdn};
 use crate::precoro::Invoice;
 
-/// Install the tracing subscriber once per process (later calls are no-ops), JSON if configured.
+/// Where a process writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// The services (`worker run`, `ingress`): their log is their output, collected from stdout.
+    Stdout,
+    /// Operator commands: stdout carries what the command prints (a table, JSON, a link), which
+    /// is often piped into another program; the log goes beside it.
+    Stderr,
+}
+
+impl LogStream {
+    /// Colour only for a person at a terminal: piped or collected logs carry no escape codes.
+    /// `NO_COLOR` (no-color.org) turns colour off everywhere.
+    fn ansi(self) -> bool {
+        let terminal = match self {
+            LogStream::Stdout => std::io::stdout().is_terminal(),
+            LogStream::Stderr => std::io::stderr().is_terminal(),
+        };
+        terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    }
+
+    fn writer(self) -> BoxMakeWriter {
+        match self {
+            LogStream::Stdout => BoxMakeWriter::new(std::io::stdout),
+            LogStream::Stderr => BoxMakeWriter::new(std::io::stderr),
+        }
+    }
+}
+
+/// Install the tracing subscriber once per process (later calls are no-ops), JSON if configured,
+/// writing to stdout.
 pub fn init_logs(cfg: &TelemetryConfig) {
+    init_logs_to(cfg, LogStream::Stdout)
+}
+
+/// [`init_logs`] on the given stream.
+pub fn init_logs_to(cfg: &TelemetryConfig, stream: LogStream) {
     let filter =
         EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_filter));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(stream.writer())
+        .with_ansi(stream.ansi());
     let result = if cfg.json_logs {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
+        fmt.json()
             .with_current_span(true)
             .with_span_list(false)
             .try_init()
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).try_init()
+        fmt.try_init()
     };
     // Already installed (tests start several apps in one process): keep the first.
     drop(result);

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use shared::config::{Config, ReferenceKind};
+use shared::telemetry::LogStream;
 
 /// Consumes sync events and keeps Precoro and Exact Online in step; also the operator's tool.
 #[derive(Parser)]
@@ -252,7 +253,13 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(args.config.as_deref())?;
-    shared::telemetry::init_logs(&config.telemetry);
+    // The service's log is its output; an operator command's output is what it prints, and its
+    // log goes beside it, so that a pipe gets the output alone.
+    let logs = match command {
+        Command::Run => LogStream::Stdout,
+        _ => LogStream::Stderr,
+    };
+    shared::telemetry::init_logs_to(&config.telemetry, logs);
     match command {
         // Printed above, before any config is read.
         Command::Secret { .. } => {}

@@ -219,7 +219,8 @@ struct Limits {
     header_deadline: Duration,
 }
 
-/// Beyond `ingress.max_connections`: a 503 written at once, then the connection closed.
+/// Beyond `ingress.max_connections`: `Code::Unavailable` written at once, then the connection
+/// closed. Bytes rather than a `Response`, since no HTTP connection is served for it.
 const BUSY_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"unavailable\",\"message\":\"too many connections; retry later\"}";
 
 async fn serve(
@@ -344,5 +345,13 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())));
         serde_json::from_str::<serde_json::Value>(body).unwrap();
+        // What the error table says of an unavailable ingress.
+        let unavailable = crate::error::Code::Unavailable;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {}", unavailable.status())),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"], unavailable.as_str());
     }
 }

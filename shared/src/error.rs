@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
+use rust_decimal::Decimal;
 use serde::Serialize;
+
+use crate::ids::{ExactGuid, PrecoroIdn};
 
 /// Which external API an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -23,6 +26,14 @@ impl Api {
             Api::Precoro => "precoro",
         }
     }
+
+    /// The product's name, for text a person reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Exact => "Exact",
+            Api::Precoro => "Precoro",
+        }
+    }
 }
 
 impl std::fmt::Display for Api {
@@ -32,8 +43,9 @@ impl std::fmt::Display for Api {
 }
 
 /// What the worker does with a failed message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum RetryClass {
     /// Delayed retry with the attempt counted (network, timeout, 5xx).
     Transient,
@@ -53,6 +65,7 @@ pub enum RetryClass {
 }
 
 impl RetryClass {
+    /// The name in a dead letter's `x-error-class` and in `worker dlq --class`.
     pub fn as_str(self) -> &'static str {
         match self {
             RetryClass::Transient => "transient",
@@ -129,9 +142,46 @@ pub enum Error {
     #[error("message broker: {0}")]
     Broker(String),
 
+    /// A message we consumed cannot be parsed (its envelope or payload): the same bytes fail the
+    /// same way on every try.
     #[error("malformed message: {0}")]
     Malformed(String),
 
+    /// An API answered, but not with anything we can use: a body that is not JSON, a value of the
+    /// wrong type, a field we need missing, a paging link off the host. Permanent: the same
+    /// request gets the same reply, and a reply cut short in transit fails its HTTP framing
+    /// (Content-Length, chunks) and is a `Network` error instead. Never "certainly not applied":
+    /// a write that got such a reply was done, so the next try (a replay) looks up before
+    /// creating.
+    #[error("{} reply: {message}", api.name())]
+    UnexpectedReply { api: Api, message: String },
+
+    /// A payment we synced to Precoro was undone in Exact. Precoro's API has no documented payment
+    /// cancel (specs/precoro.md §3), so the reversal is never applied by us: an operator corrects
+    /// Precoro by hand and replays the message to acknowledge it.
+    #[error(
+        "payment reversed in Exact: payment line {line} of entry {entry} ({amount} paid) was synced to Precoro invoice {invoice} as payment {}, which still counts there. Precoro's API has no documented payment cancel (specs/precoro.md §3): cancel or correct the payment in Precoro by hand, then replay this message to acknowledge it",
+        payment.map_or_else(|| "?".to_string(), |p| p.to_string())
+    )]
+    PaymentReversed {
+        /// The Exact payment line (the paid row) that was reversed.
+        line: ExactGuid,
+        entry: ExactGuid,
+        amount: Decimal,
+        invoice: PrecoroIdn,
+        /// The Precoro payment that carries it; `None` when Precoro showed the invoice paid
+        /// already.
+        payment: Option<PrecoroIdn>,
+    },
+
+    /// A flow's handler panicked. Retried like a transient failure, since a panic may follow a
+    /// passing state, but the consumer dead-letters the message after a few (`PANIC_LIMIT`).
+    #[error("{0}")]
+    Panicked(String),
+
+    /// Anything else: a failure nobody classified. Dead-lettered with its text rather than
+    /// retried, since nothing says waiting helps; a failure that is transient (IO, the broker,
+    /// Redis, an API's network) has a variant of its own.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -141,7 +191,7 @@ impl Error {
     pub fn retry_class(&self) -> RetryClass {
         match self {
             Error::LeaseHeld(_) | Error::Fenced { .. } => RetryClass::Busy,
-            Error::Network { .. } | Error::Redis(_) | Error::Broker(_) | Error::Other(_) => {
+            Error::Network { .. } | Error::Redis(_) | Error::Broker(_) | Error::Panicked(_) => {
                 RetryClass::Transient
             }
             Error::RateLimited { .. } => RetryClass::RateLimited,
@@ -158,7 +208,10 @@ impl Error {
             | Error::Invalid(_)
             | Error::FlowDisabled { .. }
             | Error::UnknownTenant(_)
-            | Error::Malformed(_) => RetryClass::Permanent,
+            | Error::Malformed(_)
+            | Error::UnexpectedReply { .. }
+            | Error::PaymentReversed { .. }
+            | Error::Other(_) => RetryClass::Permanent,
         }
     }
 
@@ -206,6 +259,9 @@ impl Error {
             Error::Redis(_) => "redis",
             Error::Broker(_) => "broker",
             Error::Malformed(_) => "malformed",
+            Error::UnexpectedReply { .. } => "unexpected_reply",
+            Error::PaymentReversed { .. } => "payment_reversed",
+            Error::Panicked(_) => "panic",
             Error::Other(_) => "other",
         }
     }
@@ -214,6 +270,13 @@ impl Error {
         Error::Network {
             api,
             message: err.to_string(),
+        }
+    }
+
+    pub fn unexpected_reply(api: Api, what: impl std::fmt::Display) -> Self {
+        Error::UnexpectedReply {
+            api,
+            message: what.to_string(),
         }
     }
 }
@@ -317,6 +380,106 @@ mod tests {
             .retry_after(),
             Some(Duration::from_secs(3))
         );
+        // Parsing the same bytes again fails the same way, whether we consumed them or an API
+        // sent them.
+        assert_eq!(
+            Error::Malformed("invoice message without id or idn".into()).retry_class(),
+            RetryClass::Permanent
+        );
+        assert_eq!(
+            Error::unexpected_reply(
+                Api::Precoro,
+                "GET /invoices/7: sum: \"abc\" is not a number"
+            )
+            .retry_class(),
+            RetryClass::Permanent
+        );
+        assert_eq!(reversal().retry_class(), RetryClass::Permanent);
+        // Nobody said waiting helps: dead-lettered with its text, not retried for hours.
+        assert_eq!(
+            Error::Other(anyhow::anyhow!("?")).retry_class(),
+            RetryClass::Permanent
+        );
+        // A panic is retried, bounded by the consumer's panic limit.
+        assert_eq!(
+            Error::Panicked("handler panicked".into()).retry_class(),
+            RetryClass::Transient
+        );
+    }
+
+    fn reversal() -> Error {
+        let guid = |n: u128| ExactGuid(uuid::Uuid::from_u128(n));
+        Error::PaymentReversed {
+            line: guid(1),
+            entry: guid(2),
+            amount: Decimal::new(10_000, 2),
+            invoice: PrecoroIdn(42),
+            payment: None,
+        }
+    }
+
+    /// The DLQ's `x-error-kind` values: operators and tests filter on them, so they never change.
+    #[test]
+    fn each_error_has_its_own_kind() {
+        let kinds = [
+            (upstream(500), "upstream"),
+            (Error::network(Api::Exact, "reset"), "network"),
+            (
+                Error::RateLimited {
+                    api: Api::Precoro,
+                    retry_after: Duration::from_secs(1),
+                },
+                "rate_limited",
+            ),
+            (
+                Error::ConnectionBroken {
+                    tenant: "acme".into(),
+                    message: "m".into(),
+                },
+                "connection_broken",
+            ),
+            (Error::MissingMapping("m".into()), "missing_mapping"),
+            (Error::Invalid("i".into()), "invalid"),
+            (
+                Error::FlowDisabled {
+                    tenant: "acme".into(),
+                    flow: "payments".into(),
+                },
+                "flow_disabled",
+            ),
+            (Error::UnknownTenant("acme".into()), "unknown_tenant"),
+            (Error::LeaseHeld("invoice 7".into()), "lease_held"),
+            (
+                Error::Fenced {
+                    reason: "r".into(),
+                    retry_after: Duration::from_secs(1),
+                },
+                "fenced",
+            ),
+            (Error::Redis("r".into()), "redis"),
+            (Error::Broker("b".into()), "broker"),
+            (Error::Malformed("m".into()), "malformed"),
+            (
+                Error::unexpected_reply(Api::Exact, "d: 1 is neither an object nor an array"),
+                "unexpected_reply",
+            ),
+            (reversal(), "payment_reversed"),
+            (Error::Panicked("handler panicked".into()), "panic"),
+            (Error::Other(anyhow::anyhow!("?")), "other"),
+        ];
+        for (e, kind) in kinds {
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+        assert_eq!(
+            Error::unexpected_reply(Api::Exact, "the body is empty, not JSON").to_string(),
+            "Exact reply: the body is empty, not JSON"
+        );
+        let text = reversal().to_string();
+        assert!(
+            text.starts_with("payment reversed in Exact: payment line ")
+                && text.contains("synced to Precoro invoice 42 as payment ?"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -385,6 +548,8 @@ mod tests {
             Error::network(Api::Exact, "got no reply"),
             Error::Redis("connection reset".into()),
             Error::Other(anyhow::anyhow!("?")),
+            // Answered, so a write was done; only its reply could not be read.
+            Error::unexpected_reply(Api::Exact, "the body is not JSON"),
         ] {
             assert!(!unsure.certainly_not_applied(), "{unsure}");
         }

@@ -1,26 +1,70 @@
 //! Logs and metrics. Every event is a log line and a metric, emitted through one small function
 //! per event so the two never drift apart (STYLE.md; Vector's `internal_events`).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rust_decimal::Decimal;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::TelemetryConfig;
+use crate::error::Api;
+use crate::ids::{ExactGuid, PrecoroIdn};
+use crate::precoro::Invoice;
 
-/// Install the tracing subscriber once per process (later calls are no-ops), JSON if configured.
+/// Where a process writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// The services (`worker run`, `ingress`): their log is their output, collected from stdout.
+    Stdout,
+    /// Operator commands: stdout carries what the command prints (a table, JSON, a link), which
+    /// is often piped into another program; the log goes beside it.
+    Stderr,
+}
+
+impl LogStream {
+    /// Colour only for a person at a terminal: piped or collected logs carry no escape codes.
+    /// `NO_COLOR` (no-color.org) turns colour off everywhere.
+    fn ansi(self) -> bool {
+        let terminal = match self {
+            LogStream::Stdout => std::io::stdout().is_terminal(),
+            LogStream::Stderr => std::io::stderr().is_terminal(),
+        };
+        terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    }
+
+    fn writer(self) -> BoxMakeWriter {
+        match self {
+            LogStream::Stdout => BoxMakeWriter::new(std::io::stdout),
+            LogStream::Stderr => BoxMakeWriter::new(std::io::stderr),
+        }
+    }
+}
+
+/// Install the tracing subscriber once per process (later calls are no-ops), JSON if configured,
+/// writing to stdout.
 pub fn init_logs(cfg: &TelemetryConfig) {
+    init_logs_to(cfg, LogStream::Stdout)
+}
+
+/// [`init_logs`] on the given stream.
+pub fn init_logs_to(cfg: &TelemetryConfig, stream: LogStream) {
     let filter =
         EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_filter));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(stream.writer())
+        .with_ansi(stream.ansi());
     let result = if cfg.json_logs {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
+        fmt.json()
             .with_current_span(true)
             .with_span_list(false)
             .try_init()
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).try_init()
+        fmt.try_init()
     };
     // Already installed (tests start several apps in one process): keep the first.
     drop(result);
@@ -55,6 +99,11 @@ pub mod names {
     pub const EXACT_ERRORS_COUNTED: &str = "exact_errors_counted_total";
     pub const EXACT_PAUSES: &str = "exact_pauses_total";
     pub const EXACT_CALLS_HELD: &str = "exact_calls_held_total";
+    pub const EXACT_RATELIMIT_REMAINING: &str = "exact_ratelimit_remaining";
+    pub const EXACT_CONNECTION_BROKEN: &str = "exact_connection_broken_total";
+    pub const OAUTH_TOKEN_REQUESTS: &str = "oauth_token_requests_total";
+    pub const PAYMENTS_REVERSED: &str = "payments_reversed_total";
+    pub const PAYMENTS_ADJUSTED: &str = "payments_adjusted_total";
 }
 
 /// A webhook arrived and was accepted, ignored or refused.
@@ -230,5 +279,92 @@ pub fn exact_call_held(
         outcome,
         wait_ms = wait.as_millis() as u64,
         "Exact call held by a pause"
+    );
+}
+
+/// An API call was answered with `status` (an HTTP status, or `network` when no reply came).
+pub fn api_request(api: Api, status: &str) {
+    metrics::counter!(names::API_REQUESTS, "api" => api.as_str(), "status" => status.to_string())
+        .increment(1);
+}
+
+/// Exact's rate-limit headers say how many calls the company has left in `window` (`minute` or
+/// `day`).
+pub fn exact_calls_remaining(tenant: &str, window: &'static str, remaining: i64) {
+    metrics::gauge!(names::EXACT_RATELIMIT_REMAINING, "tenant" => tenant.to_string(), "window" => window)
+        .set(remaining as f64);
+}
+
+/// Our shared limiter held a call for `waited` before letting it go.
+pub fn ratelimit_waited(api: Api, waited: Duration) {
+    metrics::histogram!(names::RATELIMIT_WAIT, "api" => api.as_str()).record(waited.as_secs_f64());
+}
+
+/// The broker answered a publish (confirmed, refused or timed out) after `elapsed`.
+pub fn publish_answered(elapsed: Duration) {
+    metrics::histogram!(names::PUBLISH_CONFIRM).record(elapsed.as_secs_f64());
+}
+
+/// A call to Exact's token endpoint (code exchange or refresh) was answered with `status`.
+pub fn exact_token_request(status: u16) {
+    metrics::counter!(names::OAUTH_TOKEN_REQUESTS, "api" => "exact", "status" => status.to_string())
+        .increment(1);
+}
+
+/// Exact refused the company's refresh token: nothing reaches Exact for it until someone
+/// re-consents. Loud, since every Exact message of the company dead-letters meanwhile.
+pub fn exact_connection_broken(tenant: &str, reason: &str) {
+    metrics::counter!(names::EXACT_CONNECTION_BROKEN, "tenant" => tenant.to_string()).increment(1);
+    tracing::error!(
+        tenant,
+        reason,
+        "EXACT CONNECTION BROKEN: reconnect the company (worker exact connect), then replay its dead letters"
+    );
+}
+
+/// A payment we synced to Precoro was undone in Exact (its paid row is open again): reported to
+/// an operator, never applied (see [`crate::Error::PaymentReversed`]).
+pub fn payment_reversed(
+    tenant: &str,
+    entry: ExactGuid,
+    row: ExactGuid,
+    precoro_payment: Option<PrecoroIdn>,
+    invoice: PrecoroIdn,
+    amount: Decimal,
+) {
+    metrics::counter!(names::PAYMENTS_REVERSED, "tenant" => tenant.to_string()).increment(1);
+    tracing::warn!(
+        tenant,
+        %entry,
+        %row,
+        ?precoro_payment,
+        invoice = invoice.0,
+        %amount,
+        "an Exact payment synced to Precoro was reversed; reporting it to an operator"
+    );
+}
+
+/// An Exact payment went to Precoro as another amount, to fit the invoice's open balance: `kind`
+/// is `snapped` (a rounding difference) or `capped` (Exact paid more than Precoro has open).
+pub fn payment_adjusted(
+    tenant: &str,
+    invoice: &Invoice,
+    row: ExactGuid,
+    kind: &'static str,
+    exact_amount: Decimal,
+    posted: Decimal,
+) {
+    metrics::counter!(names::PAYMENTS_ADJUSTED, "tenant" => tenant.to_string(), "kind" => kind)
+        .increment(1);
+    tracing::warn!(
+        tenant,
+        invoice = invoice.idn.0,
+        %row,
+        %exact_amount,
+        %posted,
+        sum = %invoice.sum,
+        sum_paid = %invoice.sum_paid,
+        kind,
+        "Exact payment adjusted to Precoro's open balance"
     );
 }

@@ -1152,7 +1152,7 @@ mod fixtures {
     #[test]
     fn an_unusable_value_is_named_by_path_not_by_line_and_column() {
         let err = parse_page::<PurchaseEntry>(&fixture("malformed_amount.json")).unwrap_err();
-        assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+        assert!(matches!(err, Error::UnexpectedReply { .. }), "{err:?}");
         assert_eq!(err.retry_class(), RetryClass::Permanent);
         let text = err.to_string();
         assert!(

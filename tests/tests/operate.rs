@@ -173,7 +173,7 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     };
     assert_eq!(dlq::fetch(&config, &suppliers).await.unwrap().len(), 1);
     let transient = dlq::Selection {
-        error_class: Some("transient".into()),
+        error_class: Some(shared::RetryClass::Transient),
         ..Default::default()
     };
     let (n, out) = run!(|o| dlq::list(&config, &transient, false, o));

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use shared::config::{Config, ReferenceKind};
+use shared::telemetry::LogStream;
 
 /// Consumes sync events and keeps Precoro and Exact Online in step; also the operator's tool.
 #[derive(Parser)]
@@ -81,9 +82,9 @@ struct DlqFilter {
     /// Only this flow.
     #[arg(long, value_enum)]
     flow: Option<shared::Flow>,
-    /// Only this error class: permanent, transient, busy or rate_limited.
-    #[arg(long = "class")]
-    error_class: Option<String>,
+    /// Only this error class: permanent, transient, busy, rate_limited or paused.
+    #[arg(long = "class", value_enum)]
+    error_class: Option<shared::RetryClass>,
     /// Only those that last failed since then: an age (2h, 3d), a date (2026-01-31) or an
     /// RFC 3339 time.
     #[arg(long, value_parser = parse_since)]
@@ -251,7 +252,13 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(args.config.as_deref())?;
-    shared::telemetry::init_logs(&config.telemetry);
+    // The service's log is its output; an operator command's output is what it prints, and its
+    // log goes beside it, so that a pipe gets the output alone.
+    let logs = match command {
+        Command::Run => LogStream::Stdout,
+        _ => LogStream::Stderr,
+    };
+    shared::telemetry::init_logs_to(&config.telemetry, logs);
     match command {
         // Printed above, before any config is read.
         Command::Secret { .. } => {}

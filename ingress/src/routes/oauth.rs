@@ -14,7 +14,8 @@
 //!   must reach the configured division (`system/Divisions`) → only then is the pair stored.
 //!   Anything that fails before the exchange writes nothing and costs no token call.
 //!
-//! Errors are for a person in a browser: a page that says what happened and what to do.
+//! Errors are for a person in a browser: a page that says what happened and what to do, with the
+//! status of its code in the ingress's one error table (`crate::error::Code`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use shared::exact::client::Connect;
 use shared::exact::oauth_state::{self, Purpose, STATE_TTL};
 use shared::store::ratelimit::RateLimiter;
 
+use crate::error::Code;
 use crate::startup::{AppState, Peer};
 
 /// What the ingress answers on these routes: HTML for a browser, JSON for a script.
@@ -42,6 +44,16 @@ struct Page {
 }
 
 impl Page {
+    /// A refusal or failure: its code's status.
+    fn error(headers: &HeaderMap, code: Code) -> Self {
+        Self::new(headers, code.status(), code.as_str())
+    }
+
+    /// The consent went through.
+    fn connected(headers: &HeaderMap) -> Self {
+        Self::new(headers, StatusCode::OK, "connected")
+    }
+
     fn new(headers: &HeaderMap, status: StatusCode, code: &'static str) -> Self {
         let json = headers
             .get(header::ACCEPT)
@@ -129,17 +141,17 @@ pub async fn start(
     let (claims, t) = match link {
         Ok(c) => match state.config.tenant(&c.tenant) {
             Some(t) => (c, t),
-            None => return StatusCode::NOT_FOUND.into_response(),
+            None => return Code::NotFound.status().into_response(),
         },
         Err(oauth_state::StateError::Expired) => {
-            return Page::new(&headers, StatusCode::BAD_REQUEST, "link_expired")
+            return Page::error(&headers, Code::LinkExpired)
                 .text(
                     "Connect link expired",
                     "This connect link has expired. Ask your operator for a new one (worker exact connect).",
                 )
                 .into_response();
         }
-        Err(_) => return StatusCode::NOT_FOUND.into_response(),
+        Err(_) => return Code::NotFound.status().into_response(),
     };
     let remaining = (claims.expires_at - now_s()).max(1) as u64;
     let used = state.store.keys().oauth_link_used(&claims.nonce);
@@ -150,7 +162,7 @@ pub async fn start(
     {
         Ok(true) => {}
         Ok(false) => {
-            return Page::new(&headers, StatusCode::BAD_REQUEST, "link_used")
+            return Page::error(&headers, Code::LinkUsed)
                 .text(
                     "Connect link already used",
                     "This connect link was opened before and works only once. Ask your operator for a new one (worker exact connect).",
@@ -180,7 +192,7 @@ pub async fn start(
 }
 
 fn unavailable(headers: &HeaderMap, e: &shared::Error) -> Response {
-    Page::new(headers, StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    Page::error(headers, Code::Unavailable)
         .text(
             "Try again",
             format!("the service cannot reach its store right now: {e}"),
@@ -218,9 +230,9 @@ pub async fn callback(
     headers: HeaderMap,
 ) -> Response {
     let client = peer.map(|p| p.client(&headers, &state.config.ingress.trusted_proxies));
-    let bad = |code: &'static str, title: &str, message: String| {
-        tracing::warn!(outcome = code, client = ?client, "Exact OAuth callback refused: {message}");
-        Page::new(&headers, StatusCode::BAD_REQUEST, code)
+    let bad = |code: Code, title: &str, message: String| {
+        tracing::warn!(outcome = code.as_str(), client = ?client, "Exact OAuth callback refused: {message}");
+        Page::error(&headers, code)
             .text(title, message)
             .into_response()
     };
@@ -232,21 +244,21 @@ pub async fn callback(
         now_s(),
     ) {
         Ok(c) => c,
-        Err(e) => return bad("bad_state", "Connection not made", e.to_string()),
+        Err(e) => return bad(Code::BadState, "Connection not made", e.to_string()),
     };
     // Then the browser: it must be the one that opened the operator's link.
     let bound = consent_cookie(&headers)
         .is_some_and(|c| shared::webhook::constant_time_eq(c.as_bytes(), claims.nonce.as_bytes()));
     if !bound {
         return bad(
-            "not_this_browser",
+            Code::NotThisBrowser,
             "Connection not made",
             "this consent was not started in this browser: open the connect link your operator gave you, in the browser you then log in to Exact with".into(),
         );
     }
     let Some(t) = state.config.tenant(&claims.tenant) else {
         return bad(
-            "unknown_tenant",
+            Code::UnknownTenant,
             "Connection not made",
             format!(
                 "the company '{}' is no longer in this service's configuration",
@@ -256,7 +268,7 @@ pub async fn callback(
     };
     if let Some(err) = q.error.as_deref().filter(|e| !e.is_empty()) {
         return bad(
-            "consent_refused",
+            Code::ConsentRefused,
             "Connection not made",
             format!(
                 "Exact did not grant access for company '{}': {err}{}",
@@ -270,7 +282,7 @@ pub async fn callback(
     }
     let Some(code) = q.code.as_deref().filter(|c| !c.trim().is_empty()) else {
         return bad(
-            "missing_code",
+            Code::MissingCode,
             "Connection not made",
             "the callback carried no authorization code; start again from the connect link".into(),
         );
@@ -286,7 +298,7 @@ pub async fn callback(
         Ok(true) => {}
         Ok(false) => {
             return bad(
-                "state_used",
+                Code::StateUsed,
                 "Connection not made",
                 "this connect link was already used; start again from the connect link".into(),
             );
@@ -307,7 +319,7 @@ pub async fn callback(
                         .join(", ")
                 )
             };
-            Page::new(&headers, StatusCode::FORBIDDEN, "wrong_administration")
+            Page::error(&headers, Code::WrongAdministration)
                 .text(
                     "Connection not made",
                     format!(
@@ -319,7 +331,7 @@ pub async fn callback(
         }
         Ok(Connect::Connected(rec)) => {
             let minutes = (rec.expires_at_ms - rec.refreshed_at_ms) / 60_000;
-            Page::new(&headers, StatusCode::OK, "connected")
+            Page::connected(&headers)
                 .text(
                     "Connected to Exact Online",
                     format!(
@@ -329,34 +341,24 @@ pub async fn callback(
                 )
                 .into_response()
         }
-        Err(shared::Error::RateLimited { retry_after, .. }) => {
-            Page::new(&headers, StatusCode::TOO_MANY_REQUESTS, "exchange_budget")
-                .text(
-                    "Connection not made",
-                    format!(
-                        "Company '{}' has used today's consents; try again in {} minutes (nothing was changed).",
-                        t.id,
-                        retry_after.as_secs() / 60 + 1
-                    ),
-                )
-                .into_response()
-        }
         Err(e) => {
-            let (status, code) = match &e {
-                shared::Error::Upstream { status, .. } if (400..500).contains(status) => {
-                    (StatusCode::BAD_REQUEST, "code_refused")
-                }
-                _ => (StatusCode::BAD_GATEWAY, "exchange_failed"),
-            };
-            tracing::warn!(tenant = %t.id, error = %e, "Exact OAuth code exchange failed");
-            Page::new(&headers, status, code)
-                .text(
-                    "Connection not made",
+            let code = Code::of_exchange(&e);
+            let message = match (code, e.retry_after()) {
+                (Code::ExchangeBudget, Some(wait)) => format!(
+                    "Company '{}' has used today's consents; try again in {} minutes (nothing was changed).",
+                    t.id,
+                    wait.as_secs() / 60 + 1
+                ),
+                _ => {
+                    tracing::warn!(tenant = %t.id, error = %e, "Exact OAuth code exchange failed");
                     format!(
                         "Exact refused the code exchange for company '{}': {e}. Start again from the connect link.",
                         t.id
-                    ),
-                )
+                    )
+                }
+            };
+            Page::error(&headers, code)
+                .text("Connection not made", message)
                 .into_response()
         }
     }

@@ -463,7 +463,7 @@ impl<H: Handler> FlowConsumer<H> {
                 } else {
                     let mut extra = FieldTable::default();
                     set_i64(&mut extra, "x-panics", panics);
-                    let err = Error::Other(anyhow::anyhow!(reason));
+                    let err = Error::Panicked(reason);
                     self.retry_with(delivery, headers, &msg, &err, true, extra)
                         .await;
                 }

@@ -268,7 +268,7 @@ impl Publisher {
             .publish_on(channel, exchange, routing_key, body, props)
             .await;
         self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
-        metrics::histogram!("publish_confirm_seconds").record(started.elapsed().as_secs_f64());
+        crate::telemetry::publish_answered(started.elapsed());
         if matches!(
             result,
             Err(PublishError::Unavailable(_)) | Err(PublishError::Timeout(_))

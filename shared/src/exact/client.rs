@@ -39,6 +39,7 @@ use crate::error::{Api, Error, PauseCause, Result};
 use crate::ids::{Division, ExactGuid, TenantId};
 use crate::store::Store;
 use crate::store::ratelimit::{Limits, RateLimiter};
+use crate::telemetry;
 
 /// Resource paths under `/api/v1/{division}/` (§4).
 pub mod paths {
@@ -332,8 +333,7 @@ impl ExactClient {
             .map_err(network)?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(network)?;
-        metrics::counter!(crate::telemetry::names::API_REQUESTS, "api" => "exact", "status" => status.to_string())
-            .increment(1);
+        telemetry::api_request(Api::Exact, &status.to_string());
         self.count_error(&endpoint, status).await;
         match status {
             200..=299 => Ok(Some(body)),
@@ -362,8 +362,7 @@ impl ExactClient {
     }
 
     fn network(&self, method: &Method, url: &str, what: &str, e: reqwest::Error) -> Error {
-        metrics::counter!("api_requests_total", "api" => "exact", "status" => "network")
-            .increment(1);
+        telemetry::api_request(Api::Exact, "network");
         let path = url.strip_prefix(&self.inner.host).unwrap_or(url);
         let kind = if e.is_timeout() { "timed out" } else { what };
         Error::network(Api::Exact, format!("{method} {path} {kind}: {e}"))
@@ -421,8 +420,7 @@ impl ExactClient {
                 .bytes()
                 .await
                 .map_err(|e| self.network(&method, url, "reply could not be read", e))?;
-            metrics::counter!("api_requests_total", "api" => "exact", "status" => status.to_string())
-                .increment(1);
+            telemetry::api_request(Api::Exact, &status.to_string());
             tracing::debug!(tenant = %inner.tenant, %method, url, status, elapsed_ms = started.elapsed().as_millis() as u64, "exact call");
             self.count_error(&endpoint, status).await;
             match status {
@@ -470,14 +468,12 @@ impl ExactClient {
     /// Feed Exact's rate-limit headers to the shared limiter; returns the pause set, if any.
     async fn observe_rate_headers(&self, headers: &HeaderMap, status: u16) -> Option<Duration> {
         let rh = RateHeaders::parse(headers);
-        let tenant = self.inner.tenant.to_string();
+        let tenant = self.inner.tenant.as_str();
         if let Some(r) = rh.minutely_remaining {
-            metrics::gauge!("exact_ratelimit_remaining", "tenant" => tenant.clone(), "window" => "minute")
-                .set(r as f64);
+            telemetry::exact_calls_remaining(tenant, "minute", r);
         }
         if let Some(r) = rh.daily_remaining {
-            metrics::gauge!("exact_ratelimit_remaining", "tenant" => tenant, "window" => "day")
-                .set(r as f64);
+            telemetry::exact_calls_remaining(tenant, "day", r);
         }
         if rh.minutely_remaining != Some(0) && rh.daily_remaining != Some(0) && status != 429 {
             return None;
@@ -637,17 +633,17 @@ impl ExactClient {
                 self.inner.host
             ))
         })?;
-        let target = base.join(next).map_err(|e| Error::Upstream {
-            api: Api::Exact,
-            status: 200,
-            message: format!("__next link '{next}' is not a URL: {e}"),
+        let target = base.join(next).map_err(|e| {
+            Error::unexpected_reply(
+                Api::Exact,
+                format!("__next link '{next}' is not a URL: {e}"),
+            )
         })?;
         if target.origin() != base.origin() {
-            return Err(Error::Upstream {
-                api: Api::Exact,
-                status: 200,
-                message: format!("__next link '{next}' leaves the Exact host"),
-            });
+            return Err(Error::unexpected_reply(
+                Api::Exact,
+                format!("__next link '{next}' leaves the Exact host"),
+            ));
         }
         Ok(target.to_string())
     }
@@ -657,8 +653,9 @@ impl ExactClient {
             .map_err(|e| Error::Invalid(format!("cannot encode for Exact: {e}")))
     }
 
-    /// POST and read the created entity. A 201 whose body cannot be read still created the entity,
-    /// so that case is reported like a lost reply (`Error::Network`): look up before retrying.
+    /// POST and read the created entity. A 201 whose body cannot be read still created the entity:
+    /// the error says so, and the replay looks it up before creating (`Error::UnexpectedReply` is
+    /// never "certainly not applied").
     async fn post_entity<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -669,17 +666,17 @@ impl ExactClient {
         let reply = self.send_ok(Method::POST, &url, Some(&body)).await?;
         match parse_single::<T>(&reply.body) {
             Ok(Some(t)) => Ok(t),
-            Ok(None) => Err(Error::network(
+            Ok(None) => Err(Error::unexpected_reply(
                 Api::Exact,
                 format!(
-                    "POST {path} answered {} without the created entity; look it up before retrying",
+                    "POST {path} answered {} without the created entity, which was probably created; a replay looks it up before creating",
                     reply.status
                 ),
             )),
-            Err(e) => Err(Error::network(
+            Err(e) => Err(Error::unexpected_reply(
                 Api::Exact,
                 format!(
-                    "POST {path} answered {} but the reply is unreadable ({e}); look it up before retrying",
+                    "POST {path} answered {} with an entity we cannot read ({e}); it was probably created, and a replay looks it up before creating",
                     reply.status
                 ),
             )),
@@ -714,14 +711,13 @@ impl ExactClient {
                 None => return Ok(rows),
             }
         }
-        Err(Error::Upstream {
-            api: Api::Exact,
-            status: 200,
-            message: format!(
+        Err(Error::unexpected_reply(
+            Api::Exact,
+            format!(
                 "{path}: more than {} pages; narrow the query",
                 self.inner.opts.max_pages
             ),
-        })
+        ))
     }
 
     /// [`Self::get_all`] with the entity's default `$select`.
@@ -755,11 +751,8 @@ impl ExactClient {
             query_string(&[("$select", &sel)])
         );
         let reply = self.send_ok(Method::GET, &url, None).await?;
-        parse_single::<Me>(&reply.body)?.ok_or_else(|| Error::Upstream {
-            api: Api::Exact,
-            status: reply.status,
-            message: "current/Me returned no row".into(),
-        })
+        parse_single::<Me>(&reply.body)?
+            .ok_or_else(|| Error::unexpected_reply(Api::Exact, "current/Me returned no row"))
     }
 
     /// The administration the user last switched to. It drifts with the user's choice, so the
@@ -844,11 +837,10 @@ impl ExactClient {
                 }
             }
         }
-        Err(Error::Upstream {
-            api: Api::Exact,
-            status: 200,
-            message: format!("{path}: more than {} pages", self.inner.opts.max_pages),
-        })
+        Err(Error::unexpected_reply(
+            Api::Exact,
+            format!("{path}: more than {} pages", self.inner.opts.max_pages),
+        ))
     }
 
     fn cursor_key(&self, name: &str) -> String {
@@ -914,7 +906,8 @@ impl ExactClient {
     // -----------------------------------------------------------------------------------------
 
     /// POST a purchase entry with its lines. Not retried except after a 429; on `Error::Network`
-    /// the entry may exist: call [`Self::find_purchase_entry`] before posting again (§5).
+    /// or `Error::UnexpectedReply` the entry may exist: call [`Self::find_purchase_entry`] before
+    /// posting again (§5).
     pub async fn create_purchase_entry(&self, entry: &NewPurchaseEntry) -> Result<PurchaseEntry> {
         if entry.lines.is_empty() {
             return Err(Error::Invalid(

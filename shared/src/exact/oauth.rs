@@ -105,18 +105,20 @@ impl TokenStore {
     pub async fn load(&self) -> Result<Option<TokenRecord>> {
         match self.store.get_string(&self.key()).await? {
             None => Ok(None),
-            Some(s) => serde_json::from_str(&s).map(Some).map_err(|e| {
-                Error::Redis(format!(
-                    "stored Exact token record for '{}' is unreadable: {e}",
-                    self.tenant
-                ))
-            }),
+            // Unreadable it stays until a consent writes a new pair: the same as a broken
+            // connection, and repaired the same way.
+            Some(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| Error::ConnectionBroken {
+                    tenant: self.tenant.to_string(),
+                    message: format!("its stored token record is unreadable ({e})"),
+                }),
         }
     }
 
     /// Writes without a TTL: losing the refresh token means the company must reconnect.
     pub async fn save(&self, rec: &TokenRecord) -> Result<()> {
-        let json = serde_json::to_string(rec).map_err(|e| Error::Other(e.into()))?;
+        let json = serde_json::to_string(rec).expect("a record of strings and integers encodes");
         self.store.set_string(&self.key(), &json, None).await
     }
 }
@@ -141,10 +143,8 @@ impl std::fmt::Debug for TokenResponse {
 /// `expires_in` is a JSON *string* at Exact (§1) but a number elsewhere: both are accepted; when
 /// absent the documented 600 s is assumed.
 pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse> {
-    let bad = |what: &str| Error::Upstream {
-        api: Api::Exact,
-        status: 200,
-        message: format!("token endpoint reply {what}"),
+    let bad = |what: &str| {
+        Error::unexpected_reply(Api::Exact, format!("the token endpoint's body {what}"))
     };
     let v: Value = serde_json::from_slice(body).map_err(|_| bad("is not JSON"))?;
     let text = |k: &str| {
@@ -571,9 +571,7 @@ impl OAuth {
                 tracing::error!(tenant = %self.tenant, error = %e, "could not read the Exact token record to mark it broken")
             }
         }
-        tracing::error!(tenant = %self.tenant, reason = %msg, "EXACT CONNECTION BROKEN: reconnect the company (worker exact connect), then replay its dead letters");
-        metrics::counter!("exact_connection_broken_total", "tenant" => self.tenant.to_string())
-            .increment(1);
+        crate::telemetry::exact_connection_broken(self.tenant.as_str(), msg);
         Error::ConnectionBroken {
             tenant: self.tenant.to_string(),
             message,
@@ -666,8 +664,7 @@ impl OAuth {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let body = resp.bytes().await.map_err(network)?;
-        metrics::counter!("oauth_token_requests_total", "api" => "exact", "status" => status.to_string())
-            .increment(1);
+        crate::telemetry::exact_token_request(status);
         if (200..300).contains(&status) {
             parse_token_response(&body).map_err(TokenFailure::Other)
         } else {

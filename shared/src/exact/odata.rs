@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serializer};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Api, Error, Result};
 use crate::excerpt::{EXCERPT_CHARS, excerpt, shorten};
 use crate::ids::ExactGuid;
 
@@ -288,10 +288,10 @@ impl<T> Page<T> {
     }
 }
 
-/// A reply we cannot use. Permanent (Exact answered, and the same request gets the same answer),
-/// and worded by path and value, never by line and column.
-fn malformed(what: impl fmt::Display) -> Error {
-    Error::Malformed(format!("Exact reply: {what}"))
+/// A reply we cannot use ([`Error::UnexpectedReply`]), worded by path and value, never by line
+/// and column.
+fn unusable(what: impl fmt::Display) -> Error {
+    Error::unexpected_reply(Api::Exact, what)
 }
 
 /// The raw rows of a GET response. Accepts `{"d":{"results":[…],"__next":"…"}}`, `{"d":[…]}` and
@@ -302,9 +302,9 @@ pub fn parse_page_values(body: &[u8]) -> Result<Page<Value>> {
     let d = match v {
         Value::Object(mut o) => match o.remove("d") {
             Some(d) => d,
-            None => return Err(malformed("no \"d\" member at the top level")),
+            None => return Err(unusable("no \"d\" member at the top level")),
         },
-        other => return Err(malformed(format!("{} is not an object", excerpt(&other)))),
+        other => return Err(unusable(format!("{} is not an object", excerpt(&other)))),
     };
     let page = |rows, next, shape| Page { rows, next, shape };
     match d {
@@ -316,7 +316,7 @@ pub fn parse_page_values(body: &[u8]) -> Result<Page<Value>> {
             };
             match o.remove("results") {
                 Some(Value::Array(rows)) => Ok(page(rows, next, Shape::Results)),
-                Some(other) => Err(malformed(format!(
+                Some(other) => Err(unusable(format!(
                     "d.results: {} is not an array",
                     excerpt(&other)
                 ))),
@@ -325,7 +325,7 @@ pub fn parse_page_values(body: &[u8]) -> Result<Page<Value>> {
             }
         }
         Value::Null => Ok(page(Vec::new(), None, Shape::Results)),
-        other => Err(malformed(format!(
+        other => Err(unusable(format!(
             "d: {} is neither an object nor an array",
             excerpt(&other)
         ))),
@@ -352,7 +352,7 @@ pub fn parse_page<T: DeserializeOwned>(body: &[u8]) -> Result<Page<T>> {
 pub fn parse_single<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>> {
     let mut page = parse_page::<T>(body)?;
     if page.rows.len() > 1 {
-        return Err(malformed(format!(
+        return Err(unusable(format!(
             "expected one entity, got {} rows",
             page.rows.len()
         )));
@@ -367,7 +367,7 @@ pub fn parse_single<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>> {
 /// Decode one entity of a reply. `at` is where it sits (`d.results[2]`, see [`Page::row_path`]),
 /// so a failure reads `d.results[2].AmountDC: "12,5" is not a number`.
 pub fn decode_row<T: DeserializeOwned>(row: &Value, at: &str) -> Result<T> {
-    serde_path_to_error::deserialize(row).map_err(|e| malformed(describe(at, row, &e)))
+    serde_path_to_error::deserialize(row).map_err(|e| unusable(describe(at, row, &e)))
 }
 
 /// `path: excerpt reason` for a decoding error, the value looked up in `root` by the error's path.
@@ -451,14 +451,14 @@ fn not_json(body: &[u8], e: &serde_json::Error) -> Error {
     let text = String::from_utf8_lossy(body);
     let start = text.trim_start();
     if start.is_empty() {
-        return malformed("the body is empty, not JSON");
+        return unusable("the body is empty, not JSON");
     }
     let what = match e.classify() {
         serde_json::error::Category::Eof => "is cut short",
         _ => "is not JSON",
     };
     let head = shorten(&start.replace(['\r', '\n'], " "), EXCERPT_CHARS);
-    malformed(format!("the body {what} (it starts {head:?})"))
+    unusable(format!("the body {what} (it starts {head:?})"))
 }
 
 /// The human-readable message of an Exact error body:
@@ -994,10 +994,14 @@ mod tests {
         assert_eq!(parse_single::<Row>(empty).unwrap(), None);
     }
 
-    fn malformed_text(r: Result<impl fmt::Debug>) -> String {
+    fn unusable_text(r: Result<impl fmt::Debug>) -> String {
         match r {
-            Err(Error::Malformed(m)) => m,
-            other => panic!("expected Error::Malformed, got {other:?}"),
+            Err(
+                e @ Error::UnexpectedReply {
+                    api: Api::Exact, ..
+                },
+            ) => e.to_string(),
+            other => panic!("expected Error::UnexpectedReply from Exact, got {other:?}"),
         }
     }
 
@@ -1009,7 +1013,7 @@ mod tests {
             r#"{{"d":{{"results":[{ok},{ok},{{"EntryID":"33333333-3333-3333-3333-333333333333","AmountDC":"12,5"}}]}}}}"#
         );
         assert_eq!(
-            malformed_text(parse_page::<PurchaseEntry>(body.as_bytes())),
+            unusable_text(parse_page::<PurchaseEntry>(body.as_bytes())),
             r#"Exact reply: d.results[2].AmountDC: "12,5" is not a number"#
         );
         // A bare array, a nested line, serde's own type errors, a GUID and a date.
@@ -1040,7 +1044,7 @@ mod tests {
             ),
         ];
         for (body, want) in cases {
-            let got = malformed_text(parse_page::<PurchaseEntry>(body.as_bytes()));
+            let got = unusable_text(parse_page::<PurchaseEntry>(body.as_bytes()));
             assert_eq!(got, format!("Exact reply: {want}"), "{body}");
             assert!(!got.contains("line ") && !got.contains("column"), "{got}");
         }
@@ -1058,7 +1062,7 @@ mod tests {
             r#"{{"d":{{"AmountFC":"{}"}}}}"#,
             "9".repeat(30) + &"x".repeat(200)
         );
-        let m = malformed_text(parse_single::<Row>(long.as_bytes()));
+        let m = unusable_text(parse_single::<Row>(long.as_bytes()));
         let quoted = m
             .strip_prefix("Exact reply: d.AmountFC: ")
             .and_then(|r| r.strip_suffix(" is not a number"))
@@ -1071,7 +1075,7 @@ mod tests {
         struct Token {
             refresh_token: i64,
         }
-        let m = malformed_text(parse_single::<Token>(
+        let m = unusable_text(parse_single::<Token>(
             br#"{"d":{"refresh_token":"Gcp7!IAAAA-very-secret"}}"#,
         ));
         assert_eq!(
@@ -1084,21 +1088,21 @@ mod tests {
     #[test]
     fn a_body_that_is_not_json_says_how_it_starts() {
         let atom = b"<?xml version=\"1.0\" encoding=\"utf-8\"?><feed xml:base=\"https://start.exactonline.nl/api/v1/1/\">";
-        let m = malformed_text(parse_page_values(atom));
+        let m = unusable_text(parse_page_values(atom));
         assert!(
             m.starts_with("Exact reply: the body is not JSON (it starts \"<?xml"),
             "{m}"
         );
         assert!(!m.contains("line") && !m.contains("column"), "{m}");
         assert!(m.chars().count() < 120, "{m}");
-        let cut = malformed_text(parse_page_values(br#"{"d":{"results":[{"ID":1}"#));
+        let cut = unusable_text(parse_page_values(br#"{"d":{"results":[{"ID":1}"#));
         assert!(cut.contains("is cut short"), "{cut}");
         assert_eq!(
-            malformed_text(parse_page_values(b"  ")),
+            unusable_text(parse_page_values(b"  ")),
             "Exact reply: the body is empty, not JSON"
         );
         assert_eq!(
-            malformed_text(parse_page_values(br#"{"d":{"results":{"ID":1}}}"#)),
+            unusable_text(parse_page_values(br#"{"d":{"results":{"ID":1}}}"#)),
             r#"Exact reply: d.results: {"ID":1} is not an array"#
         );
     }

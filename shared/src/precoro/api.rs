@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::client::{PrecoroClient, Read};
 use super::types::*;
-use crate::error::{Error, Result};
+use crate::error::{Api, Error, Result};
 use crate::ids::{PrecoroId, PrecoroIdn};
 
 type Query = Vec<(String, String)>;
@@ -35,7 +35,7 @@ fn push_flag(q: &mut Query, key: &str, flag: Option<bool>) {
 
 fn decode<T: DeserializeOwned>(what: &str, v: Value) -> Result<T> {
     super::types::decode_value(v)
-        .map_err(|e| Error::Malformed(format!("Precoro {what}: unexpected reply: {e}")))
+        .map_err(|e| Error::unexpected_reply(Api::Precoro, format!("{what}: {e}")))
 }
 
 fn to_body<T: serde::Serialize>(input: &T) -> Result<Value> {
@@ -174,9 +174,9 @@ impl PrecoroClient {
         });
         let v = self.write_json(Method::POST, "/payments", &body).await?;
         let c: Created = decode("POST /payments", v)?;
-        let idn = c.idn.ok_or_else(|| {
-            Error::Malformed("Precoro POST /payments: the reply has no idn".into())
-        })?;
+        let idn = c
+            .idn
+            .ok_or_else(|| Error::unexpected_reply(Api::Precoro, "POST /payments: no idn"))?;
         Ok((PrecoroId(c.id), PrecoroIdn(idn)))
     }
 

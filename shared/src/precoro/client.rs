@@ -341,8 +341,7 @@ fn is_format_complaint(raw: &Raw) -> bool {
 }
 
 fn record(status: &str) {
-    metrics::counter!("api_requests_total", "api" => "precoro", "status" => status.to_string())
-        .increment(1);
+    crate::telemetry::api_request(Api::Precoro, status);
 }
 
 impl PrecoroClient {
@@ -669,7 +668,7 @@ impl PrecoroClient {
         let url = self.url(path, query)?;
         let body = self.get_url(url, read).await?;
         super::types::decode(&body)
-            .map_err(|e| Error::Malformed(format!("Precoro GET {path}: unexpected reply: {e}")))
+            .map_err(|e| Error::unexpected_reply(Api::Precoro, format!("GET {path}: {e}")))
     }
 
     /// Every page of a list (§2 "Pagination"): `page`/`per_page` (10, 20, 50, 100 or 200, default
@@ -748,7 +747,7 @@ impl PrecoroClient {
                 return Ok(Value::Null);
             }
             return super::types::decode(&raw.body).map_err(|e| {
-                Error::Malformed(format!("Precoro {method} {path}: unexpected reply: {e}"))
+                Error::unexpected_reply(Api::Precoro, format!("{method} {path}: {e}"))
             });
         }
         if raw.status == 429 {

@@ -198,8 +198,7 @@ impl RateLimiter {
                 None => {
                     let waited = started.elapsed();
                     if !waited.is_zero() {
-                        metrics::histogram!("ratelimit_wait_seconds", "api" => l.api.as_str())
-                            .record(waited.as_secs_f64());
+                        crate::telemetry::ratelimit_waited(l.api, waited);
                     }
                     return Ok(());
                 }

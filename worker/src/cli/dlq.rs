@@ -12,9 +12,7 @@ use chrono::{DateTime, Utc};
 use shared::Flow;
 use shared::bus::dlq::{DeadLetter, DeadLetters, Filter, Moved};
 use shared::config::Config;
-
-/// The error classes the consumer writes in `x-error-class`.
-pub const ERROR_CLASSES: [&str; 4] = ["permanent", "transient", "busy", "rate_limited"];
+use shared::error::RetryClass;
 
 /// Which dead letters a command applies to. Empty = all of them.
 #[derive(Debug, Clone, Default)]
@@ -22,7 +20,7 @@ pub struct Selection {
     pub id: Option<String>,
     pub tenant: Option<String>,
     pub flow: Option<Flow>,
-    pub error_class: Option<String>,
+    pub error_class: Option<RetryClass>,
     pub since: Option<DateTime<Utc>>,
 }
 
@@ -40,14 +38,6 @@ impl Selection {
         if let Some(t) = &self.tenant {
             super::tenant(config, t)?;
         }
-        if let Some(c) = &self.error_class
-            && !ERROR_CLASSES.contains(&c.as_str())
-        {
-            anyhow::bail!(
-                "unknown error class '{c}' (one of: {})",
-                ERROR_CLASSES.join(", ")
-            );
-        }
         Ok(())
     }
 
@@ -55,7 +45,7 @@ impl Selection {
         Filter {
             tenant: self.tenant.clone(),
             flow: self.flow,
-            error_class: self.error_class.clone(),
+            error_class: self.error_class.map(|c| c.as_str().to_string()),
             since: self.since,
             id: self.id.clone(),
         }
@@ -72,8 +62,8 @@ impl Selection {
         if let Some(v) = &self.flow {
             parts.push(format!("flow {v}"));
         }
-        if let Some(v) = &self.error_class {
-            parts.push(format!("class {v}"));
+        if let Some(v) = self.error_class {
+            parts.push(format!("class {}", v.as_str()));
         }
         if let Some(v) = &self.since {
             parts.push(format!("failed since {}", super::short_time(*v)));

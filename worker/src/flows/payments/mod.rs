@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::bus::Envelope;
 use shared::bus::consumer::{Handler, Message, Outcome};
-use shared::error::{Error, Result};
+use shared::error::{Api, Error, Result};
 use shared::exact::client::SYNC_START;
 use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, InvoiceQuery, Read};
@@ -377,15 +377,13 @@ impl PaymentFlow {
         if !self.ctx.store.set_nx(&once, "1", LINE_TTL).await? {
             return Ok(false);
         }
-        metrics::counter!("payments_reversed_total", "tenant" => tenant.to_string()).increment(1);
-        tracing::warn!(
-            tenant = %tenant,
-            entry = %r.line.entry,
-            row = %r.row,
-            precoro_payment = ?r.line.payment,
-            invoice = r.line.invoice.idn.0,
-            amount = %r.line.amount,
-            "an Exact payment synced to Precoro was reversed; reporting it to an operator"
+        shared::telemetry::payment_reversed(
+            tenant.as_str(),
+            r.line.entry,
+            r.row,
+            r.line.payment,
+            r.line.invoice.idn,
+            r.line.amount,
         );
         if let Err(e) = self.publish(&PaymentMsg::reversal(tenant, r)).await {
             self.ctx.store.del(&once).await?;
@@ -606,9 +604,14 @@ impl PaymentFlow {
                     } else {
                         "capped"
                     };
-                    metrics::counter!("payments_adjusted_total", "tenant" => tenant.to_string(), "kind" => kind)
-                        .increment(1);
-                    tracing::warn!(tenant = %tenant, invoice = invoice.idn.0, row = %line.row, exact_amount = %from, posted = %amount, sum = %invoice.sum, sum_paid = %invoice.sum_paid, kind, "Exact payment adjusted to Precoro's open balance");
+                    shared::telemetry::payment_adjusted(
+                        tenant.as_str(),
+                        invoice,
+                        line.row,
+                        kind,
+                        from,
+                        amount,
+                    );
                 }
                 amount
             }
@@ -663,9 +666,9 @@ impl PaymentFlow {
 }
 
 fn payment_idn(p: &shared::precoro::Payment) -> Result<PrecoroIdn> {
-    p.idn
-        .map(PrecoroIdn)
-        .ok_or_else(|| Error::Malformed(format!("Precoro payment {} has no idn", p.id)))
+    p.idn.map(PrecoroIdn).ok_or_else(|| {
+        Error::unexpected_reply(Api::Precoro, format!("payment {} has no idn", p.id))
+    })
 }
 
 /// The operator's DLQ entry for a reversed payment. Replaying it acknowledges it.
@@ -681,8 +684,11 @@ fn report_reversal(tenant: &TenantId, r: &Reversal, replayed: bool) -> Result<Ou
             "reversal of Precoro payment {payment} acknowledged"
         )));
     }
-    Err(Error::Invalid(format!(
-        "payment reversed in Exact: payment line {} of entry {} ({} paid) was synced to Precoro invoice {} as payment {payment}, which still counts there. Precoro's API has no documented payment cancel (specs/precoro.md §3): cancel or correct the payment in Precoro by hand, then replay this message to acknowledge it",
-        r.row, r.line.entry, r.line.amount, r.line.invoice.idn
-    )))
+    Err(Error::PaymentReversed {
+        line: r.row,
+        entry: r.line.entry,
+        amount: r.line.amount,
+        invoice: r.line.invoice.idn,
+        payment: r.line.payment,
+    })
 }

@@ -35,7 +35,7 @@ use chrono::Utc;
 use shared::bus::Envelope;
 use shared::bus::consumer::{Handler, Message, Outcome};
 use shared::config::{Config, ReferenceKind, TenantConfig};
-use shared::error::{Error, Result};
+use shared::error::{Api, Error, Result};
 use shared::exact::client::{ExactClient, SYNC_START};
 use shared::exact::types::Deleted;
 use shared::ids::{PrecoroId, TenantId};
@@ -649,9 +649,8 @@ async fn create(precoro: &PrecoroClient, target: Target, d: &Desired) -> Result<
                     enable: None,
                 })
                 .await?;
-            Current::from_term(&t).ok_or_else(|| {
-                Error::Malformed("Precoro POST /paymentterms: the reply has no id".into())
-            })?
+            Current::from_term(&t)
+                .ok_or_else(|| Error::unexpected_reply(Api::Precoro, "POST /paymentterms: no id"))?
         }
         Target::Options(kind, field) => Current::from_option(
             &precoro

@@ -219,7 +219,7 @@ async fn suppliers(
         );
     }
     let store = Store::connect(&config.redis).await?;
-    // The cursors the supplier flow's reconciliation reads (flows/suppliers.rs): Precoro's by
+    // The cursors the supplier flow's reconciliation reads (flows/suppliers/): Precoro's by
     // modification time, Exact's a Timestamp rowversion that cannot be mapped to a date (§4), so
     // Exact is re-read from the start.
     let precoro_cursor = store.keys().cursor(ApiName::Precoro, &t.id, "suppliers");

@@ -3,7 +3,7 @@
 //! Pure functions, so every rule is tested without a network.
 //!
 //! The `externalId` stamped on each Precoro record is what the invoice flow reads back
-//! (`invoice_map.rs`): taxes carry the Exact VAT **code**, payment terms the payment condition
+//! (`invoices/map.rs`): taxes carry the Exact VAT **code**, payment terms the payment condition
 //! **code**, GL-account options the GLAccount **ID**, cost center / cost unit options their
 //! **code** (PurchaseEntryLines take codes, specs/exact-online.md §4), project options the project
 //! **ID** (PurchaseEntryLines.Project is a Guid).

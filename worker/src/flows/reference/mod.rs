@@ -2,7 +2,7 @@
 //!
 //! VAT codes → taxes, payment conditions → payment terms, GL accounts / cost centers / cost units /
 //! projects → options of the Precoro custom fields named in the company's config. Each Precoro
-//! record is upserted by the `externalId` the invoice flow reads back ([`super::reference_map`]).
+//! record is upserted by the `externalId` the invoice flow reads back ([`map`]).
 //! Blocked, ended or deleted in Exact → disabled in Precoro, never deleted: invoices already
 //! approved may still point at the record.
 //!

@@ -808,11 +808,15 @@ fn kubernetes_manifests_name_only_what_exists() {
         "the scheduler runs in the workers"
     );
     let cm = k.of_kind("ConfigMap")[0];
+    // The overrides stay unset so the file's own settings are read; every secret it names is
+    // answered. A ConfigMap that does not load fails here rather than reading as "no prefix".
+    let overrides = [BROKER_URL_ENV, REDIS_URL_ENV, LISTEN_ENV, CONFIG_ENV];
     let prefix_cfg = Config::from_toml(s(&cm["data"]["config.toml"]), &|n| {
-        Some(format!("{n}-padded-to-more-than-32-characters-x"))
+        (!overrides.contains(&n)).then(|| format!("{n}-padded-to-more-than-32-characters-x"))
     })
-    .map(|c| c.broker.prefix)
-    .unwrap_or_default();
+    .expect("the ConfigMap's config.toml loads")
+    .broker
+    .prefix;
     let names = Names::new(&prefix_cfg);
     let queues: BTreeSet<String> = Flow::ALL.iter().map(|f| names.flow_queue(*f)).collect();
     let mut scaled_on = BTreeSet::new();

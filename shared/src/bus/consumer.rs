@@ -1,7 +1,9 @@
 //! The worker runtime: one consumer per flow queue, manual acks, and the retry-class table applied
 //! to every failure (DESIGN.md "Worker").
 //!
-//! - Every message is claimed first (`store::claim`, scope `msg:{flow}:{event id}`): a duplicate
+//! - Every message is read as its flow's message type first ([`FlowMessage`]); one the flow
+//!   cannot read is dead-lettered at once, before any claim or API call.
+//! - Then it is claimed (`store::claim`, scope `msg:{flow}:{event id}`): a duplicate
 //!   delivery of a finished message is acked without running again.
 //! - Success → the claim records `done:<result>`, then ack.
 //! - Transient → re-publish with attempt+1 to a wait queue (tier by attempt), then ack the original.

@@ -412,6 +412,17 @@ fn credit_notes_negate_amounts_and_vat_whatever_sign_precoro_gives_the_totals() 
 }
 
 #[test]
+fn the_sign_takes_the_magnitude_of_any_amount() {
+    let credit = with(json!({"logicType": 5}));
+    assert_eq!(sign(&credit), Sign::Negative);
+    assert_eq!(sign(&with(json!({"logicType": 0}))), Sign::Positive);
+    for d in [dec("21.00"), dec("-21.00")] {
+        assert_eq!(Sign::Negative.apply(d), dec("-21.00"), "{d}");
+        assert_eq!(Sign::Positive.apply(d), dec("21.00"), "{d}");
+    }
+}
+
+#[test]
 fn currency_and_exchange_rate_pass_through() {
     let e = map(&with(json!({"currency": "USD", "exchangeRate": "1.085"}))).unwrap();
     assert_eq!(

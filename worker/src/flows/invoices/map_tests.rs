@@ -259,6 +259,13 @@ fn map(inv: &Invoice) -> Result<NewPurchaseEntry, Error> {
     map_invoice(inv, &tenant(), &lookups(), supplier(), None)
 }
 
+/// `plain()` with one field set, mapped: it must book.
+fn booked_with(field: &str, value: Value) -> NewPurchaseEntry {
+    let mut changes = json!({});
+    changes[field] = value;
+    map(&with(changes)).unwrap()
+}
+
 fn map_err(inv: &Invoice) -> Error {
     map(inv).expect_err("the invoice must not map")
 }
@@ -304,11 +311,7 @@ fn totals_a_cent_beyond_the_tolerance_are_refused() {
 
 #[test]
 fn your_ref_is_the_invoice_number_else_prc_and_the_idn() {
-    let your_ref = |number: Value| {
-        map(&with(json!({"invoiceNumber": number})))
-            .unwrap()
-            .your_ref
-    };
+    let your_ref = |number: Value| booked_with("invoiceNumber", number).your_ref;
     assert_eq!(your_ref(json!("INV-7")), "INV-7");
     assert_eq!(your_ref(json!("  INV-7 ")), "INV-7");
     assert_eq!(your_ref(json!("")), "PRC-7");
@@ -379,12 +382,7 @@ fn the_entry_date_is_the_issue_date_else_approval_else_creation() {
 
 #[test]
 fn the_description_names_the_invoice_and_stops_at_60_characters() {
-    let description = |name: Value| {
-        map(&with(json!({"customName": name})))
-            .unwrap()
-            .description
-            .unwrap()
-    };
+    let description = |name: Value| booked_with("customName", name).description.unwrap();
     assert_eq!(description(Value::Null), "Precoro invoice 7");
     assert_eq!(description(json!("  ")), "Precoro invoice 7");
     assert_eq!(description(json!("Fit-out")), "Precoro invoice 7: Fit-out");

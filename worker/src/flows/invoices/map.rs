@@ -491,91 +491,221 @@ pub fn map_invoice(
     document: Option<ExactGuid>,
 ) -> Result<NewPurchaseEntry, Error> {
     let doc = format!("Precoro invoice {}", invoice.idn);
-    let cf = &tenant.custom_fields;
-    // Credit notes post with negative amounts (Exact: GAccountAmountFC negative on credit notes,
-    // Type 31). Whether Precoro already signs credit-note amounts is unconfirmed, so take the
-    // magnitude and apply the sign ourselves.
-    let sign = if invoice.is_credit_note() {
-        Decimal::NEGATIVE_ONE
-    } else {
-        Decimal::ONE
-    };
-    let signed = |d: Decimal| d.abs() * sign;
+    let lines = entry_lines(invoice, tenant, lookups, &doc)?;
+    check_totals(invoice, &lines, &doc)?;
+    let payment_condition = payment_condition(invoice, lookups, &doc)?;
+    let entry_date = entry_date(invoice, &doc)?;
+    let sign = sign(invoice);
+    Ok(NewPurchaseEntry {
+        journal: tenant.exact.journal.clone(),
+        supplier,
+        entry_date,
+        // `requiredDate` may be the due date (unconfirmed); without it Exact derives the due date
+        // from the entry date and the payment condition.
+        due_date: date_of(invoice.required_date.as_deref()),
+        your_ref: your_ref(invoice),
+        description: Some(description(invoice, &doc)),
+        currency: invoice.currency.clone(),
+        rate: invoice.exchange_rate(),
+        payment_condition,
+        payment_reference: None,
+        document,
+        entry_number: None,
+        lines: lines.into_iter().map(|l| l.book(sign)).collect(),
+    })
+}
 
+/// Which way the amounts go: credit notes post negative (Exact: GAccountAmountFC negative on
+/// credit notes, Type 31).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sign {
+    Positive,
+    Negative,
+}
+
+impl Sign {
+    /// Whether Precoro already signs credit-note amounts is unconfirmed, so the magnitude is taken
+    /// and the sign applied here.
+    fn apply(self, d: Decimal) -> Decimal {
+        let factor = match self {
+            Sign::Positive => Decimal::ONE,
+            Sign::Negative => Decimal::NEGATIVE_ONE,
+        };
+        d.abs() * factor
+    }
+}
+
+/// Credit notes (`logicType` 1 and 5) negate every amount.
+fn sign(invoice: &Invoice) -> Sign {
+    if invoice.is_credit_note() {
+        Sign::Negative
+    } else {
+        Sign::Positive
+    }
+}
+
+/// One invoice line mapped to Exact's accounts, its amounts in cents as Precoro gives them: the
+/// totals are checked with these, and the sign is applied when the line is booked.
+#[derive(Debug, Clone, PartialEq)]
+struct EntryLine {
+    net: Decimal,
+    vat: Decimal,
+    vat_code: Option<String>,
+    gl_account: ExactGuid,
+    cost_center: Option<String>,
+    cost_unit: Option<String>,
+    project: Option<ExactGuid>,
+    description: Option<String>,
+    quantity: Option<Decimal>,
+}
+
+impl EntryLine {
+    /// The line as Exact books it, its amounts signed.
+    fn book(self, sign: Sign) -> NewPurchaseEntryLine {
+        NewPurchaseEntryLine {
+            amount_fc: sign.apply(self.net),
+            vat_code: self.vat_code,
+            vat_amount_fc: Some(sign.apply(self.vat)),
+            gl_account: self.gl_account,
+            cost_center: self.cost_center,
+            cost_unit: self.cost_unit,
+            project: self.project,
+            description: self.description,
+            quantity: self.quantity,
+        }
+    }
+}
+
+/// Every line, mapped in order: the first that cannot be mapped is the error.
+fn entry_lines(
+    invoice: &Invoice,
+    tenant: &TenantConfig,
+    lookups: &Lookups,
+    doc: &str,
+) -> Result<Vec<EntryLine>, Error> {
     if invoice.items.is_empty() {
         return Err(Error::Invalid(format!("{doc} has no lines")));
     }
+    let cf = &tenant.custom_fields;
     let gl_field = cf.gl_account.ok_or_else(|| {
         Error::MissingMapping(format!(
             "{doc}: custom_fields.gl_account is not configured for company '{}'",
             tenant.id
         ))
     })?;
-    let project = match cf.project {
-        Some(field) => option_external_id(
-            invoice.document_field(field),
-            lookups,
-            field,
-            "project",
-            &doc,
-        )?
-        .map(|p| guid(&p, "project", &doc))
-        .transpose()?,
-        None => None,
+    let project = project(invoice, tenant, lookups, doc)?;
+    let fields = LineFields {
+        gl_account: gl_field,
+        cost_center: cf.cost_center,
+        cost_unit: cf.cost_unit,
     };
+    invoice
+        .items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| entry_line(item, &line_context(doc, n, item), fields, project, lookups))
+        .collect()
+}
 
-    let mut lines = Vec::with_capacity(invoice.items.len());
-    let (mut net_total, mut vat_total) = (Decimal::ZERO, Decimal::ZERO);
-    for (n, item) in invoice.items.iter().enumerate() {
-        let context = format!(
-            "{doc}, line {} '{}'",
-            n + 1,
-            item.name
-                .as_deref()
-                .or(item.description.as_deref())
-                .unwrap_or("")
-        );
-        let gl = option_external_id(
-            item.field(gl_field),
-            lookups,
-            gl_field,
-            "GL account",
-            &context,
-        )?
-        .ok_or_else(|| {
-            Error::MissingMapping(format!(
-                "{context}: no GL account chosen (item custom field {gl_field})"
-            ))
-        })?;
-        let gl_account = guid(&gl, "GL account", &context)?;
-        let cost_center = match cf.cost_center {
-            Some(f) => option_external_id(item.field(f), lookups, f, "cost center", &context)?,
-            None => None,
-        };
-        let cost_unit = match cf.cost_unit {
-            Some(f) => option_external_id(item.field(f), lookups, f, "cost unit", &context)?,
-            None => None,
-        };
-        let vat_code = line_vat_code(item, lookups, &context)?;
-        let net = cents(line_net(item, &context)?);
-        let vat = cents(line_vat(item, net));
-        net_total += net;
-        vat_total += vat;
-        lines.push(NewPurchaseEntryLine {
-            amount_fc: signed(net),
-            vat_code,
-            vat_amount_fc: Some(signed(vat)),
-            gl_account,
-            cost_center,
-            cost_unit,
-            project,
-            description: item.name.clone().or_else(|| item.description.clone()),
-            quantity: item.quantity(),
-        });
+/// The invoice's project (a document field), for every line.
+fn project(
+    invoice: &Invoice,
+    tenant: &TenantConfig,
+    lookups: &Lookups,
+    doc: &str,
+) -> Result<Option<ExactGuid>, Error> {
+    let Some(field) = tenant.custom_fields.project else {
+        return Ok(None);
+    };
+    option_external_id(
+        invoice.document_field(field),
+        lookups,
+        field,
+        "project",
+        doc,
+    )?
+    .map(|p| guid(&p, "project", doc))
+    .transpose()
+}
+
+/// The item custom fields a line is mapped through.
+#[derive(Debug, Clone, Copy)]
+struct LineFields {
+    gl_account: i64,
+    cost_center: Option<i64>,
+    cost_unit: Option<i64>,
+}
+
+/// How errors name a line: its number and name.
+fn line_context(doc: &str, n: usize, item: &InvoiceItem) -> String {
+    format!(
+        "{doc}, line {} '{}'",
+        n + 1,
+        item.name
+            .as_deref()
+            .or(item.description.as_deref())
+            .unwrap_or("")
+    )
+}
+
+/// One line: GL account, cost center, cost unit, VAT code, net and VAT.
+fn entry_line(
+    item: &InvoiceItem,
+    context: &str,
+    fields: LineFields,
+    project: Option<ExactGuid>,
+    lookups: &Lookups,
+) -> Result<EntryLine, Error> {
+    let gl_field = fields.gl_account;
+    let gl = option_external_id(
+        item.field(gl_field),
+        lookups,
+        gl_field,
+        "GL account",
+        context,
+    )?
+    .ok_or_else(|| {
+        Error::MissingMapping(format!(
+            "{context}: no GL account chosen (item custom field {gl_field})"
+        ))
+    })?;
+    let gl_account = guid(&gl, "GL account", context)?;
+    let cost_center = dimension(item, fields.cost_center, lookups, "cost center", context)?;
+    let cost_unit = dimension(item, fields.cost_unit, lookups, "cost unit", context)?;
+    let vat_code = line_vat_code(item, lookups, context)?;
+    let net = cents(line_net(item, context)?);
+    Ok(EntryLine {
+        net,
+        vat: cents(line_vat(item, net)),
+        vat_code,
+        gl_account,
+        cost_center,
+        cost_unit,
+        project,
+        description: item.name.clone().or_else(|| item.description.clone()),
+        quantity: item.quantity(),
+    })
+}
+
+/// The code of the option a line chose for an optional dimension (cost center, cost unit).
+fn dimension(
+    item: &InvoiceItem,
+    field: Option<i64>,
+    lookups: &Lookups,
+    what: &str,
+    context: &str,
+) -> Result<Option<String>, Error> {
+    match field {
+        Some(f) => option_external_id(item.field(f), lookups, f, what, context),
+        None => Ok(None),
     }
+}
 
-    // Totals must reconcile with the invoice within a cent per line; never book something else.
-    let tolerance = Decimal::new(1, 2) * Decimal::from(invoice.items.len() as i64);
+/// The lines must add up to the invoice within a cent per line: never book something else.
+fn check_totals(invoice: &Invoice, lines: &[EntryLine], doc: &str) -> Result<(), Error> {
+    let net_total: Decimal = lines.iter().map(|l| l.net).sum();
+    let vat_total: Decimal = lines.iter().map(|l| l.vat).sum();
+    let tolerance = Decimal::new(1, 2) * Decimal::from(lines.len() as i64);
     let (inv_net, inv_sum) = (invoice.net_sum.abs(), invoice.sum.abs());
     if (net_total - inv_net).abs() > tolerance
         || (net_total + vat_total - inv_sum).abs() > tolerance
@@ -585,44 +715,39 @@ pub fn map_invoice(
             net_total + vat_total
         )));
     }
+    Ok(())
+}
 
-    let payment_condition = payment_condition(invoice, lookups, &doc)?;
-    let entry_date = date_of(invoice.issue_date.as_deref())
+/// The date Exact books: the issue date, else the approval date, else the creation date.
+fn entry_date(invoice: &Invoice, doc: &str) -> Result<NaiveDate, Error> {
+    date_of(invoice.issue_date.as_deref())
         .or_else(|| date_of(invoice.approval_date.as_deref()))
         .or_else(|| date_of(invoice.create_date.as_deref()))
-        .ok_or_else(|| Error::Invalid(format!("{doc} has no issue, approval or creation date")))?;
-    let your_ref = invoice
+        .ok_or_else(|| Error::Invalid(format!("{doc} has no issue, approval or creation date")))
+}
+
+/// The supplier's invoice number, else `PRC-{idn}`.
+fn your_ref(invoice: &Invoice) -> String {
+    invoice
         .invoice_number
         .as_deref()
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .unwrap_or_else(|| format!("PRC-{}", invoice.idn));
-    let description = match invoice
+        .unwrap_or_else(|| format!("PRC-{}", invoice.idn))
+}
+
+/// `Precoro invoice {idn}`, with the invoice's own name when it has one, cut to 60 characters.
+fn description(invoice: &Invoice, doc: &str) -> String {
+    let full = match invoice
         .custom_name
         .as_deref()
         .filter(|s| !s.trim().is_empty())
     {
         Some(name) => format!("{doc}: {name}"),
-        None => doc.clone(),
+        None => doc.to_string(),
     };
-    Ok(NewPurchaseEntry {
-        journal: tenant.exact.journal.clone(),
-        supplier,
-        entry_date,
-        // `requiredDate` may be the due date (unconfirmed); without it Exact derives the due date
-        // from the entry date and the payment condition.
-        due_date: date_of(invoice.required_date.as_deref()),
-        your_ref,
-        description: Some(truncate(&description, 60)),
-        currency: invoice.currency.clone(),
-        rate: invoice.exchange_rate(),
-        payment_condition,
-        payment_reference: None,
-        document,
-        entry_number: None,
-        lines,
-    })
+    truncate(&full, 60)
 }
 
 fn truncate(s: &str, max: usize) -> String {

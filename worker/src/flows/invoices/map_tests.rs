@@ -229,6 +229,209 @@ fn the_export_condition_reads_an_option_id_through_the_list() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One rule at a time, on a small invoice that books
+// ---------------------------------------------------------------------------------------------
+
+/// A line of net 100 + VAT 21 on GL option 9001, its tax found by name and rate in the list.
+fn chair() -> Value {
+    json!({"name": "Chair", "ordered": 1, "price": 100,
+        "taxes": [{"name": "VAT 21%", "usedTaxPercent": "21", "sum": "21.00"}],
+        "dataItemCustomFields": [{"itemCustomField": {"id": 11}, "value": "9001"}]})
+}
+
+/// Invoice 7: two chairs, net 200, total 242, issued on 1 November 2026.
+fn plain() -> Value {
+    json!({"id": 7007, "idn": 7, "status": 2, "logicType": 0, "invoiceNumber": "INV-7",
+        "issueDate": "2026-11-01", "currency": "EUR", "netSum": 200, "sum": 242,
+        "items": [chair(), chair()]})
+}
+
+/// `plain()` with the given fields set (`null` unsets one).
+fn with(changes: Value) -> Invoice {
+    let mut v = plain();
+    for (k, x) in changes.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    invoice(&v.to_string())
+}
+
+fn map(inv: &Invoice) -> Result<NewPurchaseEntry, Error> {
+    map_invoice(inv, &tenant(), &lookups(), supplier(), None)
+}
+
+/// `plain()` with one field set, mapped: it must book.
+fn booked_with(field: &str, value: Value) -> NewPurchaseEntry {
+    let mut changes = json!({});
+    changes[field] = value;
+    map(&with(changes)).unwrap()
+}
+
+fn map_err(inv: &Invoice) -> Error {
+    map(inv).expect_err("the invoice must not map")
+}
+
+/// (net, VAT) of each booked line.
+fn amounts(e: &NewPurchaseEntry) -> Vec<(Decimal, Option<Decimal>)> {
+    e.lines
+        .iter()
+        .map(|l| (l.amount_fc, l.vat_amount_fc))
+        .collect()
+}
+
+#[test]
+fn totals_within_a_cent_per_line_book() {
+    // Two lines: a tolerance of two cents, on the net and on the total.
+    for (net, sum) in [
+        ("200.02", "242.02"),
+        ("199.98", "241.98"),
+        ("200", "242.02"),
+    ] {
+        let e = map(&with(json!({"netSum": net, "sum": sum}))).unwrap();
+        assert_eq!(e.lines.len(), 2, "{net} {sum}");
+    }
+}
+
+#[test]
+fn totals_a_cent_beyond_the_tolerance_are_refused() {
+    let err = map_err(&with(json!({"netSum": "200.03", "sum": "242.03"})));
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "invalid data: Precoro invoice 7: lines do not add up to the invoice: lines net 200 + VAT 42.00 = 242.00, invoice net 200.03, total 242.03 (tolerance 0.02)"
+    );
+    // The net adds up but the VAT does not.
+    let err = map_err(&with(json!({"sum": "242.03"})));
+    assert!(err.to_string().contains("do not add up"), "{err}");
+    // One line: one cent of tolerance.
+    let err = map_err(&with(
+        json!({"items": [chair()], "netSum": "100.02", "sum": "121.02"}),
+    ));
+    assert!(err.to_string().ends_with("(tolerance 0.01)"), "{err}");
+}
+
+#[test]
+fn your_ref_is_the_invoice_number_else_prc_and_the_idn() {
+    let your_ref = |number: Value| booked_with("invoiceNumber", number).your_ref;
+    assert_eq!(your_ref(json!("INV-7")), "INV-7");
+    assert_eq!(your_ref(json!("  INV-7 ")), "INV-7");
+    assert_eq!(your_ref(json!("")), "PRC-7");
+    assert_eq!(your_ref(json!("   ")), "PRC-7");
+    assert_eq!(your_ref(Value::Null), "PRC-7");
+}
+
+#[test]
+fn a_tax_without_an_exact_vat_code_names_the_line_and_the_tax() {
+    let mut unknown = chair();
+    unknown["name"] = json!("Desk");
+    unknown["taxes"] = json!([{"name": "BTW hoog", "usedTaxPercent": "21", "sum": "21.00"}]);
+    let err = map_err(&with(json!({"items": [chair(), unknown]})));
+    assert!(matches!(err, Error::MissingMapping(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "missing mapping: Precoro invoice 7, line 2 'Desk': tax 'BTW hoog' (21 %) matches no Precoro tax synced from Exact; sync taxes from Exact or set the tax's externalId, then replay"
+    );
+
+    // Listed, but reference sync has not stamped it yet.
+    let mut unstamped = lookups();
+    unstamped.taxes =
+        list(r#"{"data": [{"id": 9, "name": "VAT 21%", "percent": 21, "externalId": null}]}"#);
+    let err = map_invoice(&with(json!({})), &tenant(), &unstamped, supplier(), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "missing mapping: Precoro invoice 7, line 1 'Chair': tax 'VAT 21%' (21 %) has no externalId (the Exact VAT code); sync taxes from Exact or set it, then replay"
+    );
+}
+
+#[test]
+fn a_payment_term_without_an_exact_condition_is_named() {
+    // Term 61 is listed with externalId 30.
+    let e = map(&with(json!({"paymentTerm": {"id": 61}}))).unwrap();
+    assert_eq!(e.payment_condition.as_deref(), Some("30"));
+    assert_eq!(map(&with(json!({}))).unwrap().payment_condition, None);
+
+    let err = map_err(&with(
+        json!({"paymentTerm": {"id": 99}, "paymentTermName": "Net 45"}),
+    ));
+    assert!(matches!(err, Error::MissingMapping(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "missing mapping: Precoro invoice 7: payment term 'Net 45' has no externalId (the Exact payment condition code); sync payment terms or set it, then replay"
+    );
+}
+
+#[test]
+fn the_entry_date_is_the_issue_date_else_approval_else_creation() {
+    let date = |fields: Value| map(&with(fields)).unwrap().entry_date;
+    let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    let all = json!({"issueDate": "2026-11-01", "approvalDate": "2026-11-02T10:00:00+01:00",
+        "createDate": "2026-11-03T09:00:00"});
+    assert_eq!(date(all), day(1));
+    let no_issue = json!({"issueDate": null, "approvalDate": "2026-11-02T10:00:00+01:00",
+        "createDate": "2026-11-03T09:00:00"});
+    assert_eq!(date(no_issue), day(2));
+    let created_only = json!({"issueDate": null, "createDate": "2026-11-03T09:00:00"});
+    assert_eq!(date(created_only), day(3));
+
+    let err = map_err(&with(json!({"issueDate": null})));
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "invalid data: Precoro invoice 7 has no issue, approval or creation date"
+    );
+}
+
+#[test]
+fn the_description_names_the_invoice_and_stops_at_60_characters() {
+    let description = |name: Value| booked_with("customName", name).description.unwrap();
+    assert_eq!(description(Value::Null), "Precoro invoice 7");
+    assert_eq!(description(json!("  ")), "Precoro invoice 7");
+    assert_eq!(description(json!("Fit-out")), "Precoro invoice 7: Fit-out");
+    // Cut by characters, not bytes: "é" is two bytes.
+    let long = description(json!("é".repeat(100)));
+    assert_eq!(long.chars().count(), 60);
+    assert_eq!(long, format!("Precoro invoice 7: {}", "é".repeat(41)));
+}
+
+#[test]
+fn credit_notes_negate_amounts_and_vat_whatever_sign_precoro_gives_the_totals() {
+    let positive = vec![(dec("100"), Some(dec("21.00"))); 2];
+    let negative = vec![(dec("-100"), Some(dec("-21.00"))); 2];
+    for logic_type in [1, 5] {
+        for (net, sum) in [(200, 242), (-200, -242)] {
+            let inv = with(json!({"logicType": logic_type, "netSum": net, "sum": sum}));
+            let e = map(&inv).unwrap();
+            assert_eq!(amounts(&e), negative, "logicType {logic_type}, sum {sum}");
+        }
+    }
+    for (net, sum) in [(200, 242), (-200, -242)] {
+        let e = map(&with(json!({"logicType": 0, "netSum": net, "sum": sum}))).unwrap();
+        assert_eq!(amounts(&e), positive, "sum {sum}");
+    }
+}
+
+#[test]
+fn the_sign_takes_the_magnitude_of_any_amount() {
+    let credit = with(json!({"logicType": 5}));
+    assert_eq!(sign(&credit), Sign::Negative);
+    assert_eq!(sign(&with(json!({"logicType": 0}))), Sign::Positive);
+    for d in [dec("21.00"), dec("-21.00")] {
+        assert_eq!(Sign::Negative.apply(d), dec("-21.00"), "{d}");
+        assert_eq!(Sign::Positive.apply(d), dec("21.00"), "{d}");
+    }
+}
+
+#[test]
+fn currency_and_exchange_rate_pass_through() {
+    let e = map(&with(json!({"currency": "USD", "exchangeRate": "1.085"}))).unwrap();
+    assert_eq!(
+        (e.currency.as_deref(), e.rate),
+        (Some("USD"), Some(dec("1.085")))
+    );
+    let e = map(&with(json!({"currency": null}))).unwrap();
+    assert_eq!((e.currency, e.rate), (None, None));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Property: blanked containers never break the mapping, and only business facts stop it
 // ---------------------------------------------------------------------------------------------
 

@@ -143,6 +143,23 @@ impl Handler for PaymentFlow {
 // Poll
 // ---------------------------------------------------------------------------------------------
 
+/// The first poll of a company (no cursor yet) acts only on payments made within
+/// `initial_window`; a re-read on those made since its own date.
+fn window_floor(
+    rescan_from: Option<DateTime<Utc>>,
+    cursor: Option<i64>,
+    now: DateTime<Utc>,
+    initial_window: Duration,
+) -> Option<DateTime<Utc>> {
+    match (rescan_from, cursor) {
+        (Some(from), _) => Some(from),
+        (None, None) => Some(
+            now - chrono::Duration::from_std(initial_window).unwrap_or(chrono::Duration::days(30)),
+        ),
+        (None, Some(_)) => None,
+    }
+}
+
 /// What one poll found in Exact's payment terms since the cursor, before acting on it.
 struct Found {
     /// Per entry, the payment lines not yet synced.
@@ -166,24 +183,11 @@ impl PaymentFlow {
             Poll::Rescan(from) => Some(from),
             Poll::Scheduled | Poll::Webhook => None,
         };
-        // A re-read is never covered by another poll.
-        if rescan_from.is_none()
-            && let Some(covered) = self.covered(&last_key, received_at).await?
+        if let Some(covered) = self
+            .covered_after_debounce(&last_key, received_at, ask, cfg.debounce)
+            .await?
         {
             return Ok(Outcome::Skipped(covered));
-        }
-        if ask == Poll::Webhook {
-            // Debounce: a payment run fires a burst of BankEntries/PurchaseEntries webhooks; let
-            // it land so one poll covers it. The wait is bounded well inside the entity lease.
-            let settle = cfg.debounce.min(self.ctx.config.worker.entity_lease / 2);
-            let since = (Utc::now() - received_at).to_std().unwrap_or_default();
-            if let Some(left) = settle.checked_sub(since) {
-                tokio::time::sleep(left).await;
-            }
-            // Another hint's poll may have run meanwhile (its lease expired or it came first).
-            if let Some(covered) = self.covered(&last_key, received_at).await? {
-                return Ok(Outcome::Skipped(covered));
-            }
         }
 
         // Fetch: the rows changed since the cursor (one call when nothing is new).
@@ -196,14 +200,7 @@ impl PaymentFlow {
             None => cursor.unwrap_or(SYNC_START),
         };
         let page = exact.sync_payment_terms(start).await?;
-        let floor = match (rescan_from, cursor) {
-            (Some(from), _) => Some(from),
-            (None, None) => Some(
-                now - chrono::Duration::from_std(cfg.initial_window)
-                    .unwrap_or(chrono::Duration::days(30)),
-            ),
-            (None, Some(_)) => None,
-        };
+        let floor = window_floor(rescan_from, cursor, now, cfg.initial_window);
 
         // Decide, then hand on.
         let changes = lines::classify(&page.rows, floor, now);
@@ -228,6 +225,36 @@ impl PaymentFlow {
         );
         tracing::info!(tenant = %tenant_id, cursor = ?cursor, next = ?page.max_timestamp, "{summary}");
         Ok(Outcome::Done(summary))
+    }
+
+    /// `Some(reason)` when a poll that started after the hint has already succeeded, asked before
+    /// and, for a webhook, again after the debounce wait. A re-read is never covered by another
+    /// poll.
+    async fn covered_after_debounce(
+        &self,
+        last_key: &str,
+        received_at: DateTime<Utc>,
+        ask: Poll,
+        debounce: Duration,
+    ) -> Result<Option<String>> {
+        if matches!(ask, Poll::Rescan(_)) {
+            return Ok(None);
+        }
+        if let Some(covered) = self.covered(last_key, received_at).await? {
+            return Ok(Some(covered));
+        }
+        if ask != Poll::Webhook {
+            return Ok(None);
+        }
+        // Debounce: a payment run fires a burst of BankEntries/PurchaseEntries webhooks; let it
+        // land so one poll covers it. The wait is bounded well inside the entity lease.
+        let settle = debounce.min(self.ctx.config.worker.entity_lease / 2);
+        let since = (Utc::now() - received_at).to_std().unwrap_or_default();
+        if let Some(left) = settle.checked_sub(since) {
+            tokio::time::sleep(left).await;
+        }
+        // Another hint's poll may have run meanwhile (its lease expired or it came first).
+        self.covered(last_key, received_at).await
     }
 
     /// Sort the changed rows against what we synced: new payment lines per entry, payments of
@@ -400,27 +427,11 @@ impl PaymentFlow {
         tenant: &TenantId,
         entries: &[ExactGuid],
     ) -> Result<HashMap<ExactGuid, InvoiceLink>> {
-        let store = &self.ctx.store;
-        let key = |e: &ExactGuid| store.keys().invoice_of_entry(tenant, &e.to_string());
-        let mut found = HashMap::new();
-        let mut unknown = Vec::new();
-        for e in entries {
-            match store.get_string(&key(e)).await? {
-                Some(v) if v == "-" => {}
-                Some(v) => match serde_json::from_str::<InvoiceLink>(&v) {
-                    Ok(link) => {
-                        found.insert(*e, link);
-                    }
-                    Err(_) => unknown.push(*e),
-                },
-                None => unknown.push(*e),
-            }
-        }
+        let (mut found, unknown) = self.cached_links(tenant, entries).await?;
         if unknown.is_empty() {
             return Ok(found);
         }
         let precoro = self.ctx.precoro(tenant)?;
-        let ttl = self.ctx.config.worker.idempotency_ttl.max(LINE_TTL);
         for chunk in unknown.chunks(LOOKUP_CHUNK) {
             let invoices = precoro
                 .list_invoices_with(
@@ -434,28 +445,82 @@ impl PaymentFlow {
                 )
                 .await?;
             for e in chunk {
-                let hit = invoices.iter().find(|i| {
-                    i.external_id
-                        .as_deref()
-                        .and_then(|x| x.parse::<ExactGuid>().ok())
-                        == Some(*e)
-                });
-                match hit {
-                    Some(i) => {
-                        let link = InvoiceLink {
-                            id: i.id,
-                            idn: i.idn,
-                        };
-                        store
-                            .set_string(&key(e), &json!(link).to_string(), Some(ttl))
-                            .await?;
-                        found.insert(*e, link);
-                    }
-                    None => store.set_string(&key(e), "-", Some(NOT_OURS_TTL)).await?,
+                if let Some(link) = self.cache_link(tenant, *e, &invoices).await? {
+                    found.insert(*e, link);
                 }
             }
         }
         Ok(found)
+    }
+
+    /// The cached answers: the links known, and the entries not known yet (or unreadable).
+    async fn cached_links(
+        &self,
+        tenant: &TenantId,
+        entries: &[ExactGuid],
+    ) -> Result<(HashMap<ExactGuid, InvoiceLink>, Vec<ExactGuid>)> {
+        let mut found = HashMap::new();
+        let mut unknown = Vec::new();
+        for e in entries {
+            match self
+                .ctx
+                .store
+                .get_string(&self.link_key(tenant, *e))
+                .await?
+            {
+                Some(v) if v == "-" => {}
+                Some(v) => match serde_json::from_str::<InvoiceLink>(&v) {
+                    Ok(link) => {
+                        found.insert(*e, link);
+                    }
+                    Err(_) => unknown.push(*e),
+                },
+                None => unknown.push(*e),
+            }
+        }
+        Ok((found, unknown))
+    }
+
+    /// The link of `entry` among the `invoices` Precoro listed for it, cached either way ("not
+    /// ours" only for [`NOT_OURS_TTL`]).
+    async fn cache_link(
+        &self,
+        tenant: &TenantId,
+        entry: ExactGuid,
+        invoices: &[Invoice],
+    ) -> Result<Option<InvoiceLink>> {
+        let key = self.link_key(tenant, entry);
+        let hit = invoices.iter().find(|i| {
+            i.external_id
+                .as_deref()
+                .and_then(|x| x.parse::<ExactGuid>().ok())
+                == Some(entry)
+        });
+        let Some(i) = hit else {
+            self.ctx
+                .store
+                .set_string(&key, "-", Some(NOT_OURS_TTL))
+                .await?;
+            return Ok(None);
+        };
+        let link = InvoiceLink {
+            id: i.id,
+            idn: i.idn,
+        };
+        let ttl = self.ctx.config.worker.idempotency_ttl.max(LINE_TTL);
+        self.ctx
+            .store
+            .set_string(&key, &json!(link).to_string(), Some(ttl))
+            .await?;
+        Ok(Some(link))
+    }
+
+    /// Where the Precoro invoice of an Exact entry is cached.
+    fn link_key(&self, tenant: &TenantId, entry: ExactGuid) -> String {
+        self.ctx
+            .store
+            .keys()
+            .invoice_of_entry(tenant, &entry.to_string())
     }
 }
 
@@ -473,7 +538,20 @@ enum Settled {
     LeftAlone,
 }
 
+impl Settled {
+    /// The payment that carries the line, and the result its claim records.
+    fn describe(&self) -> (Option<PrecoroIdn>, String) {
+        match self {
+            Settled::Posted(idn, amount) => (Some(*idn), format!("paid {amount} as payment {idn}")),
+            Settled::Existing(idn) => (Some(*idn), format!("already payment {idn}")),
+            Settled::LeftAlone => (None, "invoice already paid in Precoro".to_string()),
+        }
+    }
+}
+
 impl PaymentFlow {
+    /// Settle an entry's new payment lines on its Precoro invoice, read once: each line under its
+    /// own claim.
     async fn settle_entry(
         &self,
         tenant: &TenantId,
@@ -484,12 +562,7 @@ impl PaymentFlow {
         // Fetch: the invoice as it is now (sum, sumPaid, status and its payments).
         let mut invoice = precoro.get_invoice_fresh(e.invoice.idn).await?;
         if invoice.external_id.as_deref().and_then(|x| x.parse().ok()) != Some(e.entry) {
-            let key = self
-                .ctx
-                .store
-                .keys()
-                .invoice_of_entry(tenant, &e.entry.to_string());
-            self.ctx.store.del(&key).await?;
+            self.ctx.store.del(&self.link_key(tenant, e.entry)).await?;
             return Ok(Outcome::Skipped(format!(
                 "Precoro invoice {} is no longer linked to Exact entry {} (externalId {:?})",
                 e.invoice.idn, e.entry, invoice.external_id
@@ -497,45 +570,9 @@ impl PaymentFlow {
         }
         let mut done = Vec::new();
         for line in &e.lines {
-            let scope = format!("payline:{tenant}:{}", line.key());
-            let claim = match self.ctx.claims.claim(&scope).await? {
-                Claimed::Done(r) => {
-                    done.push(format!("{}: {r}", line.row));
-                    continue;
-                }
-                Claimed::Acquired(claim) => claim,
-            };
-            let may_exist = repeated || claim.maybe_attempted();
-            let outcome = claim
-                .hold(self.settle_line(tenant, &mut invoice, line, &claim, may_exist))
-                .await;
-            let settled = match outcome {
-                Ok(s) => s,
-                Err(err) => {
-                    let _ = claim.release().await;
-                    return Err(err);
-                }
-            };
-            let (payment, result) = match settled {
-                Settled::Posted(idn, amount) => {
-                    (Some(idn), format!("paid {amount} as payment {idn}"))
-                }
-                Settled::Existing(idn) => (Some(idn), format!("already payment {idn}")),
-                Settled::LeftAlone => (None, "invoice already paid in Precoro".to_string()),
-            };
-            self.remember(
-                tenant,
-                line.row,
-                &SyncedLine {
-                    entry: e.entry,
-                    bank: line.bank,
-                    payment,
-                    amount: line.amount,
-                    invoice: e.invoice,
-                },
-            )
-            .await?;
-            claim.complete(&result).await?;
+            let result = self
+                .settle_claimed(tenant, &e, line, &mut invoice, repeated)
+                .await?;
             done.push(format!("{}: {result}", line.row));
         }
         Ok(Outcome::Done(format!(
@@ -545,6 +582,51 @@ impl PaymentFlow {
         )))
     }
 
+    /// One line under its claim: the recorded result of a line settled before; otherwise settle
+    /// it, remember it (to notice a reversal) and complete the claim with the result.
+    async fn settle_claimed(
+        &self,
+        tenant: &TenantId,
+        e: &EntryPayments,
+        line: &PaidLine,
+        invoice: &mut Invoice,
+        repeated: bool,
+    ) -> Result<String> {
+        let scope = format!("payline:{tenant}:{}", line.key());
+        let claim = match self.ctx.claims.claim(&scope).await? {
+            Claimed::Done(r) => return Ok(r),
+            Claimed::Acquired(claim) => claim,
+        };
+        let may_exist = repeated || claim.maybe_attempted();
+        let outcome = claim
+            .hold(self.settle_line(tenant, invoice, line, &claim, may_exist))
+            .await;
+        let settled = match outcome {
+            Ok(s) => s,
+            Err(err) => {
+                let _ = claim.release().await;
+                return Err(err);
+            }
+        };
+        let (payment, result) = settled.describe();
+        self.remember(
+            tenant,
+            line.row,
+            &SyncedLine {
+                entry: e.entry,
+                bank: line.bank,
+                payment,
+                amount: line.amount,
+                invoice: e.invoice,
+            },
+        )
+        .await?;
+        claim.complete(&result).await?;
+        Ok(result)
+    }
+
+    /// One Exact payment line → one stamped Precoro payment: lookup before create, decide, write,
+    /// then stamp.
     async fn settle_line(
         &self,
         tenant: &TenantId,
@@ -553,71 +635,64 @@ impl PaymentFlow {
         claim: &ClaimGuard,
         may_exist: bool,
     ) -> Result<Settled> {
+        if let Some(idn) = self
+            .already_posted(tenant, invoice, line, claim, may_exist)
+            .await?
+        {
+            return Ok(Settled::Existing(idn));
+        }
+        let Some(amount) = amount_to_post(tenant, invoice, line)? else {
+            return Ok(Settled::LeftAlone);
+        };
+        let idn = self.post(tenant, invoice, line, claim, amount).await?;
+        Ok(Settled::Posted(idn, amount))
+    }
+
+    /// Lookup before create: the payment an earlier attempt posted for this line, stamped now if
+    /// its stamp is missing.
+    async fn already_posted(
+        &self,
+        tenant: &TenantId,
+        invoice: &Invoice,
+        line: &PaidLine,
+        claim: &ClaimGuard,
+        may_exist: bool,
+    ) -> Result<Option<PrecoroIdn>> {
         let precoro = self.ctx.precoro(tenant)?;
-        let external_id = line.row.to_string();
-        let stamped = |p: &shared::precoro::Payment| {
+        // Free: the invoice detail lists its payments with their externalId.
+        let stamped = |p: &&shared::precoro::Payment| {
             p.external_id
                 .as_deref()
                 .and_then(|x| x.parse::<ExactGuid>().ok())
                 == Some(line.row)
         };
-
-        // Lookup before create, free: the invoice detail lists its payments with their externalId.
-        if let Some(p) = invoice.payments.iter().find(|p| stamped(p)) {
-            return Ok(Settled::Existing(payment_idn(p)?));
+        if let Some(p) = invoice.payments.iter().find(stamped) {
+            return Ok(Some(payment_idn(p)?));
         }
-        // Posted before, but the stamp failed: stamp only.
-        if let Some(idn) = claim.created().and_then(|s| s.parse::<i64>().ok()) {
-            precoro
-                .set_payment_external_id(PrecoroIdn(idn), &external_id)
-                .await?;
-            return Ok(Settled::Existing(PrecoroIdn(idn)));
-        }
-        if may_exist && let Some(idn) = self.find_unstamped(tenant, invoice, line).await? {
-            precoro.set_payment_external_id(idn, &external_id).await?;
-            return Ok(Settled::Existing(idn));
-        }
-
-        // Decide: never more than Precoro's open balance.
-        match invoice.status {
-            PAID => return Ok(Settled::LeftAlone),
-            APPROVED | PARTLY_PAID => {}
-            other => {
-                return Err(Error::Invalid(format!(
-                    "Exact entry paid {} on {}, but Precoro invoice {} is {} (status {other}), which cannot take a payment",
-                    line.amount,
-                    line.paid_on.date_naive(),
-                    invoice.idn,
-                    invoice.status_string.as_deref().unwrap_or("not approved"),
-                )));
-            }
-        }
-        let amount = match lines::decide(line.amount, invoice.sum, invoice.sum_paid) {
-            Decision::FullyPaid => return Ok(Settled::LeftAlone),
-            Decision::Post {
-                amount,
-                adjusted_from,
-            } => {
-                if let Some(from) = adjusted_from {
-                    let kind = if (from - amount).abs() <= SNAP {
-                        "snapped"
-                    } else {
-                        "capped"
-                    };
-                    shared::telemetry::payment_adjusted(
-                        tenant.as_str(),
-                        invoice,
-                        line.row,
-                        kind,
-                        from,
-                        amount,
-                    );
-                }
-                amount
-            }
+        let unstamped = match claim.created().and_then(|s| s.parse::<i64>().ok()) {
+            // Posted before, but the stamp failed: stamp only.
+            Some(idn) => Some(PrecoroIdn(idn)),
+            None if may_exist => self.find_unstamped(tenant, invoice, line).await?,
+            None => None,
         };
+        if let Some(idn) = unstamped {
+            precoro
+                .set_payment_external_id(idn, &line.row.to_string())
+                .await?;
+        }
+        Ok(unstamped)
+    }
 
-        // Write, then stamp.
+    /// Write, then stamp: post the payment under the claim, then stamp it with the line's id.
+    async fn post(
+        &self,
+        tenant: &TenantId,
+        invoice: &mut Invoice,
+        line: &PaidLine,
+        claim: &ClaimGuard,
+        amount: Decimal,
+    ) -> Result<PrecoroIdn> {
+        let precoro = self.ctx.precoro(tenant)?;
         claim.mark_attempted().await?;
         let (_, idn) = precoro
             .create_payment(invoice.id, amount, line.paid_on)
@@ -630,8 +705,10 @@ impl PaymentFlow {
             PARTLY_PAID
         };
         tracing::info!(tenant = %tenant, invoice = invoice.idn.0, payment = idn.0, %amount, row = %line.row, "Exact payment recorded in Precoro");
-        precoro.set_payment_external_id(idn, &external_id).await?;
-        Ok(Settled::Posted(idn, amount))
+        precoro
+            .set_payment_external_id(idn, &line.row.to_string())
+            .await?;
+        Ok(idn)
     }
 
     /// An earlier attempt's POST whose reply was lost left a payment without externalId: the one
@@ -662,6 +739,54 @@ impl PaymentFlow {
             }
         }
         Ok(None)
+    }
+}
+
+/// Decide: never more than Precoro's open balance. `None` when Precoro shows the invoice paid
+/// already.
+fn amount_to_post(
+    tenant: &TenantId,
+    invoice: &Invoice,
+    line: &PaidLine,
+) -> Result<Option<Decimal>> {
+    match invoice.status {
+        PAID => return Ok(None),
+        APPROVED | PARTLY_PAID => {}
+        other => {
+            return Err(Error::Invalid(format!(
+                "Exact entry paid {} on {}, but Precoro invoice {} is {} (status {other}), which cannot take a payment",
+                line.amount,
+                line.paid_on.date_naive(),
+                invoice.idn,
+                invoice.status_string.as_deref().unwrap_or("not approved"),
+            )));
+        }
+    }
+    match lines::decide(line.amount, invoice.sum, invoice.sum_paid) {
+        Decision::FullyPaid => Ok(None),
+        Decision::Post {
+            amount,
+            adjusted_from: None,
+        } => Ok(Some(amount)),
+        Decision::Post {
+            amount,
+            adjusted_from: Some(from),
+        } => {
+            let kind = if (from - amount).abs() <= SNAP {
+                "snapped"
+            } else {
+                "capped"
+            };
+            shared::telemetry::payment_adjusted(
+                tenant.as_str(),
+                invoice,
+                line.row,
+                kind,
+                from,
+                amount,
+            );
+            Ok(Some(amount))
+        }
     }
 }
 

@@ -31,7 +31,7 @@ pub mod message;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use shared::bus::Envelope;
 use shared::bus::consumer::{Handler, Message, Outcome};
 use shared::config::{Config, ReferenceKind, TenantConfig};
@@ -117,7 +117,33 @@ pub struct Report {
     pub coalesced: bool,
 }
 
+/// What a run has done so far: the Precoro records it knows, the fingerprint of each row it
+/// applied, and the counts.
+struct Progress {
+    index: Index,
+    memo: HashMap<String, String>,
+    report: Report,
+}
+
+/// What writing one row did in Precoro.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Created,
+    Updated,
+    Disabled,
+    Unchanged,
+}
+
 impl Report {
+    fn count(&mut self, applied: Applied) {
+        match applied {
+            Applied::Created => self.created += 1,
+            Applied::Updated => self.updated += 1,
+            Applied::Disabled => self.disabled += 1,
+            Applied::Unchanged => self.unchanged += 1,
+        }
+    }
+
     fn add(&mut self, o: &Report) {
         self.created += o.created;
         self.updated += o.updated;
@@ -196,14 +222,7 @@ impl ReferenceFlow {
             .flow_lease(Flow::Reference, tenant, Some(kind.as_str()));
         let ttl = self.ctx.config.worker.entity_lease;
         if !full {
-            // A new generation: whoever holds the lease will see it and run again.
-            store
-                .set_string(
-                    &gen_key,
-                    &uuid::Uuid::new_v4().to_string(),
-                    Some(std::time::Duration::from_secs(86_400)),
-                )
-                .await?;
+            self.announce(&gen_key).await?;
         }
         let mut lease = match Lease::try_acquire(store, lease_key.clone(), ttl).await? {
             Some(l) => l,
@@ -246,6 +265,16 @@ impl ReferenceFlow {
         Ok(total)
     }
 
+    /// A new generation of the kind's data: whoever holds the lease will see it and run again.
+    async fn announce(&self, gen_key: &str) -> Result<()> {
+        let generation = uuid::Uuid::new_v4().to_string();
+        let ttl = std::time::Duration::from_secs(86_400);
+        self.ctx
+            .store
+            .set_string(gen_key, &generation, Some(ttl))
+            .await
+    }
+
     /// One pass: fetch from Exact, decide what changed, look up and write in Precoro, remember.
     async fn run(
         &self,
@@ -269,166 +298,89 @@ impl ReferenceFlow {
             .keys()
             .reference_memo(tenant_id, kind.as_str());
         let old_memo = self.load_memo(&memo_key).await?;
-        let mut wants: Vec<Want> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        // Later rows win: a sync page is in Timestamp order.
-        for w in std::mem::take(&mut fetched.wants).into_iter().rev() {
-            if seen.insert(map::key(w.external_id())) {
-                wants.push(w);
-            }
-        }
-        wants.reverse();
-        let disabled_fp = Want::Disable(String::new()).fingerprint();
-        if fetched.complete {
-            // Gone from a complete list (no sync/Deleted entry for these kinds): disable.
-            let present: HashSet<String> = wants
-                .iter()
-                .filter(|w| matches!(w, Want::Upsert(_)))
-                .map(|w| map::key(w.external_id()))
-                .collect();
-            for (ext, fp) in &old_memo {
-                if !present.contains(&map::key(ext)) && *fp != disabled_fp {
-                    wants.push(Want::Disable(ext.clone()));
-                }
-            }
-        }
-        let todo: Vec<Want> = if full {
-            wants.clone()
-        } else {
-            wants
-                .iter()
-                .filter(|w| old_memo.get(w.external_id()) != Some(&w.fingerprint()))
-                .cloned()
-                .collect()
-        };
-        let mut report = Report {
-            unchanged: wants.len() - todo.len(),
+        let plan = plan(
+            std::mem::take(&mut fetched.wants),
+            fetched.complete,
+            &old_memo,
+            full,
+        );
+        let report = Report {
+            unchanged: plan.wants.len() - plan.todo.len(),
             ..Default::default()
         };
-        if todo.is_empty() && !full {
+        if plan.todo.is_empty() && !full {
             fetched.save_cursors(exact).await?;
             return Ok(report);
         }
 
-        // Look up in Precoro: everything on a full run; otherwise only the changed rows, plus the
-        // whole list when a new row may match an unstamped record (adoption before creation).
-        let mut index = if full {
-            Index::new(list_current(precoro, target, None).await?)
-        } else {
-            let ids: Vec<String> = todo.iter().map(|w| w.external_id().to_string()).collect();
-            let mut found = Vec::new();
-            for chunk in ids.chunks(LOOKUP_BATCH) {
-                found.extend(list_current(precoro, target, Some(chunk)).await?);
-            }
-            let index = Index::new(found);
-            if todo
-                .iter()
-                .any(|w| w.wants_enabled() && index.get(w.external_id()).is_none())
-            {
-                Index::new(list_current(precoro, target, None).await?)
-            } else {
-                index
-            }
+        // Look up in Precoro, then write, remembering each applied row so a failure part-way keeps
+        // the progress.
+        let mut progress = Progress {
+            index: lookup(precoro, target, &plan.todo, full).await?,
+            memo: if full { HashMap::new() } else { old_memo },
+            report,
         };
-
-        // Write, remembering each applied row so a failure part-way keeps the progress.
-        let mut memo = if full { HashMap::new() } else { old_memo };
-        let applied = self
-            .apply(
-                precoro,
-                target,
-                &todo,
-                &mut index,
-                &mut memo,
-                &mut report,
-                lease,
-            )
+        let mut applied = self
+            .apply(precoro, target, &plan.todo, &mut progress, lease)
             .await;
-        let applied = match applied {
-            Ok(()) if full => {
-                // Stamped records whose Exact row is gone (deleted more than two months ago,
-                // beyond sync/Deleted, or never listed there): disable.
-                let keep: HashSet<String> =
-                    wants.iter().map(|w| map::key(w.external_id())).collect();
-                let stale: Vec<Current> = index
-                    .stamped_except(&keep)
-                    .filter(|c| c.enabled)
-                    .cloned()
-                    .collect();
-                let mut r = Ok(());
-                for c in stale {
-                    let ext = c.external_id.clone().unwrap_or_default();
-                    let ch = Changes {
-                        enable: Some(false),
-                        ..Default::default()
-                    };
-                    if let Err(e) = patch(precoro, target, c.id, &ch).await {
-                        r = Err(e);
-                        break;
-                    }
-                    report.disabled += 1;
-                    memo.insert(ext, disabled_fp.clone());
-                    if let Err(e) = self.keep_lease(lease).await {
-                        r = Err(e);
-                        break;
-                    }
-                }
-                r
-            }
-            other => other,
-        };
-        self.save_memo(&memo_key, &memo).await?;
+        if applied.is_ok() && full {
+            let stale = stale(&progress.index, &plan.wants);
+            applied = self
+                .disable_stale(precoro, target, stale, &mut progress, lease)
+                .await;
+        }
+        self.save_memo(&memo_key, &progress.memo).await?;
         applied?;
         fetched.save_cursors(exact).await?;
-        Ok(report)
+        Ok(progress.report)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Apply each row, counting what it did and remembering its fingerprint once applied.
     async fn apply(
         &self,
         precoro: &PrecoroClient,
         target: Target,
         todo: &[Want],
-        index: &mut Index,
-        memo: &mut HashMap<String, String>,
-        report: &mut Report,
+        progress: &mut Progress,
         lease: &Lease,
     ) -> Result<()> {
+        let report = &mut progress.report;
         for want in todo {
-            let ext = want.external_id();
-            let existing = index.get(ext).cloned().or_else(|| match want {
-                Want::Upsert(d) if d.enabled => index.adopt(d),
-                _ => None,
-            });
-            match existing {
-                Some(cur) => match map::diff(want, &cur) {
-                    Some(ch) => {
-                        patch(precoro, target, cur.id, &ch).await?;
-                        if ch.enable == Some(false) {
-                            report.disabled += 1;
-                        } else {
-                            report.updated += 1;
-                        }
-                        self.keep_lease(lease).await?;
-                    }
-                    None => report.unchanged += 1,
-                },
-                None => match want {
-                    Want::Upsert(d) if d.enabled => {
-                        let created = create(precoro, target, d).await?;
-                        index.insert(created);
-                        report.created += 1;
-                        self.keep_lease(lease).await?;
-                    }
-                    // Nothing in Precoro to disable, and a disabled record is never created.
-                    _ => report.unchanged += 1,
-                },
+            let applied = write(precoro, target, want, &mut progress.index).await?;
+            report.count(applied);
+            if applied != Applied::Unchanged {
+                self.keep_lease(lease).await?;
             }
-            memo.insert(ext.to_string(), want.fingerprint());
+            progress
+                .memo
+                .insert(want.external_id().to_string(), want.fingerprint());
         }
         if report.created + report.updated + report.disabled > 0 {
             // Invoices read these lists; no replica's copy may outlive the change.
             self.ctx.lookups.bump(precoro.tenant()).await?;
+        }
+        Ok(())
+    }
+
+    /// Disable stamped records whose Exact row is gone (a full run's last step).
+    async fn disable_stale(
+        &self,
+        precoro: &PrecoroClient,
+        target: Target,
+        stale: Vec<Current>,
+        progress: &mut Progress,
+        lease: &Lease,
+    ) -> Result<()> {
+        for c in stale {
+            let ext = c.external_id.clone().unwrap_or_default();
+            let ch = Changes {
+                enable: Some(false),
+                ..Default::default()
+            };
+            patch(precoro, target, c.id, &ch).await?;
+            progress.report.count(Applied::Disabled);
+            progress.memo.insert(ext, disabled_fingerprint());
+            self.keep_lease(lease).await?;
         }
         Ok(())
     }
@@ -461,6 +413,79 @@ impl ReferenceFlow {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Decide
+// ---------------------------------------------------------------------------------------------
+
+/// What one run is to do.
+struct Plan {
+    /// Every row Exact has for the kind, the latest per externalId.
+    wants: Vec<Want>,
+    /// The rows to apply now: all of them on a full run, else those that changed.
+    todo: Vec<Want>,
+}
+
+/// Decide against what was applied last time (`memo`), or everything (full).
+fn plan(fetched: Vec<Want>, complete: bool, memo: &HashMap<String, String>, full: bool) -> Plan {
+    let mut wants = latest(fetched);
+    if complete {
+        wants.extend(gone(&wants, memo));
+    }
+    let todo: Vec<Want> = if full {
+        wants.clone()
+    } else {
+        wants
+            .iter()
+            .filter(|w| memo.get(w.external_id()) != Some(&w.fingerprint()))
+            .cloned()
+            .collect()
+    };
+    Plan { wants, todo }
+}
+
+/// One row per externalId, the later one: a sync page is in Timestamp order.
+fn latest(rows: Vec<Want>) -> Vec<Want> {
+    let mut wants: Vec<Want> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for w in rows.into_iter().rev() {
+        if seen.insert(map::key(w.external_id())) {
+            wants.push(w);
+        }
+    }
+    wants.reverse();
+    wants
+}
+
+/// Gone from a complete list (no sync/Deleted entry for these kinds): disable what was applied.
+fn gone(wants: &[Want], memo: &HashMap<String, String>) -> Vec<Want> {
+    let disabled_fp = disabled_fingerprint();
+    let present: HashSet<String> = wants
+        .iter()
+        .filter(|w| matches!(w, Want::Upsert(_)))
+        .map(|w| map::key(w.external_id()))
+        .collect();
+    memo.iter()
+        .filter(|(ext, fp)| !present.contains(&map::key(ext)) && **fp != disabled_fp)
+        .map(|(ext, _)| Want::Disable(ext.clone()))
+        .collect()
+}
+
+/// What the memo keeps for a disabled row.
+fn disabled_fingerprint() -> String {
+    Want::Disable(String::new()).fingerprint()
+}
+
+/// Stamped records whose Exact row is gone (deleted more than two months ago, beyond
+/// sync/Deleted, or never listed there): a full run disables them.
+fn stale(index: &Index, wants: &[Want]) -> Vec<Current> {
+    let keep: HashSet<String> = wants.iter().map(|w| map::key(w.external_id())).collect();
+    index
+        .stamped_except(&keep)
+        .filter(|c| c.enabled)
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Exact side
 // ---------------------------------------------------------------------------------------------
 
@@ -490,107 +515,197 @@ fn cursor_name(kind: ReferenceKind, deleted: bool) -> String {
     }
 }
 
+/// The Exact rows of one kind, mapped: listed whole, or read from a sync endpoint.
 async fn fetch_exact(exact: &ExactClient, kind: ReferenceKind, full: bool) -> Result<Fetched> {
     let now = Utc::now();
-    let all = |wants: Vec<Want>| Fetched {
-        wants,
-        complete: true,
-        cursors: vec![],
-    };
     let upsert = |d: Option<Desired>| d.map(Want::Upsert);
-    Ok(match kind {
-        // No sync endpoint for these (§4 lists sync twins only for Accounts, GLAccounts,
-        // TransactionLines, PaymentTerms and Projects): list them, one call per 60 rows.
-        ReferenceKind::Taxes => all(exact
+    // No sync endpoint for these (§4 lists sync twins only for Accounts, GLAccounts,
+    // TransactionLines, PaymentTerms and Projects): list them, one call per 60 rows.
+    let wants = match kind {
+        ReferenceKind::Taxes => exact
             .list_vat_codes()
             .await?
             .iter()
             .filter_map(|v| upsert(map::tax(v)))
-            .collect()),
-        ReferenceKind::PaymentTerms => all(exact
+            .collect(),
+        ReferenceKind::PaymentTerms => exact
             .list_payment_conditions()
             .await?
             .iter()
             .filter_map(|p| upsert(map::payment_term(p)))
-            .collect()),
-        ReferenceKind::CostCenters => all(exact
+            .collect(),
+        ReferenceKind::CostCenters => exact
             .list_cost_centers()
             .await?
             .iter()
             .filter_map(|c| upsert(map::cost_option(c, now)))
-            .collect()),
-        ReferenceKind::CostUnits => all(exact
+            .collect(),
+        ReferenceKind::CostUnits => exact
             .list_cost_units()
             .await?
             .iter()
             .filter_map(|c| upsert(map::cost_option(c, now)))
-            .collect()),
+            .collect(),
         ReferenceKind::GlAccounts | ReferenceKind::Projects => {
-            let since = if full {
-                SYNC_START
-            } else {
-                exact
-                    .load_cursor(&cursor_name(kind, false))
-                    .await?
-                    .unwrap_or(SYNC_START)
-            };
-            let (mut wants, max) = if kind == ReferenceKind::GlAccounts {
-                let page = exact.sync_gl_accounts(since).await?;
-                let w: Vec<Want> = page
-                    .rows
-                    .iter()
-                    .filter_map(|g| upsert(map::gl_option(g)))
-                    .collect();
-                (w, page.max_timestamp)
-            } else {
-                let page = exact.sync_projects(since).await?;
-                let w: Vec<Want> = page
-                    .rows
-                    .iter()
-                    .filter_map(|p| upsert(map::project_option(p, now)))
-                    .collect();
-                (w, page.max_timestamp)
-            };
-            let mut cursors: Vec<(String, i64)> = max
-                .map(|m| (cursor_name(kind, false), m))
-                .into_iter()
-                .collect();
-            // A sync from the start returns every current row: a complete list. Deletions then
-            // show as absence; an incremental run reads them from sync/Deleted (kept two months,
-            // §4; older ones are caught by the full reconciliation).
-            let complete = since == SYNC_START;
-            if !full {
-                let entity_type = if kind == ReferenceKind::GlAccounts {
-                    Deleted::GL_ACCOUNTS
-                } else {
-                    Deleted::PROJECTS
-                };
-                let dname = cursor_name(kind, true);
-                let dsince = exact.load_cursor(&dname).await?.unwrap_or(SYNC_START);
-                let deleted = exact.sync_deleted(dsince).await?;
-                wants.extend(
-                    deleted
-                        .rows
-                        .iter()
-                        .filter(|d| d.entity_type == Some(entity_type))
-                        .map(|d| Want::Disable(d.entity_key.to_string())),
-                );
-                if let Some(m) = deleted.max_timestamp {
-                    cursors.push((dname, m));
-                }
-            }
-            Fetched {
-                wants,
-                complete,
-                cursors,
-            }
+            return fetch_synced(exact, kind, full, now).await;
         }
+    };
+    Ok(Fetched {
+        wants,
+        complete: true,
+        cursors: vec![],
+    })
+}
+
+/// GL accounts and projects: the sync endpoint since the stored cursor (from the start on a full
+/// run) and, on an incremental run, the deletions since theirs.
+async fn fetch_synced(
+    exact: &ExactClient,
+    kind: ReferenceKind,
+    full: bool,
+    now: DateTime<Utc>,
+) -> Result<Fetched> {
+    let since = if full {
+        SYNC_START
+    } else {
+        exact
+            .load_cursor(&cursor_name(kind, false))
+            .await?
+            .unwrap_or(SYNC_START)
+    };
+    let rows = sync_rows(exact, kind, since, now).await?;
+    let mut fetched = Fetched {
+        wants: rows.wants,
+        // A sync from the start returns every current row: a complete list. Deletions then show
+        // as absence; an incremental run reads them from sync/Deleted (kept two months, §4; older
+        // ones are caught by the full reconciliation).
+        complete: since == SYNC_START,
+        cursors: rows.cursor.into_iter().collect(),
+    };
+    if !full {
+        let deleted = sync_deleted(exact, kind).await?;
+        fetched.wants.extend(deleted.wants);
+        fetched.cursors.extend(deleted.cursor);
+    }
+    Ok(fetched)
+}
+
+/// What one sync endpoint returned, mapped, and the cursor to store once it is applied.
+struct SyncedRows {
+    wants: Vec<Want>,
+    cursor: Option<(String, i64)>,
+}
+
+/// The GL accounts or projects changed since `since`.
+async fn sync_rows(
+    exact: &ExactClient,
+    kind: ReferenceKind,
+    since: i64,
+    now: DateTime<Utc>,
+) -> Result<SyncedRows> {
+    let (wants, max) = if kind == ReferenceKind::GlAccounts {
+        let page = exact.sync_gl_accounts(since).await?;
+        let w = page.rows.iter().filter_map(map::gl_option);
+        (w.map(Want::Upsert).collect(), page.max_timestamp)
+    } else {
+        let page = exact.sync_projects(since).await?;
+        let w = page.rows.iter().filter_map(|p| map::project_option(p, now));
+        (w.map(Want::Upsert).collect(), page.max_timestamp)
+    };
+    Ok(SyncedRows {
+        wants,
+        cursor: max.map(|m| (cursor_name(kind, false), m)),
+    })
+}
+
+/// The kind's rows deleted since its deletion cursor, as disables.
+async fn sync_deleted(exact: &ExactClient, kind: ReferenceKind) -> Result<SyncedRows> {
+    let entity_type = if kind == ReferenceKind::GlAccounts {
+        Deleted::GL_ACCOUNTS
+    } else {
+        Deleted::PROJECTS
+    };
+    let name = cursor_name(kind, true);
+    let since = exact.load_cursor(&name).await?.unwrap_or(SYNC_START);
+    let deleted = exact.sync_deleted(since).await?;
+    let wants = deleted
+        .rows
+        .iter()
+        .filter(|d| d.entity_type == Some(entity_type))
+        .map(|d| Want::Disable(d.entity_key.to_string()))
+        .collect();
+    Ok(SyncedRows {
+        wants,
+        cursor: deleted.max_timestamp.map(|m| (name, m)),
     })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Precoro side
 // ---------------------------------------------------------------------------------------------
+
+/// Look up in Precoro: everything on a full run; otherwise only the changed rows, plus the whole
+/// list when a new row may match an unstamped record (adoption before creation).
+async fn lookup(
+    precoro: &PrecoroClient,
+    target: Target,
+    todo: &[Want],
+    full: bool,
+) -> Result<Index> {
+    if full {
+        return Ok(Index::new(list_current(precoro, target, None).await?));
+    }
+    let ids: Vec<String> = todo.iter().map(|w| w.external_id().to_string()).collect();
+    let mut found = Vec::new();
+    for chunk in ids.chunks(LOOKUP_BATCH) {
+        found.extend(list_current(precoro, target, Some(chunk)).await?);
+    }
+    let index = Index::new(found);
+    if todo
+        .iter()
+        .any(|w| w.wants_enabled() && index.get(w.external_id()).is_none())
+    {
+        return Ok(Index::new(list_current(precoro, target, None).await?));
+    }
+    Ok(index)
+}
+
+/// Bring one record to what Exact wants: update (or disable) the one stamped with its externalId
+/// or adopted, else create it.
+async fn write(
+    precoro: &PrecoroClient,
+    target: Target,
+    want: &Want,
+    index: &mut Index,
+) -> Result<Applied> {
+    let existing = index
+        .get(want.external_id())
+        .cloned()
+        .or_else(|| match want {
+            Want::Upsert(d) if d.enabled => index.adopt(d),
+            _ => None,
+        });
+    match (existing, want) {
+        (Some(cur), _) => {
+            let Some(ch) = map::diff(want, &cur) else {
+                return Ok(Applied::Unchanged);
+            };
+            patch(precoro, target, cur.id, &ch).await?;
+            Ok(if ch.enable == Some(false) {
+                Applied::Disabled
+            } else {
+                Applied::Updated
+            })
+        }
+        (None, Want::Upsert(d)) if d.enabled => {
+            let created = create(precoro, target, d).await?;
+            index.insert(created);
+            Ok(Applied::Created)
+        }
+        // Nothing in Precoro to disable, and a disabled record is never created.
+        (None, _) => Ok(Applied::Unchanged),
+    }
+}
 
 async fn list_current(
     precoro: &PrecoroClient,

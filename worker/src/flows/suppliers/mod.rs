@@ -81,7 +81,7 @@ use shared::store::lease::Lease;
 
 use super::Context;
 use map::{
-    Changes, Field, MergeInput, Side, Synced, is_exact_code, merge, new_account, normalize,
+    Changes, Field, MergeInput, Plan, Side, Synced, is_exact_code, merge, new_account, normalize,
     supplier_input,
 };
 pub use message::{Change, SupplierMsg};
@@ -238,6 +238,13 @@ struct ExactSide {
     account: Account,
     synced: Synced,
     modified: Option<DateTime<Utc>>,
+}
+
+/// What one side of a reconciliation queued, and where its cursor moves once both sides have
+/// queued theirs.
+struct Queued<C> {
+    queued: usize,
+    cursor: Option<C>,
 }
 
 /// What we remember of one side.
@@ -740,31 +747,28 @@ impl<'a> Sync<'a> {
         stamp: bool,
     ) -> Result<Done> {
         let p = Synced::from_precoro(s);
-        let precoro_base = rem_p
-            .as_ref()
-            .filter(|r| r.peer == exact_id.to_string())
-            .map(|r| &r.fields);
-        let exact_base = rem_e
-            .as_ref()
-            .filter(|r| r.peer == s.id.to_string())
-            .map(|r| &r.fields);
-        let plan = merge(&MergeInput {
-            precoro: &p,
-            exact: &e.synced,
-            precoro_base,
-            exact_base,
-            precoro_modified: s.update_date.as_deref().and_then(parse_datetime),
-            exact_modified: e.modified,
-            codes_apart: p.get(Field::Code).is_some_and(|c| !is_exact_code(c)),
-        });
-        for (f, winner) in &plan.conflicts {
-            tracing::info!(supplier = s.id.0, account = %exact_id, field = f.as_str(), winner = ?winner, "both sides changed a supplier field; the later modification wins");
-        }
+        let plan = plan_pair(s, &p, rem_p.as_ref(), exact_id, &e, rem_e.as_ref());
+        let new_e = self.write_exact(exact_id, &e, &plan.to_exact).await?;
+        let new_p = self
+            .write_precoro(s, &p, exact_id, &plan.to_precoro, stamp)
+            .await?;
+        self.save_pair(s.id, &new_p, exact_id, &new_e).await?;
+        Ok(Done::Synced(
+            exact_id,
+            pair_summary(s, exact_id, &plan, stamp),
+        ))
+    }
 
-        // Exact: one PUT for the account fields, one POST for a new main bank account.
+    /// Exact: one PUT for the account fields, one POST for a new main bank account. Returns the
+    /// Exact side as written.
+    async fn write_exact(
+        &self,
+        exact_id: ExactGuid,
+        e: &ExactSide,
+        to_exact: &Changes,
+    ) -> Result<Synced> {
         let mut applied = Changes::new();
-        let account_changes: Changes = plan
-            .to_exact
+        let account_changes: Changes = to_exact
             .iter()
             .filter(|(f, _)| !f.is_bank())
             .map(|(f, v)| (*f, v.clone()))
@@ -777,8 +781,8 @@ impl<'a> Sync<'a> {
             self.exact.update_account(exact_id, &write).await?;
             applied.extend(account_changes);
         }
-        if plan.to_exact.keys().any(|f| f.is_bank()) {
-            let merged = e.synced.apply(&plan.to_exact);
+        if to_exact.keys().any(|f| f.is_bank()) {
+            let merged = e.synced.apply(to_exact);
             if let Some(iban) = merged.get(Field::Iban) {
                 self.exact
                     .create_bank_account(&NewBankAccount {
@@ -792,26 +796,27 @@ impl<'a> Sync<'a> {
                 applied.insert(Field::Bic, merged.get(Field::Bic).map(str::to_string));
             }
         }
-        let new_e = e.synced.apply(&applied);
+        Ok(e.synced.apply(&applied))
+    }
 
-        // Precoro: one PUT (currencies merged by the client) carrying the stamp if needed.
-        let mut input = supplier_input(&plan.to_precoro);
-        if let Some(Some(code)) = plan.to_precoro.get(&Field::PaymentCondition)
+    /// Precoro: one PUT (currencies merged by the client) carrying the stamp if needed, or the
+    /// stamp alone. Returns the Precoro side as written.
+    async fn write_precoro(
+        &self,
+        s: &Supplier,
+        p: &Synced,
+        exact_id: ExactGuid,
+        to_precoro: &Changes,
+        stamp: bool,
+    ) -> Result<Synced> {
+        let mut input = supplier_input(to_precoro);
+        if let Some(Some(code)) = to_precoro.get(&Field::PaymentCondition)
             && let Some(term) = self.term_for(code).await?
         {
-            // The mapped term first; keep the supplier's terms that are not Exact conditions.
-            let mut ids = vec![term];
-            ids.extend(
-                s.payment_terms
-                    .iter()
-                    .filter(|t| t.external_id.as_deref().is_none_or(|x| x.trim().is_empty()))
-                    .filter_map(|t| t.id)
-                    .filter(|id| *id != term),
-            );
-            input.payment_terms = Some(ids);
+            input.payment_terms = Some(terms_with(term, s));
         }
         let has_changes = serde_json::to_value(&input).is_ok_and(|v| v != json!({}));
-        let new_p = if has_changes {
+        Ok(if has_changes {
             if stamp {
                 input.external_id = Some(exact_id.to_string());
             }
@@ -825,20 +830,7 @@ impl<'a> Sync<'a> {
             )
         } else {
             p.clone()
-        };
-        self.save_pair(s.id, &new_p, exact_id, &new_e).await?;
-
-        let names = |c: &Changes| c.keys().map(|f| f.as_str()).collect::<Vec<_>>().join(",");
-        Ok(Done::Synced(
-            exact_id,
-            format!(
-                "supplier {} ↔ account {exact_id}: to Exact [{}], to Precoro [{}]{}",
-                s.id,
-                names(&plan.to_exact),
-                names(&plan.to_precoro),
-                if stamp { ", linked" } else { "" }
-            ),
-        ))
+        })
     }
 
     // ------------------------------------------------------------------------- deletes
@@ -879,17 +871,36 @@ impl<'a> Sync<'a> {
     /// Queue a sync for every supplier that changed on either side since the last run and differs
     /// from what we remember (webhooks get lost: specs/exact-online.md §3, precoro.md §4).
     async fn reconcile(&self) -> Result<Outcome> {
-        let mut queued = 0;
-
         let cursor_key = self
             .ctx
             .store
             .keys()
             .cursor(ApiName::Precoro, self.tenant, "suppliers");
+        let precoro = self.queue_precoro_changes(&cursor_key).await?;
+        let exact = self.queue_exact_changes().await?;
+
+        // Cursors move only after every due supplier is queued.
+        if let Some(n) = precoro.cursor {
+            self.ctx
+                .store
+                .set_string(&cursor_key, &n.to_rfc3339(), None)
+                .await?;
+        }
+        if let Some(ts) = exact.cursor {
+            self.exact.save_cursor("suppliers", ts).await?;
+        }
+        Ok(Outcome::Done(format!(
+            "reconcile queued {} supplier sync(s)",
+            precoro.queued + exact.queued
+        )))
+    }
+
+    /// Queue the Precoro suppliers modified since the cursor at `cursor_key` that are due.
+    async fn queue_precoro_changes(&self, cursor_key: &str) -> Result<Queued<DateTime<Utc>>> {
         let since = self
             .ctx
             .store
-            .get_string(&cursor_key)
+            .get_string(cursor_key)
             .await?
             .and_then(|c| parse_datetime(&c));
         let suppliers = self
@@ -899,36 +910,50 @@ impl<'a> Sync<'a> {
                 ..Default::default()
             })
             .await?;
-        let mut newest = since;
+        let mut out = Queued {
+            queued: 0,
+            cursor: since,
+        };
         for s in &suppliers {
             let updated = s.update_date.as_deref().and_then(parse_datetime);
-            newest = newest.max(updated);
-            let due = match external_guid(s) {
-                Err(_) => false,
-                Ok(None) => {
-                    s.status.is_none_or(|st| st == supplier_status::APPROVED)
-                        && s.enable != Some(false)
-                }
-                Ok(Some(g)) => self
-                    .load(Side::Precoro, &s.id.to_string())
-                    .await?
-                    .is_none_or(|r| {
-                        r.hash != Synced::from_precoro(s).hash() || r.peer != g.to_string()
-                    }),
-            };
-            if due {
+            out.cursor = out.cursor.max(updated);
+            if self.precoro_due(s).await? {
                 self.enqueue(SupplierMsg::sync_precoro(self.tenant, s.id))
                     .await?;
-                queued += 1;
+                out.queued += 1;
             }
         }
+        Ok(out)
+    }
 
+    /// Whether a Precoro supplier needs a sync: unlinked, when approved and enabled; linked, when
+    /// its synced fields or its link differ from what we remember; never with a stamp that is no
+    /// GUID.
+    async fn precoro_due(&self, s: &Supplier) -> Result<bool> {
+        Ok(match external_guid(s) {
+            Err(_) => false,
+            Ok(None) => {
+                s.status.is_none_or(|st| st == supplier_status::APPROVED) && s.enable != Some(false)
+            }
+            Ok(Some(g)) => self
+                .load(Side::Precoro, &s.id.to_string())
+                .await?
+                .is_none_or(|r| {
+                    r.hash != Synced::from_precoro(s).hash() || r.peer != g.to_string()
+                }),
+        })
+    }
+
+    /// Queue the Exact supplier accounts changed since the cursor whose fields differ from what
+    /// we remember.
+    async fn queue_exact_changes(&self) -> Result<Queued<i64>> {
         let since = self
             .exact
             .load_cursor("suppliers")
             .await?
             .unwrap_or(SYNC_START);
         let page = self.exact.sync_accounts(since).await?;
+        let mut queued = 0;
         for a in page.rows.iter().filter(|a| a.is_supplier == Some(true)) {
             // Bank rows are not on the sync endpoint: compare the account fields only.
             let now = Synced::from_exact(a, None);
@@ -942,20 +967,10 @@ impl<'a> Sync<'a> {
                 queued += 1;
             }
         }
-
-        // Cursors move only after every due supplier is queued.
-        if let Some(n) = newest {
-            self.ctx
-                .store
-                .set_string(&cursor_key, &n.to_rfc3339(), None)
-                .await?;
-        }
-        if let Some(ts) = page.max_timestamp {
-            self.exact.save_cursor("suppliers", ts).await?;
-        }
-        Ok(Outcome::Done(format!(
-            "reconcile queued {queued} supplier sync(s)"
-        )))
+        Ok(Queued {
+            queued,
+            cursor: page.max_timestamp,
+        })
     }
 
     async fn enqueue(&self, env: Envelope) -> Result<()> {
@@ -965,4 +980,61 @@ impl<'a> Sync<'a> {
             .await
             .map_err(Into::into)
     }
+}
+
+// ------------------------------------------------------------------------- the pair, pure parts
+
+/// The conflict rule applied to a pair: each side against what we remember of it for this link.
+fn plan_pair(
+    s: &Supplier,
+    p: &Synced,
+    rem_p: Option<&Remembered>,
+    exact_id: ExactGuid,
+    e: &ExactSide,
+    rem_e: Option<&Remembered>,
+) -> Plan {
+    let precoro_base = rem_p
+        .filter(|r| r.peer == exact_id.to_string())
+        .map(|r| &r.fields);
+    let exact_base = rem_e
+        .filter(|r| r.peer == s.id.to_string())
+        .map(|r| &r.fields);
+    let plan = merge(&MergeInput {
+        precoro: p,
+        exact: &e.synced,
+        precoro_base,
+        exact_base,
+        precoro_modified: s.update_date.as_deref().and_then(parse_datetime),
+        exact_modified: e.modified,
+        codes_apart: p.get(Field::Code).is_some_and(|c| !is_exact_code(c)),
+    });
+    for (f, winner) in &plan.conflicts {
+        tracing::info!(supplier = s.id.0, account = %exact_id, field = f.as_str(), winner = ?winner, "both sides changed a supplier field; the later modification wins");
+    }
+    plan
+}
+
+/// The mapped term first; keep the supplier's terms that are not Exact conditions.
+fn terms_with(term: i64, s: &Supplier) -> Vec<i64> {
+    let mut ids = vec![term];
+    ids.extend(
+        s.payment_terms
+            .iter()
+            .filter(|t| t.external_id.as_deref().is_none_or(|x| x.trim().is_empty()))
+            .filter_map(|t| t.id)
+            .filter(|id| *id != term),
+    );
+    ids
+}
+
+/// What a pair sync wrote, for the outcome.
+fn pair_summary(s: &Supplier, exact_id: ExactGuid, plan: &Plan, stamp: bool) -> String {
+    let names = |c: &Changes| c.keys().map(|f| f.as_str()).collect::<Vec<_>>().join(",");
+    format!(
+        "supplier {} ↔ account {exact_id}: to Exact [{}], to Precoro [{}]{}",
+        s.id,
+        names(&plan.to_exact),
+        names(&plan.to_precoro),
+        if stamp { ", linked" } else { "" }
+    )
 }

@@ -495,7 +495,7 @@ pub fn map_invoice(
     check_totals(invoice, &lines, &doc)?;
     let payment_condition = payment_condition(invoice, lookups, &doc)?;
     let entry_date = entry_date(invoice, &doc)?;
-    let sign = sign(invoice);
+    let sign = sign(invoice, &lines);
     Ok(NewPurchaseEntry {
         journal: tenant.exact.journal.clone(),
         supplier,
@@ -515,32 +515,37 @@ pub fn map_invoice(
     })
 }
 
-/// Which way the amounts go: credit notes post negative (Exact: GAccountAmountFC negative on
-/// credit notes, Type 31).
+/// Which way the lines are booked. Exact books an invoice's lines positive and a credit note's
+/// negative (GAccountAmountFC negative on credit notes, Type 31).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sign {
-    Positive,
-    Negative,
+    /// The lines already point the way Exact books them.
+    AsGiven,
+    /// The lines are turned, all together.
+    Flipped,
 }
 
 impl Sign {
-    /// Whether Precoro already signs credit-note amounts is unconfirmed, so the magnitude is taken
-    /// and the sign applied here.
     fn apply(self, d: Decimal) -> Decimal {
-        let factor = match self {
-            Sign::Positive => Decimal::ONE,
-            Sign::Negative => Decimal::NEGATIVE_ONE,
-        };
-        d.abs() * factor
+        match self {
+            Sign::AsGiven => d,
+            Sign::Flipped => -d,
+        }
     }
 }
 
-/// Credit notes (`logicType` 1 and 5) negate every amount.
-fn sign(invoice: &Invoice) -> Sign {
-    if invoice.is_credit_note() {
-        Sign::Negative
+/// Whether Precoro signs a credit note's amounts is unconfirmed, so the lines are turned as a
+/// whole when their net sum points the other way from the document's kind (a credit note,
+/// `logicType` 1 or 5, books negative). Each line keeps its sign relative to the others: a
+/// discount line stays opposite to the lines it discounts, and is never booked as a charge.
+fn sign(invoice: &Invoice, lines: &[EntryLine]) -> Sign {
+    let net: Decimal = lines.iter().map(|l| l.net).sum();
+    let books_negative = invoice.is_credit_note();
+    let is_negative = net < Decimal::ZERO;
+    if books_negative == is_negative {
+        Sign::AsGiven
     } else {
-        Sign::Positive
+        Sign::Flipped
     }
 }
 
@@ -707,8 +712,9 @@ fn check_totals(invoice: &Invoice, lines: &[EntryLine], doc: &str) -> Result<(),
     let vat_total: Decimal = lines.iter().map(|l| l.vat).sum();
     let tolerance = Decimal::new(1, 2) * Decimal::from(lines.len() as i64);
     let (inv_net, inv_sum) = (invoice.net_sum.abs(), invoice.sum.abs());
-    if (net_total - inv_net).abs() > tolerance
-        || (net_total + vat_total - inv_sum).abs() > tolerance
+    // Magnitudes: the document's sign is the booking's business (`sign`), not the check's.
+    if (net_total.abs() - inv_net).abs() > tolerance
+        || ((net_total + vat_total).abs() - inv_sum).abs() > tolerance
     {
         return Err(Error::Invalid(format!(
             "{doc}: lines do not add up to the invoice: lines net {net_total} + VAT {vat_total} = {}, invoice net {inv_net}, total {inv_sum} (tolerance {tolerance})",

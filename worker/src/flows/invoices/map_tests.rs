@@ -409,15 +409,55 @@ fn credit_notes_negate_amounts_and_vat_whatever_sign_precoro_gives_the_totals() 
     }
 }
 
+/// A line of -20 with its -4.20 VAT: a discount.
+fn discount() -> Value {
+    json!({"name": "Discount", "ordered": 1, "price": -20,
+        "taxes": [{"name": "VAT 21%", "usedTaxPercent": "21", "sum": "-4.20"}],
+        "dataItemCustomFields": [{"itemCustomField": {"id": 11}, "value": "9001"}]})
+}
+
+/// Two chairs given as Precoro might give a credit note's: negative.
+fn negative_chair() -> Value {
+    json!({"name": "Chair", "ordered": 1, "price": -100,
+        "taxes": [{"name": "VAT 21%", "usedTaxPercent": "21", "sum": "-21.00"}],
+        "dataItemCustomFields": [{"itemCustomField": {"id": 11}, "value": "9001"}]})
+}
+
 #[test]
-fn the_sign_takes_the_magnitude_of_any_amount() {
-    let credit = with(json!({"logicType": 5}));
-    assert_eq!(sign(&credit), Sign::Negative);
-    assert_eq!(sign(&with(json!({"logicType": 0}))), Sign::Positive);
-    for d in [dec("21.00"), dec("-21.00")] {
-        assert_eq!(Sign::Negative.apply(d), dec("-21.00"), "{d}");
-        assert_eq!(Sign::Positive.apply(d), dec("21.00"), "{d}");
+fn a_discount_line_is_booked_as_a_discount_on_invoices_and_credit_notes() {
+    let items = json!([chair(), chair(), discount()]);
+    let e = map(&with(
+        json!({"items": items, "netSum": 180, "sum": "217.80"}),
+    ))
+    .unwrap();
+    let booked = vec![
+        (dec("100"), Some(dec("21.00"))),
+        (dec("100"), Some(dec("21.00"))),
+        (dec("-20"), Some(dec("-4.20"))),
+    ];
+    assert_eq!(amounts(&e), booked);
+    let net: Decimal = e.lines.iter().map(|l| l.amount_fc).sum();
+    assert_eq!(net, dec("180"), "Exact's net is the invoice's");
+    // The same lines on a credit note: turned as a whole, the discount stays opposite.
+    let credit = with(json!({"logicType": 1, "items": items, "netSum": 180, "sum": "217.80"}));
+    let turned: Vec<_> = booked.iter().map(|(n, v)| (-n, v.map(|v| -v))).collect();
+    assert_eq!(amounts(&map(&credit).unwrap()), turned);
+}
+
+#[test]
+fn a_credit_note_whose_lines_precoro_signs_is_not_turned_twice() {
+    let items = json!([negative_chair(), negative_chair()]);
+    let negative = vec![(dec("-100"), Some(dec("-21.00"))); 2];
+    for (net, sum) in [(200, 242), (-200, -242)] {
+        let inv = with(json!({"logicType": 5, "items": items, "netSum": net, "sum": sum}));
+        assert_eq!(amounts(&map(&inv).unwrap()), negative, "totals {net} {sum}");
     }
+    // Negative lines on an ordinary invoice are turned to book it positive.
+    let inv = with(json!({"items": items, "netSum": -200, "sum": -242}));
+    assert_eq!(
+        amounts(&map(&inv).unwrap()),
+        vec![(dec("100"), Some(dec("21.00"))); 2]
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! A worker process for tests/tests/scale.rs: what `worker` (the production binary, in another
+//! A worker process for tests/tests/it/scale.rs: what `worker` (the production binary, in another
 //! package) does by default, every flow and the scheduler, until SIGTERM. Cargo builds the binaries
 //! of the package under test for its integration tests (`CARGO_BIN_EXE_scale-worker`), not those
 //! of other packages, so the scale test re-executes this one instead.

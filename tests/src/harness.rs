@@ -250,6 +250,68 @@ impl Drop for CuttableProxy {
     }
 }
 
+/// The ingress running in-process, on port 0 unless the config names a port; stopped on drop.
+pub struct Ingress {
+    pub base: String,
+    /// The admin port (metrics, health).
+    pub admin: String,
+    /// Its publisher: a test waits until no publish awaits its confirm ([`crate::quiet`]).
+    pub publisher: shared::bus::Publisher,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Ingress {
+    pub async fn start(config: Config) -> Ingress {
+        let app = ingress::Application::build(config)
+            .await
+            .expect("ingress builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let admin = format!("http://127.0.0.1:{}", app.admin_port());
+        let publisher = app.state().publisher.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ingress {
+            base,
+            admin,
+            publisher,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The Prometheus text of the admin port.
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("the admin port answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Stop taking requests and wait until those in flight are answered.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A direct AMQP connection for inspecting queues in tests.
 pub struct Inspector {
     _conn: Connection,

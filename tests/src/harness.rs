@@ -23,9 +23,12 @@ pub fn unique(tag: &str) -> String {
     format!("t-{tag}-{}", &id[..12])
 }
 
-/// One company's settings for a test config.
 /// The Exact app (client id) every test tenant uses unless told otherwise.
 pub const TEST_CLIENT_ID: &str = "3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f";
+/// The Exact webhook secret every test tenant uses unless told otherwise.
+pub const TEST_WEBHOOK_SECRET: &str = "test-webhook-secret";
+
+/// One company's settings for a test config.
 
 #[derive(Debug, Clone)]
 pub struct TenantSpec {
@@ -58,7 +61,7 @@ impl TenantSpec {
             exact_host: "http://127.0.0.1:9".into(),
             client_id: TEST_CLIENT_ID.into(),
             client_secret: "test-client-secret".into(),
-            webhook_secret: "test-webhook-secret".into(),
+            webhook_secret: TEST_WEBHOOK_SECRET.into(),
             division,
             extra_toml: String::new(),
         }
@@ -451,6 +454,23 @@ impl Inspector {
             }
         }
     }
+}
+
+/// POST `body` (with this content type, if any) and return the status and the JSON answer (null
+/// when the answer is not JSON).
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    content_type: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.post(url).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.expect("the server answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
 /// Poll `check` until it returns true or `within` passes.

@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use shared::config::Config;
 use shared::exact::client::ExactClient;
 use shared::ids::{Division, ExactGuid};
+use shared::precoro::PrecoroClient;
 use shared::store::Store;
 use shared::store::ratelimit::RateLimiter;
 
@@ -355,6 +356,30 @@ impl World {
             .expect("the DLQ lists")
     }
 
+    /// Nothing needed a person: no message was dead-lettered.
+    pub async fn assert_no_dead_letters(&self) {
+        let dead = self.dead_letters().await;
+        assert!(dead.is_empty(), "nothing dead-lettered: {dead:#?}");
+    }
+
+    /// The demo company's Exact client on the world's Redis, as another replica holds it.
+    pub fn exact_client(&self) -> ExactClient {
+        ExactClient::for_tenant(
+            &self.config.tenants[0],
+            self.store.clone(),
+            RateLimiter::new(self.store.clone(), Duration::from_secs(5)),
+        )
+    }
+
+    /// The demo company's Precoro client on the world's Redis.
+    pub fn precoro_client(&self) -> PrecoroClient {
+        PrecoroClient::new(
+            &self.config.tenants[0],
+            self.store.clone(),
+            RateLimiter::new(self.store.clone(), Duration::from_secs(5)),
+        )
+    }
+
     /// The Exact entries booked for a YourRef.
     pub fn entries_for(&self, your_ref: &str) -> Vec<serde_json::Value> {
         self.exact
@@ -405,6 +430,28 @@ impl Default for InvoiceDraft {
             split_index: None,
         }
     }
+}
+
+/// One line of an [`InvoiceDraft`]: (description, quantity, unit price, GL code, VAT %).
+pub fn line(
+    name: &str,
+    qty: i64,
+    price: &str,
+    gl: &str,
+    vat: u32,
+) -> (String, i64, String, String, u32) {
+    (name.into(), qty, price.into(), gl.into(), vat)
+}
+
+/// An amount as Precoro or Exact gives it (a string or a number), to the cent.
+pub fn dec(v: &serde_json::Value) -> Decimal {
+    let s = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    s.parse::<Decimal>()
+        .unwrap_or_else(|e| panic!("not a number: {v} ({e})"))
+        .round_dp(2)
 }
 
 /// A small valid-looking PDF.

@@ -440,6 +440,16 @@ impl ExactSim {
             .count()
     }
 
+    /// The 401s on `/api/v1/` (the token endpoint aside), in arrival order.
+    pub fn api_401s(&self) -> Vec<CallRecord> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.status == 401 && c.path.starts_with("/api/v1/"))
+            .cloned()
+            .collect()
+    }
+
     pub fn reset_calls(&self) {
         self.lock().calls.clear();
     }

@@ -13,8 +13,8 @@
 //! yet held). Each gap lasts milliseconds; the stretch spans many looks, and a message that slipped
 //! through a gap and was handled meanwhile still moved a counter, which starts the stretch again.
 //!
-//! A loaded machine makes a settle slower, never falsely quiet; it gives up after a generous
-//! timeout and names what was still busy.
+//! Load makes a settle take longer; only a gap longer than the whole stretch could fool it. It
+//! gives up after a generous timeout and names what was still busy.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,7 +31,7 @@ use crate::harness::Inspector;
 
 /// How long everything must stay quiet, looked at every [`LOOK_EVERY`].
 pub const STEADY: Duration = Duration::from_millis(300);
-const LOOK_EVERY: Duration = Duration::from_millis(25);
+pub const LOOK_EVERY: Duration = Duration::from_millis(25);
 /// Long enough for the slowest retry chain of a test world (tiers of 0.3, 1 and 2 s) on a loaded
 /// machine; reaching it is a failure that names what was busy.
 pub const SETTLE_WITHIN: Duration = Duration::from_secs(90);

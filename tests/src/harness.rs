@@ -23,9 +23,12 @@ pub fn unique(tag: &str) -> String {
     format!("t-{tag}-{}", &id[..12])
 }
 
-/// One company's settings for a test config.
 /// The Exact app (client id) every test tenant uses unless told otherwise.
 pub const TEST_CLIENT_ID: &str = "3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f";
+/// The Exact webhook secret every test tenant uses unless told otherwise.
+pub const TEST_WEBHOOK_SECRET: &str = "test-webhook-secret";
+
+/// One company's settings for a test config.
 
 #[derive(Debug, Clone)]
 pub struct TenantSpec {
@@ -58,7 +61,7 @@ impl TenantSpec {
             exact_host: "http://127.0.0.1:9".into(),
             client_id: TEST_CLIENT_ID.into(),
             client_secret: "test-client-secret".into(),
-            webhook_secret: "test-webhook-secret".into(),
+            webhook_secret: TEST_WEBHOOK_SECRET.into(),
             division,
             extra_toml: String::new(),
         }
@@ -250,6 +253,68 @@ impl Drop for CuttableProxy {
     }
 }
 
+/// The ingress running in-process, on port 0 unless the config names a port; stopped on drop.
+pub struct Ingress {
+    pub base: String,
+    /// The admin port (metrics, health).
+    pub admin: String,
+    /// Its publisher: a test waits until no publish awaits its confirm ([`crate::quiet`]).
+    pub publisher: shared::bus::Publisher,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Ingress {
+    pub async fn start(config: Config) -> Ingress {
+        let app = ingress::Application::build(config)
+            .await
+            .expect("ingress builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let admin = format!("http://127.0.0.1:{}", app.admin_port());
+        let publisher = app.state().publisher.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ingress {
+            base,
+            admin,
+            publisher,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The Prometheus text of the admin port.
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("the admin port answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Stop taking requests and wait until those in flight are answered.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A direct AMQP connection for inspecting queues in tests.
 pub struct Inspector {
     _conn: Connection,
@@ -389,6 +454,23 @@ impl Inspector {
             }
         }
     }
+}
+
+/// POST `body` (with this content type, if any) and return the status and the JSON answer (null
+/// when the answer is not JSON).
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    content_type: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.post(url).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.expect("the server answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
 /// Poll `check` until it returns true or `within` passes.

@@ -5,5 +5,6 @@ pub mod exact_sim;
 pub mod gate;
 pub mod harness;
 pub mod precoro_sim;
+pub mod quiet;
 pub mod reliability;
 pub mod world;

@@ -1,4 +1,4 @@
-//! The reliability suite's machinery, shared by `tests/tests/reliability*.rs` (short variants) and
+//! The reliability suite's machinery, shared by `tests/tests/it/reliability*.rs` (short variants) and
 //! the `reliability` binary (long ones): worker **processes** that can be `kill -9`ed and
 //! respawned, a webhook load generator that behaves like a retrying sender, outages of the broker
 //! and of Redis, and the tally that says what was lost or done twice.

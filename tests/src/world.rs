@@ -11,15 +11,17 @@ use rust_decimal::Decimal;
 use shared::config::Config;
 use shared::exact::client::ExactClient;
 use shared::ids::{Division, ExactGuid};
+use shared::precoro::PrecoroClient;
 use shared::store::Store;
 use shared::store::ratelimit::RateLimiter;
 
 use crate::exact_sim::{DemoIds as ExactDemo, ExactSim, ExactSimOptions};
-use crate::harness::{self, EnvSpec, TenantSpec};
+use crate::harness::{self, EnvSpec, Ingress, TenantSpec};
 use crate::precoro_sim::{
     AttachmentSeed, DocFieldSeed, InvoiceSeed, ItemSeed, OptionSeed, PaymentTermSeed, PrecoroSim,
     PrecoroSimOptions, SupplierSeed, TaxSeed,
 };
+use crate::quiet::Quiet;
 
 pub const TENANT: &str = "demo";
 
@@ -344,7 +346,6 @@ impl World {
         Ok(())
     }
 
-    /// The Exact entries booked for a YourRef.
     /// Every dead letter of this world's broker prefix (listing leaves them in place).
     pub async fn dead_letters(&self) -> Vec<shared::bus::dlq::DeadLetter> {
         shared::bus::dlq::DeadLetters::connect(&self.config.broker)
@@ -355,6 +356,31 @@ impl World {
             .expect("the DLQ lists")
     }
 
+    /// Nothing needed a person: no message was dead-lettered.
+    pub async fn assert_no_dead_letters(&self) {
+        let dead = self.dead_letters().await;
+        assert!(dead.is_empty(), "nothing dead-lettered: {dead:#?}");
+    }
+
+    /// The demo company's Exact client on the world's Redis, as another replica holds it.
+    pub fn exact_client(&self) -> ExactClient {
+        ExactClient::for_tenant(
+            &self.config.tenants[0],
+            self.store.clone(),
+            RateLimiter::new(self.store.clone(), Duration::from_secs(5)),
+        )
+    }
+
+    /// The demo company's Precoro client on the world's Redis.
+    pub fn precoro_client(&self) -> PrecoroClient {
+        PrecoroClient::new(
+            &self.config.tenants[0],
+            self.store.clone(),
+            RateLimiter::new(self.store.clone(), Duration::from_secs(5)),
+        )
+    }
+
+    /// The Exact entries booked for a YourRef.
     pub fn entries_for(&self, your_ref: &str) -> Vec<serde_json::Value> {
         self.exact
             .purchase_entries(self.division)
@@ -404,6 +430,28 @@ impl Default for InvoiceDraft {
             split_index: None,
         }
     }
+}
+
+/// One line of an [`InvoiceDraft`]: (description, quantity, unit price, GL code, VAT %).
+pub fn line(
+    name: &str,
+    qty: i64,
+    price: &str,
+    gl: &str,
+    vat: u32,
+) -> (String, i64, String, String, u32) {
+    (name.into(), qty, price.into(), gl.into(), vat)
+}
+
+/// An amount as Precoro or Exact gives it (a string or a number), to the cent.
+pub fn dec(v: &serde_json::Value) -> Decimal {
+    let s = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    s.parse::<Decimal>()
+        .unwrap_or_else(|e| panic!("not a number: {v} ({e})"))
+        .round_dp(2)
 }
 
 /// A small valid-looking PDF.
@@ -566,24 +614,16 @@ pub struct Stack {
     /// The ingress's admin port (metrics, health; the operator console's home).
     pub admin_base: String,
     broker: shared::config::BrokerConfig,
-    stop_ingress: Option<tokio::sync::oneshot::Sender<()>>,
-    ingress_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    ingress: Option<Ingress>,
     pub workers: Vec<worker::Worker>,
+    quiet: Quiet,
 }
 
 impl Stack {
     /// Start the ingress and `workers` workers (invoice flow; no scheduler unless asked), and
     /// point the Precoro simulator's webhooks at the ingress.
     pub async fn start(world: &World, workers: usize, scheduler: bool) -> Stack {
-        let app = ingress::Application::build(world.config.clone())
-            .await
-            .expect("ingress builds");
-        let ingress_base = format!("http://127.0.0.1:{}", app.port());
-        let admin_base = format!("http://127.0.0.1:{}", app.admin_port());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let ingress_task = tokio::spawn(app.run_until(async move {
-            let _ = rx.await;
-        }));
+        let ingress = Ingress::start(world.config.clone()).await;
         let mut ws = Vec::new();
         for i in 0..workers {
             let parts = worker::Parts {
@@ -598,26 +638,48 @@ impl Stack {
         }
         world
             .precoro
-            .set_webhook_urls(vec![world.precoro_webhook_url(&ingress_base)]);
-        Stack {
-            ingress_base,
-            admin_base,
-            broker: world.config.broker.clone(),
-            stop_ingress: Some(tx),
-            ingress_task: Some(ingress_task),
-            workers: ws,
+            .set_webhook_urls(vec![world.precoro_webhook_url(&ingress.base)]);
+        let mut quiet = Quiet::new()
+            .broker(&world.config.broker)
+            .publisher("the ingress's publisher", ingress.publisher.clone())
+            .work("Exact's webhooks", world.exact.webhook_activity())
+            .work("Precoro's webhooks", world.precoro.webhook_activity());
+        for (i, w) in ws.iter().enumerate() {
+            quiet = quiet
+                .work(&format!("worker {i}"), w.activity().clone())
+                .publisher(
+                    &format!("worker {i}'s publisher"),
+                    w.context.publisher.clone(),
+                );
         }
+        Stack {
+            ingress_base: ingress.base.clone(),
+            admin_base: ingress.admin.clone(),
+            broker: world.config.broker.clone(),
+            ingress: Some(ingress),
+            workers: ws,
+            quiet,
+        }
+    }
+
+    /// Wait until nothing moves: every flow and wait queue empty, every worker idle, no publish
+    /// or simulator webhook on its way (see [`crate::quiet`]). What a test does before it checks
+    /// that nothing more happened.
+    pub async fn settle(&self) {
+        self.quiet.settle().await
+    }
+
+    /// What [`Stack::settle`] watches, to add what runs outside this process.
+    pub fn quiet(&self) -> Quiet {
+        self.quiet.clone()
     }
 
     pub async fn stop(mut self) {
         for w in self.workers.drain(..) {
             w.shutdown().await;
         }
-        if let Some(tx) = self.stop_ingress.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.ingress_task.take() {
-            let _ = t.await;
+        if let Some(ingress) = self.ingress.take() {
+            ingress.stop().await;
         }
         // Every test declares its own prefixed queues: leave the shared broker as it was found,
         // or hundreds of idle quorum queues pile up across runs and slow every declare.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use shared::Flow;
 use shared::bus::Publisher;
-use shared::bus::consumer::FlowConsumer;
+use shared::bus::consumer::{Activity, FlowConsumer};
 use shared::config::Config;
 use shared::store::Store;
 use shared::store::claim::Claims;
@@ -40,6 +40,7 @@ pub struct Worker {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     pub context: Arc<Context>,
+    activity: Activity,
 }
 
 impl Worker {
@@ -61,8 +62,9 @@ impl Worker {
         }
         let (stop, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let activity = Activity::default();
         for flow in &parts.flows {
-            let on = (&*config, &store, &publisher, &ctx.claims, &rx);
+            let on = (&*config, &store, &publisher, &ctx.claims, &rx, &activity);
             match flow {
                 Flow::Invoices => spawn_flow(&mut tasks, InvoiceFlow::new(ctx.clone()), on),
                 Flow::Reference => spawn_flow(&mut tasks, ReferenceFlow::new(ctx.clone()), on),
@@ -82,7 +84,13 @@ impl Worker {
             stop,
             tasks,
             context: ctx,
+            activity,
         })
+    }
+
+    /// What the worker's consumers hold and have taken (tests wait for it to be idle).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// Stop taking messages, finish those in flight (bounded by `worker.shutdown_grace`), close.
@@ -110,12 +118,13 @@ impl Worker {
 fn spawn_flow<H: shared::bus::consumer::Handler>(
     tasks: &mut JoinSet<()>,
     handler: H,
-    (config, store, publisher, claims, stop): (
+    (config, store, publisher, claims, stop, activity): (
         &Config,
         &Store,
         &Publisher,
         &Claims,
         &watch::Receiver<bool>,
+        &Activity,
     ),
 ) {
     let consumer = FlowConsumer::new(
@@ -125,6 +134,7 @@ fn spawn_flow<H: shared::bus::consumer::Handler>(
         publisher.clone(),
         store.clone(),
         claims.clone(),
-    );
+    )
+    .with_activity(activity.clone());
     tasks.spawn(consumer.run(stop.clone()));
 }

@@ -24,6 +24,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -126,6 +127,47 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, Error>> + Send;
 }
 
+/// What a consumer holds and has taken: deliveries handed to a task and not yet acked, nacked or
+/// re-published, and every delivery it ever took. A test reads it to know that a worker is idle
+/// (tests/src/quiet.rs); clones share the counts, so one can serve all of a worker's consumers.
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<ActivityCounts>);
+
+#[derive(Debug, Default)]
+struct ActivityCounts {
+    holding: AtomicUsize,
+    taken: AtomicU64,
+}
+
+impl Activity {
+    /// Work in hand now.
+    pub fn holding(&self) -> usize {
+        self.0.holding.load(Ordering::SeqCst)
+    }
+
+    /// Work ever taken: moves whenever something was handled, even between two looks.
+    pub fn taken(&self) -> u64 {
+        self.0.taken.load(Ordering::SeqCst)
+    }
+
+    /// Count one piece of work in hand until the returned guard is dropped.
+    pub fn begin(&self) -> Holding {
+        self.0.taken.fetch_add(1, Ordering::SeqCst);
+        self.0.holding.fetch_add(1, Ordering::SeqCst);
+        Holding(self.clone())
+    }
+}
+
+/// One piece of work in hand; dropping it (done, or its task aborted) ends it.
+#[derive(Debug)]
+pub struct Holding(Activity);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        (self.0).0.holding.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Runs one flow's consumer until shutdown, reconnecting by itself.
 pub struct FlowConsumer<H: Handler> {
     broker: BrokerConfig,
@@ -134,6 +176,7 @@ pub struct FlowConsumer<H: Handler> {
     publisher: Publisher,
     store: Store,
     claims: Claims,
+    activity: Activity,
 }
 
 impl<H: Handler> FlowConsumer<H> {
@@ -152,7 +195,14 @@ impl<H: Handler> FlowConsumer<H> {
             publisher,
             store,
             claims,
+            activity: Activity::default(),
         }
+    }
+
+    /// Count this consumer's deliveries in `activity` (clones share it: one for a whole worker).
+    pub fn with_activity(mut self, activity: Activity) -> Self {
+        self.activity = activity;
+        self
     }
 
     /// Consume until `shutdown` turns true; then stop taking messages, finish those in flight
@@ -210,7 +260,11 @@ impl<H: Handler> FlowConsumer<H> {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let me = self.clone();
-                        tasks.spawn(async move { me.process(delivery).await });
+                        let holding = self.activity.begin();
+                        tasks.spawn(async move {
+                            let _holding = holding;
+                            me.process(delivery).await
+                        });
                     }
                     Some(Err(e)) => break Err(Error::from(e)),
                     None => break Err(Error::Broker("consumer stream ended".into())),

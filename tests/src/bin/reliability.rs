@@ -5,7 +5,7 @@
 //! time to recover) and exits non-zero when anything was lost or done twice.
 //!
 //! Run by hand: `cargo run --release --bin reliability [-- --quick]`. The short variants of every
-//! scenario run in the normal test suite (`tests/tests/reliability*.rs`) without touching the
+//! scenario run in the normal test suite (`tests/tests/it/reliability*.rs`) without touching the
 //! shared services; this binary does touch them (see `--help`).
 
 use std::path::PathBuf;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
+use shared::bus::consumer::Activity;
 use shared::ids::{Division, ExactGuid};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -234,6 +235,8 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     pub http: reqwest::Client,
     pub runtime: tokio::runtime::Handle,
+    /// Webhook POSTs on their way, from the change to the last attempt.
+    pub webhooks: Activity,
 }
 
 impl Shared {
@@ -275,6 +278,7 @@ impl ExactSim {
             shutdown,
             http: shared::http::client(Duration::from_secs(10)),
             runtime: tokio::runtime::Handle::current(),
+            webhooks: Activity::default(),
         });
         let app = server::router(shared.clone());
         let server = tokio::spawn(async move {
@@ -436,12 +440,28 @@ impl ExactSim {
             .count()
     }
 
+    /// The 401s on `/api/v1/` (the token endpoint aside), in arrival order.
+    pub fn api_401s(&self) -> Vec<CallRecord> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.status == 401 && c.path.starts_with("/api/v1/"))
+            .cloned()
+            .collect()
+    }
+
     pub fn reset_calls(&self) {
         self.lock().calls.clear();
     }
 
     pub fn webhook_deliveries(&self) -> Vec<WebhookDelivery> {
         self.lock().deliveries.clone()
+    }
+
+    /// Webhook POSTs on their way (handshakes and retries included), for a test that waits until
+    /// nothing moves ([`crate::quiet`]).
+    pub fn webhook_activity(&self) -> Activity {
+        self.shared.webhooks.clone()
     }
 
     // ---- stored data -------------------------------------------------------------------------

@@ -83,9 +83,11 @@ pub fn flush(shared: &Arc<Shared>) {
     };
     for (ev, url) in jobs {
         let s = shared.clone();
-        shared
-            .runtime
-            .spawn(async move { deliver(s, ev, url).await });
+        let holding = shared.webhooks.begin();
+        shared.runtime.spawn(async move {
+            let _holding = holding;
+            deliver(s, ev, url).await
+        });
     }
 }
 
@@ -137,7 +139,9 @@ async fn deliver(shared: Arc<Shared>, ev: ChangeEvent, url: String) {
 /// return 200/201 or the subscription fails" (spec §3).
 pub fn spawn_handshake(shared: &Arc<Shared>, division: i64, id: Uuid, topic: String, url: String) {
     let s = shared.clone();
+    let holding = shared.webhooks.begin();
     shared.runtime.spawn(async move {
+        let _holding = holding;
         if !sleep_or_shutdown(&s, s.opts.webhook_handshake_delay).await {
             return;
         }

@@ -26,6 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
+use shared::bus::consumer::Activity;
 use tokio::sync::oneshot;
 
 pub use faults::{Fault, FaultPlan, Faults};
@@ -336,6 +337,7 @@ impl PrecoroSim {
             limiter: Mutex::new(server::SimLimiter::default()),
             http: shared::http::client(Duration::from_secs(5)),
             rt: tokio::runtime::Handle::current(),
+            webhooks: Activity::default(),
         });
         let app = axum::Router::new()
             .fallback(server::handle)
@@ -454,6 +456,11 @@ impl PrecoroSim {
 
     pub fn webhook_deliveries(&self) -> Vec<WebhookDelivery> {
         self.inner.deliveries.lock().unwrap().clone()
+    }
+
+    /// Webhook POSTs on their way, for a test that waits until nothing moves ([`crate::quiet`]).
+    pub fn webhook_activity(&self) -> Activity {
+        self.inner.webhooks.clone()
     }
 
     /// Waits until at least `n` deliveries were attempted (or `timeout` passes) and returns them.

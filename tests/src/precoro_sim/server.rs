@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use shared::bus::consumer::Activity;
 
 use super::faults::{Fault, Faults};
 use super::state::{self, ApiError, Event, Query, ReplyBody, SimState};
@@ -106,6 +107,8 @@ pub(crate) struct Inner {
     pub bodies: Mutex<BodyFormats>,
     pub http: reqwest::Client,
     pub rt: tokio::runtime::Handle,
+    /// Webhook POSTs on their way.
+    pub webhooks: Activity,
 }
 
 impl Inner {
@@ -127,7 +130,9 @@ impl Inner {
                 let me = Arc::clone(self);
                 let url = url.clone();
                 let payload = payload.clone();
+                let holding = self.webhooks.begin();
                 self.rt.spawn(async move {
+                    let _holding = holding;
                     let res = me.http.post(&url).json(&payload).send().await;
                     let (status, error) = match res {
                         Ok(r) => (Some(r.status().as_u16()), None),

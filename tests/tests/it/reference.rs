@@ -18,6 +18,7 @@ use shared::store::ratelimit::RateLimiter;
 use testbed::exact_sim::{ExactSim, ExactSimOptions, RefKind};
 use testbed::harness::{self, EnvSpec, Inspector, TenantSpec, eventually};
 use testbed::precoro_sim::{PrecoroSim, PrecoroSimOptions};
+use testbed::quiet::Quiet;
 use testbed::world::{InvoiceDraft, Stack, TENANT, World, WorldOptions};
 use worker::flows::Context;
 use worker::flows::reference::{ReferenceFlow, Report, enqueue_sync};
@@ -266,7 +267,7 @@ async fn every_kind_is_created_updated_and_disabled_with_no_call_for_unchanged_r
 
     // An edit by hand in Precoro is invisible to the incremental run (Exact did not change) and
     // repaired by the full reconciliation, with one call.
-    let precoro = flow_ctx_precoro(&world);
+    let precoro = world.precoro_client();
     precoro
         .patch_option(
             CustomFieldKind::Item,
@@ -303,14 +304,6 @@ async fn every_kind_is_created_updated_and_disabled_with_no_call_for_unchanged_r
         opt(ids.gl_field, &ex.gl_accounts["4000"].to_string())["name"],
         "4000 Office supplies"
     );
-}
-
-fn flow_ctx_precoro(world: &World) -> shared::precoro::PrecoroClient {
-    shared::precoro::PrecoroClient::new(
-        &world.config.tenants[0],
-        world.store.clone(),
-        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
-    )
 }
 
 #[tokio::test]
@@ -402,19 +395,15 @@ async fn gl_account_webhook_and_the_sync_command_reach_precoro_through_the_broke
     );
 
     // Exact announces GL account changes (topic GLAccounts) at the ingress.
-    let client = ExactClient::for_tenant(
-        &world.config.tenants[0],
-        world.store.clone(),
-        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
-    );
-    client
+    world
+        .exact_client()
         .create_webhook_subscription(
             "GLAccounts",
             &format!("{}/webhooks/exact", stack.ingress_base),
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.settle().await;
     p.reset_calls();
     e.update(
         div,
@@ -432,7 +421,7 @@ async fn gl_account_webhook_and_the_sync_command_reach_precoro_through_the_broke
         "the webhook updated the option: {}",
         option(ex.gl_accounts["4000"])
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.settle().await;
     assert_eq!(
         writes(p),
         vec![format!(
@@ -527,10 +516,6 @@ async fn each_company_is_synced_on_its_own_schedule() {
     )
     .await
     .unwrap();
-    // The first slot of each job (and the daily full run) comes at start; count after it.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    exact.reset_calls();
-    tokio::time::sleep(Duration::from_secs(6)).await;
     let vat_lists = |div: Division| {
         exact
             .calls()
@@ -538,6 +523,25 @@ async fn each_company_is_synced_on_its_own_schedule() {
             .filter(|c| c.division == Some(div) && c.path.ends_with("vat/VATCodes"))
             .count()
     };
+    // The first slot of each job and the daily full run come at start, each reading the VAT
+    // codes once; count after them, once everything they started is done.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            divisions.iter().all(|d| vat_lists(*d) >= 2)
+        })
+        .await,
+        "the first runs read the VAT codes: {:?}",
+        divisions.iter().map(|d| vat_lists(*d)).collect::<Vec<_>>()
+    );
+    Quiet::new()
+        .broker(&config.broker)
+        .work("the worker", worker.activity().clone())
+        .publisher("the worker's publisher", worker.context.publisher.clone())
+        .settle()
+        .await;
+    exact.reset_calls();
+    // The schedule is what is measured: six seconds of it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let (fast, slow) = (vat_lists(divisions[0]), vat_lists(divisions[1]));
     // 1 s slots in 6 s: at least 5 runs; 4 s slots: at most 2.
     assert!(fast >= 5, "fast company synced {fast} times");

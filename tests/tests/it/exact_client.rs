@@ -820,6 +820,7 @@ async fn accounts_reference_data_and_webhooks() {
         .any(|w| w.action == "Validate" && w.status == Some(200))
     {
         assert!(Instant::now() < deadline, "no validation handshake");
+        // Polling for the handshake, bounded by the deadline.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(sub.topic.as_deref(), Some("PurchaseEntries"));
@@ -882,6 +883,7 @@ async fn a_429_pauses_every_replica_and_is_waited_out() {
             Instant::now() < deadline,
             "no shared pause after the 429: {state:?}"
         );
+        // Polling for the shared pause, bounded by the deadline.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     match impatient.list_journals().await {
@@ -1180,14 +1182,6 @@ mod fixtures {
     }
 }
 
-/// The simulator's 401s on `/api/v1/` (not the token endpoint).
-fn api_401s(sim: &ExactSim) -> Vec<testbed::exact_sim::CallRecord> {
-    sim.calls()
-        .into_iter()
-        .filter(|c| c.status == 401 && c.path.starts_with("/api/v1/"))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_token_exact_rejects_within_the_570_s_rule_pauses_every_replica_until_a_refresh_is_allowed()
  {
@@ -1275,14 +1269,14 @@ async fn a_token_exact_rejects_within_the_570_s_rule_pauses_every_replica_until_
         "resumed {resumed_ms} ms after the refresh was allowed"
     );
     assert_eq!(co.sim.refresh_calls(), 1);
-    assert_eq!(api_401s(&co.sim).len(), 1, "one 401 in all");
+    assert_eq!(co.sim.api_401s().len(), 1, "one 401 in all");
     let fresh = co.tokens().await.load().await.unwrap().unwrap();
     assert!(fresh.rejected_at_ms.is_none());
     assert_ne!(fresh.access_token, connected.access_token);
     // The others carry on with the new token at once.
     a.list_journals().await.unwrap();
     b.list_vat_codes().await.unwrap();
-    assert_eq!(api_401s(&co.sim).len(), 1);
+    assert_eq!(co.sim.api_401s().len(), 1);
     let counted = co
         .sim
         .error_counts()
@@ -1304,12 +1298,12 @@ async fn a_token_exact_rejects_within_the_570_s_rule_pauses_every_replica_until_
         ),
         "{err:?}"
     );
-    assert_eq!(api_401s(&co.sim).len(), 2);
+    assert_eq!(co.sim.api_401s().len(), 2);
 
     // Re-consent replaces the pair, which ends the pause at once.
     co.connect(&b).await;
     b.list_journals().await.unwrap();
-    assert_eq!(api_401s(&co.sim).len(), 2);
+    assert_eq!(co.sim.api_401s().len(), 2);
 }
 
 #[tokio::test]

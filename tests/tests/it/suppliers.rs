@@ -6,25 +6,16 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shared::bus::{Envelope, Source};
-use shared::exact::client::ExactClient;
 use shared::ids::{ExactGuid, TenantId};
-use shared::store::ratelimit::RateLimiter;
 use testbed::exact_sim::{RefKind, guid};
-use testbed::harness::{Inspector, eventually};
+use testbed::harness::eventually;
 use testbed::precoro_sim::SupplierSeed;
 use testbed::world::{Stack, TENANT, World, WorldOptions};
 
-fn exact_client(world: &World) -> ExactClient {
-    ExactClient::for_tenant(
-        &world.config.tenants[0],
-        world.store.clone(),
-        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
-    )
-}
-
 /// Subscribe the ingress to Exact's `Accounts` topic and wait for the handshake to pass.
 async fn subscribe_accounts(world: &World, stack: &Stack) {
-    exact_client(world)
+    world
+        .exact_client()
         .create_webhook_subscription(
             "Accounts",
             &format!("{}/webhooks/exact", stack.ingress_base),
@@ -136,35 +127,11 @@ fn counts(world: &World) -> Counts {
     }
 }
 
-/// Wait until nothing moves for `quiet` (the echoes have come back and stopped), then return the
-/// counts. Fails if it keeps moving for 25 s.
-async fn settle(world: &World, quiet: Duration) -> Counts {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
-    let mut last = counts(world);
-    let mut since = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = counts(world);
-        if now != last {
-            last = now;
-            since = tokio::time::Instant::now();
-        } else if since.elapsed() >= quiet {
-            return last;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "writes and webhooks never stop: {last:?}"
-        );
-    }
-}
-
-async fn assert_no_dead_letters(world: &World) {
-    let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
-    assert_eq!(
-        Inspector::connect().await.depth(&names.dlq()).await,
-        0,
-        "nothing dead-lettered"
-    );
+/// Wait until the service is quiet (the echoes have come back and stopped), then return the
+/// counts.
+async fn settled(world: &World, stack: &Stack) -> Counts {
+    stack.settle().await;
+    counts(world)
 }
 
 async fn reconcile(stack: &Stack) {
@@ -227,7 +194,7 @@ async fn a_precoro_supplier_reaches_exact_and_an_exact_change_comes_back_each_wi
 
     // One write on each side, then quiet: the Precoro Create webhook, the Update echo of our
     // stamp and the Exact echo of our POST each come in once and stop there.
-    let created = settle(&world, Duration::from_secs(3)).await;
+    let created = settled(&world, &stack).await;
     assert_eq!(
         created,
         Counts {
@@ -265,7 +232,7 @@ async fn a_precoro_supplier_reaches_exact_and_an_exact_change_comes_back_each_wi
     assert_eq!(s["externalId"], json!(acc_id.to_string()));
     assert_eq!(s["paymentTerms"]["data"][0]["id"], json!(world.ids.term_30));
 
-    let changed = settle(&world, Duration::from_secs(3)).await;
+    let changed = settled(&world, &stack).await;
     assert_eq!(
         changed,
         Counts {
@@ -276,7 +243,7 @@ async fn a_precoro_supplier_reaches_exact_and_an_exact_change_comes_back_each_wi
         },
         "one Precoro write, no Exact write, one echo that stops"
     );
-    assert_no_dead_letters(&world).await;
+    world.assert_no_dead_letters().await;
     stack.stop().await;
 }
 
@@ -325,7 +292,7 @@ async fn suppliers_are_matched_by_vat_or_code_never_by_name_and_exact_suppliers_
     assert_ne!(acme, acme_customer, "never matched by name");
     assert_eq!(account(&world, acme)["VATNumber"], json!("FR12345678901"));
     assert_eq!(account(&world, acme_customer)["IsSupplier"], json!(false));
-    settle(&world, Duration::from_secs(2)).await;
+    stack.settle().await;
     assert_eq!(
         world.exact.count_calls("POST", "crm/Accounts"),
         1,
@@ -396,7 +363,7 @@ async fn suppliers_are_matched_by_vat_or_code_never_by_name_and_exact_suppliers_
             json!({"City": "Lyon"}),
         )
         .unwrap();
-    let end = settle(&world, Duration::from_secs(2)).await;
+    let end = settled(&world, &stack).await;
     assert_eq!(end.exact_account_posts, 1);
     assert_eq!(
         world
@@ -407,7 +374,7 @@ async fn suppliers_are_matched_by_vat_or_code_never_by_name_and_exact_suppliers_
             .count(),
         1
     );
-    assert_no_dead_letters(&world).await;
+    world.assert_no_dead_letters().await;
     stack.stop().await;
 }
 
@@ -422,7 +389,7 @@ async fn concurrent_edits_on_both_sides_merge_field_by_field_and_the_later_edit_
     let stack = Stack::start(&world, 2, false).await;
     let id = world.precoro.add_supplier(globex());
     let acc = wait_stamped(&world, id).await;
-    settle(&world, Duration::from_secs(1)).await;
+    stack.settle().await;
 
     // Both edits happen while no webhook reaches us (Precoro's are off, Exact's are not
     // subscribed); the reconciliation finds both.
@@ -431,6 +398,8 @@ async fn concurrent_edits_on_both_sides_merge_field_by_field_and_the_later_edit_
         id,
         json!({"phone": "+49 228 111", "city": "Bonn", "legalAddress": "Markt 2"}),
     );
+    // Precoro's updateDate counts whole seconds, and "later" is read off the simulators' clocks,
+    // which are the wall clock: the second edit must fall in a later second, so time passes.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     world
         .exact
@@ -468,6 +437,7 @@ async fn concurrent_edits_on_both_sides_merge_field_by_field_and_the_later_edit_
             json!({"Postcode": "20095"}),
         )
         .unwrap();
+    // A later second on the simulators' wall clocks, as above.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     world
         .precoro
@@ -483,16 +453,16 @@ async fn concurrent_edits_on_both_sides_merge_field_by_field_and_the_later_edit_
         world.precoro.supplier(id),
         account(&world, acc)
     );
-    settle(&world, Duration::from_secs(2)).await;
+    stack.settle().await;
     // Another reconciliation finds nothing to do.
     let before = counts(&world);
     reconcile(&stack).await;
-    let after = settle(&world, Duration::from_secs(2)).await;
+    let after = settled(&world, &stack).await;
     assert_eq!(
         after, before,
         "a reconciliation of synced suppliers writes nothing"
     );
-    assert_no_dead_letters(&world).await;
+    world.assert_no_dead_letters().await;
     stack.stop().await;
 }
 
@@ -526,8 +496,8 @@ async fn an_invoice_of_a_supplier_not_yet_in_exact_syncs_the_supplier_first() {
     assert_eq!(a["Name"], "Initech LLC");
     assert_eq!(a["VATNumber"], "US987654321");
     assert_eq!(a["IsSupplier"], json!(true));
-    settle(&world, Duration::from_secs(2)).await;
+    stack.settle().await;
     assert_eq!(world.exact.count_calls("POST", "crm/Accounts"), 1);
-    assert_no_dead_letters(&world).await;
+    world.assert_no_dead_letters().await;
     stack.stop().await;
 }

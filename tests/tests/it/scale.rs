@@ -7,6 +7,7 @@
 //! and outcome), since the simulators cannot tell the processes apart.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use shared::ids::ExactGuid;
 use testbed::harness::{Inspector, eventually};
-use testbed::world::{InvoiceDraft, Stack, World, WorldOptions};
+use testbed::world::{InvoiceDraft, Stack, World, WorldOptions, dec};
 use tokio::process::{Child, Command};
 
 const INVOICES: usize = 300;
@@ -48,16 +49,6 @@ fn total(h: &HashMap<String, usize>) -> usize {
     h.values().sum()
 }
 
-fn dec(v: &Value) -> Decimal {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    s.parse::<Decimal>()
-        .unwrap_or_else(|e| panic!("not a number: {v} ({e})"))
-        .round_dp(2)
-}
-
 fn sigterm(child: &Child) {
     let pid = child.id().expect("the process is running");
     let status = std::process::Command::new("kill")
@@ -70,6 +61,8 @@ fn sigterm(child: &Child) {
 struct Procs {
     children: Vec<Child>,
     logs: Vec<PathBuf>,
+    /// Where each process serves its counts (work in hand, deliveries taken).
+    activity: Vec<SocketAddr>,
     dir: PathBuf,
 }
 
@@ -89,13 +82,19 @@ impl Procs {
         .unwrap();
         let mut children = Vec::new();
         let mut logs = Vec::new();
+        let mut activity = Vec::new();
         for i in 0..WORKERS {
             let log = dir.join(format!("worker-{i}.log"));
             let out = std::fs::File::create(&log).unwrap();
+            let at = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap();
             children.push(
                 Command::new(env!("CARGO_BIN_EXE_scale-worker"))
                     .arg("--config")
                     .arg(&config)
+                    .arg("--activity")
+                    .arg(at.to_string())
                     .env_remove("RUST_LOG")
                     .stdout(Stdio::from(out))
                     .kill_on_drop(true)
@@ -103,10 +102,12 @@ impl Procs {
                     .expect("start a worker process"),
             );
             logs.push(log);
+            activity.push(at);
         }
         Procs {
             children,
             logs,
+            activity,
             dir,
         }
     }
@@ -215,6 +216,7 @@ async fn three_worker_processes_share_300_invoices_and_payments_and_two_finish_a
         if settled == INVOICES || Instant::now() > deadline {
             break;
         }
+        // The pace of this loop, which pays each invoice as soon as it is seen booked.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stopped_at = stopped_at.expect("worker 0 was stopped midway");
@@ -239,8 +241,13 @@ async fn three_worker_processes_share_300_invoices_and_payments_and_two_finish_a
         started.elapsed(),
         &unpaid[..unpaid.len().min(10)]
     );
-    // A late duplicate gets the chance to show.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A late duplicate gets the chance to show: wait until the queues are empty and the two
+    // processes still running are idle.
+    let mut quiet = stack.quiet();
+    for (i, at) in procs.activity.iter().enumerate().skip(1) {
+        quiet = quiet.process(&format!("worker process {i}"), *at);
+    }
+    quiet.settle().await;
     let mut entries = HashMap::<String, usize>::new();
     for e in world.exact.purchase_entries(world.division) {
         if let Some(r) = e.request["YourRef"].as_str() {

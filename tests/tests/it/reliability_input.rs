@@ -7,9 +7,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use shared::config::Config;
 use shared::webhook::{Rejection, exact_hashcode, verify_exact, verify_precoro};
-use testbed::harness::{self, EnvSpec, Inspector, TenantSpec};
+use testbed::harness::{self, EnvSpec, Ingress, Inspector, TenantSpec, post};
 
-const SECRET: &str = "test-webhook-secret";
+const SECRET: &str = harness::TEST_WEBHOOK_SECRET;
 const DIVISION: i64 = 4711;
 
 fn config() -> (Config, TenantSpec) {
@@ -116,34 +116,13 @@ proptest! {
 /// (what, URL, body, content type, expected status).
 type Case<'a> = (&'a str, &'a str, Vec<u8>, Option<&'a str>, u16);
 
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    body: Vec<u8>,
-    ct: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let mut req = http.post(url).body(body);
-    if let Some(ct) = ct {
-        req = req.header("content-type", ct);
-    }
-    let resp = req.send().await.expect("ingress answers");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
-}
-
 /// Hostile requests through the real ingress: oversized, truncated, non-UTF-8, deeply nested,
 /// huge numbers, wrong content types, replayed and tampered signatures.
 #[tokio::test]
 async fn hostile_webhooks_get_the_right_4xx_and_nothing_is_published() {
     let (cfg, tenant) = config();
-    let app = ingress::Application::build(cfg.clone())
-        .await
-        .expect("ingress builds");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
+    let ingress = Ingress::start(cfg.clone()).await;
+    let base = ingress.base.clone();
     let http = shared::http::client(Duration::from_secs(10));
     let precoro = format!("{base}/webhooks/precoro/acme/{}", tenant.webhook_token);
     let exact = format!("{base}/webhooks/exact");
@@ -372,7 +351,6 @@ async fn hostile_webhooks_get_the_right_4xx_and_nothing_is_published() {
     assert_eq!((status, &json), (wrong_status, &wrong_json));
     assert_eq!(status, 401);
 
-    let _ = stop.send(());
-    let _ = server.await;
+    ingress.stop().await;
     insp.delete_topology(&cfg.broker).await;
 }

@@ -7,28 +7,19 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shared::bus::dlq::{DeadLetters, Filter};
 use shared::error::{Error, PauseCause};
-use shared::precoro::{CustomFieldKind, PrecoroClient};
+use shared::precoro::CustomFieldKind;
 use shared::store::ratelimit::RateLimiter;
 use testbed::exact_sim::FaultPlan as ExactFaults;
 use testbed::harness::{Inspector, eventually};
 use testbed::precoro_sim::FaultPlan as PrecoroFaults;
 use testbed::precoro_sim::OptionSeed;
-use testbed::world::{InvoiceDraft, Stack, World, WorldOptions};
+use testbed::world::{InvoiceDraft, Stack, World, WorldOptions, line};
 
-fn line(
-    name: &str,
-    qty: i64,
-    price: &str,
-    gl: &str,
-    vat: u32,
-) -> (String, i64, String, String, u32) {
-    (name.into(), qty, price.into(), gl.into(), vat)
-}
-
-/// Wait until `n` entries exist for `your_ref` (and a little longer, to catch any duplicate).
-async fn booked(world: &World, your_ref: &str, within: Duration) -> Vec<Value> {
+/// Wait until an entry exists for `your_ref`, then until the service is quiet, so that any
+/// duplicate would have been booked too.
+async fn booked(world: &World, stack: &Stack, your_ref: &str, within: Duration) -> Vec<Value> {
     eventually(within, || async { !world.entries_for(your_ref).is_empty() }).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.settle().await;
     world.entries_for(your_ref)
 }
 
@@ -89,7 +80,7 @@ async fn a_multi_line_invoice_becomes_the_exact_entry_with_one_exact_call() {
     world.precoro.reset_calls();
     world.precoro.approve_invoice(idn);
 
-    let entries = booked(&world, "INV-2026-0042", Duration::from_secs(20)).await;
+    let entries = booked(&world, &stack, "INV-2026-0042", Duration::from_secs(20)).await;
     assert_eq!(entries.len(), 1, "exactly one entry");
     insta::assert_json_snapshot!("multi_line_entry", named(&world, entries[0].clone()));
 
@@ -111,7 +102,7 @@ async fn a_multi_line_invoice_becomes_the_exact_entry_with_one_exact_call() {
     assert_eq!(atts[0].bytes, testbed::world::fake_pdf("INV-2026-0042"));
 
     // API budget: one Exact call for the entry (+2 attachment calls), two Precoro calls (+ the PDF).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.settle().await;
     assert_eq!(
         world
             .exact
@@ -168,7 +159,7 @@ async fn a_multi_line_invoice_becomes_the_exact_entry_with_one_exact_call() {
     });
     world.precoro.approve_invoice(idn2);
     assert_eq!(
-        booked(&world, "INV-2026-0043", Duration::from_secs(20))
+        booked(&world, &stack, "INV-2026-0043", Duration::from_secs(20))
             .await
             .len(),
         1
@@ -239,7 +230,7 @@ async fn an_approval_right_after_an_edit_is_not_coalesced_away() {
     assert!(handled(2).await, "the edit's hook was fetched");
     // ... and the approval's identical hook follows: coalesced into a deferred copy.
     world.precoro.approve_invoice(idn);
-    let entries = booked(&world, "EDIT-1", Duration::from_secs(30)).await;
+    let entries = booked(&world, &stack, "EDIT-1", Duration::from_secs(30)).await;
     assert_eq!(entries.len(), 1);
     stack.stop().await;
 }
@@ -263,7 +254,7 @@ async fn an_option_created_after_the_list_was_kept_still_books() {
         ..Default::default()
     });
     assert_eq!(
-        booked(&world, "KEPT-1", Duration::from_secs(20))
+        booked(&world, &stack, "KEPT-1", Duration::from_secs(20))
             .await
             .len(),
         1
@@ -289,7 +280,7 @@ async fn an_option_created_after_the_list_was_kept_still_books() {
         ..Default::default()
     });
     assert_eq!(
-        booked(&world, "KEPT-2", Duration::from_secs(20))
+        booked(&world, &stack, "KEPT-2", Duration::from_secs(20))
             .await
             .len(),
         1
@@ -359,7 +350,7 @@ async fn credit_notes_split_costs_and_the_export_condition() {
     for idn in [credit, parent, child, excluded] {
         world.precoro.approve_invoice(idn);
     }
-    let cn = booked(&world, "CN-7", Duration::from_secs(20)).await;
+    let cn = booked(&world, &stack, "CN-7", Duration::from_secs(20)).await;
     assert_eq!(cn.len(), 1);
     let lines = cn[0]["PurchaseEntryLines"].as_array().unwrap();
     assert_eq!(
@@ -379,13 +370,13 @@ async fn credit_notes_split_costs_and_the_export_condition() {
     );
 
     assert_eq!(
-        booked(&world, "SPLIT-1", Duration::from_secs(20))
+        booked(&world, &stack, "SPLIT-1", Duration::from_secs(20))
             .await
             .len(),
         1,
         "the split base is exported"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.settle().await;
     assert!(
         world.entries_for("SPLIT-1-B").is_empty(),
         "split children are not exported"
@@ -441,7 +432,7 @@ async fn a_missing_gl_mapping_dead_letters_with_its_reason_and_a_replay_books_it
     );
     // The Create and the approval Update webhooks both reached a worker after the approval: each
     // is dead-lettered with the same reason, and replaying both must still book once.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.settle().await;
     let listed = DeadLetters::connect(&world.config.broker)
         .await
         .unwrap()
@@ -463,12 +454,7 @@ async fn a_missing_gl_mapping_dead_letters_with_its_reason_and_a_replay_books_it
     assert!(world.entries_for("INV-MAP-1").is_empty());
 
     // The operator fixes the data in Precoro, then replays.
-    let t = &world.config.tenants[0];
-    let client = PrecoroClient::new(
-        t,
-        world.store.clone(),
-        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
-    );
+    let client = world.precoro_client();
     let gl4000 = world.exact_ids.gl_accounts["4000"].to_string();
     client
         .set_option_external_id(CustomFieldKind::Item, world.ids.gl_field, orphan, &gl4000)
@@ -482,7 +468,7 @@ async fn a_missing_gl_mapping_dead_letters_with_its_reason_and_a_replay_books_it
         .unwrap();
     assert_eq!(moved.moved, listed.len());
     assert_eq!(moved.left, 0);
-    let entries = booked(&world, "INV-MAP-1", Duration::from_secs(20)).await;
+    let entries = booked(&world, &stack, "INV-MAP-1", Duration::from_secs(20)).await;
     assert_eq!(entries.len(), 1, "booked once after the replay");
     stack.stop().await;
 }
@@ -515,8 +501,7 @@ async fn fifty_duplicate_webhooks_at_once_make_one_entry() {
             .iter()
             .all(|r| r.as_ref().is_ok_and(|r| r.status() == 202))
     );
-    let entries = booked(&world, "INV-DUP-1", Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let entries = booked(&world, &stack, "INV-DUP-1", Duration::from_secs(30)).await;
     assert_eq!(world.entries_for("INV-DUP-1").len(), 1, "{entries:?}");
     assert_eq!(
         world
@@ -578,7 +563,7 @@ async fn two_hundred_invoices_under_twenty_percent_faults_are_booked_once_each()
     .await;
     world.exact.faults().clear();
     world.precoro.faults().clear();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.settle().await;
     let entries = world.exact.purchase_entries(world.division);
     let mut per_ref: HashMap<String, usize> = HashMap::new();
     for e in &entries {
@@ -634,6 +619,8 @@ async fn a_handler_slower_than_its_leases_is_not_overtaken_by_a_duplicate() {
         })
         .await
     );
+    // Longer than the 1 s leases: unless renewed, both have lapsed by now. The time passing is
+    // what this test is about, so it is waited out, not polled for.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let http = shared::http::client(Duration::from_secs(10));
     let resp = http
@@ -644,9 +631,8 @@ async fn a_handler_slower_than_its_leases_is_not_overtaken_by_a_duplicate() {
         .unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
 
-    let entries = booked(&world, "SLOW-1", Duration::from_secs(20)).await;
-    // Long enough for the duplicate to have been handled either way.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Settled: the duplicate has been handled either way.
+    let entries = booked(&world, &stack, "SLOW-1", Duration::from_secs(20)).await;
     assert_eq!(world.entries_for("SLOW-1").len(), 1, "{entries:?}");
     assert_eq!(
         world
@@ -700,7 +686,7 @@ async fn a_failed_or_unanswered_pdf_step_leaves_one_document_with_one_file() {
         world.exact.faults().set(faults);
         world.precoro.approve_invoice(idn);
 
-        let entries = booked(&world, &number, Duration::from_secs(30)).await;
+        let entries = booked(&world, &stack, &number, Duration::from_secs(30)).await;
         assert_eq!(entries.len(), 1, "{tag}: booked once");
         let documents = world.exact.rows(world.division, "documents/Documents");
         assert_eq!(documents.len(), 1, "{tag}: one document: {documents:?}");
@@ -762,7 +748,7 @@ async fn a_create_refused_by_the_rate_limiter_is_retried_without_a_lookup() {
     }
 
     for number in ["LIM-PDF", "LIM-PLAIN"] {
-        let entries = booked(&world, number, Duration::from_secs(30)).await;
+        let entries = booked(&world, &stack, number, Duration::from_secs(30)).await;
         assert_eq!(entries.len(), 1, "{number}: booked once");
     }
     assert!(
@@ -791,16 +777,6 @@ async fn a_create_refused_by_the_rate_limiter_is_retried_without_a_lookup() {
     );
     assert_eq!(world.exact.document_attachments(world.division).len(), 1);
     stack.stop().await;
-}
-
-/// The simulator's 401s on `/api/v1/` (the token endpoint aside), in arrival order.
-fn api_401s(world: &World) -> Vec<testbed::exact_sim::CallRecord> {
-    world
-        .exact
-        .calls()
-        .into_iter()
-        .filter(|c| c.status == 401 && c.path.starts_with("/api/v1/"))
-        .collect()
 }
 
 /// Issue 14.6: Exact stops taking the company's access token while its 570 s rule (5 s here)
@@ -882,7 +858,7 @@ async fn a_token_exact_rejects_inside_the_570_s_rule_pauses_every_worker_until_a
         .await,
         "a worker met the rejected token"
     );
-    let first_401 = api_401s(&world)[0].at.timestamp_millis();
+    let first_401 = world.exact.api_401s()[0].at.timestamp_millis();
     assert!(first_401 < allowed_at, "rejected inside the rule's window");
     let held = exact.list_vat_codes().await.unwrap_err();
     assert!(
@@ -926,7 +902,7 @@ async fn a_token_exact_rejects_inside_the_570_s_rule_pauses_every_worker_until_a
         ms(refresh) >= allowed_at,
         "never asked before the rule allowed"
     );
-    let rejected = api_401s(&world);
+    let rejected = world.exact.api_401s();
     // Nothing but calls already on their way when the first 401 came back reached Exact until
     // the refresh: those are the only 401s, one per call the limiter had let go at once (its
     // burst is 5).

@@ -11,22 +11,13 @@ use shared::bus::topology::Names;
 use shared::bus::{Envelope, Publisher, Source};
 use shared::config::Config;
 use shared::exact::{ExactClient, TokenStore};
-use shared::precoro::{CustomFieldKind, PrecoroClient};
+use shared::precoro::CustomFieldKind;
 use shared::store::ratelimit::RateLimiter;
-use testbed::harness::{Inspector, eventually};
+use testbed::harness::{Ingress, Inspector, eventually};
 use testbed::precoro_sim::{InvoiceSeed, OptionSeed};
-use testbed::world::{Stack, TENANT, World, WorldOptions};
+use testbed::quiet::Quiet;
+use testbed::world::{Stack, TENANT, World, WorldOptions, line};
 use worker::cli::{backfill, dlq, exact, status};
-
-fn line(
-    name: &str,
-    qty: i64,
-    price: &str,
-    gl: &str,
-    vat: u32,
-) -> (String, i64, String, String, u32) {
-    (name.into(), qty, price.into(), gl.into(), vat)
-}
 
 fn text(buf: Vec<u8>) -> String {
     String::from_utf8(buf).expect("commands print UTF-8")
@@ -69,34 +60,20 @@ fn with_public_ingress(world: &World) -> Config {
     Config::from_toml(&toml, &|_| None).expect("config with a public URL")
 }
 
-struct Ingress {
-    base: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
+/// The ingress alone, on the config's public port.
 async fn start_ingress(config: &Config) -> Ingress {
-    let app = ingress::Application::build(config.clone())
-        .await
-        .expect("ingress builds");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    assert_eq!(base, config.ingress.public_url);
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
-    Ingress { base, stop, task }
+    let ingress = Ingress::start(config.clone()).await;
+    assert_eq!(ingress.base, config.ingress.public_url);
+    ingress
 }
 
-impl Ingress {
-    async fn stop(self, config: &Config) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-        Inspector::connect()
-            .await
-            .delete_topology(&config.broker)
-            .await;
-    }
+/// Stop the ingress and delete what it declared on the broker.
+async fn stop_ingress(ingress: Ingress, config: &Config) {
+    ingress.stop().await;
+    Inspector::connect()
+        .await
+        .delete_topology(&config.broker)
+        .await;
 }
 
 #[tokio::test]
@@ -146,7 +123,7 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
         .await,
         "both messages are dead-lettered"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.settle().await;
 
     // list: a table with the reason, then filters.
     let (n, out) = run!(|o| dlq::list(&config, &every, false, o));
@@ -240,12 +217,7 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     assert!(world.entries_for("INV-OPS-1").is_empty());
 
     // The operator fixes the mapping in Precoro, then replays the invoice flow's dead letters.
-    let t = &config.tenants[0];
-    let client = PrecoroClient::new(
-        t,
-        world.store.clone(),
-        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
-    );
+    let client = world.precoro_client();
     client
         .set_option_external_id(
             CustomFieldKind::Item,
@@ -270,7 +242,7 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
         .await,
         "booked after the replay"
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    stack.settle().await;
     assert_eq!(world.entries_for("INV-OPS-1").len(), 1, "booked once");
 
     // purge asks; "n" keeps, "y" deletes.
@@ -634,7 +606,7 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
         .await
         .unwrap();
     assert_eq!(refreshes, None, "no refresh was counted for the consents");
-    ingress.stop(&config).await;
+    stop_ingress(ingress, &config).await;
 }
 
 #[tokio::test]
@@ -703,7 +675,11 @@ async fn exact_subscribe_creates_what_the_flows_need_once() {
         "{:?}",
         world.exact.webhook_deliveries()
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No other handshake is on its way (a failed one would drop its subscription).
+    Quiet::new()
+        .work("Exact's webhooks", world.exact.webhook_activity())
+        .settle()
+        .await;
     let subs = world.exact.webhook_subscriptions(world.division);
     assert_eq!(subs.len(), 5, "{subs:?}");
 
@@ -728,7 +704,7 @@ async fn exact_subscribe_creates_what_the_flows_need_once() {
         0
     );
     assert_eq!(world.exact.webhook_subscriptions(world.division).len(), 5);
-    ingress.stop(&config).await;
+    stop_ingress(ingress, &config).await;
 }
 
 #[tokio::test]
@@ -1005,7 +981,7 @@ async fn backfill_enqueues_each_flows_work_and_the_workers_do_it() {
         })
         .await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.settle().await;
     assert_eq!(world.entries_for("BF-NOV-1").len(), 1);
     assert!(world.entries_for("BF-OCT-1").is_empty());
     assert!(world.entries_for("BF-NOV-PENDING").is_empty());

@@ -2,7 +2,6 @@
 //! poll (scheduled job or Exact webhook) finds it, and the Precoro simulator shows the invoice
 //! Partly paid / Paid, against the real RabbitMQ and Redis.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::NaiveDate;
@@ -10,13 +9,10 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use shared::bus::dlq::{DeadLetters, Filter};
 use shared::bus::{Envelope, Source};
-use shared::exact::client::ExactClient;
 use shared::exact::types::{NewPurchaseEntry, NewPurchaseEntryLine};
 use shared::ids::{ExactGuid, PrecoroId, TenantId};
-use shared::precoro::PrecoroClient;
-use shared::store::ratelimit::RateLimiter;
 use testbed::harness::eventually;
-use testbed::world::{Stack, TENANT, World, WorldOptions};
+use testbed::world::{Stack, TENANT, World, WorldOptions, dec};
 use worker::flows::payments::{CURSOR, entry_key, last_poll_key};
 
 const PAYMENTS: &str =
@@ -38,26 +34,8 @@ fn tenant() -> TenantId {
     TenantId::from(TENANT)
 }
 
-fn dec(v: &Value) -> Decimal {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    Decimal::from_str(&s)
-        .unwrap_or_else(|e| panic!("not a number: {v} ({e})"))
-        .round_dp(2)
-}
-
 fn d(s: &str) -> Decimal {
     s.parse().unwrap()
-}
-
-fn exact_client(world: &World) -> ExactClient {
-    ExactClient::for_tenant(
-        &world.config.tenants[0],
-        world.store.clone(),
-        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
-    )
 }
 
 /// An approved invoice of one line `price` + 21 % VAT, booked in Exact by the invoice flow.
@@ -184,7 +162,7 @@ async fn a_full_payment_marks_the_invoice_paid_and_a_quiet_poll_costs_one_exact_
         row["ID"].as_str().unwrap().to_lowercase()
     );
     // The old payment is left out.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.settle().await;
     assert!(world.precoro.payments_for(old_id).is_empty());
     assert_eq!(world.precoro.invoice(old_idn)["status"], json!(2));
 
@@ -192,7 +170,7 @@ async fn a_full_payment_marks_the_invoice_paid_and_a_quiet_poll_costs_one_exact_
     world.exact.reset_calls();
     world.precoro.reset_calls();
     poll(&stack).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.settle().await;
     let calls: Vec<String> = world
         .exact
         .calls()
@@ -258,7 +236,7 @@ async fn the_same_payment_seen_by_two_polls_and_webhooks_is_paid_once() {
         booked.push(book(&world, &format!("PAY-ONCE-{n}"), "80.00").await);
     }
     // Exact's webhooks reach the ingress (the handshake is answered there).
-    let exact = exact_client(&world);
+    let exact = world.exact_client();
     let callback = format!("{}/webhooks/exact", stack.ingress_base);
     for topic in ["BankEntries", "PurchaseEntries"] {
         exact
@@ -266,7 +244,7 @@ async fn the_same_payment_seen_by_two_polls_and_webhooks_is_paid_once() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.settle().await;
     world.exact.reset_calls();
 
     // A payment run: three bank payments at once, three webhooks.
@@ -310,7 +288,7 @@ async fn the_same_payment_seen_by_two_polls_and_webhooks_is_paid_once() {
     assert_eq!(r.status(), 200);
     exact.save_cursor(CURSOR, 1).await.unwrap();
     poll(&stack).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.settle().await;
     for (id, _, _, total) in &booked {
         let payments = world.precoro.payments_for(*id);
         assert_eq!(payments.len(), 1, "{payments:?}");
@@ -330,7 +308,7 @@ async fn the_same_payment_seen_by_two_polls_and_webhooks_is_paid_once() {
 #[tokio::test]
 async fn a_payment_for_an_entry_not_from_precoro_is_ignored() {
     let (world, stack) = start("pay-foreign").await;
-    let exact = exact_client(&world);
+    let exact = world.exact_client();
     let supplier = world.exact_ids.suppliers[0].id;
     let entry = exact
         .create_purchase_entry(&NewPurchaseEntry {
@@ -366,7 +344,7 @@ async fn a_payment_for_an_entry_not_from_precoro_is_ignored() {
         .unwrap();
     world.precoro.reset_calls();
     poll(&stack).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.settle().await;
     let calls: Vec<String> = world
         .precoro
         .calls()
@@ -382,7 +360,7 @@ async fn a_payment_for_an_entry_not_from_precoro_is_ignored() {
     world.precoro.reset_calls();
     exact.save_cursor(CURSOR, 1).await.unwrap();
     poll(&stack).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.settle().await;
     assert!(world.precoro.calls().is_empty());
     stack.stop().await;
 }
@@ -392,11 +370,7 @@ async fn overpayment_is_capped_and_a_cent_of_rounding_is_snapped() {
     let (world, stack) = start("pay-over").await;
     // Someone recorded part of the invoice as paid in Precoro by hand; Exact then pays it all.
     let (id, idn, entry, total) = book(&world, "PAY-OVER-1", "100.00").await;
-    let precoro = PrecoroClient::new(
-        &world.config.tenants[0],
-        world.store.clone(),
-        RateLimiter::new(world.store.clone(), Duration::from_secs(5)),
-    );
+    let precoro = world.precoro_client();
     precoro
         .create_payment(PrecoroId(id), d("50.00"), chrono::Utc::now())
         .await
@@ -429,7 +403,7 @@ async fn overpayment_is_capped_and_a_cent_of_rounding_is_snapped() {
         .pay_entry(world.division, entry2, d("0.01"), today(&world))
         .unwrap();
     poll(&stack).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.settle().await;
     assert_eq!(world.precoro.payments_for(id2).len(), 1);
     let dead = world.dead_letters().await;
     assert!(dead.is_empty(), "no rejected payment: {dead:?}");
@@ -446,7 +420,8 @@ async fn the_cursor_survives_a_worker_restart() {
         .unwrap();
     poll(&stack).await;
     status_becomes(&world, idn, 4, d("21.00")).await;
-    let cursor = exact_client(&world)
+    let cursor = world
+        .exact_client()
         .load_cursor(CURSOR)
         .await
         .unwrap()
@@ -503,9 +478,9 @@ async fn a_reversed_payment_is_reported_to_an_operator_not_applied() {
         "the reversal lands in the DLQ"
     );
     // Seen again by a later poll: reported once.
-    exact_client(&world).save_cursor(CURSOR, 1).await.unwrap();
+    world.exact_client().save_cursor(CURSOR, 1).await.unwrap();
     poll(&stack).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.settle().await;
     let dead = dlq.list(&Filter::default()).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let reason = dead[0].error.clone().unwrap_or_default();
@@ -603,11 +578,20 @@ async fn a_poll_waits_for_an_entry_being_settled_rather_than_step_over_its_rows(
         .unwrap();
     let env = Envelope::new(tenant(), Source::Job, "payments", "poll", json!({}));
     let at = env.received_at.timestamp_millis();
+    let reads = || world.exact.count_calls("GET", SYNC);
+    let read_before = reads();
     ctx.publisher
         .publish_envelope(&env, Default::default())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The poll has met the held entry and come back for the page again (or, wrongly, completed).
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            reads() >= read_before + 2 || polled_since(&stack, at).await
+        })
+        .await,
+        "the poll read the page, then came back for it"
+    );
     assert!(
         !polled_since(&stack, at).await,
         "the poll completed while the entry was being settled"

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use shared::bus::consumer::{FlowConsumer, Handler, Message, Outcome};
+use shared::bus::consumer::{Activity, FlowConsumer, Handler, Message, Outcome};
 use shared::bus::envelope::headers as h;
 use shared::bus::{Envelope, Publisher, Source};
 use shared::config::Config;
@@ -15,55 +15,13 @@ use shared::ids::TenantId;
 use shared::store::Store;
 use shared::store::claim::{ClaimGuard, ClaimSettings, Claimed, Claims};
 use shared::webhook::exact_hashcode;
-use testbed::harness::{self, CuttableProxy, EnvSpec, Inspector, TenantSpec, eventually};
+use testbed::harness::{
+    self, CuttableProxy, EnvSpec, Ingress, Inspector, TenantSpec, eventually, post,
+};
+use testbed::quiet::Quiet;
 use tokio::sync::{Notify, watch};
 
-const SECRET: &str = "test-webhook-secret";
-
-struct Ingress {
-    base: String,
-    /// The admin port (metrics, health).
-    admin: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Ingress {
-    /// The Prometheus text of the admin port.
-    async fn metrics(&self, http: &reqwest::Client) -> String {
-        http.get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn start(config: Config) -> Ingress {
-        let app = ingress::Application::build(config)
-            .await
-            .expect("ingress builds");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let admin = format!("http://127.0.0.1:{}", app.admin_port());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(app.run_until(async move {
-            let _ = rx.await;
-        }));
-        Ingress {
-            base,
-            admin,
-            stop: Some(tx),
-        }
-    }
-}
-
-impl Drop for Ingress {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+const SECRET: &str = harness::TEST_WEBHOOK_SECRET;
 
 fn exact_body(content: &str, hash: &str) -> String {
     format!(r#"{{"Content":{content},"HashCode":"{hash}"}}"#)
@@ -73,22 +31,6 @@ fn content(division: i64, topic: &str) -> String {
     format!(
         r#"{{"Topic":"{topic}","ClientId":"3f2c9a4e-1b7d-4c6a-9e2f-8a1b2c3d4e5f","Division":{division},"Action":"Update","Key":"0b5f1c8e-0000-4000-8000-000000000001","ExactOnlineEndpoint":"https://start.exactonline.nl/api/v1/{division}/crm/Accounts(guid'0b5f1c8e-0000-4000-8000-000000000001')","EventCreatedOn":"2026-01-17T22:56:23.087"}}"#
     )
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    body: impl Into<reqwest::Body>,
-    ct: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let mut req = client.post(url).body(body);
-    if let Some(ct) = ct {
-        req = req.header("content-type", ct);
-    }
-    let resp = req.send().await.expect("ingress answers");
-    let status = resp.status().as_u16();
-    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
-    (status, json)
 }
 
 async fn total_depth(insp: &Inspector, cfg: &Config) -> u32 {
@@ -463,7 +405,12 @@ async fn broker_outage_answers_503_then_recovers_without_restart() {
         )
         .await;
     assert_eq!(got.len(), 2);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every request was answered; once no publish of the ingress awaits its confirm, nothing
+    // more can reach the queue.
+    Quiet::new()
+        .publisher("the ingress's publisher", ing.publisher.clone())
+        .settle()
+        .await;
     assert_eq!(
         insp.drain(&names.flow_queue(shared::Flow::Invoices))
             .await
@@ -489,20 +436,34 @@ async fn shutdown_lets_the_request_in_flight_finish_and_publish() {
         let _ = stopped.await;
     }));
 
-    // A sender mid-request when the stop comes: head and half the body are sent.
+    // A sender mid-request when the stop comes: head and half the body are sent. It asks to be
+    // told when the body is wanted (`Expect: 100-continue`), which is how it knows the request
+    // is in the handler.
     let body = r#"{"id":777,"type":3,"action":1,"idn":7}"#;
     let (first, rest) = body.split_at(body.len() / 2);
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST /webhooks/precoro/acme/{} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST /webhooks/precoro/acme/{} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
         tenant.webhook_token,
         body.len()
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut go_on = [0u8; b"HTTP/1.1 100 Continue\r\n\r\n".len()];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut go_on))
+        .await
+        .expect("the ingress asks for the body")
+        .unwrap();
+    assert_eq!(&go_on, b"HTTP/1.1 100 Continue\r\n\r\n");
     tcp.write_all(first.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     stop.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stop has been taken in once the listener is closed.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
+        "the ingress stops listening"
+    );
     assert!(
         !server.is_finished(),
         "the ingress stopped with a request in flight"
@@ -608,16 +569,31 @@ impl Handler for Probe {
 struct Worker {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// What [`Worker::settle`] watches: the queues, this consumer, its re-publishes.
+    quiet: Quiet,
+}
+
+impl Worker {
+    /// Wait until the probe's queue and the wait queues are empty and this worker is idle.
+    async fn settle(&self) {
+        self.quiet.settle().await
+    }
 }
 
 async fn start_worker(cfg: &Config, probe: Arc<Probe>) -> Worker {
     let store = Store::connect(&cfg.redis).await.unwrap();
     let publisher = Publisher::new(&cfg.broker);
     let claims = shared::bus::witness::claims(store.clone(), cfg);
-    let consumer = FlowConsumer::new(&cfg.broker, &cfg.worker, probe, publisher, store, claims);
+    let activity = Activity::default();
+    let quiet = Quiet::new()
+        .broker(&cfg.broker)
+        .work("the worker", activity.clone())
+        .publisher("the worker's publisher", publisher.clone());
+    let consumer = FlowConsumer::new(&cfg.broker, &cfg.worker, probe, publisher, store, claims)
+        .with_activity(activity);
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(consumer.run(rx));
-    Worker { stop, task }
+    Worker { stop, task, quiet }
 }
 
 fn envelope(mode: &str) -> Envelope {
@@ -734,7 +710,7 @@ async fn the_same_message_twice_has_one_effect() {
         })
         .await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.settle().await;
     assert_eq!(probe.effects.lock().unwrap()[&e.id], 1);
     assert_eq!(
         probe.attempts.lock().unwrap()[&e.id].len(),
@@ -809,7 +785,7 @@ async fn a_worker_killed_mid_message_is_redelivered_and_completes_once() {
         .await,
         "the survivor completes the message"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    survivor.settle().await;
     assert_eq!(survivor_probe.effects.lock().unwrap()[&e.id], 1);
     assert!(
         doomed_probe.effects.lock().unwrap().is_empty(),

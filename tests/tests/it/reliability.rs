@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shared::bus::dlq::{DeadLetters, Filter};
-use testbed::harness::{CuttableProxy, Inspector};
+use testbed::harness::{CuttableProxy, Inspector, eventually};
 use testbed::reliability::{
     self as rel, ABORT_ON_POISON_ENV, CrashOpts, Outage, OutagePlan, StormOpts, Workers,
 };
@@ -165,11 +165,27 @@ async fn a_flushed_redis_loses_only_caches_and_a_lost_token_is_reported_as_a_bro
     let invoices = rel::pending_invoices(&world, "FLUSH", 40, 1);
     let numbers: Vec<String> = invoices.iter().map(|i| i.0.clone()).collect();
     let mut deleted = 0;
+    // The approvals' Update webhooks (action 1) delivered so far.
+    let updates = || {
+        world
+            .precoro
+            .webhook_deliveries()
+            .iter()
+            .filter(|d| d.payload["action"] == 1)
+            .count()
+    };
+    let mut approved = 0;
     for (k, chunk) in invoices.chunks(10).enumerate() {
         for inv in chunk {
             world.precoro.approve_invoice(inv.2);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Mid-load: each flush comes once the chunk's approvals have reached the ingress, so
+        // their work is under way.
+        approved += chunk.len();
+        assert!(
+            eventually(Duration::from_secs(10), || async { updates() >= approved }).await,
+            "the approvals' webhooks are delivered"
+        );
         if k < 2 {
             deleted += rel::flush_prefix(&world, true).await.unwrap();
         }
@@ -226,7 +242,7 @@ async fn redis_flushed_while_a_payment_is_inside_the_precoro_post_pays_it_once()
     let stack = Stack::start(&world, 2, false).await;
     let (number, id, idn) = rel::pending_invoices(&world, "RACEPAY", 1, 1).remove(0);
     world.precoro.approve_invoice(idn);
-    let stamped = testbed::harness::eventually(Duration::from_secs(30), || async {
+    let stamped = eventually(Duration::from_secs(30), || async {
         world.precoro.invoice(idn)["externalId"]
             .as_str()
             .is_some_and(|e| !e.is_empty())

@@ -876,6 +876,7 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
         if cond() {
             return;
         }
+        // The polling period (100 looks in all).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("condition not reached in 2 s");

@@ -212,23 +212,34 @@ impl<'a> Keys<'a> {
 
     /// The payment poll's last run. Lost → the next poll runs at once.
     pub fn payments_last_poll(&self, tenant: &TenantId) -> String {
-        self.k(&["payments", "last-poll", tenant.as_str()])
+        self.k(&[Flow::Payments.as_str(), "last-poll", tenant.as_str()])
     }
 
     /// A synced Exact payment line. Lost → the line's claim and the invoice's payments list
     /// (looked up before posting) decide again.
     pub fn payment_line(&self, tenant: &TenantId, row: &str) -> String {
-        self.k(&["payments", "line", tenant.as_str(), row])
+        self.k(&[Flow::Payments.as_str(), "line", tenant.as_str(), row])
     }
 
     /// "This reversal was reported". Lost → reported once more.
     pub fn payment_reversal(&self, tenant: &TenantId, row: &str, bank: &str) -> String {
-        self.k(&["payments", "reversal", tenant.as_str(), row, bank])
+        self.k(&[
+            Flow::Payments.as_str(),
+            "reversal",
+            tenant.as_str(),
+            row,
+            bank,
+        ])
     }
 
     /// Which Precoro invoice an Exact entry belongs to. Lost → one Precoro list query.
     pub fn invoice_of_entry(&self, tenant: &TenantId, entry: &str) -> String {
-        self.k(&["payments", "invoice-of", tenant.as_str(), entry])
+        self.k(&[
+            Flow::Payments.as_str(),
+            "invoice-of",
+            tenant.as_str(),
+            entry,
+        ])
     }
 
     /// The payload Exact refused for an invoice, with the reason. Lost → the same payload may be

@@ -34,7 +34,7 @@ use shared::precoro::status::APPROVED;
 use crate::flows::invoices::InvoiceMsg;
 use crate::flows::payments::PaymentMsg;
 use crate::flows::reference::ReferenceMsg;
-use crate::flows::suppliers::SupplierMsg;
+use crate::flows::suppliers::{self, SupplierMsg};
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -222,7 +222,9 @@ async fn suppliers(
     // The cursors the supplier flow's reconciliation reads (flows/suppliers/): Precoro's by
     // modification time, Exact's a Timestamp rowversion that cannot be mapped to a date (§4), so
     // Exact is re-read from the start.
-    let precoro_cursor = store.keys().cursor(ApiName::Precoro, &t.id, "suppliers");
+    let precoro_cursor = store
+        .keys()
+        .cursor(ApiName::Precoro, &t.id, suppliers::CURSOR);
     match req.from {
         Some(f) => {
             let since = f.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
@@ -237,7 +239,7 @@ async fn suppliers(
         store.clone(),
         RateLimiter::new(store.clone(), Duration::from_secs(1)),
     );
-    exact.save_cursor("suppliers", SYNC_START).await?;
+    exact.save_cursor(suppliers::CURSOR, SYNC_START).await?;
     let env = SupplierMsg::reconcile(&t.id);
     publish(publisher, &env).await?;
     writeln!(

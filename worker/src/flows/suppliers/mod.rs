@@ -87,6 +87,8 @@ use map::{
 pub use message::{Change, SupplierMsg};
 use shared::Flow;
 
+/// The name of both sync cursors (`cursor:{precoro,exact}:{tenant}:suppliers`).
+pub const CURSOR: &str = "suppliers";
 /// How long a message waits for the company's supplier lease before it is retried later.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// Remembered sync state outlives any realistic gap between two edits; losing it only means the
@@ -875,7 +877,7 @@ impl<'a> Sync<'a> {
             .ctx
             .store
             .keys()
-            .cursor(ApiName::Precoro, self.tenant, "suppliers");
+            .cursor(ApiName::Precoro, self.tenant, CURSOR);
         let precoro = self.queue_precoro_changes(&cursor_key).await?;
         let exact = self.queue_exact_changes().await?;
 
@@ -887,7 +889,7 @@ impl<'a> Sync<'a> {
                 .await?;
         }
         if let Some(ts) = exact.cursor {
-            self.exact.save_cursor("suppliers", ts).await?;
+            self.exact.save_cursor(CURSOR, ts).await?;
         }
         Ok(Outcome::Done(format!(
             "reconcile queued {} supplier sync(s)",
@@ -947,11 +949,7 @@ impl<'a> Sync<'a> {
     /// Queue the Exact supplier accounts changed since the cursor whose fields differ from what
     /// we remember.
     async fn queue_exact_changes(&self) -> Result<Queued<i64>> {
-        let since = self
-            .exact
-            .load_cursor("suppliers")
-            .await?
-            .unwrap_or(SYNC_START);
+        let since = self.exact.load_cursor(CURSOR).await?.unwrap_or(SYNC_START);
         let page = self.exact.sync_accounts(since).await?;
         let mut queued = 0;
         for a in page.rows.iter().filter(|a| a.is_supplier == Some(true)) {

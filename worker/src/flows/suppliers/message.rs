@@ -18,6 +18,7 @@ use shared::bus::consumer::FlowMessage;
 use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::ids::{ExactGuid, PrecoroId, TenantId};
+use shared::webhook::PrecoroHook;
 
 use crate::flows::{job, read_payload};
 
@@ -39,12 +40,6 @@ pub enum Change {
     Exact(ExactGuid),
     /// The Exact account was deleted: unlink its Precoro supplier.
     ExactDeleted(ExactGuid),
-}
-
-#[derive(Deserialize)]
-struct PrecoroHook {
-    #[serde(deserialize_with = "shared::precoro::de::i64")]
-    id: i64,
 }
 
 #[derive(Deserialize)]

@@ -354,6 +354,12 @@ pub struct WorkerConfig {
     /// Timeout of one Exact or Precoro request.
     #[serde(deserialize_with = "human")]
     pub request_timeout: Duration,
+    /// How long the per-company sync log keeps an entry (`worker log`).
+    #[serde(deserialize_with = "human")]
+    pub sync_log_retention: Duration,
+    /// The most entries a company's sync log keeps, whatever their age: a flood of events costs
+    /// history, never memory.
+    pub sync_log_max_entries: u64,
 }
 
 impl Default for WorkerConfig {
@@ -368,6 +374,8 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             rate_limit_wait: Duration::from_secs(20),
             request_timeout: Duration::from_secs(60),
+            sync_log_retention: Duration::from_secs(30 * 86_400),
+            sync_log_max_entries: 100_000,
         }
     }
 }
@@ -941,10 +949,12 @@ impl WorkerConfig {
             ("scheduler_tick", self.scheduler_tick),
             ("rate_limit_wait", self.rate_limit_wait),
             ("request_timeout", self.request_timeout),
+            ("sync_log_retention", self.sync_log_retention),
         ] {
             positive(&at(path, name), d)?;
         }
         at_least_one(&at(path, "prefetch"), self.prefetch)?;
+        at_least_one(&at(path, "sync_log_max_entries"), self.sync_log_max_entries)?;
         self.prefetch_per_known_flow(path)?;
         if self.idempotency_lease >= self.idempotency_ttl {
             return Err(field_err(

@@ -64,6 +64,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A company's sync log: each invoice, payment and supplier event's outcome (booked, synced,
+    /// skipped, held, retried, failed), newest first, kept worker.sync_log_retention (30 days).
+    ///
+    /// Examples:
+    ///   worker log --tenant acme
+    ///   worker log --tenant acme --invoice 1042          an invoice (number or supplier's number)
+    ///   worker log --tenant acme --status held --since 1d
+    #[command(verbatim_doc_comment)]
+    Log {
+        /// The company's `id` in the config.
+        #[arg(long)]
+        tenant: String,
+        /// Only this invoice: its Precoro number or the supplier's invoice number (its payments
+        /// too).
+        #[arg(long)]
+        invoice: Option<String>,
+        /// Only this record, of any kind (e.g. a supplier as `precoro 12` or `exact <guid>`).
+        #[arg(long, conflicts_with = "invoice")]
+        record: Option<String>,
+        /// Only this outcome.
+        #[arg(long, value_enum)]
+        status: Option<shared::store::records::Status>,
+        /// Only this flow.
+        #[arg(long, value_enum)]
+        flow: Option<shared::Flow>,
+        /// Only entries since then: an age (2h, 3d), a date (2026-01-31) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records held because of their data (a missing mapping, a refusal by Exact), with the
+    /// message finance sees in Precoro. They sync by themselves once fixed.
+    Held {
+        /// Only this company.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print new random secrets (256 bits, URL-safe), one a line: for a company's Precoro
     /// webhook_token or ingress.oauth_state_secret. Needs no config.
     Secret {
@@ -297,6 +342,35 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Exact(ExactCommand::Subscribe { tenant }) => {
             worker::cli::exact::subscribe(&config, &tenant, &mut std::io::stdout()).await?;
+        }
+        Command::Log {
+            tenant,
+            invoice,
+            record,
+            status,
+            flow,
+            since,
+            limit,
+            json,
+        } => {
+            let filter = shared::store::records::LogFilter {
+                record: invoice.or(record),
+                flow,
+                status,
+                since,
+                kind: None,
+            };
+            let q = worker::cli::log::Query {
+                tenant,
+                filter,
+                limit,
+                json,
+            };
+            worker::cli::log::log(&config, &q, &mut std::io::stdout()).await?;
+        }
+        Command::Held { tenant, json } => {
+            worker::cli::log::held(&config, tenant.as_deref(), json, &mut std::io::stdout())
+                .await?;
         }
         Command::Status { json } => {
             worker::cli::status::status(&config, json, &mut std::io::stdout()).await?;

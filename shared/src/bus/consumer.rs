@@ -49,6 +49,7 @@ use crate::flow::Flow;
 use crate::store::Store;
 use crate::store::claim::{Claimed, Claims};
 use crate::store::lease::Lease;
+use crate::store::records::{LogEntry, Record, Status, SyncLog};
 use crate::telemetry;
 
 /// Panics tolerated before a message is dead-lettered.
@@ -92,6 +93,10 @@ pub enum Outcome {
     Done(String),
     /// Nothing to do (not approved, flow condition false, already synced).
     Skipped(String),
+    /// The record cannot sync because of its data: parked (`store::records::Held`) with a
+    /// message for finance, tried again when it or a mapping changes. Not an error: nothing here
+    /// waits for an operator.
+    Held(String),
 }
 
 /// A flow's message, read from its envelope once, at the edge: a payload the flow cannot read is
@@ -110,6 +115,17 @@ pub trait FlowMessage:
     /// entity: its success is recorded for `worker status`.
     fn is_run(&self) -> bool {
         false
+    }
+
+    /// The record this message is about, for the sync log: a failure the consumer handles
+    /// (retried, dead-lettered) is written there under it.
+    fn record(&self) -> Option<Record> {
+        None
+    }
+
+    /// What a `Done` outcome means for its record in the sync log.
+    fn done_status(&self) -> Status {
+        Status::Synced
     }
 }
 
@@ -176,6 +192,7 @@ pub struct FlowConsumer<H: Handler> {
     publisher: Publisher,
     store: Store,
     claims: Claims,
+    log: SyncLog,
     activity: Activity,
 }
 
@@ -192,6 +209,11 @@ impl<H: Handler> FlowConsumer<H> {
             broker: broker.clone(),
             worker: worker.clone(),
             handler,
+            log: SyncLog::new(
+                store.clone(),
+                worker.sync_log_retention,
+                worker.sync_log_max_entries,
+            ),
             publisher,
             store,
             claims,
@@ -436,6 +458,8 @@ impl<H: Handler> FlowConsumer<H> {
             None => None,
         };
 
+        let record = body.record();
+        let done_status = body.done_status();
         let handler = self.handler.clone();
         let task_msg = msg.clone();
         let work =
@@ -459,10 +483,16 @@ impl<H: Handler> FlowConsumer<H> {
         }
         match joined {
             Ok(Ok(outcome)) => {
-                let (label, result) = match &outcome {
-                    Outcome::Done(r) => ("ok", r.as_str()),
-                    Outcome::Skipped(r) => ("skipped", r.as_str()),
+                let (label, status, result) = match &outcome {
+                    Outcome::Done(r) => ("ok", done_status, r.as_str()),
+                    Outcome::Skipped(r) => ("skipped", Status::Skipped, r.as_str()),
+                    Outcome::Held(r) => ("held", Status::Held, r.as_str()),
                 };
+                if let Some(record) = record {
+                    self.log
+                        .note(&env.tenant, LogEntry::new(flow, record, status, result))
+                        .await;
+                }
                 if let Err(e) = claim.complete(result).await {
                     tracing::warn!(error = %e, "could not record the result; a duplicate delivery will be handled again (its effects are guarded)");
                 }
@@ -477,6 +507,24 @@ impl<H: Handler> FlowConsumer<H> {
             }
             Ok(Err(err)) => {
                 let _ = claim.release().await;
+                if let Some(record) = record {
+                    let status = match err.retry_class() {
+                        RetryClass::Permanent => Some(Status::Failed),
+                        RetryClass::Transient if msg.attempt + 1 >= self.broker.max_attempts => {
+                            Some(Status::Failed)
+                        }
+                        RetryClass::Transient => Some(Status::Retried),
+                        _ => None,
+                    };
+                    if let Some(status) = status {
+                        self.log
+                            .note(
+                                &env.tenant,
+                                LogEntry::new(flow, record, status, err.to_string()),
+                            )
+                            .await;
+                    }
+                }
                 match err.retry_class() {
                     RetryClass::Permanent => {
                         self.dead_letter(

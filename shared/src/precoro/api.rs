@@ -124,6 +124,42 @@ impl PrecoroClient {
         Ok(serde_json::from_value(v).ok())
     }
 
+    /// Stamp the Exact entry as the invoice's `externalId` and, when the invoice shows a sync
+    /// message, clear it in the same PATCH: a booked invoice has nothing left to fix, and the
+    /// clearing costs no call of its own.
+    pub async fn stamp_invoice(
+        &self,
+        idn: PrecoroIdn,
+        external_id: &str,
+        clear_log: bool,
+    ) -> Result<Option<Invoice>> {
+        let body = if clear_log {
+            json!({ "externalId": external_id, "externalIntegrationLog": "" })
+        } else {
+            json!({ "externalId": external_id })
+        };
+        let v = self
+            .write_json(Method::PATCH, &format!("/invoices/{idn}"), &body)
+            .await?;
+        Ok(serde_json::from_value(v).ok())
+    }
+
+    /// Write `message` to the invoice's `externalIntegrationLog`, where finance sees why it did
+    /// not book ("" clears it). The field is written as a string and read back as a list of
+    /// strings [S]; whether a write appends or replaces, and whether the body is form or JSON,
+    /// is unconfirmed (specs/precoro-shapes.md §13, and §15 item 3): `write_json` sends the
+    /// company's body format and switches once when Precoro complains, and callers compare with
+    /// the list's last entry, which is right under either rule.
+    pub async fn set_invoice_integration_log(&self, idn: PrecoroIdn, message: &str) -> Result<()> {
+        self.write_json(
+            Method::PATCH,
+            &format!("/invoices/{idn}"),
+            &json!({ "externalIntegrationLog": message }),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `POST /invoices/{idn}/approve` [U: §3 "Approve"].
     pub async fn approve_invoice(&self, idn: PrecoroIdn) -> Result<Option<Invoice>> {
         let v = self

@@ -262,6 +262,19 @@ impl<'a> Keys<'a> {
         self.k(&["invoice-doc", tenant.as_str(), invoice])
     }
 
+    /// A company's sync log (a stream, trimmed by age and count: `records::SyncLog`). Lost →
+    /// history only.
+    pub fn sync_log(&self, tenant: &TenantId) -> String {
+        self.k(&["synclog", tenant.as_str()])
+    }
+
+    /// A company's held records of one flow (a hash by record id: `records::Held`). Lost → the
+    /// backstop poll finds the held invoices again (approved, not exported) at one Precoro read
+    /// each.
+    pub fn held(&self, tenant: &TenantId, flow: Flow) -> String {
+        self.k(&["held", tenant.as_str(), flow.as_str()])
+    }
+
     /// Every key of this prefix (a `SCAN` pattern; tests only).
     pub fn everything(&self) -> String {
         self.k(&["*"])

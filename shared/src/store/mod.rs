@@ -7,6 +7,7 @@ pub mod hints;
 pub mod keys;
 pub mod lease;
 pub mod ratelimit;
+pub mod records;
 
 use redis::aio::ConnectionManager;
 

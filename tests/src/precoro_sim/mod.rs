@@ -772,6 +772,31 @@ impl PrecoroSim {
         }]);
     }
 
+    /// Edits a line as a user would in Precoro's form: option `option` for item custom field
+    /// `field` on line `line` (0-based), then an Update webhook. Panics if unknown.
+    pub fn set_line_option(&self, idn: i64, line: usize, field: i64, option: i64) {
+        let id = self.with_state(|st, now| {
+            let inv = st
+                .invoices
+                .get_mut(&idn)
+                .unwrap_or_else(|| panic!("invoice {idn} does not exist"));
+            let item = inv
+                .items
+                .get_mut(line)
+                .unwrap_or_else(|| panic!("invoice {idn} has no line {line}"));
+            item.options.retain(|(f, _)| *f != field);
+            item.options.push((field, option));
+            inv.updated = now;
+            inv.id
+        });
+        self.inner.fire(vec![Event {
+            id,
+            kind: TYPE_INVOICE,
+            action: ACTION_UPDATE,
+            idn: Some(idn),
+        }]);
+    }
+
     /// The invoice as `GET /invoices/{idn}` would return it now; `Value::Null` when unknown.
     pub fn invoice(&self, idn: i64) -> Value {
         self.with_state(|st, _| match st.invoices.get(&idn) {

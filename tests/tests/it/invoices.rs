@@ -5,15 +5,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shared::bus::dlq::{DeadLetters, Filter};
+use shared::Flow;
 use shared::error::{Error, PauseCause};
 use shared::precoro::CustomFieldKind;
 use shared::store::ratelimit::RateLimiter;
+use shared::store::records::{Held, LogEntry, LogFilter, Status, SyncLog};
 use testbed::exact_sim::FaultPlan as ExactFaults;
 use testbed::harness::{Inspector, eventually};
 use testbed::precoro_sim::FaultPlan as PrecoroFaults;
 use testbed::precoro_sim::OptionSeed;
-use testbed::world::{InvoiceDraft, Stack, World, WorldOptions, line};
+use testbed::world::{InvoiceDraft, Stack, TENANT, World, WorldOptions, line};
 
 /// Wait until an entry exists for `your_ref`, then until the service is quiet, so that any
 /// duplicate would have been booked too.
@@ -394,14 +395,37 @@ async fn credit_notes_split_costs_and_the_export_condition() {
     stack.stop().await;
 }
 
-#[tokio::test]
-async fn a_missing_gl_mapping_dead_letters_with_its_reason_and_a_replay_books_it_once() {
-    let mut world = World::build(WorldOptions {
-        tag: "inv-dlq",
+/// What finance sees on the invoice in Precoro: the last line of its `externalIntegrationLog`.
+fn sync_message(world: &World, idn: i64) -> Option<String> {
+    world.precoro.invoice(idn)["externalIntegrationLog"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
+}
+
+/// The company's held invoices and sync log, as `worker held` and `worker log` read them.
+async fn records(world: &World) -> (Held, SyncLog) {
+    let store = shared::store::Store::connect(&world.config.redis)
+        .await
+        .unwrap();
+    (
+        Held::new(store.clone()),
+        SyncLog::new(store, Duration::from_secs(3600), 1_000),
+    )
+}
+
+async fn log_of(log: &SyncLog, invoice: i64) -> Vec<LogEntry> {
+    let filter = LogFilter {
+        record: Some(invoice.to_string()),
         ..Default::default()
-    })
-    .await;
-    // A GL option that reference sync has not stamped yet.
+    };
+    log.read(&TENANT.into(), &filter, 100).await.unwrap()
+}
+
+/// A GL option reference sync has not linked to Exact yet (code 4500), as a world's line can
+/// name it.
+fn orphan_gl_option(world: &mut World) -> i64 {
     let orphan = world.precoro.add_option(
         world.ids.gl_field,
         testbed::precoro_sim::OptionSeed {
@@ -411,6 +435,17 @@ async fn a_missing_gl_mapping_dead_letters_with_its_reason_and_a_replay_books_it
         },
     );
     world.ids.gl.insert("4500".into(), orphan);
+    orphan
+}
+
+#[tokio::test]
+async fn an_invoice_held_for_its_data_tells_finance_and_books_itself_once_fixed() {
+    let mut world = World::build(WorldOptions {
+        tag: "inv-held",
+        ..Default::default()
+    })
+    .await;
+    let orphan = orphan_gl_option(&mut world);
     let stack = Stack::start(&world, 1, false).await;
     let (_, idn) = world.invoice(InvoiceDraft {
         number: "INV-MAP-1".into(),
@@ -421,55 +456,217 @@ async fn a_missing_gl_mapping_dead_letters_with_its_reason_and_a_replay_books_it
     });
     world.precoro.approve_invoice(idn);
 
-    let dlq = Inspector::connect().await;
-    let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
+    // Finance sees why, on the invoice, naming the line, the option and what to do.
     assert!(
         eventually(Duration::from_secs(20), || async {
-            dlq.depth(&names.dlq()).await >= 1
+            sync_message(&world, idn).is_some()
         })
         .await,
-        "the invoice lands in the DLQ"
+        "the invoice shows a sync message"
     );
-    // The Create and the approval Update webhooks both reached a worker after the approval: each
-    // is dead-lettered with the same reason, and replaying both must still book once.
+    // The Create and the approval's Update both reached the worker: held once, one message.
     stack.settle().await;
-    let listed = DeadLetters::connect(&world.config.broker)
-        .await
-        .unwrap()
-        .list(&Filter::default())
-        .await
-        .unwrap();
-    assert!(!listed.is_empty());
-    for dead in &listed {
-        let reason = dead.error.clone().unwrap();
-        assert!(
-            reason.contains("'GL account'")
-                && reason.contains("has no externalId")
-                && reason.contains("Marketing"),
-            "{reason}"
-        );
-        assert_eq!(dead.error_class.as_deref(), Some("permanent"));
-        assert_eq!(dead.tenant.as_deref(), Some("demo"));
-    }
+    let message = sync_message(&world, idn).unwrap();
+    assert_eq!(
+        message,
+        "Line 1 'Flyers': the GL account option 'Marketing' (custom field 'GL account') has no Exact GL account (no externalId). Map it, then save the invoice."
+    );
+    let patches = world
+        .precoro
+        .count_calls("PATCH", &format!("/invoices/{idn}"));
+    assert_eq!(patches, 1, "one Precoro write per change of message");
+    assert_eq!(
+        world.exact.count_calls("POST", "PurchaseEntries"),
+        0,
+        "a missing mapping costs Exact nothing"
+    );
+    // Held, not dead.
+    let dlq = Inspector::connect().await;
+    let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
+    assert_eq!(
+        dlq.depth(&names.dlq()).await,
+        0,
+        "nothing needs an operator"
+    );
+    let (held, log) = records(&world).await;
+    let parked = held.list(&TENANT.into(), Flow::Invoices).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].record.id, idn.to_string());
+    assert_eq!(parked[0].reason, "missing_mapping");
+    assert_eq!(parked[0].message, message);
+    assert!(
+        log_of(&log, idn)
+            .await
+            .iter()
+            .any(|e| e.status == Status::Held && e.detail.contains("Marketing")),
+        "the sync log says why"
+    );
     assert!(world.entries_for("INV-MAP-1").is_empty());
 
-    // The operator fixes the data in Precoro, then replays.
+    // Finance maps the option in Precoro and saves the invoice: it books by itself, no replay.
     let client = world.precoro_client();
     let gl4000 = world.exact_ids.gl_accounts["4000"].to_string();
     client
         .set_option_external_id(CustomFieldKind::Item, world.ids.gl_field, orphan, &gl4000)
         .await
         .unwrap();
-    let moved = DeadLetters::connect(&world.config.broker)
-        .await
-        .unwrap()
-        .replay(&Filter::default(), false)
-        .await
-        .unwrap();
-    assert_eq!(moved.moved, listed.len());
-    assert_eq!(moved.left, 0);
+    // Saving an approved invoice: its Update webhook.
+    world.precoro.set_invoice_status(idn, 2);
     let entries = booked(&world, &stack, "INV-MAP-1", Duration::from_secs(20)).await;
-    assert_eq!(entries.len(), 1, "booked once after the replay");
+    assert_eq!(entries.len(), 1, "booked once");
+    stack.settle().await;
+    assert_eq!(world.entries_for("INV-MAP-1").len(), 1);
+    assert_eq!(sync_message(&world, idn), None, "the message is cleared");
+    assert_eq!(
+        world
+            .precoro
+            .count_calls("PATCH", &format!("/invoices/{idn}")),
+        patches + 1,
+        "the stamp clears the message in the same call"
+    );
+    assert!(
+        held.list(&TENANT.into(), Flow::Invoices)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Newest first: booked after being held (the stamp's own webhook may add "already booked").
+    let history = log_of(&log, idn).await;
+    let last = history
+        .iter()
+        .find(|e| e.status != Status::Skipped)
+        .unwrap();
+    assert_eq!(last.status, Status::Booked, "{history:?}");
+    assert_eq!(dlq.depth(&names.dlq()).await, 0);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_invoice_books_when_its_mapping_appears_in_exact() {
+    let mut world = World::build(WorldOptions {
+        tag: "inv-held-ref",
+        ..Default::default()
+    })
+    .await;
+    let orphan = orphan_gl_option(&mut world);
+    let stack = Stack::start(&world, 1, false).await;
+    let (_, idn) = world.approved_invoice(
+        "INV-MAP-2",
+        world.ids.suppliers[0],
+        &[("Flyers", 1, "80.00", "4500", 21)],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sync_message(&world, idn).is_some()
+        })
+        .await
+    );
+    stack.settle().await;
+
+    // The accountant creates GL account 4500 in Exact; reference sync links Precoro's option
+    // (same code) to it, and the held invoice is tried again without any webhook of its own.
+    let gl = world
+        .exact
+        .add_gl_account(world.division, "4500", "Marketing", 110);
+    worker::flows::reference::enqueue_sync(
+        &world.config,
+        TENANT,
+        Some(shared::config::ReferenceKind::GlAccounts),
+        false,
+    )
+    .await
+    .unwrap();
+    let entries = booked(&world, &stack, "INV-MAP-2", Duration::from_secs(30)).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        world
+            .precoro
+            .options(world.ids.gl_field)
+            .iter()
+            .find(|o| o["id"] == orphan)
+            .unwrap()["externalId"],
+        gl.to_string()
+    );
+    stack.settle().await;
+    assert_eq!(world.entries_for("INV-MAP-2").len(), 1, "booked once");
+    assert_eq!(sync_message(&world, idn), None);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_exact_refuses_is_held_and_never_sent_twice_unchanged() {
+    let world = World::build(WorldOptions {
+        tag: "inv-refused",
+        ..Default::default()
+    })
+    .await;
+    // GL account 4100 is blocked in Exact: Exact's validation refuses the entry (400).
+    let gl = world.exact_ids.gl_accounts["4100"];
+    world
+        .exact
+        .update(
+            world.division,
+            testbed::exact_sim::RefKind::GlAccounts,
+            gl,
+            json!({"IsBlocked": true}),
+        )
+        .unwrap();
+    let stack = Stack::start(&world, 1, false).await;
+    let (_, idn) = world.approved_invoice(
+        "INV-REF-1",
+        world.ids.suppliers[0],
+        &[("Licence", 1, "50.00", "4100", 21)],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sync_message(&world, idn).is_some()
+        })
+        .await
+    );
+    stack.settle().await;
+    let message = sync_message(&world, idn).unwrap();
+    assert!(
+        message.starts_with("Exact refused the entry: Line 1: GL account 4100 is blocked")
+            && message.ends_with("then save the invoice."),
+        "{message}"
+    );
+    let posts = world.exact.count_calls("POST", "PurchaseEntries");
+    assert_eq!(posts, 1, "refused once");
+
+    // Saved again unchanged (another Update webhook): held, Exact is not asked again.
+    world.precoro.set_invoice_status(idn, 2);
+    let (held, _) = records(&world).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            held.get(&TENANT.into(), Flow::Invoices, &idn.to_string())
+                .await
+                .unwrap()
+                .is_some_and(|h| h.tries >= 2)
+        })
+        .await,
+        "looked at again"
+    );
+    stack.settle().await;
+    assert_eq!(world.exact.count_calls("POST", "PurchaseEntries"), posts);
+    assert_eq!(sync_message(&world, idn).as_deref(), Some(message.as_str()));
+    let dlq = Inspector::connect().await;
+    let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
+    assert_eq!(dlq.depth(&names.dlq()).await, 0);
+
+    // The accountant unblocks the account in Exact; the entry is the same, so only an
+    // operator's replay (or a changed invoice) sends it again. Finance changes the line's
+    // account to 4000 instead: the entry differs, and it books.
+    let stamped = world.ids.gl["4000"];
+    world
+        .precoro
+        .set_line_option(idn, 0, world.ids.gl_field, stamped);
+    let entries = booked(&world, &stack, "INV-REF-1", Duration::from_secs(20)).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        world.exact.count_calls("POST", "PurchaseEntries"),
+        posts + 1
+    );
+    assert_eq!(sync_message(&world, idn), None);
     stack.stop().await;
 }
 

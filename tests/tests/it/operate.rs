@@ -11,10 +11,10 @@ use shared::bus::topology::Names;
 use shared::bus::{Envelope, Publisher, Source};
 use shared::config::Config;
 use shared::exact::{ExactClient, TokenStore};
-use shared::precoro::CustomFieldKind;
 use shared::store::ratelimit::RateLimiter;
+use testbed::exact_sim::FaultPlan;
 use testbed::harness::{Ingress, Inspector, eventually};
-use testbed::precoro_sim::{InvoiceSeed, OptionSeed};
+use testbed::precoro_sim::InvoiceSeed;
 use testbed::quiet::Quiet;
 use testbed::world::{Stack, TENANT, World, WorldOptions, line};
 use worker::cli::{backfill, dlq, exact, status};
@@ -78,27 +78,26 @@ async fn stop_ingress(ingress: Ingress, config: &Config) {
 
 #[tokio::test]
 async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
-    let mut world = World::build(WorldOptions {
+    let world = World::build(WorldOptions {
         tag: "op-dlq",
         ..Default::default()
     })
     .await;
     let config = world.config.clone();
-    // A GL option that reference sync has not stamped yet: the invoice dead-letters.
-    let orphan = world.precoro.add_option(
-        world.ids.gl_field,
-        OptionSeed {
-            name: "Marketing".into(),
-            code: Some("4500".into()),
-            ..Default::default()
-        },
-    );
-    world.ids.gl.insert("4500".into(), orphan);
+    // Exact answers every entry with a 503 until the operator sees to it: the invoice gives up
+    // after its attempts and dead-letters (a missing mapping is held for finance instead, not
+    // dead-lettered: invoices::an_invoice_held_for_its_data_books_itself_once_fixed).
+    world.exact.faults().set(FaultPlan {
+        error_5xx: 1.0,
+        path_contains: Some("PurchaseEntries".into()),
+        writes_only: true,
+        ..FaultPlan::default()
+    });
     let stack = Stack::start(&world, 1, false).await;
     let (_, idn) = world.approved_invoice(
         "INV-OPS-1",
         world.ids.suppliers[0],
-        &[("Flyers", 1, "80.00", "4500", 21)],
+        &[("Flyers", 1, "80.00", "4000", 21)],
     );
     // Another flow's poison message (not an envelope at all): no company, flow suppliers.
     let publisher = Publisher::new(&config.broker);
@@ -130,7 +129,7 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     let total = n.unwrap();
     assert!(total >= 2, "{out}");
     assert!(out.starts_with("ID "), "{out}");
-    assert!(out.contains("missing mapping: Precoro invoice"), "{out}");
+    assert!(out.contains("gave up after 12 attempts"), "{out}");
     assert!(out.contains("not a valid event envelope"), "{out}");
     assert!(out.contains(&format!("{total} dead letter(s)")), "{out}");
     let invoices = dlq::Selection {
@@ -142,7 +141,7 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     assert_eq!(inv.len(), total - 1, "all but the poison message");
     assert!(
         inv.iter()
-            .all(|d| d.error_class.as_deref() == Some("permanent"))
+            .all(|d| d.error_class.as_deref() == Some("transient"))
     );
     let suppliers = dlq::Selection {
         flow: Some(shared::Flow::Suppliers),
@@ -153,10 +152,18 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
         error_class: Some(shared::RetryClass::Transient),
         ..Default::default()
     };
-    let (n, out) = run!(|o| dlq::list(&config, &transient, false, o));
+    assert_eq!(
+        dlq::fetch(&config, &transient).await.unwrap().len(),
+        inv.len()
+    );
+    let paused = dlq::Selection {
+        error_class: Some(shared::RetryClass::Paused),
+        ..Default::default()
+    };
+    let (n, out) = run!(|o| dlq::list(&config, &paused, false, o));
     assert_eq!(n.unwrap(), 0);
     assert!(
-        out.contains("No dead letters match (class transient)"),
+        out.contains("No dead letters match (class paused)"),
         "{out}"
     );
     let future = dlq::Selection {
@@ -190,10 +197,10 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     d.unwrap();
     assert!(out.contains(&format!("Dead letter {id}")), "{out}");
     assert!(
-        out.contains("Reason:\n") && out.contains("Marketing"),
+        out.contains("Reason:\n") && out.contains("gave up after"),
         "{out}"
     );
-    assert!(out.contains("x-error-class: permanent"), "{out}");
+    assert!(out.contains("x-error-class: transient"), "{out}");
     assert!(
         out.contains("x-original-routing-key: precoro.invoice."),
         "{out}"
@@ -216,17 +223,8 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     assert_eq!(dlq::fetch(&config, &every).await.unwrap().len(), total);
     assert!(world.entries_for("INV-OPS-1").is_empty());
 
-    // The operator fixes the mapping in Precoro, then replays the invoice flow's dead letters.
-    let client = world.precoro_client();
-    client
-        .set_option_external_id(
-            CustomFieldKind::Item,
-            world.ids.gl_field,
-            orphan,
-            &world.exact_ids.gl_accounts["4000"].to_string(),
-        )
-        .await
-        .unwrap();
+    // Exact is back; the operator replays the invoice flow's dead letters.
+    world.exact.faults().set(FaultPlan::default());
     let (moved, out) = run!(|o| dlq::replay(&config, &invoices, false, false, o));
     let moved = moved.unwrap();
     assert_eq!(moved.moved, inv.len(), "{out}");

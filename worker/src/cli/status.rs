@@ -21,6 +21,7 @@ use shared::exact::{ExactClient, TokenStore};
 use shared::precoro::PrecoroClient;
 use shared::store::Store;
 use shared::store::ratelimit::{Limits, RateLimiter};
+use shared::store::records::Held;
 
 use super::{relative, short_time};
 use crate::last_run;
@@ -69,6 +70,8 @@ pub struct FlowStatus {
     /// `{api}:{name}` → value (Exact Timestamps, Precoro modification times).
     pub cursors: BTreeMap<String, String>,
     pub last_success: Option<DateTime<Utc>>,
+    /// Records held for their data (`worker held` lists them).
+    pub held: u64,
 }
 
 /// Which flow a cursor (`cursor:{api}:{tenant}:{name}`) belongs to: its name starts with the
@@ -194,6 +197,7 @@ pub async fn collect(config: &Config) -> anyhow::Result<Report> {
     }
     let _ = conn.close(200, "status".into()).await;
 
+    let held = Held::new(store.clone());
     let mut companies = Vec::new();
     for t in &config.tenants {
         let exact = ExactClient::for_tenant(t, store.clone(), limiter.clone());
@@ -210,6 +214,7 @@ pub async fn collect(config: &Config) -> anyhow::Result<Report> {
                 enabled: flow.enabled_in(&t.flows),
                 cursors: cursors.remove(&Some(flow)).unwrap_or_default(),
                 last_success: last_run::last_success(&store, t.id.as_str(), flow).await?,
+                held: held.count(&t.id, flow).await?,
             });
         }
         companies.push(CompanyStatus {
@@ -292,9 +297,13 @@ pub async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow
                 .last_success
                 .map(|t| format!("{} ({} UTC)", relative(t, now), short_time(t)))
                 .unwrap_or_else(|| "never".into());
+            let held = match f.held {
+                0 => String::new(),
+                n => format!("; {n} held for their data (worker held)"),
+            };
             writeln!(
                 out,
-                "  flow {:<10} {:<3}  last successful run: {last}; {cursors}",
+                "  flow {:<10} {:<3}  last successful run: {last}; {cursors}{held}",
                 f.flow,
                 if f.enabled { "on" } else { "off" }
             )?;

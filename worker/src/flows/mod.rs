@@ -23,6 +23,7 @@ use shared::precoro::{ClientOptions, PrecoroClient};
 use shared::store::Store;
 use shared::store::claim::Claims;
 use shared::store::ratelimit::RateLimiter;
+use shared::store::records::{Held, SyncLog};
 
 /// Everything a flow needs, shared by all of a worker's consumers.
 pub struct Context {
@@ -33,6 +34,10 @@ pub struct Context {
     pub claims: Claims,
     /// The option, tax and term lists invoices refer into, kept for a minute.
     pub lookups: invoices::lookups::LookupCache,
+    /// Each record's outcomes, per company (`worker log`).
+    pub log: SyncLog,
+    /// Records that cannot sync because of their data, until they or a mapping change.
+    pub held: Held,
     exact: HashMap<TenantId, ExactClient>,
     precoro: HashMap<TenantId, PrecoroClient>,
 }
@@ -79,6 +84,12 @@ impl Context {
             .collect();
         Arc::new(Context {
             lookups: invoices::lookups::LookupCache::new(store.clone()),
+            log: SyncLog::new(
+                store.clone(),
+                config.worker.sync_log_retention,
+                config.worker.sync_log_max_entries,
+            ),
+            held: Held::new(store.clone()),
             config,
             store,
             publisher,

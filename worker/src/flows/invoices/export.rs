@@ -2,14 +2,15 @@
 //!
 //! claim → [`fetch`](Export::fetch) → [`decide`](Export::decide) →
 //! [`resolve_supplier`](Export::resolve_supplier) → [`find_existing`](Export::find_existing) →
-//! document → map → [`write`](Export::write) → [`stamp`](Export::remember_and_stamp).
+//! document → map → [`write`](Export::write) → [`stamp`](Export::remember_and_stamp), or, when
+//! the invoice's data stops it anywhere after the fetch, [`hold`](super::held).
 //!
 //! Each stage is one function with a typed result; the claim around them is what makes the whole
 //! happen once (module doc of [`super`]).
 
 use shared::bus::consumer::Outcome;
 use shared::config::TenantConfig;
-use shared::error::{Error, Result, RetryClass};
+use shared::error::{Error, Result};
 use shared::exact::client::ExactClient;
 use shared::exact::types::NewPurchaseEntry;
 use shared::ids::{ExactGuid, PrecoroId, TenantId};
@@ -17,6 +18,7 @@ use shared::precoro::{Invoice, PrecoroClient};
 use shared::store::claim::{ClaimGuard, Claimed};
 
 use super::InvoiceRef;
+use super::held::{self, Hold};
 use super::map::{self, Lookups, Skip};
 use crate::flows::Context;
 
@@ -38,6 +40,15 @@ enum Exported {
     Booked(String),
     AlreadyStamped(String),
     Skipped(String),
+    /// Its data stops it: parked with a message for finance (the text is the outcome's).
+    Held(String),
+}
+
+/// What [`Export::write`] got from Exact.
+enum Written {
+    Entry(String),
+    /// Exact's validation refused it (now, or before for the same payload).
+    Refused(Hold),
 }
 
 /// What [`Export::decide`] concluded.
@@ -78,6 +89,11 @@ impl Export<'_> {
                 claim.release().await?;
                 Ok(Outcome::Skipped(why))
             }
+            Ok(Exported::Held(why)) => {
+                // Not done either: the fixed invoice books through the same claim.
+                claim.release().await?;
+                Ok(Outcome::Held(why))
+            }
             Err(e) => {
                 let _ = claim.release().await;
                 Err(e)
@@ -96,44 +112,82 @@ impl Export<'_> {
     async fn claimed(&self, claim: &ClaimGuard, may_exist: bool) -> Result<Exported> {
         let company = self.company()?;
         let invoice = self.fetch(&company).await?;
-        let lookups = match self.decide(&company, &invoice).await? {
+        let booked = match self.book(claim, &company, &invoice, may_exist).await {
+            Err(e) => match Hold::for_error(&e, invoice.idn) {
+                Some(hold) => Err(hold),
+                None => return Err(e),
+            },
+            Ok(Err(hold)) => Err(hold),
+            Ok(Ok(exported)) => Ok(exported),
+        };
+        match booked {
+            Err(hold) => {
+                let why =
+                    held::park(self.ctx, self.tenant_id, company.precoro, &invoice, hold).await?;
+                Ok(Exported::Held(why))
+            }
+            Ok(exported) => {
+                // Booked, already booked, or no longer approved: nothing waits on its data now.
+                held::release(self.ctx, self.tenant_id, &invoice).await?;
+                Ok(exported)
+            }
+        }
+    }
+
+    /// Every stage after the fetch. `Ok(Err(hold))`: the invoice's data stops it here (a
+    /// refusal by Exact); a data error returned as `Err` (a missing mapping, lines that do not
+    /// add up) is held by the caller just the same.
+    async fn book(
+        &self,
+        claim: &ClaimGuard,
+        company: &Company<'_>,
+        invoice: &Invoice,
+        may_exist: bool,
+    ) -> Result<Result<Exported, Hold>> {
+        let lookups = match self.decide(company, invoice).await? {
             Decision::Book(lookups) => lookups,
-            Decision::Stop(exported) => return Ok(exported),
+            Decision::Stop(exported) => return Ok(Ok(exported)),
         };
 
         // Booked before but not stamped (the stamp failed): stamp only.
         if let Some(entry) = claim.created() {
-            company
-                .precoro
-                .set_invoice_external_id(invoice.idn, entry)
-                .await?;
-            return Ok(Exported::Booked(entry.to_string()));
+            self.stamp(company, invoice, entry).await?;
+            return Ok(Ok(Exported::Booked(entry.to_string())));
         }
 
-        let supplier = self.resolve_supplier(&invoice).await?;
+        let supplier = self.resolve_supplier(invoice).await?;
         if may_exist
             && let Some(entry) = self
-                .find_existing(&company, &invoice, &lookups, supplier)
+                .find_existing(company, invoice, &lookups, supplier)
                 .await?
         {
-            self.remember_and_stamp(claim, &company, &invoice, &entry)
+            self.remember_and_stamp(claim, company, invoice, &entry)
                 .await?;
-            return Ok(Exported::Booked(entry));
+            return Ok(Ok(Exported::Booked(entry)));
         }
 
+        // Mapped before the PDF, so an invoice that cannot book costs no document in Exact.
+        let preview = map::map_invoice(invoice, company.config, &lookups, supplier, None)?;
         // The PDF first, so the entry links it in the same POST.
-        let document = if company.config.flows.invoices.attachments {
-            super::document::attach_pdf(self.ctx, self.tenant_id, &invoice, supplier).await?
-        } else {
-            None
+        let entry = match company.config.flows.invoices.attachments {
+            true => {
+                let document =
+                    super::document::attach_pdf(self.ctx, self.tenant_id, invoice, supplier)
+                        .await?;
+                map::map_invoice(invoice, company.config, &lookups, supplier, document)?
+            }
+            false => preview,
         };
-        let entry = map::map_invoice(&invoice, company.config, &lookups, supplier, document)?;
-        let entry_id = self
-            .write(claim, &company, &invoice, &entry, may_exist)
+        let entry_id = match self
+            .write(claim, company, invoice, &entry, may_exist)
+            .await?
+        {
+            Written::Entry(id) => id,
+            Written::Refused(hold) => return Ok(Err(hold)),
+        };
+        self.remember_and_stamp(claim, company, invoice, &entry_id)
             .await?;
-        self.remember_and_stamp(claim, &company, &invoice, &entry_id)
-            .await?;
-        Ok(Exported::Booked(entry_id))
+        Ok(Ok(Exported::Booked(entry_id)))
     }
 
     /// The invoice as Precoro has it now.
@@ -187,6 +241,7 @@ impl Export<'_> {
                     PrecoroId(id),
                 ))
                 .await
+                .map_err(|e| supplier_refused(invoice, e))
             }
             other => other,
         }
@@ -229,11 +284,11 @@ impl Export<'_> {
     /// POST the entry and return its id.
     ///
     /// Exact blocks an endpoint for an hour after 10 errors in an hour (DESIGN.md "Worker"). A
-    /// refused entry is dead-lettered, but every later hint for the same invoice (its Create and
-    /// Update webhooks, the poll) would POST it again and spend another error. So the refusal is
-    /// remembered with the exact payload it was given for: the same payload is refused here
-    /// without a call, a changed invoice is tried again, and an operator's replay (after fixing
-    /// the data in Exact) always is.
+    /// refused entry is held, and every later hint for the same invoice (its Create and Update
+    /// webhooks, the poll, a mapping change) would POST it again and spend another error. So the
+    /// refusal is remembered with the exact payload it was given for: the same payload is
+    /// refused here without a call, a changed invoice is tried again, and an operator's replay
+    /// (after fixing the data in Exact) always is.
     async fn write(
         &self,
         claim: &ClaimGuard,
@@ -241,7 +296,7 @@ impl Export<'_> {
         invoice: &Invoice,
         entry: &NewPurchaseEntry,
         may_exist: bool,
-    ) -> Result<String> {
+    ) -> Result<Written> {
         let store = &self.ctx.store;
         let refused_key = store
             .keys()
@@ -251,11 +306,12 @@ impl Export<'_> {
         let fingerprint = shared::fingerprint(&body);
         if !self.replayed
             && let Some(before) = store.get_string(&refused_key).await?
-            && let Some((fp, reason)) = before.split_once(' ')
+            && let Some((fp, message)) = before.split_once(' ')
             && fp == fingerprint
         {
-            return Err(Error::Invalid(format!(
-                "Exact refused this entry before and the invoice has not changed since (not sent again, to spare Exact's error budget): {reason}"
+            return Ok(Written::Refused(Hold::refused_before(
+                message.to_string(),
+                fingerprint,
             )));
         }
 
@@ -269,28 +325,23 @@ impl Export<'_> {
                 if !may_exist && e.certainly_not_applied() {
                     let _ = claim.unmark_attempted(mark).await;
                 }
-                if matches!(
-                    e,
-                    Error::Upstream {
-                        status: 400..=499,
-                        ..
-                    }
-                ) && e.retry_class() == RetryClass::Permanent
-                {
+                if held::is_refusal(&e) {
+                    let hold = Hold::refused(&e, fingerprint.clone());
                     let _ = store
                         .set_string(
                             &refused_key,
-                            &format!("{fingerprint} {e}"),
+                            &format!("{fingerprint} {}", hold.message),
                             Some(self.ctx.config.worker.idempotency_ttl),
                         )
                         .await;
+                    return Ok(Written::Refused(hold));
                 }
                 return Err(e);
             }
         };
         let entry_id = created.entry_id.to_string();
         tracing::info!(invoice = invoice.idn.0, entry = %entry_id, entry_number = ?created.entry_number, "booked in Exact");
-        Ok(entry_id)
+        Ok(Written::Entry(entry_id))
     }
 
     /// Remember the entry with the claim (so a failed stamp is retried without posting again),
@@ -303,10 +354,39 @@ impl Export<'_> {
         entry: &str,
     ) -> Result<()> {
         claim.remember_created(entry).await?;
+        self.stamp(company, invoice, entry).await
+    }
+
+    /// The entry as the invoice's externalId, clearing the sync message it shows in the same
+    /// call.
+    async fn stamp(&self, company: &Company<'_>, invoice: &Invoice, entry: &str) -> Result<()> {
         company
             .precoro
-            .set_invoice_external_id(invoice.idn, entry)
+            .stamp_invoice(invoice.idn, entry, held::shown(invoice).is_some())
             .await?;
         Ok(())
     }
+}
+
+/// A supplier that cannot be created in Exact for its data is the invoice's to fix too: its
+/// error names the supplier, for finance on the invoice. Anything else passes through.
+fn supplier_refused(invoice: &Invoice, e: Error) -> Error {
+    let data = matches!(e, Error::MissingMapping(_) | Error::Invalid(_)) || held::is_refusal(&e);
+    if !data {
+        return e;
+    }
+    let name = invoice
+        .supplier
+        .as_ref()
+        .and_then(|s| s.name.as_deref())
+        .unwrap_or("?");
+    let said = match &e {
+        Error::Upstream { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    Error::Invalid(format!(
+        "Precoro invoice {}: supplier '{name}' cannot be created in Exact: {}. Correct the supplier in Precoro, then save the invoice",
+        invoice.idn,
+        said.trim().trim_end_matches('.')
+    ))
 }

@@ -66,15 +66,45 @@ impl LookupCache {
         }
     }
 
-    /// Announce to every replica that a company's lists changed.
-    pub async fn bump(&self, tenant: &TenantId) -> Result<()> {
+    /// Announce to every replica that a company's lists changed; the new generation.
+    pub async fn bump(&self, tenant: &TenantId) -> Result<i64> {
         let key = self.store.keys().lookups_generation(tenant);
-        let _: i64 = redis::cmd("INCR")
+        let generation: i64 = redis::cmd("INCR")
             .arg(&key)
             .query_async(&mut self.store.conn())
             .await?;
         self.forget(tenant);
-        Ok(())
+        Ok(generation)
+    }
+
+    /// The company's current generation.
+    pub async fn generation(&self, tenant: &TenantId) -> Result<i64> {
+        let key = self.store.keys().lookups_generation(tenant);
+        Ok(self
+            .store
+            .get_string(&key)
+            .await?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Make sure this process reads the company's lists at `generation` or later: a held
+    /// invoice retried because of a change must not be answered from a copy older than it,
+    /// whatever [`GENERATION_EVERY`] would allow.
+    pub fn at_least(&self, tenant: &TenantId, generation: i64) {
+        let stale = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            match seen.get(tenant) {
+                Some((g, _)) if *g >= generation => false,
+                _ => {
+                    seen.insert(tenant.clone(), (generation, Instant::now()));
+                    true
+                }
+            }
+        };
+        if stale {
+            self.forget(tenant);
+        }
     }
 
     /// Drop this process's copies when another replica announced a change. Read at most once per

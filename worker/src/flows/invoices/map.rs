@@ -300,7 +300,7 @@ fn option_external_id(
         Pick::Listed(o) => (o.name.as_deref().or(o.code.as_deref()), &o.external_id),
         Pick::Unknown(value) => {
             return Err(Error::MissingMapping(format!(
-                "{context}: '{value}' in custom field '{}' ({what}) is no option Precoro lists for field {field_id}; choose the {what} again, then replay",
+                "{context}: '{value}' in custom field '{}' ({what}) is no option Precoro lists for field {field_id}. Choose the {what} again, then save the invoice",
                 field_name(v, what)
             )));
         }
@@ -312,7 +312,7 @@ fn option_external_id(
     {
         Some(ext) => Ok(Some(ext.to_string())),
         None => Err(Error::MissingMapping(format!(
-            "{context}: option '{}' of custom field '{}' ({what}) has no externalId; sync {what}s from Exact or set it, then replay",
+            "{context}: the {what} option '{}' (custom field '{}') has no Exact {what} (no externalId). Map it, then save the invoice",
             name.unwrap_or("?"),
             field_name(v, what)
         ))),
@@ -410,19 +410,19 @@ fn tax_code(t: &LineTax, lookups: &Lookups, context: &str) -> Result<String, Err
             (Some(m), None) => m,
             (Some(_), Some(_)) => {
                 return Err(Error::MissingMapping(format!(
-                    "{context}: tax '{label}'{rate} matches several Precoro taxes; give each tax its own name, then replay"
+                    "{context}: tax '{label}'{rate} matches several Precoro taxes. Give each tax its own name, then save the invoice"
                 )));
             }
             (None, _) => {
                 return Err(Error::MissingMapping(format!(
-                    "{context}: tax '{label}'{rate} matches no Precoro tax synced from Exact; sync taxes from Exact or set the tax's externalId, then replay"
+                    "{context}: tax '{label}'{rate} matches no Precoro tax synced from Exact. Map it to an Exact VAT code, then save the invoice"
                 )));
             }
         },
     };
     ext(&master.external_id).ok_or_else(|| {
         Error::MissingMapping(format!(
-            "{context}: tax '{label}'{rate} has no externalId (the Exact VAT code); sync taxes from Exact or set it, then replay"
+            "{context}: tax '{label}'{rate} has no Exact VAT code (no externalId). Map it, then save the invoice"
         ))
     })
 }
@@ -439,7 +439,7 @@ fn line_vat_code(
         match &code {
             Some(seen) if *seen != c => {
                 return Err(Error::Invalid(format!(
-                    "{context} carries two VAT taxes ({seen} and {c}); Exact books one VAT code per line: split the line in Precoro, then replay"
+                    "{context} carries two VAT taxes ({seen} and {c}); Exact books one VAT code per line. Split the line, then save the invoice"
                 )));
             }
             _ => code = Some(c),
@@ -472,7 +472,7 @@ fn payment_condition(
     match ext {
         Some(e) => Ok(Some(e.to_string())),
         None => Err(Error::MissingMapping(format!(
-            "{doc}: payment term '{}' has no externalId (the Exact payment condition code); sync payment terms or set it, then replay",
+            "{doc}: payment term '{}' has no Exact payment condition (no externalId). Map it, then save the invoice",
             term.name
                 .as_deref()
                 .or(invoice.payment_term_name.as_deref())
@@ -671,7 +671,7 @@ fn entry_line(
     )?
     .ok_or_else(|| {
         Error::MissingMapping(format!(
-            "{context}: no GL account chosen (item custom field {gl_field})"
+            "{context}: no GL account chosen (item custom field {gl_field}). Choose one, then save the invoice"
         ))
     })?;
     let gl_account = guid(&gl, "GL account", context)?;
@@ -717,7 +717,7 @@ fn check_totals(invoice: &Invoice, lines: &[EntryLine], doc: &str) -> Result<(),
         || ((net_total + vat_total).abs() - inv_sum).abs() > tolerance
     {
         return Err(Error::Invalid(format!(
-            "{doc}: lines do not add up to the invoice: lines net {net_total} + VAT {vat_total} = {}, invoice net {inv_net}, total {inv_sum} (tolerance {tolerance})",
+            "{doc}: lines do not add up to the invoice: lines net {net_total} + VAT {vat_total} = {}, invoice net {inv_net}, total {inv_sum} (tolerance {tolerance}). Correct the lines, then save the invoice",
             net_total + vat_total
         )));
     }

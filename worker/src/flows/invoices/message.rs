@@ -4,6 +4,7 @@
 //! |---------------------------|-----------------------------|--------------------|
 //! | `precoro.invoice.*`       | Precoro's `{id, idn, ...}`  | `Changed(invoice)` |
 //! | `job.invoices.export`     | `{id, idn}`                 | `Export(invoice)`  |
+//! | `job.invoices.retry`      | `{id, idn, generation}`     | `Retry(invoice, generation)` |
 //! | `job.invoices.poll`       | `{}`                        | `Poll`             |
 
 use serde::Deserialize;
@@ -12,6 +13,7 @@ use shared::bus::consumer::FlowMessage;
 use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::ids::{PrecoroId, PrecoroIdn, TenantId};
+use shared::store::records::{Record, RecordKind, Status};
 
 use crate::flows::{job, read_payload};
 use shared::Flow;
@@ -49,6 +51,15 @@ impl InvoiceRef {
         }
     }
 
+    /// The invoice in the sync log: by its number (idn), the name finance knows it by.
+    pub fn record(self) -> Record {
+        let id = match self {
+            InvoiceRef::Idn(idn) | InvoiceRef::Both(_, idn) => idn.to_string(),
+            InvoiceRef::Id(id) => format!("id {id}"),
+        };
+        Record::new(RecordKind::Invoice, id)
+    }
+
     fn from_parts(id: Option<i64>, idn: Option<i64>) -> Option<InvoiceRef> {
         Some(match (id, idn) {
             (Some(id), Some(idn)) => InvoiceRef::Both(PrecoroId(id), PrecoroIdn(idn)),
@@ -69,9 +80,18 @@ pub enum InvoiceMsg {
     /// Queued by the poll or a backfill, which found it approved and not stamped: an earlier
     /// export may have booked it without stamping, so the export looks in Exact first.
     Export(InvoiceRef),
+    /// A held invoice, tried again because a mapping it may need appeared: the company's lookup
+    /// lists are read at least at this generation (`lookups::LookupCache::bump`), so no replica
+    /// answers it from a copy older than the change.
+    Retry(InvoiceRef, i64),
 }
 
 /// The ids as both Precoro's webhook and our export job carry them (numbers or numeric strings).
+#[derive(Deserialize)]
+struct Generation {
+    generation: i64,
+}
+
 #[derive(Deserialize)]
 struct Ids {
     #[serde(default, deserialize_with = "opt_id")]
@@ -102,6 +122,21 @@ impl InvoiceMsg {
         )
     }
 
+    /// The envelope of a held invoice's retry once the lookups reached `generation`.
+    pub fn retry(
+        tenant: &TenantId,
+        invoice: PrecoroId,
+        idn: PrecoroIdn,
+        generation: i64,
+    ) -> Envelope {
+        job(
+            tenant,
+            Flow::Invoices,
+            "retry",
+            json!({"id": invoice.0, "idn": idn.0, "generation": generation}),
+        )
+    }
+
     /// The envelope of a backstop poll.
     pub fn poll(tenant: &TenantId) -> Envelope {
         job(tenant, Flow::Invoices, "poll", json!({}))
@@ -125,6 +160,10 @@ impl TryFrom<&Envelope> for InvoiceMsg {
             (Source::Precoro, _) => Ok(InvoiceMsg::Changed(invoice()?)),
             (Source::Job, "poll") => Ok(InvoiceMsg::Poll),
             (Source::Job, "export") => Ok(InvoiceMsg::Export(invoice()?)),
+            (Source::Job, "retry") => {
+                let Generation { generation } = read_payload(env)?;
+                Ok(InvoiceMsg::Retry(invoice()?, generation))
+            }
             _ => Err(Error::Malformed(format!(
                 "{} is not an invoice flow message",
                 env.routing_key()
@@ -137,12 +176,27 @@ impl FlowMessage for InvoiceMsg {
     fn entity_key(&self) -> Option<String> {
         match self {
             InvoiceMsg::Poll => None,
-            InvoiceMsg::Changed(r) | InvoiceMsg::Export(r) => Some(r.key()),
+            InvoiceMsg::Changed(r) | InvoiceMsg::Export(r) | InvoiceMsg::Retry(r, _) => {
+                Some(r.key())
+            }
         }
     }
 
     fn is_run(&self) -> bool {
         matches!(self, InvoiceMsg::Poll)
+    }
+
+    fn record(&self) -> Option<Record> {
+        match self {
+            InvoiceMsg::Poll => None,
+            InvoiceMsg::Changed(r) | InvoiceMsg::Export(r) | InvoiceMsg::Retry(r, _) => {
+                Some(r.record())
+            }
+        }
+    }
+
+    fn done_status(&self) -> Status {
+        Status::Booked
     }
 }
 
@@ -166,6 +220,14 @@ mod tests {
         assert_eq!(poll.routing_key(), "job.invoices.poll");
         assert_eq!(InvoiceMsg::try_from(&poll).unwrap(), InvoiceMsg::Poll);
         assert_eq!(InvoiceMsg::Poll.entity_key(), None);
+        let retry = InvoiceMsg::retry(&tenant(), PrecoroId(7), PrecoroIdn(3), 12);
+        assert_eq!(retry.routing_key(), "job.invoices.retry");
+        let read = InvoiceMsg::try_from(&retry).unwrap();
+        assert_eq!(
+            read,
+            InvoiceMsg::Retry(InvoiceRef::Both(PrecoroId(7), PrecoroIdn(3)), 12)
+        );
+        assert_eq!(read.record().unwrap().id, "3");
     }
 
     #[test]

@@ -22,10 +22,12 @@
 
 pub mod document;
 pub mod export;
+pub mod held;
 pub mod lookups;
 pub mod map;
 pub mod message;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use shared::Flow;
@@ -33,6 +35,7 @@ use shared::bus::consumer::{Handler, Message, Outcome};
 use shared::error::Result;
 use shared::ids::TenantId;
 use shared::precoro::{InvoiceQuery, status};
+use shared::store::records::HeldRecord;
 
 use super::Context;
 use export::Export;
@@ -66,6 +69,10 @@ impl Handler for InvoiceFlow {
             InvoiceMsg::Poll => return self.poll(tenant).await,
             InvoiceMsg::Changed(invoice) => (invoice, false),
             InvoiceMsg::Export(invoice) => (invoice, true),
+            InvoiceMsg::Retry(invoice, generation) => {
+                self.ctx.lookups.at_least(tenant, generation);
+                (invoice, false)
+            }
         };
         Export {
             ctx: &self.ctx,
@@ -81,7 +88,9 @@ impl Handler for InvoiceFlow {
 }
 
 impl InvoiceFlow {
-    /// The backstop: enqueue every approved invoice without an externalId.
+    /// The backstop: enqueue every approved invoice without an externalId, except a held one
+    /// that has not changed since it was held (it would only be held again, at a Precoro read).
+    /// A held invoice the list no longer shows was booked, withdrawn or deleted: let it go.
     async fn poll(&self, tenant: &TenantId) -> Result<Outcome> {
         let precoro = self.ctx.precoro(tenant)?;
         let invoices = precoro
@@ -91,11 +100,25 @@ impl InvoiceFlow {
                 ..Default::default()
             })
             .await?;
-        let mut queued = 0;
+        let mut held: HashMap<String, HeldRecord> = self
+            .ctx
+            .held
+            .list(tenant, Flow::Invoices)
+            .await?
+            .into_iter()
+            .map(|h| (h.record.id.clone(), h))
+            .collect();
+        let (mut queued, mut waiting) = (0, 0);
         for inv in invoices
             .iter()
             .filter(|i| i.external_id.as_deref().is_none_or(|e| e.trim().is_empty()))
         {
+            if let Some(h) = held.remove(&inv.idn.to_string())
+                && !held::changed_since_held(&h, inv)
+            {
+                waiting += 1;
+                continue;
+            }
             let env = InvoiceMsg::export(tenant, inv.id, inv.idn);
             self.ctx
                 .publisher
@@ -103,6 +126,12 @@ impl InvoiceFlow {
                 .await?;
             queued += 1;
         }
-        Ok(Outcome::Done(format!("poll queued {queued} invoice(s)")))
+        for gone in held.keys() {
+            self.ctx.held.release(tenant, Flow::Invoices, gone).await?;
+        }
+        Ok(Outcome::Done(format!(
+            "poll queued {queued} invoice(s); {waiting} held unchanged; {} held no longer waiting",
+            held.len()
+        )))
     }
 }

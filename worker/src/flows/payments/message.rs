@@ -16,6 +16,8 @@ use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::ids::TenantId;
 
+use shared::store::records::{Record, RecordKind};
+
 use super::{EntryPayments, Reversal, entry_key};
 use crate::flows::{job, read_payload};
 
@@ -102,6 +104,19 @@ impl FlowMessage for PaymentMsg {
 
     fn is_run(&self) -> bool {
         matches!(self, PaymentMsg::Poll(_))
+    }
+
+    /// A payment is logged under its Exact entry, with the invoice's number to search by.
+    fn record(&self) -> Option<Record> {
+        let (entry, invoice) = match self {
+            PaymentMsg::Poll(_) => return None,
+            PaymentMsg::Entry(e) => (e.entry, e.invoice.idn),
+            PaymentMsg::Reversal(r) => (r.line.entry, r.line.invoice.idn),
+        };
+        Some(
+            Record::new(RecordKind::Payment, entry.to_string())
+                .with_number(Some(invoice.to_string())),
+        )
     }
 }
 

@@ -198,10 +198,18 @@ impl Handler for ReferenceFlow {
             )));
         }
         let mut parts = Vec::new();
+        let mut wrote = false;
         for kind in kinds {
             let r = self.sync_kind(&env.tenant, kind, full).await?;
             tracing::info!(tenant = %env.tenant, kind = kind.as_str(), full, created = r.created, updated = r.updated, disabled = r.disabled, unchanged = r.unchanged, coalesced = r.coalesced, "reference sync");
+            wrote |= r.created + r.updated + r.disabled > 0;
             parts.push(format!("{}: {r}", kind.as_str()));
+        }
+        if wrote {
+            // A held invoice may have waited for exactly this mapping: try each once per run,
+            // at the lists this run wrote or later.
+            let generation = self.ctx.lookups.generation(&env.tenant).await?;
+            crate::flows::invoices::held::retry_all(&self.ctx, &env.tenant, generation).await?;
         }
         Ok(Outcome::Done(parts.join("; ")))
     }

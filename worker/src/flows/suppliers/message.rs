@@ -18,6 +18,7 @@ use shared::bus::consumer::FlowMessage;
 use shared::bus::{Envelope, Source};
 use shared::error::{Error, Result};
 use shared::ids::{ExactGuid, PrecoroId, TenantId};
+use shared::store::records::{Record, RecordKind};
 use shared::webhook::PrecoroHook;
 
 use crate::flows::{job, read_payload};
@@ -122,6 +123,18 @@ impl TryFrom<&Envelope> for SupplierMsg {
 impl FlowMessage for SupplierMsg {
     fn is_run(&self) -> bool {
         matches!(self, SupplierMsg::Reconcile)
+    }
+
+    /// A supplier is logged under the id of the side that changed.
+    fn record(&self) -> Option<Record> {
+        let id = match self {
+            SupplierMsg::Reconcile => return None,
+            SupplierMsg::Sync(Change::Precoro(id)) => format!("precoro {id}"),
+            SupplierMsg::Sync(Change::Exact(id) | Change::ExactDeleted(id)) => {
+                format!("exact {id}")
+            }
+        };
+        Some(Record::new(RecordKind::Supplier, id))
     }
 }
 

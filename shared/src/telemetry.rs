@@ -157,6 +157,15 @@ pub fn event_processed(
         "busy" | "rate_limited" | "paused" => {
             tracing::info!(flow, tenant, event_id, outcome, detail, "event waits")
         }
+        // Finance's to fix, and told so in Precoro: not the operator's alarm.
+        "held" => tracing::info!(
+            flow,
+            tenant,
+            event_id,
+            outcome,
+            detail,
+            "record held for its data"
+        ),
         "dead_lettered" => tracing::error!(
             flow,
             tenant,

@@ -77,9 +77,21 @@ pub struct Message {
     pub redelivered: bool,
     pub replay_nonce: Option<String>,
     pub routing_key: String,
+    /// The record as the handler came to know it (say an invoice's supplier number, read with
+    /// the invoice): the sync log names the outcome by it rather than by the message's ids.
+    named: Arc<std::sync::Mutex<Option<Record>>>,
 }
 
 impl Message {
+    /// Name the record this message turned out to be about, for the sync log.
+    pub fn name_record(&self, record: Record) {
+        *self.named.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    fn named_record(&self) -> Option<Record> {
+        self.named.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// An earlier attempt may have had an effect (retry, redelivery or replay).
     pub fn maybe_repeated(&self) -> bool {
         self.attempt > 0 || self.redelivered || self.replay_nonce.is_some()
@@ -345,6 +357,7 @@ impl<H: Handler> FlowConsumer<H> {
             replay_nonce: get_str(&props_headers, h::REPLAY_NONCE),
             routing_key: routing_key.clone(),
             envelope,
+            named: Default::default(),
         };
         let span = tracing::info_span!("event", flow = flow.as_str(), tenant = %msg.envelope.tenant, event_id = %msg.envelope.id, attempt = msg.attempt);
         async {
@@ -488,7 +501,7 @@ impl<H: Handler> FlowConsumer<H> {
                     Outcome::Skipped(r) => ("skipped", Status::Skipped, r.as_str()),
                     Outcome::Held(r) => ("held", Status::Held, r.as_str()),
                 };
-                if let Some(record) = record {
+                if let Some(record) = msg.named_record().or(record) {
                     self.log
                         .note(&env.tenant, LogEntry::new(flow, record, status, result))
                         .await;
@@ -507,7 +520,7 @@ impl<H: Handler> FlowConsumer<H> {
             }
             Ok(Err(err)) => {
                 let _ = claim.release().await;
-                if let Some(record) = record {
+                if let Some(record) = msg.named_record().or(record) {
                     let status = match err.retry_class() {
                         RetryClass::Permanent => Some(Status::Failed),
                         RetryClass::Transient if msg.attempt + 1 >= self.broker.max_attempts => {

@@ -8,7 +8,9 @@
 //! 2. a batch of invoices approved in Precoro lands in Exact through webhook → ingress → RabbitMQ
 //!    → worker, each booked once and stamped back;
 //! 3. payments booked in Exact (full and partial) come back as Paid / Partly paid in Precoro,
-//!    woken by Exact's `BankEntries` webhook.
+//!    woken by Exact's `BankEntries` webhook;
+//! 4. an invoice whose GL option has no Exact account is held with a message finance reads in
+//!    Precoro, and books itself once the account exists in Exact, without any replay.
 //!
 //! Exits 0 when all of that happened exactly once; non-zero, saying what went wrong, otherwise.
 //! `--serve` keeps everything running afterwards so a person can fire webhooks by hand.
@@ -150,6 +152,7 @@ async fn run(args: &Args) -> Result<(), String> {
     }
     let tracked = invoices(&world, args, timeout, &mut problems).await;
     payments(&world, &stack, &tracked, timeout, &mut problems).await;
+    held_until_fixed(&mut world, &stack, timeout, &mut problems).await;
 
     if args.serve {
         serve(&world, &stack, &tracked[0]).await;
@@ -157,7 +160,7 @@ async fn run(args: &Args) -> Result<(), String> {
     stack.stop().await;
     if problems.is_empty() {
         println!(
-            "\nOK: reference data and suppliers synced, {} invoices booked exactly once each and stamped, payments reflected in Precoro.",
+            "\nOK: reference data and suppliers synced, {} invoices booked exactly once each and stamped, payments reflected in Precoro, a held invoice booked itself once its mapping existed.",
             tracked.len()
         );
         Ok(())
@@ -401,6 +404,115 @@ async fn payments(
         world.exact.calls().len(),
         world.precoro.calls().len()
     );
+}
+
+/// Phase 4: an invoice that cannot book for its data waits where finance can see it, and books
+/// itself once the data is fixed: a GL option in Precoro with no Exact account yet.
+async fn held_until_fixed(
+    world: &mut World,
+    stack: &Stack,
+    timeout: Duration,
+    problems: &mut Vec<String>,
+) {
+    println!(
+        "\n4. Held for its data: an invoice on GL option 'Marketing' (4500), which Exact does not have yet"
+    );
+    let option = world.precoro.add_option(
+        world.ids.gl_field,
+        testbed::precoro_sim::OptionSeed {
+            name: "Marketing".into(),
+            code: Some("4500".into()),
+            ..Default::default()
+        },
+    );
+    world.ids.gl.insert("4500".into(), option);
+    let supplier = world.ids.suppliers[0];
+    let (_, idn) = world.invoice(InvoiceDraft {
+        number: "SBX-HELD".into(),
+        supplier,
+        lines: vec![(
+            "Campaign flyers".into(),
+            2,
+            "120.00".into(),
+            "4500".into(),
+            21,
+        )],
+        status: 1,
+        ..Default::default()
+    });
+    world.precoro.approve_invoice(idn);
+    let message = |world: &World| {
+        world.precoro.invoice(idn)["externalIntegrationLog"]
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+    };
+    if !eventually(timeout, || async { message(world).is_some() }).await {
+        problems.push("SBX-HELD: no sync message appeared on the invoice in Precoro".into());
+        return;
+    }
+    println!(
+        "   Precoro shows on the invoice: \"{}\"",
+        message(world).unwrap_or_default()
+    );
+    let dead = dead_letters(world).await;
+    println!("   held, not dead: {dead} dead letter(s); nothing booked in Exact");
+    if dead > 0 {
+        problems.push(format!(
+            "SBX-HELD: {dead} dead letter(s) for a held invoice"
+        ));
+    }
+
+    println!(
+        "   the accountant creates GL account 4500 'Marketing' in Exact; reference sync (its schedule, or Exact's GLAccounts webhook) links the option…"
+    );
+    let fixed = Instant::now();
+    world
+        .exact
+        .add_gl_account(world.division, "4500", "Marketing", 110);
+    if let Err(e) = worker::flows::reference::enqueue_sync(
+        &world.config,
+        world.config.tenants[0].id.as_str(),
+        Some(shared::config::ReferenceKind::GlAccounts),
+        false,
+    )
+    .await
+    {
+        problems.push(format!("could not queue the reference sync: {e}"));
+        return;
+    }
+    let booked = eventually(timeout, || async {
+        !world.entries_for("SBX-HELD").is_empty() && message(world).is_none()
+    })
+    .await;
+    stack.settle().await;
+    let entries = world.entries_for("SBX-HELD");
+    if !booked || entries.len() != 1 {
+        problems.push(format!(
+            "SBX-HELD: {} entries in Exact after the fix, message {:?}",
+            entries.len(),
+            message(world)
+        ));
+        return;
+    }
+    println!(
+        "   booked by itself {:.1} s after the fix as entry {}, message cleared, no replay ({} dead letters)",
+        fixed.elapsed().as_secs_f64(),
+        entries[0]["EntryID"].as_str().unwrap_or("?"),
+        dead_letters(world).await
+    );
+}
+
+async fn dead_letters(world: &World) -> usize {
+    match shared::bus::dlq::DeadLetters::connect(&world.config.broker).await {
+        Ok(d) => d
+            .list(&Default::default())
+            .await
+            .map(|l| l.len())
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 /// Precoro sends amounts as numbers or strings.

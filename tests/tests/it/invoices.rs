@@ -502,6 +502,50 @@ async fn an_invoice_held_for_its_data_tells_finance_and_books_itself_once_fixed(
         "the sync log says why"
     );
     assert!(world.entries_for("INV-MAP-1").is_empty());
+    // What an operator reads: `worker held`, `worker log --invoice`, `worker status`.
+    let mut out = Vec::new();
+    worker::cli::log::held(&world.config, Some(TENANT), false, &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(&format!("invoice {idn}  held since")) && text.contains(&message),
+        "{text}"
+    );
+    let mut out = Vec::new();
+    let query = worker::cli::log::Query {
+        tenant: TENANT.into(),
+        filter: LogFilter {
+            record: Some("INV-MAP-1".into()),
+            status: Some(Status::Held),
+            ..Default::default()
+        },
+        limit: 10,
+        json: true,
+    };
+    // By the supplier's invoice number as well as by Precoro's: both name it.
+    worker::cli::log::log(&world.config, &query, &mut out)
+        .await
+        .unwrap();
+    let by_number: Vec<LogEntry> = serde_json::from_slice(&out).unwrap();
+    let by_idn = log_of(&log, idn).await;
+    assert!(
+        by_idn.iter().any(|e| e.status == Status::Held),
+        "{by_idn:?}"
+    );
+    assert_eq!(
+        by_number.len(),
+        by_idn.iter().filter(|e| e.status == Status::Held).count(),
+        "{by_number:?}"
+    );
+    let report = worker::cli::status::collect(&world.config).await.unwrap();
+    let invoices = report.companies[0]
+        .flows
+        .iter()
+        .find(|f| f.flow == "invoices")
+        .unwrap();
+    assert_eq!(invoices.held, 1);
+    assert_eq!(report.companies[0].dead_letters, 0);
 
     // Finance maps the option in Precoro and saves the invoice: it books by itself, no replay.
     let client = world.precoro_client();

@@ -8,7 +8,7 @@
 //! Each stage is one function with a typed result; the claim around them is what makes the whole
 //! happen once (module doc of [`super`]).
 
-use shared::bus::consumer::Outcome;
+use shared::bus::consumer::{Message, Outcome};
 use shared::config::TenantConfig;
 use shared::error::{Error, Result};
 use shared::exact::client::ExactClient;
@@ -33,6 +33,8 @@ pub struct Export<'a> {
     pub repeated: bool,
     /// An operator replayed it: a refusal remembered for the same payload is tried again.
     pub replayed: bool,
+    /// The message being handled: told which invoice it turned out to be, for the sync log.
+    pub delivery: &'a Message,
 }
 
 /// How an export ended.
@@ -112,6 +114,7 @@ impl Export<'_> {
     async fn claimed(&self, claim: &ClaimGuard, may_exist: bool) -> Result<Exported> {
         let company = self.company()?;
         let invoice = self.fetch(&company).await?;
+        self.delivery.name_record(held::record_of(&invoice));
         let booked = match self.book(claim, &company, &invoice, may_exist).await {
             Err(e) => match Hold::for_error(&e, invoice.idn) {
                 Some(hold) => Err(hold),

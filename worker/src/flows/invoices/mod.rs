@@ -81,6 +81,7 @@ impl Handler for InvoiceFlow {
             queued,
             repeated: delivery.maybe_repeated(),
             replayed: delivery.replay_nonce.is_some(),
+            delivery,
         }
         .run()
         .await

@@ -314,6 +314,10 @@ pub struct HeldRecord {
     /// once Precoro shows a later one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated: Option<DateTime<Utc>>,
+    /// The job that tries it again, for a record whose retry is not rebuilt from its ids (a
+    /// payment: the Exact lines to record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<serde_json::Value>,
     /// When it was first held (kept across re-holds of the same record).
     pub since: DateTime<Utc>,
     /// When it was last looked at and still held.

@@ -608,3 +608,72 @@ async fn a_poll_waits_for_an_entry_being_settled_rather_than_step_over_its_rows(
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_payment_the_invoice_cannot_take_waits_with_a_message_and_follows_by_itself() {
+    let (world, stack) = start("pay-held").await;
+    let (id, idn, entry, total) = book(&world, "PAY-HELD-1", "100.00").await;
+    stack.settle().await;
+    // Finance sends the booked invoice back for revision (status 7), and Exact records its
+    // payment meanwhile: Precoro cannot take a payment on it now.
+    world.precoro.set_invoice_status(idn, 7);
+    world
+        .exact
+        .pay_entry(world.division, entry, total, today(&world))
+        .unwrap();
+    poll(&stack).await;
+    let message = || {
+        world.precoro.invoice(idn)["externalIntegrationLog"]
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async { message().is_some() }).await,
+        "finance is told on the invoice"
+    );
+    stack.settle().await;
+    let text = message().unwrap();
+    assert!(
+        text.starts_with("A payment of 121.00 made in Exact on ")
+            && text.contains("cannot be recorded here: the invoice is")
+            && text.contains("Approve it again, then save it"),
+        "{text}"
+    );
+    assert!(world.precoro.payments_for(id).is_empty());
+    let dead = DeadLetters::connect(&world.config.broker)
+        .await
+        .unwrap()
+        .list(&Filter::default())
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "held, not dead: {dead:?}");
+    let ctx = &stack.workers[0].context;
+    let held = ctx
+        .held
+        .list(&tenant(), shared::Flow::Payments)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].record.number.as_deref(),
+        Some(idn.to_string().as_str())
+    );
+
+    // Approved again: the invoice flow reads it, and the held payment follows without a replay.
+    world.precoro.set_invoice_status(idn, 2);
+    status_becomes(&world, idn, 5, total).await;
+    stamped(&world, id, 1).await;
+    stack.settle().await;
+    assert_eq!(world.precoro.payments_for(id).len(), 1, "recorded once");
+    assert_eq!(message(), None, "the message is cleared");
+    assert!(
+        ctx.held
+            .list(&tenant(), shared::Flow::Payments)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    stack.stop().await;
+}

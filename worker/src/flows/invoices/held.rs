@@ -161,6 +161,7 @@ pub async fn park(
         detail: hold.detail.clone(),
         fingerprint: hold.fingerprint,
         updated: invoice.updated_at(),
+        job: None,
         since: now,
         last_tried: now,
         tries: 1,

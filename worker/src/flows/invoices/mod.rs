@@ -67,7 +67,14 @@ impl Handler for InvoiceFlow {
         }
         let (invoice, queued) = match *msg {
             InvoiceMsg::Poll => return self.poll(tenant).await,
-            InvoiceMsg::Changed(invoice) => (invoice, false),
+            InvoiceMsg::Changed(invoice) => {
+                // Payments held because this invoice could not take them may go now: a booked
+                // invoice's claim is done, so the export below would not read it again.
+                if let Some(idn) = invoice.idn() {
+                    crate::flows::payments::held::wake(&self.ctx, tenant, idn).await?;
+                }
+                (invoice, false)
+            }
             InvoiceMsg::Export(invoice) => (invoice, true),
             InvoiceMsg::Retry(invoice, generation) => {
                 self.ctx.lookups.at_least(tenant, generation);

@@ -20,6 +20,7 @@
 //! The first poll of a company reads the sync endpoint from the start (a Timestamp is a rowversion,
 //! not a date, §4 "Sync APIs"), but only acts on payments made within `initial_window`.
 
+pub mod held;
 pub mod lines;
 pub mod message;
 
@@ -570,11 +571,21 @@ impl PaymentFlow {
         }
         let mut done = Vec::new();
         for line in &e.lines {
-            let result = self
+            let result = match self
                 .settle_claimed(tenant, &e, line, &mut invoice, repeated)
-                .await?;
+                .await
+            {
+                Ok(r) => r,
+                // The invoice cannot take it now: finance is told on the invoice, and the
+                // payment follows once the invoice changes.
+                Err(err) if held::is_data_error(&err) => {
+                    return held::hold(&self.ctx, tenant, precoro, &invoice, &e, &err).await;
+                }
+                Err(err) => return Err(err),
+            };
             done.push(format!("{}: {result}", line.row));
         }
+        held::release(&self.ctx, tenant, precoro, &invoice, &e).await?;
         Ok(Outcome::Done(format!(
             "invoice {}: {}",
             e.invoice.idn,

@@ -85,7 +85,11 @@ pub async fn consent_through_ingress(world: &World, config: &Config) {
         .unwrap();
     let (back, cookie) = consent_in_browser(&http, world, &link).await;
     let (status, body) = get_json(&http, &back, Some(&cookie)).await;
-    assert_eq!((status, &body["status"]), (200, &"connected".into()), "{body}");
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &"connected".into()),
+        "{body}"
+    );
 }
 
 /// Precoro ids of the linked demo data.

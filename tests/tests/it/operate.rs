@@ -16,9 +16,7 @@ use shared::store::ratelimit::RateLimiter;
 use testbed::harness::{Ingress, Inspector, eventually};
 use testbed::precoro_sim::{InvoiceSeed, OptionSeed};
 use testbed::quiet::Quiet;
-use testbed::world::{
-    Stack, TENANT, World, WorldOptions, consent_in_browser, get_json, line,
-};
+use testbed::world::{Stack, TENANT, World, WorldOptions, consent_in_browser, get_json, line};
 use worker::cli::{backfill, dlq, exact, status};
 
 fn text(buf: Vec<u8>) -> String {

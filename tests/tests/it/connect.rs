@@ -57,18 +57,41 @@ async fn parked(before: u64, cycles: u64) {
     );
 }
 
-#[tokio::test]
-async fn a_company_not_yet_connected_waits_and_its_work_runs_within_seconds_of_the_consent() {
+/// The demo world with its ingress on a public URL (the consent comes back to it), consented to
+/// Exact or not, and its company's token store.
+async fn world(tag: &'static str, connected: bool) -> (World, TokenStore) {
     let mut world = World::build(WorldOptions {
-        tag: "connect-first",
-        connected: false,
+        tag,
+        connected,
         ..Default::default()
     })
     .await;
     world.config = world.public_ingress_config();
+    let tokens = TokenStore::new(world.store.clone(), world.config.tenants[0].id.clone());
+    (world, tokens)
+}
+
+/// After the consent: `number` books by itself (nobody replays anything), once, and nothing is
+/// dead-lettered. Returns when it was first seen booked.
+async fn books_once_without_a_replay(world: &World, stack: &Stack, number: &str) -> Instant {
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            !world.entries_for(number).is_empty()
+        })
+        .await,
+        "{number} books itself after the consent"
+    );
+    let booked = Instant::now();
+    stack.settle().await;
+    assert_eq!(world.entries_for(number).len(), 1, "booked once");
+    world.assert_no_dead_letters().await;
+    booked
+}
+
+#[tokio::test]
+async fn a_company_not_yet_connected_waits_and_its_work_runs_within_seconds_of_the_consent() {
+    let (world, tokens) = world("connect-first", false).await;
     let config = world.config.clone();
-    let t = &config.tenants[0];
-    let tokens = TokenStore::new(world.store.clone(), t.id.clone());
     assert!(tokens.load().await.unwrap().is_none(), "never connected");
     // Every flow on, scheduler running: its first slots come while the company is not connected.
     let stack = Stack::start(&world, 1, true).await;
@@ -100,14 +123,9 @@ async fn a_company_not_yet_connected_waits_and_its_work_runs_within_seconds_of_t
     // The finance user consents through the ingress; nobody replays anything.
     let consented = Instant::now();
     consent_through_ingress(&world, &config).await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            !world.entries_for("INV-WAIT-1").is_empty()
-        })
-        .await,
-        "the parked invoice books itself after the consent"
-    );
-    let booked_after = consented.elapsed();
+    let booked_after = books_once_without_a_replay(&world, &stack, "INV-WAIT-1")
+        .await
+        .duration_since(consented);
     // The scheduler saw the connection and ran the company's flows at once.
     assert!(
         eventually(Duration::from_secs(30), || async {
@@ -124,7 +142,6 @@ async fn a_company_not_yet_connected_waits_and_its_work_runs_within_seconds_of_t
     );
     assert!(!world.store.scan_keys(&sched).await.unwrap().is_empty());
     stack.settle().await;
-    assert_eq!(world.entries_for("INV-WAIT-1").len(), 1, "booked once");
     world.assert_no_dead_letters().await;
     let out = status_text(&config).await;
     assert!(out.contains("Exact connection: connected;"), "{out}");
@@ -134,15 +151,8 @@ async fn a_company_not_yet_connected_waits_and_its_work_runs_within_seconds_of_t
 
 #[tokio::test]
 async fn a_connection_broken_by_a_refused_refresh_token_waits_and_resumes_after_reconnecting() {
-    let mut world = World::build(WorldOptions {
-        tag: "connect-broken",
-        ..Default::default()
-    })
-    .await;
-    world.config = world.public_ingress_config();
+    let (world, tokens) = world("connect-broken", true).await;
     let config = world.config.clone();
-    let t = &config.tenants[0];
-    let tokens = TokenStore::new(world.store.clone(), t.id.clone());
 
     // A stale copy of the pair comes back (say, a restored backup) after the pair was rotated:
     // its refresh token is dead, and the next refresh is refused with "Old refresh token used".
@@ -195,16 +205,7 @@ async fn a_connection_broken_by_a_refused_refresh_token_waits_and_resumes_after_
     );
 
     consent_through_ingress(&world, &config).await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            !world.entries_for("INV-BROKEN-1").is_empty()
-        })
-        .await,
-        "the parked invoice books itself after reconnecting"
-    );
-    stack.settle().await;
-    assert_eq!(world.entries_for("INV-BROKEN-1").len(), 1, "booked once");
-    world.assert_no_dead_letters().await;
+    books_once_without_a_replay(&world, &stack, "INV-BROKEN-1").await;
     assert!(tokens.load().await.unwrap().unwrap().broken.is_none());
     assert_eq!(counter(broken), breaks + 1);
     stack.stop().await;

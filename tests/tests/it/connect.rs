@@ -32,8 +32,9 @@ async fn status_text(config: &shared::config::Config) -> String {
     String::from_utf8(out).expect("UTF-8")
 }
 
-/// A pending invoice of one line, approved in Precoro now (its webhook reaches the ingress).
-fn approve(world: &World, number: &str) {
+/// A pending invoice of one line, made before the service runs (so that only its approval's
+/// webhook reaches the ingress: one message). Returns its idn.
+fn pending(world: &World, number: &str) -> i64 {
     let (_, idn) = world.invoice(InvoiceDraft {
         number: number.into(),
         supplier: world.ids.suppliers[0],
@@ -41,7 +42,18 @@ fn approve(world: &World, number: &str) {
         status: 1,
         ..Default::default()
     });
-    world.precoro.approve_invoice(idn);
+    idn
+}
+
+/// How often the worker read invoice `idn` from Precoro.
+fn reads(world: &World, idn: i64) -> usize {
+    let path = format!("/invoices/{idn}");
+    world
+        .precoro
+        .calls()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.ends_with(&path))
+        .count()
 }
 
 /// Wait until an invoice message has been parked `cycles` more times than `before`: the first
@@ -93,11 +105,14 @@ async fn a_company_not_yet_connected_waits_and_its_work_runs_within_seconds_of_t
     let (world, tokens) = world("connect-first", false).await;
     let config = world.config.clone();
     assert!(tokens.load().await.unwrap().is_none(), "never connected");
+    let idn = pending(&world, "INV-WAIT-1");
     // Every flow on, scheduler running: its first slots come while the company is not connected.
     let stack = Stack::start(&world, 1, true).await;
     let before = parked_invoices();
-    approve(&world, "INV-WAIT-1");
+    world.precoro.approve_invoice(idn);
     parked(before, 4).await;
+    // It ran once, met the missing connection, and then only the token record was read.
+    assert_eq!(reads(&world, idn), 1, "no API call while it waits");
 
     // Waiting is not failing: nothing dead-lettered, nothing sent to Exact, no run scheduled.
     world.assert_no_dead_letters().await;
@@ -133,7 +148,6 @@ async fn a_company_not_yet_connected_waits_and_its_work_runs_within_seconds_of_t
             report.companies[0]
                 .flows
                 .iter()
-                .filter(|f| f.flow != "invoices")
                 .all(|f| f.last_success.is_some())
         })
         .await,
@@ -177,10 +191,12 @@ async fn a_connection_broken_by_a_refused_refresh_token_waits_and_resumes_after_
 
     let broken = "exact_connection_broken_total{tenant=\"demo\"}";
     let breaks = counter(broken);
+    let idn = pending(&world, "INV-BROKEN-1");
     let stack = Stack::start(&world, 1, false).await;
     let before = parked_invoices();
-    approve(&world, "INV-BROKEN-1");
+    world.precoro.approve_invoice(idn);
     parked(before, 4).await;
+    assert_eq!(reads(&world, idn), 1, "no API call while it waits");
 
     let rec = tokens.load().await.unwrap().unwrap();
     let reason = rec.broken.expect("marked broken");

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use shared::Error;
+use shared::RetryClass;
 use shared::bus::{Envelope, Publisher};
 use shared::config::{Config, ReferenceKind, TenantConfig};
 use shared::exact::TokenStore;
@@ -122,9 +122,7 @@ pub async fn tick(
     for t in &config.tenants {
         let why = match TokenStore::new(store.clone(), t.id.clone()).usable().await {
             Ok(_) => None,
-            Err(e @ (Error::NotConnected { .. } | Error::ConnectionBroken { .. })) => {
-                Some(e.to_string())
-            }
+            Err(e) if e.retry_class() == RetryClass::AwaitingConsent => Some(e.to_string()),
             Err(e) => return Err(e),
         };
         let before = waiting.insert(t.id.clone(), why.clone());

@@ -60,6 +60,12 @@ pub enum RetryClass {
     /// may only be replaced then, or an endpoint close to Exact's error block): come back no
     /// later than that moment, attempt not counted.
     Paused,
+    /// The company's Exact connection waits for a consent: never made, or broken (a refresh token
+    /// Exact no longer takes) until someone reconnects. Not an error of the message: it goes to
+    /// the shortest tier, attempt not counted and never dead-lettered, and the consumer looks
+    /// again with one Redis read of the token record, no API call, so the work runs within a
+    /// tier of the consent without a replay.
+    AwaitingConsent,
     /// Dead-letter at once with a readable reason (validation, missing mapping, disabled flow).
     Permanent,
 }
@@ -72,6 +78,7 @@ impl RetryClass {
             RetryClass::Busy => "busy",
             RetryClass::RateLimited => "rate_limited",
             RetryClass::Paused => "paused",
+            RetryClass::AwaitingConsent => "awaiting_consent",
             RetryClass::Permanent => "permanent",
         }
     }
@@ -92,9 +99,16 @@ pub enum Error {
     #[error("{api} rate limit reached; retry in {}s", retry_after.as_secs())]
     RateLimited { api: Api, retry_after: Duration },
 
-    /// The connection to the company's Exact administration cannot be used until someone re-consents.
+    /// The company was never connected to Exact: its Exact work waits for the first consent.
     #[error(
-        "Exact connection for company '{tenant}' is broken: {message}. Reconnect it (worker exact connect), then replay"
+        "company '{tenant}' is not connected to Exact yet: its Exact work waits for the consent (worker exact connect --tenant {tenant}) and runs by itself after it"
+    )]
+    NotConnected { tenant: String },
+
+    /// The connection to the company's Exact administration cannot be used until someone
+    /// re-consents: its Exact work waits for that, as for a first consent.
+    #[error(
+        "Exact connection for company '{tenant}' is broken: {message}. Reconnect it (worker exact connect --tenant {tenant}); its Exact work waits and resumes by itself"
     )]
     ConnectionBroken { tenant: String, message: String },
 
@@ -196,6 +210,9 @@ impl Error {
             }
             Error::RateLimited { .. } => RetryClass::RateLimited,
             Error::ExactPaused { .. } => RetryClass::Paused,
+            Error::NotConnected { .. } | Error::ConnectionBroken { .. } => {
+                RetryClass::AwaitingConsent
+            }
             Error::Upstream { status, .. } => match *status {
                 429 => RetryClass::RateLimited,
                 // 408 is Exact's "request too broad" or a proxy timeout; 409/425 are races.
@@ -203,8 +220,7 @@ impl Error {
                 s if s >= 500 => RetryClass::Transient,
                 _ => RetryClass::Permanent,
             },
-            Error::ConnectionBroken { .. }
-            | Error::MissingMapping(_)
+            Error::MissingMapping(_)
             | Error::Invalid(_)
             | Error::FlowDisabled { .. }
             | Error::UnknownTenant(_)
@@ -223,6 +239,7 @@ impl Error {
     pub fn certainly_not_applied(&self) -> bool {
         match self {
             Error::RateLimited { .. }
+            | Error::NotConnected { .. }
             | Error::ConnectionBroken { .. }
             | Error::ExactPaused { .. } => true,
             Error::Upstream { status, .. } => {
@@ -248,6 +265,7 @@ impl Error {
             Error::Network { .. } => "network",
             Error::Upstream { .. } => "upstream",
             Error::RateLimited { .. } => "rate_limited",
+            Error::NotConnected { .. } => "not_connected",
             Error::ConnectionBroken { .. } => "connection_broken",
             Error::ExactPaused { .. } => "exact_paused",
             Error::MissingMapping(_) => "missing_mapping",
@@ -438,6 +456,12 @@ mod tests {
                 },
                 "connection_broken",
             ),
+            (
+                Error::NotConnected {
+                    tenant: "acme".into(),
+                },
+                "not_connected",
+            ),
             (Error::MissingMapping("m".into()), "missing_mapping"),
             (Error::Invalid("i".into()), "invalid"),
             (
@@ -536,7 +560,17 @@ mod tests {
             tenant: "acme".into(),
             message: "refresh token refused".into(),
         };
-        for refused in [limited, broken, upstream(400), upstream(422), upstream(429)] {
+        let never = Error::NotConnected {
+            tenant: "acme".into(),
+        };
+        for refused in [
+            limited,
+            broken,
+            never,
+            upstream(400),
+            upstream(422),
+            upstream(429),
+        ] {
             assert!(refused.certainly_not_applied(), "{refused}");
         }
         // A write may have landed before any of these.
@@ -553,5 +587,28 @@ mod tests {
         ] {
             assert!(!unsure.certainly_not_applied(), "{unsure}");
         }
+    }
+
+    #[test]
+    fn a_company_without_a_usable_connection_waits_for_the_consent() {
+        let never = Error::NotConnected {
+            tenant: "acme".into(),
+        };
+        let broken = Error::ConnectionBroken {
+            tenant: "acme".into(),
+            message: "refresh token refused by Exact (Old refresh token used.)".into(),
+        };
+        for e in [&never, &broken] {
+            // Waiting, not failing: no attempt counted, never dead-lettered, no wait announced
+            // (the consumer looks again at the shortest tier).
+            assert_eq!(e.retry_class(), RetryClass::AwaitingConsent, "{e}");
+            assert_eq!(e.retry_after(), None, "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("worker exact connect --tenant acme") && !text.contains("replay"),
+                "says what to do, and that no replay is needed: {text}"
+            );
+        }
+        assert_eq!(RetryClass::AwaitingConsent.as_str(), "awaiting_consent");
     }
 }

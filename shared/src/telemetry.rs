@@ -166,6 +166,12 @@ pub fn event_processed(
             detail,
             "record held for its data"
         ),
+        // Once per parked message per tier for as long as the company is not connected: the
+        // operator hears of it once (the broken-connection error, the scheduler's warning and
+        // `worker status`), not from every message.
+        "awaiting_consent" => {
+            tracing::debug!(flow, tenant, event_id, outcome, detail, "event waits")
+        }
         "dead_lettered" => tracing::error!(
             flow,
             tenant,
@@ -321,13 +327,14 @@ pub fn exact_token_request(status: u16) {
 }
 
 /// Exact refused the company's refresh token: nothing reaches Exact for it until someone
-/// re-consents. Loud, since every Exact message of the company dead-letters meanwhile.
+/// re-consents. Loud, once per break (by the one replica that met the refusal): the company's
+/// Exact work waits meanwhile, and only a person can end the wait.
 pub fn exact_connection_broken(tenant: &str, reason: &str) {
     metrics::counter!(names::EXACT_CONNECTION_BROKEN, "tenant" => tenant.to_string()).increment(1);
     tracing::error!(
         tenant,
         reason,
-        "EXACT CONNECTION BROKEN: reconnect the company (worker exact connect), then replay its dead letters"
+        "EXACT CONNECTION BROKEN for company '{tenant}': its Exact work waits until it is reconnected (worker exact connect --tenant {tenant}); it then resumes by itself, no replay needed"
     );
 }
 

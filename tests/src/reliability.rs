@@ -1131,11 +1131,11 @@ pub struct TokenCheck {
     pub failures: Vec<String>,
 }
 
-/// Redis loses everything of ours, the Exact tokens included: the next invoice must be
-/// dead-lettered with a clear "connection broken, reconnect" reason (never retried against Exact's
-/// error budget), and after the company reconnects a replay must book it once.
+/// Redis loses everything of ours, the Exact tokens included: the company is not connected any
+/// more, so the next invoice must wait for the consent (never dead-lettered, never sent to Exact
+/// against its error budget), the token record must say so (what `worker status` reports), and
+/// after the company reconnects it must book once by itself, without a replay.
 pub async fn token_loss(world: &World, ingress_base: &str) -> anyhow::Result<TokenCheck> {
-    use shared::bus::dlq::{DeadLetters, Filter};
     let mut check = TokenCheck::default();
     world
         .precoro
@@ -1144,34 +1144,40 @@ pub async fn token_loss(world: &World, ingress_base: &str) -> anyhow::Result<Tok
     let (_, _, idn) = pending_invoices(world, "TOKENLOSS", 1, 1).remove(0);
     let number = "TOKENLOSS-00000".to_string();
     world.exact.reset_calls();
+    world.precoro.reset_calls();
     world.precoro.approve_invoice(idn);
-    let filter = Filter {
-        error_class: Some("permanent".into()),
-        ..Default::default()
-    };
-    let mut reason = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reason.is_none() && Instant::now() < deadline {
-        let dead = DeadLetters::connect(&world.config.broker)
-            .await?
-            .list(&filter)
-            .await?;
-        reason = dead.into_iter().find_map(|d| {
-            d.error
-                .filter(|e| e.contains("connection") && e.contains("broken"))
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // The worker read the invoice, met the missing connection and parked the message.
+    let read = format!("/invoices/{idn}");
+    let fetched = eventually(Duration::from_secs(30), || async {
+        world
+            .precoro
+            .calls()
+            .iter()
+            .any(|c| c.method == "GET" && c.path.ends_with(&read))
+    })
+    .await;
+    if !fetched {
+        check
+            .failures
+            .push("the invoice approved after losing the tokens was never read".into());
     }
-    let Some(reason) = reason else {
-        check.failures.push(
-            "losing the Exact tokens did not dead-letter with a 'connection broken' reason".into(),
-        );
-        check.summary = "no clear report".into();
-        return Ok(check);
+    let tokens =
+        shared::exact::TokenStore::new(world.store.clone(), world.config.tenants[0].id.clone());
+    let waiting = match tokens.usable().await {
+        Err(e @ shared::Error::NotConnected { .. }) => e.to_string(),
+        other => {
+            check.failures.push(format!(
+                "after losing the tokens the company is not reported waiting for a consent: {other:?}"
+            ));
+            String::new()
+        }
     };
-    if !reason.contains("Reconnect") {
+    let letters = dead_letters(world).await?;
+    if !letters.is_empty() {
         check.failures.push(format!(
-            "the broken-connection reason does not say what to do: {reason}"
+            "losing the Exact tokens dead-lettered {} message(s): {:?}",
+            letters.len(),
+            letters.iter().map(|l| &l.1).collect::<Vec<_>>()
         ));
     }
     let exact_calls = world.exact.calls().len();
@@ -1180,12 +1186,8 @@ pub async fn token_loss(world: &World, ingress_base: &str) -> anyhow::Result<Tok
             "{exact_calls} Exact call(s) made without a token (they count against the error budget)"
         ));
     }
-    // The finance user reconnects; the operator replays.
+    // The finance user reconnects; nobody replays anything.
     reconnect_exact_once(world).await?;
-    DeadLetters::connect(&world.config.broker)
-        .await?
-        .replay(&filter, false)
-        .await?;
     wait_booked(
         world,
         std::slice::from_ref(&number),
@@ -1195,12 +1197,12 @@ pub async fn token_loss(world: &World, ingress_base: &str) -> anyhow::Result<Tok
     let (found, dups, _) = tally_entries(world, std::slice::from_ref(&number));
     if found != 1 || dups != 0 {
         check.failures.push(format!(
-            "after reconnecting and replaying: {found} booked, {dups} duplicates"
+            "after reconnecting (no replay): {found} booked, {dups} duplicates"
         ));
     }
     check.summary = format!(
-        "dead-lettered with \"{}\"; booked once after reconnect + replay",
-        reason.chars().take(90).collect::<String>()
+        "waited with \"{}\"; booked once after the reconnect, no replay",
+        waiting.chars().take(90).collect::<String>()
     );
     Ok(check)
 }
@@ -1693,7 +1695,7 @@ pub async fn dead_letters(world: &World) -> anyhow::Result<Vec<(Option<i64>, Str
 /// What the operator did after Redis came back empty.
 #[derive(Debug, Clone, Default)]
 pub struct OperatorLog {
-    /// When the first "connection broken" dead letter showed (the alert), if one did.
+    /// When the company showed as waiting for its Exact consent (the alert), if it did.
     pub alerted: Option<Instant>,
     pub reconnected: Option<Instant>,
     /// Distinct invoices seen in the DLQ.
@@ -1705,11 +1707,12 @@ pub struct OperatorLog {
     pub replayed: usize,
 }
 
-/// The operator after Redis restarted empty (the Exact tokens gone with it): once the first
-/// invoice is dead-lettered with a broken Exact connection (or the fence plus a minute passed
-/// without one), reconnect Exact; then, whenever every invoice approved so far is booked or
-/// dead-lettered and the load is over, replay the DLQ, until everything is booked or `within`
-/// (from the restart) passes.
+/// The operator after Redis restarted empty (the Exact tokens gone with it): once the company
+/// shows as waiting for its Exact consent (what `worker status` reads), or the fence plus a
+/// minute passed without that, reconnect Exact; the parked work then books by itself. Whatever
+/// was dead-lettered for another reason is replayed once every invoice approved so far is booked
+/// or dead-lettered and the load is over, until everything is booked or `within` (from the
+/// restart) passes.
 pub async fn operate_after_empty_restart(
     world: &World,
     numbers: &[String],
@@ -1746,13 +1749,15 @@ pub async fn operate_after_empty_restart(
             }
         }
     };
-    // The alert.
+    // The alert: the company waits for its consent.
+    let tokens =
+        shared::exact::TokenStore::new(world.store.clone(), world.config.tenants[0].id.clone());
     while Instant::now() < alert_by {
         let letters = dead_letters(world).await?;
         note_letters(&letters, &mut dead, &mut log);
-        if letters
-            .iter()
-            .any(|(_, e)| e.contains("connection") && e.contains("broken"))
+        // Redis is coming back: a failed read is no answer yet.
+        if let Err(e) = tokens.usable().await
+            && e.retry_class() == shared::RetryClass::AwaitingConsent
         {
             log.alerted = Some(Instant::now());
             break;

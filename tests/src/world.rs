@@ -25,6 +25,73 @@ use crate::quiet::Quiet;
 
 pub const TENANT: &str = "demo";
 
+/// The secret connect links and OAuth states are signed with, shared by the CLI and the ingress.
+pub const OAUTH_SECRET: &str = "Zq7v-Kp2x-Lm9w-Rt4y-Hs8c-Nb3d-Gf6j";
+
+/// A browser that opens an operator's link: (the callback URL Exact sends it back to, the consent
+/// cookie the ingress set). The link must start a consent.
+pub async fn consent_in_browser(
+    http: &reqwest::Client,
+    world: &World,
+    link: &str,
+) -> (String, String) {
+    let r = http.get(link).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303, "the link starts a consent");
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/oauth/exact"] {
+        assert!(set_cookie.contains(attr), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let to_exact = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        to_exact.starts_with(&format!("{}/api/oauth2/auth?", world.exact.base_url())),
+        "{to_exact}"
+    );
+    let r = http.get(&to_exact).send().await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        302,
+        "the simulator's consent redirects"
+    );
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    (back, cookie)
+}
+
+/// `(status, body)` of a GET asking for JSON, with `cookie` if any.
+pub async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.get(url).header("accept", "application/json");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let r = req.send().await.unwrap();
+    (
+        r.status().as_u16(),
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The whole consent as the operator and the finance user do it: `worker exact connect` prints
+/// the link, the browser opens it, consents at Exact and comes back to the ingress's callback
+/// (which must be running on `config`'s public URL), which stores the tokens.
+pub async fn consent_through_ingress(world: &World, config: &Config) {
+    let link = worker::cli::exact::connect_url(config, &config.tenants[0]).expect("a link");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (back, cookie) = consent_in_browser(&http, world, &link).await;
+    let (status, body) = get_json(&http, &back, Some(&cookie)).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &"connected".into()),
+        "{body}"
+    );
+}
+
 /// Precoro ids of the linked demo data.
 #[derive(Debug, Clone)]
 pub struct Linked {
@@ -68,6 +135,10 @@ pub struct WorldOptions {
     /// and an unlinked supplier, and the flows fill it in (the sandbox does that); then call
     /// `World::link_from_precoro` once they have.
     pub seed_precoro: bool,
+    /// The finance user has consented to Exact before the service starts (as most tests want).
+    /// Off: the company is configured but not connected yet; connect it through the ingress with
+    /// [`World::public_ingress_config`] and [`consent_through_ingress`].
+    pub connected: bool,
 }
 
 impl Default for WorldOptions {
@@ -81,6 +152,7 @@ impl Default for WorldOptions {
             tenant_toml: String::new(),
             env: None,
             seed_precoro: true,
+            connected: true,
         }
     }
 }
@@ -166,16 +238,18 @@ impl World {
             .expect("Redis at 127.0.0.1:6379");
 
         // The finance user consents once; the worker then refreshes by itself.
-        let t = &config.tenants[0];
-        let client = ExactClient::for_tenant(
-            t,
-            store.clone(),
-            RateLimiter::new(store.clone(), Duration::from_secs(5)),
-        );
-        let code = exact
-            .grant_consent(&t.exact.client_id, &t.exact.redirect_uri)
-            .expect("consent");
-        client.exchange_code(&code).await.expect("code exchange");
+        if opts.connected {
+            let t = &config.tenants[0];
+            let client = ExactClient::for_tenant(
+                t,
+                store.clone(),
+                RateLimiter::new(store.clone(), Duration::from_secs(5)),
+            );
+            let code = exact
+                .grant_consent(&t.exact.client_id, &t.exact.redirect_uri)
+                .expect("consent");
+            client.exchange_code(&code).await.expect("code exchange");
+        }
 
         World {
             exact,
@@ -188,6 +262,29 @@ impl World {
             store,
             toml,
         }
+    }
+
+    /// The world's config with the ingress on a known port and `public_url` pointing at it, as in
+    /// a deployment (the OAuth redirect URI and webhook callback derive from `public_url`), and
+    /// connect links signed with [`OAUTH_SECRET`].
+    pub fn public_ingress_config(&self) -> Config {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let toml = self.toml.replacen(
+            "[ingress]\nlisten = \"127.0.0.1:0\"\n",
+            &format!(
+                "[ingress]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\noauth_state_secret = \"{OAUTH_SECRET}\"\n"
+            ),
+            1,
+        );
+        assert_ne!(
+            toml, self.toml,
+            "the world config has an [ingress] listen line"
+        );
+        Config::from_toml(&toml, &|_| None).expect("config with a public URL")
     }
 
     /// An approved invoice with `lines` of (description, quantity, unit price, GL code, VAT %).

@@ -1,11 +1,19 @@
 //! The scheduler: every replica ticks; `SET sched:{tenant}:{job}:{slot} NX` lets exactly one of
 //! them enqueue each slot (DESIGN.md "Worker"). A slot is `floor(now / every)` on Redis time, so
 //! replicas agree on it whatever their clocks say.
+//!
+//! Every job of a company reaches Exact (the invoice poll queues exports to it), so a company
+//! without a usable Exact connection (never consented, or broken) gets no runs: its slots are left
+//! unclaimed, and the first tick after the consent claims the slot of that moment and enqueues
+//! each job at once, instead of piling up runs that could only wait. `worker status` says so.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use shared::RetryClass;
 use shared::bus::{Envelope, Publisher};
 use shared::config::{Config, ReferenceKind, TenantConfig};
+use shared::exact::TokenStore;
 use shared::ids::TenantId;
 use shared::store::Store;
 use tokio::sync::watch;
@@ -97,16 +105,42 @@ pub fn jobs_for(t: &TenantConfig) -> Vec<Job> {
     jobs
 }
 
-/// Enqueue every job whose slot has come and that no other replica enqueued yet. Returns the jobs
-/// this call enqueued.
+/// What the last tick saw of each company's Exact connection: `None` when connected, else why
+/// its runs wait. A change is logged once, not on every tick.
+pub type Waiting = BTreeMap<TenantId, Option<String>>;
+
+/// Enqueue every job whose slot has come and that no other replica enqueued yet, for every
+/// company whose Exact connection is usable. Returns the jobs this call enqueued.
 pub async fn tick(
     config: &Config,
     store: &Store,
     publisher: &Publisher,
+    waiting: &mut Waiting,
 ) -> shared::Result<Vec<(String, Job)>> {
     let now_ms = store.now_ms().await?;
     let mut enqueued = Vec::new();
     for t in &config.tenants {
+        let why = match TokenStore::new(store.clone(), t.id.clone()).usable().await {
+            Ok(_) => None,
+            Err(e) if e.retry_class() == RetryClass::AwaitingConsent => Some(e.to_string()),
+            Err(e) => return Err(e),
+        };
+        let before = waiting.insert(t.id.clone(), why.clone());
+        if before.as_ref() != Some(&why) {
+            match &why {
+                Some(why) => {
+                    tracing::warn!(tenant = %t.id, reason = %why, "scheduled runs wait for the company's Exact consent")
+                }
+                // A company seen waiting before: say that it runs again.
+                None if before.is_some() => {
+                    tracing::info!(tenant = %t.id, "Exact connected; scheduled runs start")
+                }
+                None => {}
+            }
+        }
+        if why.is_some() {
+            continue;
+        }
         for job in jobs_for(t) {
             let every_ms = job.every.as_millis().max(1) as i64;
             let slot = now_ms / every_ms;
@@ -139,10 +173,11 @@ pub async fn run(
 ) {
     let mut every = tokio::time::interval(config.worker.scheduler_tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting = Waiting::new();
     loop {
         tokio::select! {
             _ = every.tick() => {
-                if let Err(e) = tick(&config, &store, &publisher).await {
+                if let Err(e) = tick(&config, &store, &publisher, &mut waiting).await {
                     tracing::warn!(error = %e, "scheduler tick failed; next tick retries");
                 }
             }

@@ -335,7 +335,7 @@ pub async fn callback(
                 .text(
                     "Connected to Exact Online",
                     format!(
-                        "Company '{}' ({}) is connected to Exact Online division {}. The access token is valid for {minutes} minutes and is renewed automatically; you can close this page.",
+                        "Company '{}' ({}) is connected to Exact Online division {}. The access token is valid for {minutes} minutes and is renewed automatically, and work that waited for this connection runs within seconds; you can close this page.",
                         t.id, t.name, t.exact.division
                     ),
                 )

@@ -13,6 +13,10 @@
 //!   holder's lease is bounded in time, and a duplicate hint must not reach the DLQ for waiting.
 //! - Paused (the company's Exact calls wait for a token or for Exact's error count) → the same,
 //!   to the longest tier that ends by the pause's end, so work resumes when the pause does.
+//! - Awaiting consent (the company's Exact connection was never made, or is broken) → parked in
+//!   the shortest tier, attempt not counted, never dead-lettered; marked so that each time it
+//!   comes back the consumer reads the company's token record (one Redis read, no claim, no API
+//!   call) and parks it again until a consent is stored, then runs it.
 //! - Permanent → DLQ at once with `x-error`, `x-error-class`, `x-attempts`, first/last failure times
 //!   and the original routing key, then ack.
 //! - A panic → counted like a transient failure but dead-lettered after `PANIC_LIMIT` panics; a
@@ -45,6 +49,7 @@ use super::publisher::Publisher;
 use super::topology::{self, tier_name};
 use crate::config::{BrokerConfig, WorkerConfig};
 use crate::error::{Error, RetryClass};
+use crate::exact::TokenStore;
 use crate::flow::Flow;
 use crate::store::Store;
 use crate::store::claim::{Claimed, Claims};
@@ -65,6 +70,11 @@ const WORKER_DEATHS: &str = "x-worker-deaths";
 fn worker_deaths(headers: &FieldTable, redelivered: bool) -> i64 {
     get_i64(headers, WORKER_DEATHS).unwrap_or(0) + i64::from(redelivered)
 }
+
+/// 1 on a message parked for its company's Exact consent ([`RetryClass::AwaitingConsent`]): when
+/// it comes back, the consumer checks the token record before anything else, and runs the
+/// handler only once the company is connected. Every re-publish writes it, so it is never stale.
+const AWAITING_CONSENT: &str = "x-awaiting-consent";
 
 /// What a handler sees of a message.
 #[derive(Debug, Clone)]
@@ -416,6 +426,17 @@ impl<H: Handler> FlowConsumer<H> {
             .await;
             return;
         }
+        if get_i64(headers, AWAITING_CONSENT) == Some(1) {
+            let tokens = TokenStore::new(self.store.clone(), env.tenant.clone());
+            if let Err(e) = tokens.usable().await {
+                // Still waiting (or Redis cannot say): park it again, still marked.
+                let mut still = FieldTable::default();
+                set_i64(&mut still, AWAITING_CONSENT, 1);
+                self.retry_with(delivery, headers, &msg, &e, false, still)
+                    .await;
+                return;
+            }
+        }
         let scope = match &msg.replay_nonce {
             Some(n) => format!("msg:{flow}:{}:{n}", env.id),
             None => format!("msg:{flow}:{}", env.id),
@@ -527,6 +548,9 @@ impl<H: Handler> FlowConsumer<H> {
                             Some(Status::Failed)
                         }
                         RetryClass::Transient => Some(Status::Retried),
+                        // Once per message: a parked message comes back to the consent check,
+                        // not to the handler.
+                        RetryClass::AwaitingConsent => Some(Status::Waiting),
                         _ => None,
                     };
                     if let Some(status) = status {
@@ -552,7 +576,10 @@ impl<H: Handler> FlowConsumer<H> {
                         .await
                     }
                     RetryClass::Transient => self.retry(delivery, headers, &msg, &err, true).await,
-                    RetryClass::RateLimited | RetryClass::Busy | RetryClass::Paused => {
+                    RetryClass::RateLimited
+                    | RetryClass::Busy
+                    | RetryClass::Paused
+                    | RetryClass::AwaitingConsent => {
                         self.retry(delivery, headers, &msg, &err, false).await
                     }
                 }
@@ -643,6 +670,11 @@ impl<H: Handler> FlowConsumer<H> {
             attempt,
         );
         let mut out = headers.clone();
+        set_i64(
+            &mut out,
+            AWAITING_CONSENT,
+            i64::from(err.retry_class() == RetryClass::AwaitingConsent),
+        );
         for (k, v) in extra.inner() {
             out.insert(k.clone(), v.clone());
         }
@@ -674,6 +706,7 @@ impl<H: Handler> FlowConsumer<H> {
                     (true, _) => "retry",
                     (false, RetryClass::Busy) => "busy",
                     (false, RetryClass::Paused) => "paused",
+                    (false, RetryClass::AwaitingConsent) => "awaiting_consent",
                     (false, _) => "rate_limited",
                 };
                 telemetry::event_processed(
@@ -765,6 +798,7 @@ fn retry_tier(
     attempt: u32,
 ) -> Duration {
     match (wait, class) {
+        (_, RetryClass::AwaitingConsent) => tiers[0],
         (Some(wait), RetryClass::Busy | RetryClass::Paused | RetryClass::RateLimited) => tiers
             .iter()
             .rev()
@@ -846,5 +880,11 @@ mod tests {
         );
         // No wait given: by attempt.
         assert_eq!(retry_tier(&tiers, None, RetryClass::Transient, 3), s(120));
+        // Waiting for a consent: the shortest tier whatever came before, so the work runs within
+        // seconds of the consent.
+        assert_eq!(
+            retry_tier(&tiers, None, RetryClass::AwaitingConsent, 4),
+            s(5)
+        );
     }
 }

@@ -116,6 +116,25 @@ impl TokenStore {
         }
     }
 
+    /// The record, if the company's Exact work may go ahead: `Error::NotConnected` when no consent
+    /// was ever stored, `Error::ConnectionBroken` when only a new consent can repair it (both wait
+    /// for that consent, see [`crate::RetryClass::AwaitingConsent`]). One Redis read and no API
+    /// call, so the consumer and the scheduler can ask as often as they look.
+    pub async fn usable(&self) -> Result<TokenRecord> {
+        match self.load().await? {
+            None => Err(Error::NotConnected {
+                tenant: self.tenant.to_string(),
+            }),
+            Some(rec) => match &rec.broken {
+                Some(reason) => Err(Error::ConnectionBroken {
+                    tenant: self.tenant.to_string(),
+                    message: reason.clone(),
+                }),
+                None => Ok(rec),
+            },
+        }
+    }
+
     /// Writes without a TTL: losing the refresh token means the company must reconnect.
     pub async fn save(&self, rec: &TokenRecord) -> Result<()> {
         let json = serde_json::to_string(rec).expect("a record of strings and integers encodes");
@@ -294,7 +313,7 @@ impl OAuth {
     /// Store a pair from [`OAuth::exchange_unstored`] as the company's connection.
     pub async fn store_connection(&self, rec: &TokenRecord) -> Result<()> {
         self.persist(rec).await?;
-        tracing::info!(tenant = %self.tenant, "Exact connection established");
+        tracing::info!(tenant = %self.tenant, "Exact connection established; the company's waiting Exact work runs within seconds");
         Ok(())
     }
 
@@ -398,19 +417,7 @@ impl OAuth {
     }
 
     async fn load_usable(&self) -> Result<TokenRecord> {
-        match self.tokens.load().await? {
-            None => Err(Error::ConnectionBroken {
-                tenant: self.tenant.to_string(),
-                message: "not connected to Exact (no token stored)".into(),
-            }),
-            Some(rec) => match &rec.broken {
-                Some(reason) => Err(Error::ConnectionBroken {
-                    tenant: self.tenant.to_string(),
-                    message: reason.clone(),
-                }),
-                None => Ok(rec),
-            },
-        }
+        self.tokens.usable().await
     }
 
     async fn ensure(&self, rejected: Option<&str>) -> Result<String> {

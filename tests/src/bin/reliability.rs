@@ -224,7 +224,8 @@ async fn restart(
 
 /// Our own key prefix flushed mid-load, caches and leases only (the Exact tokens kept, as AOF
 /// would keep them): lookup-before-create must stop every duplicate. Then the tokens too: the
-/// Exact connection must be reported broken, and reconnecting plus a replay must finish the work.
+/// company must be reported waiting for its Exact consent, and reconnecting must finish the work
+/// without a replay.
 async fn redis_flush(exe: &std::path::Path, quick: bool) -> anyhow::Result<(Row, Vec<String>)> {
     let world = World::build(rel::fast_world("rel-flush")).await;
     let stack = Stack::start(&world, 0, false).await;
@@ -322,8 +323,9 @@ async fn storm(quick: bool) -> anyhow::Result<(Row, Vec<String>)> {
 
 /// Redis (a server of our own) killed with `kill -9` mid-load and started again empty: the epoch,
 /// claims, marks and the Exact tokens are gone. The fence must hold claims until work begun before
-/// the loss has finished writing; the operator reconnects Exact and replays what was
-/// dead-lettered meanwhile; every invoice ends booked once.
+/// the loss has finished writing; the company's work waits for its Exact consent, the operator
+/// reconnects Exact (and replays whatever was dead-lettered for another reason); every invoice
+/// ends booked once.
 async fn redis_empty_restart(
     exe: &std::path::Path,
     quick: bool,
@@ -402,7 +404,7 @@ async fn redis_empty_restart(
     }
     if op.alerted.is_none() {
         extra.push(
-            "no 'connection broken' dead letter after losing the Exact tokens with Redis".into(),
+            "the company was never reported waiting for its Exact consent after losing the tokens with Redis".into(),
         );
     }
     let secs = |t: Option<Instant>| {
@@ -422,7 +424,7 @@ async fn redis_empty_restart(
         lost,
         recover: booked_at.map(|t| t.saturating_duration_since(restarted)),
         note: format!(
-            "Exact entry writes take 0.8 s; restart after {restart_at} approvals ({booked_before} booked, the rest in flight); {fence}; alert (first broken-connection dead letter) after {}, Exact reconnected after {}; {} invoices dead-lettered, {} replay round(s) re-published {} message(s); reasons {:?}",
+            "Exact entry writes take 0.8 s; restart after {restart_at} approvals ({booked_before} booked, the rest in flight); {fence}; alert (company waiting for its Exact consent) after {}, Exact reconnected after {}; {} invoices dead-lettered, {} replay round(s) re-published {} message(s); reasons {:?}",
             secs(op.alerted),
             secs(op.reconnected),
             op.dead_lettered,

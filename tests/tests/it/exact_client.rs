@@ -223,14 +223,14 @@ async fn authorize_url_leads_to_a_stored_connection() {
 }
 
 #[tokio::test]
-async fn not_connected_is_a_clear_permanent_error() {
+async fn not_connected_waits_for_the_consent_without_calling_exact() {
     let co = Company::start(fast_sim()).await;
     let client = co
         .client(ExactOptions::default(), Duration::from_secs(5))
         .await;
     let err = client.list_vat_codes().await.unwrap_err();
-    assert!(matches!(err, Error::ConnectionBroken { .. }), "{err}");
-    assert_eq!(err.retry_class(), RetryClass::Permanent);
+    assert!(matches!(err, Error::NotConnected { .. }), "{err}");
+    assert_eq!(err.retry_class(), RetryClass::AwaitingConsent);
     assert_eq!(
         co.sim.calls().len(),
         0,
@@ -356,7 +356,7 @@ async fn reusing_an_old_refresh_token_breaks_the_connection_loudly() {
         }
         other => panic!("expected ConnectionBroken, got {other}"),
     }
-    assert_eq!(err.retry_class(), RetryClass::Permanent);
+    assert_eq!(err.retry_class(), RetryClass::AwaitingConsent);
     let rec = co.tokens().await.load().await.unwrap().unwrap();
     assert!(
         rec.broken

@@ -16,7 +16,7 @@ use testbed::exact_sim::FaultPlan;
 use testbed::harness::{Ingress, Inspector, eventually};
 use testbed::precoro_sim::InvoiceSeed;
 use testbed::quiet::Quiet;
-use testbed::world::{Stack, TENANT, World, WorldOptions, line};
+use testbed::world::{Stack, TENANT, World, WorldOptions, consent_in_browser, get_json, line};
 use worker::cli::{backfill, dlq, exact, status};
 
 fn text(buf: Vec<u8>) -> String {
@@ -33,31 +33,6 @@ macro_rules! run {
         };
         (r, text(buf))
     }};
-}
-
-/// The secret connect links and OAuth states are signed with, shared by the CLI and the ingress.
-const OAUTH_SECRET: &str = "Zq7v-Kp2x-Lm9w-Rt4y-Hs8c-Nb3d-Gf6j";
-
-/// The world's config with the ingress on a known port and `public_url` pointing at it, as in a
-/// deployment (the OAuth redirect URI and webhook callback derive from `public_url`).
-fn with_public_ingress(world: &World) -> Config {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let toml = world.toml.replacen(
-        "[ingress]\nlisten = \"127.0.0.1:0\"\n",
-        &format!(
-            "[ingress]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\noauth_state_secret = \"{OAUTH_SECRET}\"\n"
-        ),
-        1,
-    );
-    assert_ne!(
-        toml, world.toml,
-        "the world config has an [ingress] listen line"
-    );
-    Config::from_toml(&toml, &|_| None).expect("config with a public URL")
 }
 
 /// The ingress alone, on the config's public port.
@@ -272,41 +247,6 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     stack.stop().await;
 }
 
-/// A browser that opens an operator's link: (the callback URL Exact sends it back to, the consent
-/// cookie the ingress set). The link must start a consent.
-async fn consent_in_browser(http: &reqwest::Client, world: &World, link: &str) -> (String, String) {
-    let r = http.get(link).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 303, "the link starts a consent");
-    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/oauth/exact"] {
-        assert!(set_cookie.contains(attr), "{set_cookie}");
-    }
-    let cookie = set_cookie.split(';').next().unwrap().to_string();
-    let to_exact = r.headers()["location"].to_str().unwrap().to_string();
-    assert!(
-        to_exact.starts_with(&format!("{}/api/oauth2/auth?", world.exact.base_url())),
-        "{to_exact}"
-    );
-    let r = http.get(&to_exact).send().await.unwrap();
-    assert_eq!(
-        r.status().as_u16(),
-        302,
-        "the simulator's consent redirects"
-    );
-    let back = r.headers()["location"].to_str().unwrap().to_string();
-    (back, cookie)
-}
-
-/// `(status, body)` of a GET asking for JSON, with `cookie` if any.
-async fn get_json(http: &reqwest::Client, url: &str, cookie: Option<&str>) -> (u16, Value) {
-    let mut req = http.get(url).header("accept", "application/json");
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens() {
     let world = World::build(WorldOptions {
@@ -314,7 +254,7 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
         ..Default::default()
     })
     .await;
-    let config = with_public_ingress(&world);
+    let config = world.public_ingress_config();
     let t = &config.tenants[0];
     // Start from a company that was never connected.
     let tokens = TokenStore::new(world.store.clone(), t.id.clone());
@@ -614,7 +554,7 @@ async fn exact_subscribe_creates_what_the_flows_need_once() {
         ..Default::default()
     })
     .await;
-    let config = with_public_ingress(&world);
+    let config = world.public_ingress_config();
     let ingress = start_ingress(&config).await;
     let callback = format!("{}/webhooks/exact", ingress.base);
     // An old deployment's Accounts subscription, on another URL.
@@ -838,7 +778,7 @@ async fn status_shows_connection_budget_cursors_runs_queues_and_dead_letters() {
     let (_, out) = run!(|o| status::status(&config, false, o));
     assert!(
         out.contains(
-            "BROKEN: Old refresh token used.; reconnect with: worker exact connect --tenant demo"
+            "Exact connection broken: Old refresh token used.; reconnect with: worker exact connect --tenant demo (its Exact work waits and resumes by itself)"
         ),
         "{out}"
     );

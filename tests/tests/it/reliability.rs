@@ -156,10 +156,10 @@ async fn redis_outage_under_load_pauses_work_and_recovers_without_duplicates() {
 
 /// Our Redis prefix flushed twice mid-load (idempotency keys, leases, remembered entry ids, rate
 /// state; the tokens kept): lookup-before-create stops every duplicate. Then the tokens are lost
-/// too: the invoice is dead-lettered with a clear "reconnect" reason and no Exact call, and books
-/// once after reconnecting and replaying.
+/// too: the company is not connected any more, so the invoice waits for the consent (no dead
+/// letter, no Exact call) and books once by itself after reconnecting, without a replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flushed_redis_loses_only_caches_and_a_lost_token_is_reported_as_a_broken_connection() {
+async fn a_flushed_redis_loses_only_caches_and_a_lost_token_waits_for_the_consent() {
     let world = World::build(rel::fast_world("rel-flush")).await;
     let stack = Stack::start(&world, 2, false).await;
     let invoices = rel::pending_invoices(&world, "FLUSH", 40, 1);

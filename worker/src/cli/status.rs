@@ -133,7 +133,7 @@ async fn connection(
         match TokenStore::new(store.clone(), t.id.clone()).load().await? {
             None => ExactConnection {
                 state: "not_connected".into(),
-                reason: Some("no token stored: run worker exact connect".into()),
+                reason: Some("waiting for Exact consent: no token stored".into()),
                 access_token_expires_at: None,
                 last_token_at: None,
             },
@@ -251,7 +251,7 @@ pub async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow
         let e = &c.exact;
         let conn = match e.state.as_str() {
             "connected" => format!(
-                "connected; access token expires {} ({} UTC)",
+                "Exact connection: connected; access token expires {} ({} UTC)",
                 e.access_token_expires_at
                     .map(|t| relative(t, now))
                     .unwrap_or_default(),
@@ -260,22 +260,24 @@ pub async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow
                     .unwrap_or_default()
             ),
             "expired" => format!(
-                "connected; access token expired {} and is renewed on the next call",
+                "Exact connection: connected; access token expired {} and is renewed on the next call",
                 e.access_token_expires_at
                     .map(|t| relative(t, now))
                     .unwrap_or_default()
             ),
+            // Both wait, not fail: the company's Exact work and scheduled runs are parked, and
+            // run by themselves within seconds of the consent.
             "broken" => format!(
-                "BROKEN: {}; reconnect with: worker exact connect --tenant {}",
+                "Exact connection broken: {}; reconnect with: worker exact connect --tenant {} (its Exact work waits and resumes by itself)",
                 e.reason.as_deref().unwrap_or("unknown reason"),
                 c.id
             ),
             _ => format!(
-                "NOT CONNECTED; connect with: worker exact connect --tenant {}",
+                "Exact connection: waiting for Exact consent (its Exact work and scheduled runs wait and run by themselves after it); connect with: worker exact connect --tenant {}",
                 c.id
             ),
         };
-        writeln!(out, "  Exact connection: {conn}")?;
+        writeln!(out, "  {conn}")?;
         for b in &c.budgets {
             writeln!(
                 out,

@@ -536,9 +536,13 @@ async fn an_exact_supplier_reaches_precoro_while_a_long_reconciliation_runs() {
     };
 
     reconcile(&stack).await;
+    // Exact's sync endpoint is read once both sides are listed: the backlog is known and due.
     assert!(
-        eventually(Duration::from_secs(60), || async { linked() > 0 }).await,
-        "the reconciliation has started linking the backlog"
+        eventually(Duration::from_secs(60), || async {
+            world.exact.count_calls("GET", "sync/CRM/Accounts") > 0
+        })
+        .await,
+        "the reconciliation has listed both sides"
     );
 
     // Created in Exact; its `Accounts` webhook reaches the ingress by the real subscription.
@@ -575,11 +579,19 @@ async fn an_exact_supplier_reaches_precoro_while_a_long_reconciliation_runs() {
         "the reconciliation links the whole backlog"
     );
     stack.settle().await;
+    // The world's own unlinked Precoro supplier (Initech) is due as well.
     assert_eq!(
         world.exact.count_calls("POST", "crm/Accounts"),
-        BACKLOG,
-        "one Exact account per backlog supplier, none twice"
+        BACKLOG + 1,
+        "one Exact account per unlinked Precoro supplier, none twice"
     );
+    let hooli = world
+        .precoro
+        .suppliers()
+        .into_iter()
+        .filter(|s| s["externalId"].as_str().map(guid) == Some(acc))
+        .count();
+    assert_eq!(hooli, 1, "one Precoro supplier for the Exact account");
     world.assert_no_dead_letters().await;
     stack.stop().await;
 }

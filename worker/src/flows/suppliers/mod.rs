@@ -608,10 +608,15 @@ impl<'a> Sync<'a> {
             .create_lock(Side::Precoro, &s.id.to_string(), &rem_p)
             .await?
         {
-            return Ok(Done::Skipped(format!(
+            let what = format!(
                 "Precoro supplier {} was linked to Exact account {peer} while this sync read it",
                 s.id
-            )));
+            );
+            // The invoice flow needs the account: that link is it.
+            return Ok(match peer.parse() {
+                Ok(id) => Done::Synced(id, what),
+                Err(_) => Done::Skipped(what),
+            });
         }
         let claim = self.claim(&format!("precoro:{}", s.id)).await?;
         let done = claim

@@ -536,13 +536,10 @@ async fn an_exact_supplier_reaches_precoro_while_a_long_reconciliation_runs() {
     };
 
     reconcile(&stack).await;
-    // Exact's sync endpoint is read once both sides are listed: the backlog is known and due.
+    // Well under way: the backlog is listed and its first supplier linked.
     assert!(
-        eventually(Duration::from_secs(60), || async {
-            world.exact.count_calls("GET", "sync/CRM/Accounts") > 0
-        })
-        .await,
-        "the reconciliation has listed both sides"
+        eventually(Duration::from_secs(120), || async { linked() > 0 }).await,
+        "the reconciliation has started linking the backlog"
     );
 
     // Created in Exact; its `Accounts` webhook reaches the ingress by the real subscription.

@@ -501,3 +501,96 @@ async fn an_invoice_of_a_supplier_not_yet_in_exact_syncs_the_supplier_first() {
     world.assert_no_dead_letters().await;
     stack.stop().await;
 }
+
+/// Issue 17: a supplier created in Exact while a company-wide reconciliation works through many
+/// Precoro suppliers (at Precoro's real 1 request/s and identical-GET rule) reaches Precoro while
+/// that reconciliation is still running, instead of waiting behind it.
+#[tokio::test]
+async fn an_exact_supplier_reaches_precoro_while_a_long_reconciliation_runs() {
+    const BACKLOG: usize = 15;
+    let world = World::build(WorldOptions {
+        tag: "sup-yield",
+        precoro_limits: true,
+        exact_minutely: 600,
+        ..Default::default()
+    })
+    .await;
+    // Approved Precoro suppliers not yet in Exact, added before anything listens: only the
+    // reconciliation finds them, and each costs it Precoro calls at 1/s.
+    let backlog: Vec<i64> = (0..BACKLOG)
+        .map(|i| {
+            world.precoro.add_supplier(SupplierSeed {
+                name: format!("Backlog Supplier {i}"),
+                tax_payer_number: Some(format!("NL{:09}B01", 500_000 + i)),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let stack = Stack::start(&world, 1, false).await;
+    subscribe_accounts(&world, &stack).await;
+    let linked = || {
+        backlog
+            .iter()
+            .filter(|id| ext_of(&world, **id).is_some())
+            .count()
+    };
+
+    reconcile(&stack).await;
+    // Well under way: the backlog is listed and its first supplier linked.
+    assert!(
+        eventually(Duration::from_secs(120), || async { linked() > 0 }).await,
+        "the reconciliation has started linking the backlog"
+    );
+
+    // Created in Exact; its `Accounts` webhook reaches the ingress by the real subscription.
+    let started = std::time::Instant::now();
+    let acc = world
+        .exact
+        .add_account(
+            world.division,
+            json!({"Code": "7001", "Name": "Hooli Supplies BV", "IsSupplier": true,
+                   "VATNumber": "NL777666555B01"}),
+        )
+        .unwrap();
+    let in_precoro = || {
+        world
+            .precoro
+            .suppliers()
+            .iter()
+            .any(|s| s["externalId"].as_str().map(guid) == Some(acc))
+    };
+    // A minute is several times what it needs beside the reconciliation (about 6 to 9 s here);
+    // behind it, it took 453 s, with 9 of the 15 linked first.
+    let reached = eventually(Duration::from_secs(60), || async { in_precoro() }).await;
+    let latency = started.elapsed();
+    let linked_then = linked();
+    eprintln!(
+        "Exact-created supplier → Precoro: {:.1} s, with {linked_then} of {BACKLOG} backlog suppliers linked by then",
+        latency.as_secs_f64()
+    );
+    assert!(reached, "the Exact supplier reaches Precoro");
+    assert!(
+        linked_then < BACKLOG,
+        "it reached Precoro while the reconciliation was still working ({linked_then} of {BACKLOG} linked)"
+    );
+    assert!(
+        eventually(Duration::from_secs(600), || async { linked() == BACKLOG }).await,
+        "the reconciliation links the whole backlog"
+    );
+    stack.settle().await;
+    // The world's own unlinked Precoro supplier (Initech) is due as well.
+    assert_eq!(
+        world.exact.count_calls("POST", "crm/Accounts"),
+        BACKLOG + 1,
+        "one Exact account per unlinked Precoro supplier, none twice"
+    );
+    let hooli = world
+        .precoro
+        .suppliers()
+        .into_iter()
+        .filter(|s| s["externalId"].as_str().map(guid) == Some(acc))
+        .count();
+    assert_eq!(hooli, 1, "one Precoro supplier for the Exact account");
+    world.assert_no_dead_letters().await;
+    stack.stop().await;
+}

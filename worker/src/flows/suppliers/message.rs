@@ -119,7 +119,8 @@ impl TryFrom<&Envelope> for SupplierMsg {
 }
 
 // No per-message entity key: a supplier is known by a Precoro id on one side and a GUID on the
-// other, so the flow takes one lease per company instead (see the flow's module doc).
+// other, so the flow takes its own leases, one per supplier on each side, as it learns the pair
+// (see the flow's module doc).
 impl FlowMessage for SupplierMsg {
     fn is_run(&self) -> bool {
         matches!(self, SupplierMsg::Reconcile)

@@ -5,8 +5,8 @@
 //! Triggers: Precoro webhook type 7 (`precoro.supplier.{create|update}`), Exact `Accounts` webhook
 //! (`exact.accounts.{update|delete}`), and the scheduled reconciliation (`job.suppliers.reconcile`),
 //! which lists what changed on either side since its cursors (Precoro `modifiedSince`, Exact
-//! `sync/CRM/Accounts` Timestamp) and queues one `job.suppliers.sync` per supplier that differs
-//! from what we last synced. Every message is a hint: both sides are read fresh before deciding.
+//! `sync/CRM/Accounts` Timestamp) and syncs, one by one, each supplier that differs from what we
+//! last synced. Every message is a hint: both sides are read fresh before deciding.
 //!
 //! Synced fields: name, code, VAT number, chamber of commerce number, address line, postcode, city,
 //! country, e-mail, phone, currency, payment condition (Exact code ↔ the Precoro payment term whose
@@ -47,16 +47,34 @@
 //! Deleting the Exact account unlinks the Precoro supplier (its externalId is cleared), so that no
 //! invoice is booked against an account that no longer exists; the supplier is not disabled.
 //!
-//! All work for one company runs under one Redis lease (`lock:suppliers:{tenant}`), renewed while
-//! it runs: a Precoro and an Exact webhook for the same supplier, or an invoice needing its
-//! supplier, never interleave, and the echo of a write waits until the state it is compared with
-//! is saved. Every create (an Exact account for a Precoro supplier, a Precoro supplier for an Exact
-//! account) also runs under a claim on the supplier (`shared::store::claim`), which fences it when
-//! Redis loses its data and remembers what it created until it is stamped.
+//! # Leases
+//!
+//! Work on one supplier takes that supplier's Redis lease (`lock:suppliers:{tenant}:precoro:{id}`
+//! or `…:exact:{guid}`, for the side its message names) and, once it knows the pair, the other
+//! side's too; both are renewed while it runs. So a Precoro and an Exact webhook for the same
+//! pair, or an invoice needing its supplier, never interleave, and the echo of a write waits until
+//! the state it is compared with is saved, while different suppliers sync side by side. The
+//! Precoro side takes the account's lease patiently; the Exact side takes the supplier's with a
+//! short wait and otherwise gives way (its message comes back), so two syncs of one pair never
+//! wait each other out. Only syncs that hold an account's lease write its pair, so a sync that
+//! found its supplier before taking the supplier's lease still acts on what it read.
+//!
+//! Creating a supplier on either side also takes the company's create lease (`…:create`), held
+//! for the few calls of one create: the new supplier announces itself by a webhook before its link
+//! is saved, and that webhook's sync, about to create a twin for it, waits there and then finds the
+//! link (its saved state changed since it read the supplier). Every create also runs under a claim
+//! on the supplier (`shared::store::claim`), which fences it when Redis loses its data and
+//! remembers what it created until it is stamped.
+//!
+//! The reconciliation runs its syncs itself, one at a time, under those same per-supplier leases
+//! (and `…:reconcile`, which only another reconciliation waits for): a webhook shares Precoro's
+//! 1 request/s with one reconciliation sync at most, instead of queueing behind all of them. A
+//! supplier whose sync fails there is queued as its own message, with the consumer's retries.
 
 pub mod map;
 pub mod message;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +95,7 @@ use shared::precoro::{
 };
 use shared::store::claim::{ClaimGuard, Claimed};
 use shared::store::keys::ApiName;
-use shared::store::lease::Lease;
+use shared::store::lease::{Lease, keep_alive};
 
 use super::Context;
 use map::{
@@ -89,8 +107,11 @@ use shared::Flow;
 
 /// The name of both sync cursors (`cursor:{precoro,exact}:{tenant}:suppliers`).
 pub const CURSOR: &str = "suppliers";
-/// How long a message waits for the company's supplier lease before it is retried later.
+/// How long a message waits for a supplier's lease before it is retried later.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long a sync started on the Exact side waits for the Precoro supplier's lease (see
+/// [`Sync::peer`]).
+const PEER_WAIT: Duration = Duration::from_secs(2);
 /// Remembered sync state outlives any realistic gap between two edits; losing it only means the
 /// next sync merges by rule 3.
 const STATE_TTL: Duration = Duration::from_secs(180 * 24 * 3600);
@@ -120,22 +141,10 @@ impl Handler for SupplierFlow {
             ));
         }
         let sync = Sync::new(&self.ctx, tenant_id)?;
-        let change = match *msg {
-            SupplierMsg::Reconcile => return sync.reconcile().await,
-            SupplierMsg::Sync(change) => change,
-        };
-        let lease = sync.lock().await?;
-        let result = lease
-            .hold(async {
-                match change {
-                    Change::Precoro(id) => sync.precoro_changed(id).await,
-                    Change::Exact(id) => sync.exact_changed(id).await,
-                    Change::ExactDeleted(id) => sync.exact_deleted(id).await,
-                }
-            })
-            .await;
-        lease.release().await?;
-        result.map(Done::into_outcome)
+        match *msg {
+            SupplierMsg::Reconcile => sync.reconcile().await,
+            SupplierMsg::Sync(change) => sync.run(change).await.map(Done::into_outcome),
+        }
     }
 }
 
@@ -153,23 +162,20 @@ pub async fn ensure_in_exact(
         )));
     }
     let sync = Sync::new(ctx, tenant)?;
-    let lease = sync.lock().await?;
-    let result = lease
-        .hold(async {
-            let s = sync.precoro.get_supplier_fresh(supplier).await?;
-            if let Some(id) = external_guid(&s)? {
-                return Ok(id);
-            }
-            match sync.link_from_precoro(s).await? {
-                Done::Synced(id, _) => Ok(id),
-                Done::Skipped(why) => Err(Error::MissingMapping(format!(
-                    "Precoro supplier {supplier} cannot be synced to Exact yet: {why}"
-                ))),
-            }
-        })
-        .await;
-    lease.release().await?;
-    result
+    sync.leased(Key::Precoro(supplier), async {
+        let rem_p = sync.load(Side::Precoro, &supplier.to_string()).await?;
+        let s = sync.precoro.get_supplier_fresh(supplier).await?;
+        if let Some(id) = external_guid(&s)? {
+            return Ok(id);
+        }
+        match sync.link_from_precoro(s, rem_p).await? {
+            Done::Synced(id, _) => Ok(id),
+            Done::Skipped(why) => Err(Error::MissingMapping(format!(
+                "Precoro supplier {supplier} cannot be synced to Exact yet: {why}"
+            ))),
+        }
+    })
+    .await
 }
 
 /// How a supplier sync ended.
@@ -242,10 +248,10 @@ struct ExactSide {
     modified: Option<DateTime<Utc>>,
 }
 
-/// What one side of a reconciliation queued, and where its cursor moves once both sides have
-/// queued theirs.
-struct Queued<C> {
-    queued: usize,
+/// What one side of a reconciliation found due, and where its cursor moves once both sides'
+/// suppliers are synced.
+struct Due<C> {
+    due: Vec<Change>,
     cursor: Option<C>,
 }
 
@@ -258,11 +264,48 @@ struct Remembered {
     peer: String,
 }
 
+/// A supplier lease: one per supplier on each side, plus two company-wide ones that only the
+/// work named below waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// Any work that reads or writes this Precoro supplier.
+    Precoro(PrecoroId),
+    /// Any work that reads or writes this Exact account.
+    Exact(ExactGuid),
+    /// Creating a supplier on either side, from the decision that no twin exists to the saved
+    /// link (see [`Sync::create_lock`]).
+    Create,
+    /// One reconciliation at a time.
+    Reconcile,
+}
+
+impl Key {
+    fn part(self) -> String {
+        match self {
+            Key::Precoro(id) => format!("precoro:{id}"),
+            Key::Exact(id) => format!("exact:{id}"),
+            Key::Create => "create".into(),
+            Key::Reconcile => "reconcile".into(),
+        }
+    }
+
+    fn what(self) -> String {
+        match self {
+            Key::Precoro(id) => format!("Precoro supplier {id}"),
+            Key::Exact(id) => format!("Exact account {id}"),
+            Key::Create => "a supplier creation".into(),
+            Key::Reconcile => "the supplier reconciliation".into(),
+        }
+    }
+}
+
 struct Sync<'a> {
     ctx: &'a Context,
     tenant: &'a TenantId,
     exact: &'a ExactClient,
     precoro: &'a PrecoroClient,
+    /// The leases this sync holds, renewed together while it works and released when it ends.
+    leases: tokio::sync::Mutex<Vec<(Key, Lease)>>,
 }
 
 impl<'a> Sync<'a> {
@@ -272,27 +315,115 @@ impl<'a> Sync<'a> {
             tenant,
             exact: ctx.exact(tenant)?,
             precoro: ctx.precoro(tenant)?,
+            leases: Default::default(),
         })
     }
 
-    async fn lock(&self) -> Result<Lease> {
-        let key = self
-            .ctx
-            .store
-            .keys()
-            .flow_lease(Flow::Suppliers, self.tenant, None);
-        Lease::acquire_within(
+    // ------------------------------------------------------------------------- leases
+
+    /// One change of one supplier, under the lease of the side it names.
+    async fn run(&self, change: Change) -> Result<Done> {
+        match change {
+            Change::Precoro(id) => {
+                self.leased(Key::Precoro(id), self.precoro_changed(id))
+                    .await
+            }
+            Change::Exact(id) => self.leased(Key::Exact(id), self.exact_changed(id)).await,
+            Change::ExactDeleted(id) => self.leased(Key::Exact(id), self.exact_deleted(id)).await,
+        }
+    }
+
+    /// Run `work` holding `first` (waited for up to [`LOCK_WAIT`]) and whatever leases it takes
+    /// on the way, all renewed while it runs and all released when it ends.
+    async fn leased<T>(&self, first: Key, work: impl Future<Output = Result<T>>) -> Result<T> {
+        self.lease(first, LOCK_WAIT).await?;
+        let every = self.ctx.config.worker.entity_lease / 3;
+        let result = keep_alive(work, every, || async {
+            for (key, lease) in self.leases.lock().await.iter() {
+                match lease.extend(self.ctx.config.worker.entity_lease).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(lease = ?key, "supplier lease lost while working"),
+                    Err(e) => {
+                        tracing::warn!(lease = ?key, error = %e, "could not renew a supplier lease")
+                    }
+                }
+            }
+        })
+        .await;
+        let held = std::mem::take(&mut *self.leases.lock().await);
+        for (_, lease) in held {
+            // An unreleased lease expires by its TTL; the result stands either way.
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "could not release a supplier lease");
+            }
+        }
+        result
+    }
+
+    /// Take `key` (a no-op if this sync holds it), waiting up to `wait`; a busy lease is
+    /// `LeaseHeld`, which puts the message back without counting an attempt.
+    async fn lease(&self, key: Key, wait: Duration) -> Result<()> {
+        if self.leases.lock().await.iter().any(|(k, _)| *k == key) {
+            return Ok(());
+        }
+        let full =
+            self.ctx
+                .store
+                .keys()
+                .flow_lease(Flow::Suppliers, self.tenant, Some(&key.part()));
+        let lease = Lease::acquire_within(
             &self.ctx.store,
-            key,
+            full,
             self.ctx.config.worker.entity_lease,
-            LOCK_WAIT,
+            wait,
         )
         .await?
         .ok_or_else(|| {
             Error::LeaseHeld(format!(
-                "suppliers of company '{}' are being synced by another worker",
+                "{} of company '{}' is being synced by another worker",
+                key.what(),
                 self.tenant
             ))
+        })?;
+        self.leases.lock().await.push((key, lease));
+        Ok(())
+    }
+
+    /// The other side of a pair, once the sync knows it. A sync that started on the Exact side
+    /// gives way quickly (the message comes back later) rather than wait for a Precoro-side sync
+    /// that holds the supplier and is itself waiting for this account: Precoro-side syncs wait
+    /// the full [`LOCK_WAIT`], so two syncs of one pair never wait each other out.
+    async fn peer(&self, key: Key) -> Result<()> {
+        let wait = match key {
+            Key::Exact(_) => LOCK_WAIT,
+            _ => PEER_WAIT,
+        };
+        self.lease(key, wait).await
+    }
+
+    /// Before creating a supplier on either side: the company's create lease, then whether a
+    /// sync that held it meanwhile linked `side`'s `id` (its saved state is not what it was
+    /// before this sync read the supplier). A supplier we create announces itself by a webhook
+    /// before it is linked (if Precoro's POST ignores externalId, or before Exact's account is
+    /// stamped in Precoro), and that webhook's sync must not create its twin a second time: it
+    /// waits here for the create to finish and then finds the link saved. Only creates wait on
+    /// this lease, each for the few calls of one create.
+    async fn create_lock(
+        &self,
+        side: Side,
+        id: &str,
+        before: &Option<Remembered>,
+    ) -> Result<Option<String>> {
+        self.lease(Key::Create, LOCK_WAIT).await?;
+        let now = self.load(side, id).await?;
+        let same = match (before, &now) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.hash == b.hash && a.peer == b.peer,
+            _ => false,
+        };
+        Ok(match (same, now) {
+            (false, Some(r)) => Some(r.peer),
+            _ => None,
         })
     }
 
@@ -417,12 +548,13 @@ impl<'a> Sync<'a> {
     // ------------------------------------------------------------------------- Precoro → Exact
 
     async fn precoro_changed(&self, id: PrecoroId) -> Result<Done> {
+        // Loaded before the read: a link saved after it shows in `create_lock`.
+        let rem_p = self.load(Side::Precoro, &id.to_string()).await?;
         let s = self.precoro.get_supplier_fresh(id).await?;
         let Some(exact_id) = external_guid(&s)? else {
-            return self.link_from_precoro(s).await;
+            return self.link_from_precoro(s, rem_p).await;
         };
         let p = Synced::from_precoro(&s);
-        let rem_p = self.load(Side::Precoro, &id.to_string()).await?;
         if rem_p
             .as_ref()
             .is_some_and(|r| r.hash == p.hash() && r.peer == exact_id.to_string())
@@ -431,6 +563,7 @@ impl<'a> Sync<'a> {
                 "no synced field changed in Precoro (our own write, or an unsynced field)".into(),
             ));
         }
+        self.peer(Key::Exact(exact_id)).await?;
         let Some(e) = self.read_exact(exact_id).await? else {
             return Err(Error::MissingMapping(format!(
                 "Precoro supplier {id} ('{}') is linked to Exact account {exact_id}, which does not exist: clear or correct its externalId",
@@ -442,7 +575,8 @@ impl<'a> Sync<'a> {
     }
 
     /// A Precoro supplier without externalId: match an Exact account or create one, then stamp.
-    async fn link_from_precoro(&self, s: Supplier) -> Result<Done> {
+    /// `rem_p` is what we remembered of it before it was read.
+    async fn link_from_precoro(&self, s: Supplier, rem_p: Option<Remembered>) -> Result<Done> {
         if s.status.is_some_and(|st| st != supplier_status::APPROVED) || s.enable == Some(false) {
             return Ok(Done::Skipped(format!(
                 "Precoro supplier {} is not approved and enabled (status {:?}, enabled {:?})",
@@ -459,6 +593,7 @@ impl<'a> Sync<'a> {
         let (matched, code_taken) = self.match_exact(&p).await?;
         if let Some(account) = matched {
             let id = account.id;
+            self.peer(Key::Exact(id)).await?;
             let e = self.read_exact(id).await?.ok_or_else(|| Error::Upstream {
                 api: shared::error::Api::Exact,
                 status: 404,
@@ -468,7 +603,21 @@ impl<'a> Sync<'a> {
             return self.sync_pair(&s, None, id, e, None, true).await;
         }
 
-        // Create, under the supplier's claim.
+        // Create, under the create lease and the supplier's claim.
+        if let Some(peer) = self
+            .create_lock(Side::Precoro, &s.id.to_string(), &rem_p)
+            .await?
+        {
+            let what = format!(
+                "Precoro supplier {} was linked to Exact account {peer} while this sync read it",
+                s.id
+            );
+            // The invoice flow needs the account: that link is it.
+            return Ok(match peer.parse() {
+                Ok(id) => Done::Synced(id, what),
+                Err(_) => Done::Skipped(what),
+            });
+        }
         let claim = self.claim(&format!("precoro:{}", s.id)).await?;
         let done = claim
             .hold(Box::pin(self.create_in_exact(&s, &p, code_taken, &claim)))
@@ -511,6 +660,8 @@ impl<'a> Sync<'a> {
             .await?;
         let id = created.id;
         claim.remember_created(&id.to_string()).await?;
+        // Its webhook waits until the link is saved (see `create_claimed_in_precoro`).
+        let _ = self.lease(Key::Exact(id), Duration::ZERO).await;
         let mut e = Synced::from_exact(&created, None);
         if let Some(iban) = p.get(Field::Iban) {
             self.exact
@@ -586,12 +737,13 @@ impl<'a> Sync<'a> {
     // ------------------------------------------------------------------------- Exact → Precoro
 
     async fn exact_changed(&self, id: ExactGuid) -> Result<Done> {
+        // Loaded before the read: a link saved after it shows in `create_lock`.
+        let rem_e = self.load(Side::Exact, &id.to_string()).await?;
         let Some(e) = self.read_exact(id).await? else {
             return Ok(Done::Skipped(format!(
                 "Exact account {id} no longer exists"
             )));
         };
-        let rem_e = self.load(Side::Exact, &id.to_string()).await?;
         if rem_e.as_ref().is_some_and(|r| r.hash == e.synced.hash()) {
             return Ok(Done::Skipped(
                 "no synced field changed in Exact (our own write, or an unsynced field)".into(),
@@ -599,6 +751,9 @@ impl<'a> Sync<'a> {
         }
         let hint = rem_e.as_ref().map(|r| r.peer.clone());
         if let Some(s) = self.precoro_for(id, hint.as_deref()).await? {
+            // Read before its lease: only syncs holding this account's lease, as this one does,
+            // write the pair, so what was read still stands.
+            self.peer(Key::Precoro(s.id)).await?;
             let rem_p = self.load(Side::Precoro, &s.id.to_string()).await?;
             return self.sync_pair(&s, rem_p, id, e, rem_e, false).await;
         }
@@ -608,8 +763,32 @@ impl<'a> Sync<'a> {
             )));
         }
         if let Some(s) = self.match_precoro(&e.synced).await? {
+            self.peer(Key::Precoro(s.id)).await?;
+            // Read unlinked before its lease: a sync holding only the supplier (linking it from
+            // the Precoro side) may have stamped it since. We save state with every link, so
+            // with none saved it is still as read; otherwise look again.
+            let s = if self.load(Side::Precoro, &s.id.to_string()).await?.is_some() {
+                let again = self.precoro.get_supplier_fresh(s.id).await?;
+                if external_guid(&again)?.is_some() {
+                    return Err(Error::LeaseHeld(format!(
+                        "Precoro supplier {} was linked by another sync while Exact account {id} was matched to it",
+                        s.id
+                    )));
+                }
+                again
+            } else {
+                s
+            };
             tracing::info!(supplier = s.id.0, account = %id, "linked Exact supplier to an existing Precoro supplier");
             return self.sync_pair(&s, None, id, e, None, true).await;
+        }
+        if let Some(peer) = self
+            .create_lock(Side::Exact, &id.to_string(), &rem_e)
+            .await?
+        {
+            return Ok(Done::Skipped(format!(
+                "Exact account {id} was linked to Precoro supplier {peer} while this sync read it"
+            )));
         }
         self.create_in_precoro(id, e).await
     }
@@ -698,6 +877,9 @@ impl<'a> Sync<'a> {
         claim.mark_attempted().await?;
         let mut created = self.precoro.create_supplier(&input).await?;
         claim.remember_created(&created.id.to_string()).await?;
+        // Its Create webhook waits until the link is saved, instead of working on a half-made
+        // pair (a missed lease is fine: the create lease and the claim still guard it).
+        let _ = self.lease(Key::Precoro(created.id), Duration::ZERO).await;
         // Whether POST takes externalId is not documented (PATCH does, §3): stamp if it did not.
         if external_guid(&created).ok().flatten() != Some(id) {
             created = self
@@ -853,6 +1035,7 @@ impl<'a> Sync<'a> {
                 "deleted Exact account {id} was not linked to a Precoro supplier"
             )));
         };
+        self.peer(Key::Precoro(s.id)).await?;
         self.precoro.set_supplier_external_id(s.id, "").await?;
         self.ctx
             .store
@@ -870,18 +1053,47 @@ impl<'a> Sync<'a> {
 
     // ------------------------------------------------------------------------- reconciliation
 
-    /// Queue a sync for every supplier that changed on either side since the last run and differs
-    /// from what we remember (webhooks get lost: specs/exact-online.md §3, precoro.md §4).
+    /// Sync every supplier that changed on either side since the last run and differs from what
+    /// we remember (webhooks get lost: specs/exact-online.md §3, precoro.md §4).
+    ///
+    /// One at a time, here, each under its own supplier leases, rather than queued as one message
+    /// per supplier: a backlog queued ahead of a webhook would run before it (the queue is FIFO)
+    /// and take every slot and Precoro's 1 request/s from it. This way a webhook's sync only ever
+    /// shares the budget with one reconciliation sync, and waits at most for the lease of the
+    /// one supplier the reconciliation is on. Only a second reconciliation waits for this one.
     async fn reconcile(&self) -> Result<Outcome> {
+        self.leased(Key::Reconcile, self.reconcile_leased()).await
+    }
+
+    async fn reconcile_leased(&self) -> Result<Outcome> {
         let cursor_key = self
             .ctx
             .store
             .keys()
             .cursor(ApiName::Precoro, self.tenant, CURSOR);
-        let precoro = self.queue_precoro_changes(&cursor_key).await?;
-        let exact = self.queue_exact_changes().await?;
+        let precoro = self.precoro_changes(&cursor_key).await?;
+        let exact = self.exact_changes().await?;
 
-        // Cursors move only after every due supplier is queued.
+        let (mut synced, mut handed) = (0, 0);
+        for change in precoro.due.iter().chain(&exact.due) {
+            match Sync::new(self.ctx, self.tenant)?.run(*change).await {
+                Ok(_) => synced += 1,
+                // Its own message from here on, with the consumer's retries and dead letter.
+                Err(e) => {
+                    tracing::info!(tenant = %self.tenant, ?change, error = %e, "reconciliation hands a supplier sync to the queue");
+                    self.enqueue(match *change {
+                        Change::Precoro(id) => SupplierMsg::sync_precoro(self.tenant, id),
+                        Change::Exact(id) | Change::ExactDeleted(id) => {
+                            SupplierMsg::sync_exact(self.tenant, id)
+                        }
+                    })
+                    .await?;
+                    handed += 1;
+                }
+            }
+        }
+
+        // Cursors move only after every due supplier is synced or queued.
         if let Some(n) = precoro.cursor {
             self.ctx
                 .store
@@ -892,13 +1104,12 @@ impl<'a> Sync<'a> {
             self.exact.save_cursor(CURSOR, ts).await?;
         }
         Ok(Outcome::Done(format!(
-            "reconcile queued {} supplier sync(s)",
-            precoro.queued + exact.queued
+            "reconcile synced {synced} supplier(s) and queued {handed} to retry"
         )))
     }
 
-    /// Queue the Precoro suppliers modified since the cursor at `cursor_key` that are due.
-    async fn queue_precoro_changes(&self, cursor_key: &str) -> Result<Queued<DateTime<Utc>>> {
+    /// The Precoro suppliers modified since the cursor at `cursor_key` that are due.
+    async fn precoro_changes(&self, cursor_key: &str) -> Result<Due<DateTime<Utc>>> {
         let since = self
             .ctx
             .store
@@ -912,17 +1123,15 @@ impl<'a> Sync<'a> {
                 ..Default::default()
             })
             .await?;
-        let mut out = Queued {
-            queued: 0,
+        let mut out = Due {
+            due: Vec::new(),
             cursor: since,
         };
         for s in &suppliers {
             let updated = s.update_date.as_deref().and_then(parse_datetime);
             out.cursor = out.cursor.max(updated);
             if self.precoro_due(s).await? {
-                self.enqueue(SupplierMsg::sync_precoro(self.tenant, s.id))
-                    .await?;
-                out.queued += 1;
+                out.due.push(Change::Precoro(s.id));
             }
         }
         Ok(out)
@@ -946,27 +1155,25 @@ impl<'a> Sync<'a> {
         })
     }
 
-    /// Queue the Exact supplier accounts changed since the cursor whose fields differ from what
-    /// we remember.
-    async fn queue_exact_changes(&self) -> Result<Queued<i64>> {
+    /// The Exact supplier accounts changed since the cursor whose fields differ from what we
+    /// remember.
+    async fn exact_changes(&self) -> Result<Due<i64>> {
         let since = self.exact.load_cursor(CURSOR).await?.unwrap_or(SYNC_START);
         let page = self.exact.sync_accounts(since).await?;
-        let mut queued = 0;
+        let mut due = Vec::new();
         for a in page.rows.iter().filter(|a| a.is_supplier == Some(true)) {
             // Bank rows are not on the sync endpoint: compare the account fields only.
             let now = Synced::from_exact(a, None);
-            let due = self
+            if self
                 .load(Side::Exact, &a.id.to_string())
                 .await?
-                .is_none_or(|r| r.fields.without_bank() != now);
-            if due {
-                self.enqueue(SupplierMsg::sync_exact(self.tenant, a.id))
-                    .await?;
-                queued += 1;
+                .is_none_or(|r| r.fields.without_bank() != now)
+            {
+                due.push(Change::Exact(a.id));
             }
         }
-        Ok(Queued {
-            queued,
+        Ok(Due {
+            due,
             cursor: page.max_timestamp,
         })
     }

@@ -1207,3 +1207,52 @@ async fn a_token_exact_rejects_inside_the_570_s_rule_pauses_every_worker_until_a
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_supplier_exact_will_not_create_holds_its_invoice_with_a_message_for_finance() {
+    let world = World::build(WorldOptions {
+        tag: "inv-held-sup",
+        ..Default::default()
+    })
+    .await;
+    // New in Precoro, unknown to Exact, on a payment term stamped with a condition code Exact
+    // does not have: Exact refuses the account.
+    let term = world
+        .precoro
+        .add_payment_term(testbed::precoro_sim::PaymentTermSeed {
+            name: "Net 99".into(),
+            days: 99,
+            external_id: Some("99".into()),
+        });
+    let supplier = world
+        .precoro
+        .add_supplier(testbed::precoro_sim::SupplierSeed {
+            name: "Longterm Trading".into(),
+            currency: "EUR".into(),
+            payment_term_ids: vec![term],
+            ..Default::default()
+        });
+    let stack = Stack::start(&world, 1, false).await;
+    let (_, idn) =
+        world.approved_invoice("INV-SUP-1", supplier, &[("Crates", 3, "20.00", "4000", 21)]);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sync_message(&world, idn).is_some()
+        })
+        .await,
+        "the invoice shows why"
+    );
+    stack.settle().await;
+    let message = sync_message(&world, idn).unwrap();
+    assert!(
+        message.starts_with("Supplier 'Longterm Trading' cannot be created in Exact: ")
+            && message.contains("payment condition '99' does not exist")
+            && message.ends_with("Correct the supplier in Precoro, then save the invoice."),
+        "{message}"
+    );
+    let dlq = Inspector::connect().await;
+    let names = shared::bus::topology::Names::new(&world.config.broker.prefix);
+    assert_eq!(dlq.depth(&names.dlq()).await, 0, "held, not dead");
+    assert!(world.entries_for("INV-SUP-1").is_empty());
+    stack.stop().await;
+}

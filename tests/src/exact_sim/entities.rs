@@ -1057,14 +1057,22 @@ fn refuse_processed(entry: &Row, what: &str) -> Result<(), ApiError> {
 }
 
 /// Finalises an entry: Status 50, "Processed" (the sim's stand-in for Exact's processing).
-pub fn process_entry(inner: &mut Inner, div: i64, entry: Uuid, now_ms: i64) -> Result<(), ApiError> {
+pub fn process_entry(
+    inner: &mut Inner,
+    div: i64,
+    entry: Uuid,
+    now_ms: i64,
+) -> Result<(), ApiError> {
     inner
         .division(div)?
         .get(Table::PurchaseEntries, &entry)
         .ok_or_else(|| ApiError::not_found(format!("PurchaseEntry {entry} does not exist.")))?;
     let mut p = Row::new();
     p.insert("Status".into(), Value::from(50));
-    p.insert("StatusDescription".into(), Value::String("Processed".into()));
+    p.insert(
+        "StatusDescription".into(),
+        Value::String("Processed".into()),
+    );
     inner.update(div, Table::PurchaseEntries, entry, p, now_ms)
 }
 

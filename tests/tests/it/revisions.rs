@@ -151,16 +151,21 @@ async fn a_revision_while_the_entry_is_open_and_unpaid_replaces_it_with_the_new_
         1
     );
     assert_eq!(
-        world.exact.count_calls("POST", "purchaseentry/PurchaseEntries"),
+        world
+            .exact
+            .count_calls("POST", "purchaseentry/PurchaseEntries"),
         2
     );
 
     // The sync log says what happened.
     let (_, log, _) = records(&world).await;
     assert!(
-        log_of(&log, idn).await.iter().any(|e| e.status == Status::Booked
-            && e.detail.contains("changed after booking")
-            && e.detail.contains(&stamped)),
+        log_of(&log, idn)
+            .await
+            .iter()
+            .any(|e| e.status == Status::Booked
+                && e.detail.contains("changed after booking")
+                && e.detail.contains(&stamped)),
         "{:?}",
         log_of(&log, idn).await
     );
@@ -186,7 +191,10 @@ async fn a_cancellation_while_the_entry_is_open_and_unpaid_deletes_it() {
     stack.settle().await;
     assert_eq!(
         precoro_view(&world, idn),
-        (None, Some(format!("Cancelled: Exact entry {number} was deleted."))),
+        (
+            None,
+            Some(format!("Cancelled: Exact entry {number} was deleted."))
+        ),
         "finance sees the invoice no longer booked, and why"
     );
 
@@ -262,7 +270,7 @@ async fn a_change_after_payment_or_processing_is_held_for_finance_and_exact_is_u
         (
             Some(paid_entry.clone()),
             Some(format!(
-                "This invoice changed after it was booked in Exact as entry {n}, which is already (partly) paid: the change was not applied in Exact. Correct entry {n} in Exact by hand, or undo the change here.",
+                "This invoice changed after it was booked in Exact as entry {n}, which is already (partly) paid: the change was not applied in Exact. Correct entry {n} in Exact by hand and save the invoice again, or undo the change here.",
                 n = number(&before[0])
             ))
         )
@@ -310,18 +318,30 @@ async fn a_change_after_payment_or_processing_is_held_for_finance_and_exact_is_u
         );
     }
 
-    // Saved again unchanged: held as before, without asking Exact or writing Precoro again.
+    // Saved again unchanged: Exact is read again (finance may have corrected the entry by
+    // hand), nothing is written, and the same message is not written again.
     world.exact.reset_calls();
     world.precoro.reset_calls();
     world.precoro.set_invoice_status(paid, 2);
     assert!(
         eventually(WAIT, || async {
-            world.precoro.count_calls("GET", &format!("/invoices/{paid}")) >= 1
+            world
+                .precoro
+                .count_calls("GET", &format!("/invoices/{paid}"))
+                >= 1
         })
         .await
     );
     stack.settle().await;
-    assert_eq!(exact_calls(&world), 0);
+    for m in ["POST", "PUT", "DELETE"] {
+        assert_eq!(world.exact.count_calls(m, "/api/v1/"), 0, "{m}");
+    }
+    assert_eq!(
+        world
+            .exact
+            .count_calls("GET", "purchaseentry/PurchaseEntries"),
+        1
+    );
     assert_eq!(
         world
             .precoro
@@ -378,23 +398,25 @@ async fn an_unchanged_save_of_a_booked_invoice_asks_exact_nothing() {
     world.precoro.set_invoice_status(idn, 2);
     assert!(eventually(WAIT, || saves(seen + 1)).await);
     stack.settle().await;
-    assert_eq!(exact_calls(&world), 0, "no Exact call for an unchanged invoice");
+    assert_eq!(
+        exact_calls(&world),
+        0,
+        "no Exact call for an unchanged invoice"
+    );
 
     // Without the remembered fingerprint (Redis lost it, or booked before the rule): the entry
     // is read from Exact once, found the same, and is the baseline from then on.
     store
-        .del(
-            &store
-                .keys()
-                .invoice_booked(&TENANT.into(), &id.to_string()),
-        )
+        .del(&store.keys().invoice_booked(&TENANT.into(), &id.to_string()))
         .await
         .unwrap();
     world.precoro.set_invoice_status(idn, 2);
     assert!(eventually(WAIT, || saves(seen + 2)).await);
     stack.settle().await;
     assert_eq!(
-        world.exact.count_calls("GET", "purchaseentry/PurchaseEntries"),
+        world
+            .exact
+            .count_calls("GET", "purchaseentry/PurchaseEntries"),
         1
     );
     assert_eq!(exact_calls(&world), 1, "one read, no write");

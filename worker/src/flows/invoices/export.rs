@@ -49,7 +49,10 @@ enum Exported {
     Held(String),
     /// Booked before, and changed or cancelled since: the change applied to Exact (`what`);
     /// `entry` is the invoice's entry now (or the deleted one, after a cancellation).
-    Changed { entry: String, what: String },
+    Changed {
+        entry: String,
+        what: String,
+    },
 }
 
 /// What [`Export::write`] got from Exact.

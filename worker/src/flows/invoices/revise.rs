@@ -60,7 +60,7 @@ struct Booked {
     entry: String,
     /// The fingerprint of the mapped entry ([`fingerprint`]); empty when unknown.
     version: String,
-    /// A change that could not be applied, remembered so the same version costs no Exact call.
+    /// A cancellation that could not be applied, remembered so it costs no Exact call again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     held: Option<HeldChange>,
     /// The invoice was cancelled and the entry deleted.
@@ -70,7 +70,7 @@ struct Booked {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct HeldChange {
-    /// The version held, or [`CANCELLED`].
+    /// [`CANCELLED`] (a field of its own, for other holds to come).
     version: String,
     message: String,
 }
@@ -207,9 +207,9 @@ impl Export<'_> {
         };
         let revised = self.revise(&company, &invoice, booked).await;
         Ok(match self.conclude(&company, &invoice, revised).await? {
-            Exported::Booked(entry) | Exported::AlreadyStamped(entry) => Outcome::Skipped(
-                format!("already booked as Exact entry {entry}, unchanged since"),
-            ),
+            Exported::Booked(entry) | Exported::AlreadyStamped(entry) => Outcome::Skipped(format!(
+                "already booked as Exact entry {entry}, unchanged since"
+            )),
             Exported::Changed { what, .. } => Outcome::Done(what),
             Exported::Skipped(why) => Outcome::Skipped(why),
             Exported::Held(why) => Outcome::Held(why),
@@ -233,7 +233,9 @@ impl Export<'_> {
             }
         };
         let outcome = claim
-            .hold(Box::pin(self.revise_claimed(&claim, company, invoice, booked)))
+            .hold(Box::pin(
+                self.revise_claimed(&claim, company, invoice, booked),
+            ))
             .await;
         // Stamped: the entry a crashed attempt remembered is on the invoice now, forget it.
         let stamped = matches!(
@@ -305,22 +307,12 @@ impl Export<'_> {
         let preview = map::map_invoice(invoice, company.config, &lookups, supplier, None)?;
         let version = fingerprint(&preview)?;
         let remembered = remembered.filter(|b| !b.cancelled);
-        if let Some(b) = &remembered {
-            if b.version == version {
-                self.confirm(company, invoice, entry).await?;
-                return Ok(Ok(Exported::AlreadyStamped(entry.to_string())));
-            }
-            if let Some(h) = &b.held
-                && h.version == version
-                && !self.replayed
-            {
-                return Ok(Err(held_change(
-                    &version,
-                    h.message.clone(),
-                    format!("{} (held before for this version; Exact not asked again)", h.message),
-                )));
-            }
+        if remembered.as_ref().is_some_and(|b| b.version == version) {
+            self.confirm(company, invoice, entry).await?;
+            return Ok(Ok(Exported::AlreadyStamped(entry.to_string())));
         }
+        // A change held before is read from Exact again (two GETs, no write): finance may have
+        // corrected the entry by hand, and the save that follows is how they say so.
 
         let id = entry_guid(entry)?;
         let Some(found) = company.exact.get_purchase_entry(id).await? else {
@@ -340,15 +332,18 @@ impl Export<'_> {
         if let Some(why) = self.settled(company, &found).await? {
             let n = named(&found);
             let message = format!(
-                "This invoice changed after it was booked in Exact as entry {n}, which is already {why}: the change was not applied in Exact. Correct entry {n} in Exact by hand, or undo the change here."
+                "This invoice changed after it was booked in Exact as entry {n}, which is already {why}: the change was not applied in Exact. Correct entry {n} in Exact by hand and save the invoice again, or undo the change here."
             );
-            return self
-                .hold_change(invoice, remembered, entry, &version, message)
-                .await;
+            let detail = format!("{message} (Precoro invoice {})", invoice.idn);
+            return Ok(Err(held_change(&version, message, detail)));
         }
         claim.mark_attempted().await?;
         company.exact.delete_purchase_entry(id).await?;
-        tracing::info!(invoice = invoice.idn.0, entry, "invoice changed after booking: open entry deleted, booking the new version");
+        tracing::info!(
+            invoice = invoice.idn.0,
+            entry,
+            "invoice changed after booking: open entry deleted, booking the new version"
+        );
         self.rebook(claim, company, invoice, &lookups, supplier, entry)
             .await
     }
@@ -417,7 +412,7 @@ impl Export<'_> {
                         "This invoice was cancelled after it was booked in Exact as entry {n}, which is already {why}: the entry was not deleted. Reverse entry {n} in Exact by hand (for example with a credit note)."
                     );
                     return self
-                        .hold_change(invoice, remembered, entry, CANCELLED, message)
+                        .hold_cancel(invoice, remembered, entry, CANCELLED, message)
                         .await;
                 }
                 claim.mark_attempted().await?;
@@ -444,16 +439,20 @@ impl Export<'_> {
             },
         )
         .await?;
-        tracing::info!(invoice = invoice.idn.0, entry, "invoice cancelled after booking: open entry deleted");
+        tracing::info!(
+            invoice = invoice.idn.0,
+            entry,
+            "invoice cancelled after booking: open entry deleted"
+        );
         Ok(Ok(Exported::Changed {
             entry: entry.to_string(),
             what: format!("cancelled in Precoro: Exact entry {n} deleted"),
         }))
     }
 
-    /// Hold a change Exact cannot take any more, remembering it so the same version asks Exact
-    /// nothing next time.
-    async fn hold_change(
+    /// Hold a cancellation Exact cannot take any more, remembering it: nothing the service can
+    /// read tells when finance has reversed the entry by hand, so Exact is not asked again.
+    async fn hold_cancel(
         &self,
         invoice: &Invoice,
         remembered: Option<Booked>,
@@ -601,7 +600,10 @@ mod tests {
         assert!(!same_as_booked(&date, &exact));
         let mut due = ours.clone();
         due.due_date = chrono::NaiveDate::from_ymd_opt(2026, 4, 1);
-        assert!(!same_as_booked(&due, &exact), "a due date we set is compared");
+        assert!(
+            !same_as_booked(&due, &exact),
+            "a due date we set is compared"
+        );
         let mut lines = ours.clone();
         lines.lines.push(lines.lines[0].clone());
         assert!(!same_as_booked(&lines, &exact));

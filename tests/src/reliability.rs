@@ -946,6 +946,8 @@ pub struct StormReport {
     /// Precoro 429s (only counted when Precoro 429 faults are off).
     pub precoro_429: usize,
     pub dead_lettered: usize,
+    /// Invoices held for finance because Exact refused them (the invalid ones).
+    pub held: usize,
     /// Exact validation refusals of purchase entries the worker received (each must be final).
     pub exact_refusals_seen: usize,
     /// Refusals whose reply the simulator dropped: the worker could not know, so it tried again.
@@ -1036,6 +1038,12 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
         .iter()
         .filter(|d| d.error.as_deref().is_some_and(|e| e.contains("blocked")))
         .count();
+    let held = shared::store::records::Held::new(world.store.clone())
+        .list(&world.config.tenants[0].id, shared::Flow::Invoices)
+        .await?
+        .iter()
+        .filter(|h| h.reason == "refused")
+        .count();
     let mut exact_errors = BTreeMap::new();
     for c in world.exact.error_counts() {
         if c.division == world.division {
@@ -1084,7 +1092,7 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
             lost,
             recover: booked_at.map(|t| t.saturating_duration_since(calm)),
             note: format!(
-                "{} invalid → {exact_refusals_seen} refusals seen (+{exact_refusals_unseen} with the reply dropped), {dead_lettered} dead letters; Exact errors per endpoint {exact_errors:?} (budget 10/h); Exact max {} calls/min, {exact_real_429} real 429s",
+                "{} invalid → {exact_refusals_seen} refusals seen (+{exact_refusals_unseen} with the reply dropped), {held} held for finance, {dead_lettered} dead letters; Exact errors per endpoint {exact_errors:?} (budget 10/h); Exact max {} calls/min, {exact_real_429} real 429s",
                 invalid.len(),
                 world.exact.max_calls_per_minute(world.division),
             ),
@@ -1094,6 +1102,7 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
         exact_real_429,
         precoro_429,
         dead_lettered,
+        held,
         exact_refusals_seen,
         exact_refusals_unseen,
     })

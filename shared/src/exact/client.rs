@@ -969,6 +969,21 @@ impl ExactClient {
         Ok(page.rows.pop())
     }
 
+    /// DELETE a purchase entry (an open one: Exact refuses a processed or paid entry with a
+    /// validation error). `Ok(false)` when it was not there (deleted before, by us or a person).
+    pub async fn delete_purchase_entry(&self, entry_id: ExactGuid) -> Result<bool> {
+        let url = self.url(
+            &format!("{}({})", paths::PURCHASE_ENTRIES, entry_id.odata()),
+            &[],
+        );
+        let reply = self.send(Method::DELETE, &url, None).await?;
+        match reply.status {
+            _ if reply.ok() => Ok(true),
+            404 => Ok(false),
+            _ => Err(Self::upstream(&reply)),
+        }
+    }
+
     // -----------------------------------------------------------------------------------------
     // Documents
     // -----------------------------------------------------------------------------------------

@@ -144,6 +144,18 @@ impl PrecoroClient {
         Ok(serde_json::from_value(v).ok())
     }
 
+    /// Clear the invoice's `externalId` and say why in its `externalIntegrationLog`, in one
+    /// PATCH: its Exact entry is gone (the invoice was cancelled and the entry deleted).
+    pub async fn unstamp_invoice(&self, idn: PrecoroIdn, message: &str) -> Result<()> {
+        self.write_json(
+            Method::PATCH,
+            &format!("/invoices/{idn}"),
+            &json!({ "externalId": "", "externalIntegrationLog": message }),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Write `message` to the invoice's `externalIntegrationLog`, where finance sees why it did
     /// not book ("" clears it). The field is written as a string and read back as a list of
     /// strings [S]; whether a write appends or replaces, and whether the body is form or JSON,

@@ -248,6 +248,13 @@ impl<'a> Keys<'a> {
         self.k(&["invoice-refused", tenant.as_str(), invoice])
     }
 
+    /// What an invoice was booked as: the entry, the fingerprint of the mapped entry, and a
+    /// change held or a cancellation done (`invoices::revise`). Lost → the next change of the
+    /// invoice is compared with the entry read from Exact once.
+    pub fn invoice_booked(&self, tenant: &TenantId, invoice: &str) -> String {
+        self.k(&["invoice-booked", tenant.as_str(), invoice])
+    }
+
     /// A counter bumped whenever reference sync writes a company's taxes, payment terms or
     /// custom-field options, so that every worker drops its copy of those lists (the invoice
     /// flow's lookups). Lost → the copies live out their TTL; a value they cannot resolve still

@@ -311,10 +311,10 @@ async fn storm(quick: bool) -> anyhow::Result<(Row, Vec<String>)> {
             report.exact_refusals_seen
         ));
     }
-    if report.dead_lettered < 4 {
+    if report.held < 4 || report.dead_lettered > 0 {
         extra.push(format!(
-            "{} of 4 invalid invoices dead-lettered",
-            report.dead_lettered
+            "{} of 4 invalid invoices held for finance, {} dead-lettered",
+            report.held, report.dead_lettered
         ));
     }
     stack.stop().await;

@@ -968,10 +968,11 @@ fn put_purchase_entry(
     obj: &Map<String, Value>,
 ) -> Result<(), ApiError> {
     let ep = schema::endpoint("purchaseentry/PurchaseEntries").expect("known endpoint");
-    inner
+    let row = inner
         .division(c.div)?
         .get(Table::PurchaseEntries, &key)
         .ok_or_else(|| ApiError::not_found(format!("PurchaseEntry {key} does not exist.")))?;
+    refuse_processed(row, "changed")?;
     if obj.contains_key("PurchaseEntryLines") {
         return Err(bad(
             "PurchaseEntryLines cannot be changed with PUT on PurchaseEntries.",
@@ -1014,8 +1015,10 @@ fn put_purchase_entry(
 
 fn delete_purchase_entry(inner: &mut Inner, c: &Ctx, key: Uuid) -> Result<(), ApiError> {
     let d = inner.division(c.div)?;
-    d.get(Table::PurchaseEntries, &key)
+    let row = d
+        .get(Table::PurchaseEntries, &key)
         .ok_or_else(|| ApiError::not_found(format!("PurchaseEntry {key} does not exist.")))?;
+    refuse_processed(row, "deleted")?;
     let terms: Vec<(Uuid, bool)> = d
         .table(Table::Payments)
         .filter(|(_, r)| row_guid(r, "TransactionEntryID") == Some(key))
@@ -1040,6 +1043,37 @@ fn delete_purchase_entry(inner: &mut Inner, c: &Ctx, key: Uuid) -> Result<(), Ap
     inner
         .delete(c.div, Table::PurchaseEntries, key, c.now_ms)
         .map(|_| ())
+}
+
+/// Only an open entry (Status 20) may be changed or deleted through the API; a processed one
+/// (50) is final in Exact [U: the wording of the refusal].
+fn refuse_processed(entry: &Row, what: &str) -> Result<(), ApiError> {
+    match entry.get("Status").and_then(Value::as_i64) {
+        Some(50) => Err(bad(format!(
+            "The entry cannot be {what}: it has been processed."
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Finalises an entry: Status 50, "Processed" (the sim's stand-in for Exact's processing).
+pub fn process_entry(
+    inner: &mut Inner,
+    div: i64,
+    entry: Uuid,
+    now_ms: i64,
+) -> Result<(), ApiError> {
+    inner
+        .division(div)?
+        .get(Table::PurchaseEntries, &entry)
+        .ok_or_else(|| ApiError::not_found(format!("PurchaseEntry {entry} does not exist.")))?;
+    let mut p = Row::new();
+    p.insert("Status".into(), Value::from(50));
+    p.insert(
+        "StatusDescription".into(),
+        Value::String("Processed".into()),
+    );
+    inner.update(div, Table::PurchaseEntries, entry, p, now_ms)
 }
 
 fn open_terms(inner: &Inner, div: i64, entry: Uuid) -> Vec<(Uuid, Decimal)> {

@@ -790,6 +790,12 @@ impl ExactSim {
         )
     }
 
+    /// Processes a purchase entry as Exact does when it is finalised (Status 50, "Processed"):
+    /// from then on the API refuses to change or delete it.
+    pub fn process_entry(&self, div: Division, entry_id: ExactGuid) -> Result<(), SimError> {
+        self.change(|inner, now| entities::process_entry(inner, div.0, entry_id.0, now))
+    }
+
     // ---- payments ----------------------------------------------------------------------------
 
     /// Books a payment of `amount` (positive) on `date` against the entry's open payables term:

@@ -797,6 +797,41 @@ impl PrecoroSim {
         }]);
     }
 
+    /// Edits a line's quantity and price as a user would in Precoro's form (the invoice's sums
+    /// follow its lines), then an Update webhook. Panics if unknown.
+    pub fn set_line_amount(&self, idn: i64, line: usize, quantity: Decimal, price: Decimal) {
+        let id = self.with_state(|st, now| {
+            let inv = st
+                .invoices
+                .get_mut(&idn)
+                .unwrap_or_else(|| panic!("invoice {idn} does not exist"));
+            let item = inv
+                .items
+                .get_mut(line)
+                .unwrap_or_else(|| panic!("invoice {idn} has no line {line}"));
+            item.quantity = quantity;
+            item.price = price;
+            inv.updated = now;
+            inv.id
+        });
+        self.inner.fire(vec![Event {
+            id,
+            kind: TYPE_INVOICE,
+            action: ACTION_UPDATE,
+            idn: Some(idn),
+        }]);
+    }
+
+    /// Revises an approved invoice as Precoro makes a user do it: "Revise" (status 7, on
+    /// revise), the edit `edit` makes, back to approval (status 1) and approved again, each step
+    /// with its Update webhook. Panics if the invoice is unknown or cannot be approved.
+    pub fn revise_invoice(&self, idn: i64, edit: impl FnOnce(&PrecoroSim)) {
+        self.set_invoice_status(idn, 7);
+        edit(self);
+        self.set_invoice_status(idn, 1);
+        self.approve_invoice(idn);
+    }
+
     /// The invoice as `GET /invoices/{idn}` would return it now; `Value::Null` when unknown.
     pub fn invoice(&self, idn: i64) -> Value {
         self.with_state(|st, _| match st.invoices.get(&idn) {

@@ -14,5 +14,6 @@ mod precoro_sim;
 mod reference;
 mod reliability;
 mod reliability_input;
+mod revisions;
 mod scale;
 mod suppliers;

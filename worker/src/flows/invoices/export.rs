@@ -3,7 +3,8 @@
 //! claim → [`fetch`](Export::fetch) → [`decide`](Export::decide) →
 //! [`resolve_supplier`](Export::resolve_supplier) → [`find_existing`](Export::find_existing) →
 //! document → map → [`write`](Export::write) → [`stamp`](Export::remember_and_stamp), or, when
-//! the invoice's data stops it anywhere after the fetch, [`hold`](super::held).
+//! the invoice's data stops it anywhere after the fetch, [`hold`](super::held). An invoice booked
+//! before goes to [`revise`] instead: changed or cancelled after booking.
 //!
 //! Each stage is one function with a typed result; the claim around them is what makes the whole
 //! happen once (module doc of [`super`]).
@@ -21,6 +22,10 @@ use super::InvoiceRef;
 use super::held::{self, Hold};
 use super::map::{self, Lookups, Skip};
 use crate::flows::Context;
+
+// A child module: the revision reuses the export's private stages (fetch, write, stamp).
+#[path = "revise.rs"]
+pub(super) mod revise;
 
 /// One export of one invoice, as its message asked for it.
 pub struct Export<'a> {
@@ -44,6 +49,12 @@ enum Exported {
     Skipped(String),
     /// Its data stops it: parked with a message for finance (the text is the outcome's).
     Held(String),
+    /// Booked before, and changed or cancelled since: the change applied to Exact (`what`);
+    /// `entry` is the invoice's entry now (or the deleted one, after a cancellation).
+    Changed {
+        entry: String,
+        what: String,
+    },
 }
 
 /// What [`Export::write`] got from Exact.
@@ -57,6 +68,8 @@ enum Written {
 enum Decision {
     /// Book it, resolving its fields against these lists.
     Book(Lookups),
+    /// Booked before as this entry: see whether it changed since ([`revise`]).
+    Revisit(String),
     Stop(Exported),
 }
 
@@ -72,11 +85,8 @@ impl Export<'_> {
     pub async fn run(self) -> Result<Outcome> {
         let scope = format!("invoice:{}:{}", self.tenant_id, self.invoice.key());
         let claim = match self.ctx.claims.claim(&scope).await? {
-            Claimed::Done(entry) => {
-                return Ok(Outcome::Skipped(format!(
-                    "already booked as Exact entry {entry}"
-                )));
-            }
+            // Booked: a change since is the revision's (under its own claim, module doc there).
+            Claimed::Done(entry) => return self.revisit(&entry).await,
             Claimed::Acquired(claim) => claim,
         };
         let may_exist = self.repeated || claim.maybe_attempted() || self.queued;
@@ -85,6 +95,10 @@ impl Export<'_> {
             Ok(Exported::Booked(entry)) | Ok(Exported::AlreadyStamped(entry)) => {
                 claim.complete(&entry).await?;
                 Ok(Outcome::Done(entry))
+            }
+            Ok(Exported::Changed { entry, what }) => {
+                claim.complete(&entry).await?;
+                Ok(Outcome::Done(what))
             }
             Ok(Exported::Skipped(why)) => {
                 // Not done: a later update (e.g. the approval) must be able to export it.
@@ -115,7 +129,19 @@ impl Export<'_> {
         let company = self.company()?;
         let invoice = self.fetch(&company).await?;
         self.delivery.name_record(held::record_of(&invoice));
-        let booked = match self.book(claim, &company, &invoice, may_exist).await {
+        let booked = self.book(claim, &company, &invoice, may_exist).await;
+        self.conclude(&company, &invoice, booked).await
+    }
+
+    /// Park the invoice when its data stopped it (`booked` is what the stages returned), or let
+    /// a hold go when nothing waits on its data any more.
+    async fn conclude(
+        &self,
+        company: &Company<'_>,
+        invoice: &Invoice,
+        booked: Result<Result<Exported, Hold>>,
+    ) -> Result<Exported> {
+        let booked = match booked {
             Err(e) => match Hold::for_error(&e, invoice.idn) {
                 Some(hold) => Err(hold),
                 None => return Err(e),
@@ -126,12 +152,12 @@ impl Export<'_> {
         match booked {
             Err(hold) => {
                 let why =
-                    held::park(self.ctx, self.tenant_id, company.precoro, &invoice, hold).await?;
+                    held::park(self.ctx, self.tenant_id, company.precoro, invoice, hold).await?;
                 Ok(Exported::Held(why))
             }
             Ok(exported) => {
                 // Booked, already booked, or no longer approved: nothing waits on its data now.
-                held::release(self.ctx, self.tenant_id, &invoice).await?;
+                held::release(self.ctx, self.tenant_id, invoice).await?;
                 Ok(exported)
             }
         }
@@ -149,6 +175,7 @@ impl Export<'_> {
     ) -> Result<Result<Exported, Hold>> {
         let lookups = match self.decide(company, invoice).await? {
             Decision::Book(lookups) => lookups,
+            Decision::Revisit(entry) => return self.revise(company, invoice, &entry).await,
             Decision::Stop(exported) => return Ok(Ok(exported)),
         };
 
@@ -159,25 +186,44 @@ impl Export<'_> {
         }
 
         let supplier = self.resolve_supplier(invoice).await?;
+        Ok(self
+            .book_new(claim, company, invoice, &lookups, supplier, may_exist)
+            .await?
+            .map(Exported::Booked))
+    }
+
+    /// Book the invoice as a new entry (or find the one an earlier attempt booked, when one may
+    /// exist) and stamp it: the entry's id, or what stops it.
+    async fn book_new(
+        &self,
+        claim: &ClaimGuard,
+        company: &Company<'_>,
+        invoice: &Invoice,
+        lookups: &Lookups,
+        supplier: ExactGuid,
+        may_exist: bool,
+    ) -> Result<Result<String, Hold>> {
+        // Mapped before the PDF, so an invoice that cannot book costs no document in Exact.
+        let preview = map::map_invoice(invoice, company.config, lookups, supplier, None)?;
+        let version = revise::fingerprint(&preview)?;
         if may_exist
             && let Some(entry) = self
-                .find_existing(company, invoice, &lookups, supplier)
+                .find_existing(company, invoice, lookups, supplier)
                 .await?
         {
+            revise::remember_booked(self.ctx, self.tenant_id, invoice, &entry, &version).await?;
             self.remember_and_stamp(claim, company, invoice, &entry)
                 .await?;
-            return Ok(Ok(Exported::Booked(entry)));
+            return Ok(Ok(entry));
         }
 
-        // Mapped before the PDF, so an invoice that cannot book costs no document in Exact.
-        let preview = map::map_invoice(invoice, company.config, &lookups, supplier, None)?;
         // The PDF first, so the entry links it in the same POST.
         let entry = match company.config.flows.invoices.attachments {
             true => {
                 let document =
                     super::document::attach_pdf(self.ctx, self.tenant_id, invoice, supplier)
                         .await?;
-                map::map_invoice(invoice, company.config, &lookups, supplier, document)?
+                map::map_invoice(invoice, company.config, lookups, supplier, document)?
             }
             false => preview,
         };
@@ -188,9 +234,10 @@ impl Export<'_> {
             Written::Entry(id) => id,
             Written::Refused(hold) => return Ok(Err(hold)),
         };
+        revise::remember_booked(self.ctx, self.tenant_id, invoice, &entry_id, &version).await?;
         self.remember_and_stamp(claim, company, invoice, &entry_id)
             .await?;
-        Ok(Ok(Exported::Booked(entry_id)))
+        Ok(Ok(entry_id))
     }
 
     /// The invoice as Precoro has it now.
@@ -211,10 +258,10 @@ impl Export<'_> {
     /// Whether it goes to Exact now, and the lists its fields resolve against if so.
     async fn decide(&self, company: &Company<'_>, invoice: &Invoice) -> Result<Decision> {
         if let Err(skip) = map::decide(invoice) {
-            return Ok(Decision::Stop(match skip {
-                Skip::AlreadyExported(id) => Exported::AlreadyStamped(id),
-                other => Exported::Skipped(other.to_string()),
-            }));
+            return Ok(match skip {
+                Skip::AlreadyExported(id) => Decision::Revisit(id),
+                other => Decision::Stop(Exported::Skipped(other.to_string())),
+            });
         }
         let lookups = self
             .ctx

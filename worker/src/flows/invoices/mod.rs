@@ -16,7 +16,8 @@
 //! attachments on, the PDF download and two Exact document calls).
 //!
 //! Where things are: [`message`] (what the flow is asked), [`export`] (the stages of one export:
-//! fetch → decide → resolve supplier → find existing → write → stamp), [`map`] (the pure mapping
+//! fetch → decide → resolve supplier → find existing → write → stamp; a booked invoice that
+//! changed goes to `export::revise`), [`map`] (the pure mapping
 //! rules, with their tests), [`document`] (the PDF in Exact), [`lookups`] (the option, tax and
 //! term lists the mapping resolves against).
 
@@ -134,6 +135,9 @@ impl InvoiceFlow {
                 .await?;
             queued += 1;
         }
+        // A change held after booking waits on finance in Exact, not on this list (the invoice
+        // is stamped, so the list never shows it).
+        held.retain(|_, h| h.reason != export::revise::CHANGED_AFTER_BOOKING);
         for gone in held.keys() {
             self.ctx.held.release(tenant, Flow::Invoices, gone).await?;
         }

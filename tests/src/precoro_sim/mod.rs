@@ -753,14 +753,15 @@ impl PrecoroSim {
         self.inner.fire(events);
     }
 
-    /// Sets any status (e.g. 8 canceled) and fires an Update webhook. Panics if unknown.
-    pub fn set_invoice_status(&self, idn: i64, status: i64) {
+    /// Changes an invoice as a user saving Precoro's form would: `edit` changes it, its
+    /// `updateDate` moves, and an Update webhook fires. Panics if unknown.
+    fn edit_invoice(&self, idn: i64, edit: impl FnOnce(&mut InvoiceRec)) {
         let id = self.with_state(|st, now| {
             let inv = st
                 .invoices
                 .get_mut(&idn)
                 .unwrap_or_else(|| panic!("invoice {idn} does not exist"));
-            inv.status = status;
+            edit(inv);
             inv.updated = now;
             inv.id
         });
@@ -772,54 +773,35 @@ impl PrecoroSim {
         }]);
     }
 
+    /// Sets any status (e.g. 8 canceled) and fires an Update webhook. Panics if unknown.
+    pub fn set_invoice_status(&self, idn: i64, status: i64) {
+        self.edit_invoice(idn, |inv| inv.status = status);
+    }
+
     /// Edits a line as a user would in Precoro's form: option `option` for item custom field
     /// `field` on line `line` (0-based), then an Update webhook. Panics if unknown.
     pub fn set_line_option(&self, idn: i64, line: usize, field: i64, option: i64) {
-        let id = self.with_state(|st, now| {
-            let inv = st
-                .invoices
-                .get_mut(&idn)
-                .unwrap_or_else(|| panic!("invoice {idn} does not exist"));
+        self.edit_invoice(idn, |inv| {
             let item = inv
                 .items
                 .get_mut(line)
                 .unwrap_or_else(|| panic!("invoice {idn} has no line {line}"));
             item.options.retain(|(f, _)| *f != field);
             item.options.push((field, option));
-            inv.updated = now;
-            inv.id
         });
-        self.inner.fire(vec![Event {
-            id,
-            kind: TYPE_INVOICE,
-            action: ACTION_UPDATE,
-            idn: Some(idn),
-        }]);
     }
 
     /// Edits a line's quantity and price as a user would in Precoro's form (the invoice's sums
     /// follow its lines), then an Update webhook. Panics if unknown.
     pub fn set_line_amount(&self, idn: i64, line: usize, quantity: Decimal, price: Decimal) {
-        let id = self.with_state(|st, now| {
-            let inv = st
-                .invoices
-                .get_mut(&idn)
-                .unwrap_or_else(|| panic!("invoice {idn} does not exist"));
+        self.edit_invoice(idn, |inv| {
             let item = inv
                 .items
                 .get_mut(line)
                 .unwrap_or_else(|| panic!("invoice {idn} has no line {line}"));
             item.quantity = quantity;
             item.price = price;
-            inv.updated = now;
-            inv.id
         });
-        self.inner.fire(vec![Event {
-            id,
-            kind: TYPE_INVOICE,
-            action: ACTION_UPDATE,
-            idn: Some(idn),
-        }]);
     }
 
     /// Revises an approved invoice as Precoro makes a user do it: "Revise" (status 7, on

@@ -499,7 +499,9 @@ async fn held_until_fixed(
     println!(
         "   booked by itself {:.1} s after the fix as entry {}, message cleared, no replay ({} dead letters)",
         fixed.elapsed().as_secs_f64(),
-        entries[0]["EntryID"].as_str().unwrap_or("?"),
+        world.precoro.invoice(idn)["externalId"]
+            .as_str()
+            .unwrap_or("?"),
         dead_letters(world).await
     );
 }

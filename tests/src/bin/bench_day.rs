@@ -172,7 +172,9 @@ fn plan(args: &Args, c: usize) -> Plan {
         } else {
             // A person, within the day.
             let person = t + rng.random_range(300.0..10_800.0);
-            person.min(day_len - rng.random_range(0.0..600.0)).max(t + 3.0)
+            person
+                .min(day_len - rng.random_range(0.0..600.0))
+                .max(t + 3.0)
         };
         at(approved, Act::Approve(i));
         let credit = rng.random_bool(0.1);
@@ -417,7 +419,9 @@ async fn company(args: &Args, c: usize) -> anyhow::Result<Outcome> {
                 .precoro
                 .set_invoice_status(idns[i].expect("created first"), 1),
             Act::Approve(i) => {
-                world.precoro.approve_invoice(idns[i].expect("created first"));
+                world
+                    .precoro
+                    .approve_invoice(idns[i].expect("created first"));
                 approved_at.insert(i, Instant::now());
                 out.approved += 1;
             }
@@ -462,7 +466,8 @@ async fn company(args: &Args, c: usize) -> anyhow::Result<Outcome> {
                     world.exact_ids.suppliers[s].id,
                     json!({ "Phone": format!("+31 10 444 {c}{n:03}") }),
                 ) {
-                    out.problems.push(format!("Exact supplier edit refused: {e}"));
+                    out.problems
+                        .push(format!("Exact supplier edit refused: {e}"));
                 }
             }
             Act::ReferenceChange(n) => {

@@ -104,6 +104,7 @@ pub mod names {
     pub const OAUTH_TOKEN_REQUESTS: &str = "oauth_token_requests_total";
     pub const PAYMENTS_REVERSED: &str = "payments_reversed_total";
     pub const PAYMENTS_ADJUSTED: &str = "payments_adjusted_total";
+    pub const BUDGET_WARNINGS: &str = "api_budget_warnings_total";
 }
 
 /// A webhook arrived and was accepted, ignored or refused.
@@ -308,6 +309,20 @@ pub fn api_request(api: Api, status: &str) {
 pub fn exact_calls_remaining(tenant: &str, window: &'static str, remaining: i64) {
     metrics::gauge!(names::EXACT_RATELIMIT_REMAINING, "tenant" => tenant.to_string(), "window" => window)
         .set(remaining as f64);
+}
+
+/// A company is heading past its daily budget of `api` (`RateLimiter::day_pace`): warned once
+/// per company, API and UTC day, by the replica whose scheduler saw it first.
+pub fn budget_heading_past(tenant: &str, api: Api, used: u64, projected: u64, limit: u32) {
+    metrics::counter!(names::BUDGET_WARNINGS, "api" => api.as_str()).increment(1);
+    tracing::warn!(
+        tenant,
+        api = api.as_str(),
+        used,
+        projected,
+        limit,
+        "company heading past its daily API budget at today's pace; calls beyond it wait for the next UTC day"
+    );
 }
 
 /// Our shared limiter held a call for `waited` before letting it go.

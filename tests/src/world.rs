@@ -139,6 +139,9 @@ pub struct WorldOptions {
     /// Off: the company is configured but not connected yet; connect it through the ingress with
     /// [`World::public_ingress_config`] and [`consent_through_ingress`].
     pub connected: bool,
+    /// The Precoro simulator's options (limits and windows), e.g. scaled for the day benchmark;
+    /// `precoro_limits` still decides whether they are enforced. None: the published limits.
+    pub precoro_sim: Option<PrecoroSimOptions>,
 }
 
 impl Default for WorldOptions {
@@ -153,6 +156,7 @@ impl Default for WorldOptions {
             env: None,
             seed_precoro: true,
             connected: true,
+            precoro_sim: None,
         }
     }
 }
@@ -186,7 +190,7 @@ impl World {
         .await;
         let precoro = PrecoroSim::start(PrecoroSimOptions {
             enforce_limits: opts.precoro_limits,
-            ..PrecoroSimOptions::default()
+            ..opts.precoro_sim.clone().unwrap_or_default()
         })
         .await;
         let division = Division(100_000 + (rand::random::<u32>() % 800_000) as i64);

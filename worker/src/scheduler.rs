@@ -13,9 +13,11 @@ use std::time::Duration;
 use shared::RetryClass;
 use shared::bus::{Envelope, Publisher};
 use shared::config::{Config, ReferenceKind, TenantConfig};
+use shared::error::Api;
 use shared::exact::TokenStore;
 use shared::ids::TenantId;
 use shared::store::Store;
+use shared::store::ratelimit::{DayPace, Limits, RateLimiter};
 use tokio::sync::watch;
 
 use crate::flows::invoices::InvoiceMsg;
@@ -164,6 +166,58 @@ pub async fn tick(
     Ok(enqueued)
 }
 
+/// `(company, API)` → the UTC day it was last warned about in this process.
+pub type Warned = std::collections::HashMap<(TenantId, Api), i64>;
+
+/// Warn about every company heading past a daily API budget at today's pace
+/// ([`DayPace::heading_past`]), once per company, API and UTC day across replicas: the warning
+/// claims a daily slot like a job does. Reads the limiter's counters only; calls no API.
+/// Returns the warnings this call gave.
+pub async fn watch_budgets(
+    config: &Config,
+    store: &Store,
+    warned: &mut Warned,
+) -> shared::Result<Vec<(TenantId, Api, DayPace)>> {
+    let limiter = RateLimiter::new(store.clone(), Duration::ZERO);
+    let mut given = Vec::new();
+    for t in &config.tenants {
+        let (p, e) = (&t.precoro, &t.exact);
+        for limits in [
+            Limits::exact(t.id.as_str(), e.minutely_limit, e.daily_limit),
+            Limits::precoro(
+                t.id.as_str(),
+                p.requests_per_second,
+                p.hourly_limit,
+                p.daily_limit,
+            ),
+        ] {
+            let pace = limiter.day_pace(&limits).await?;
+            let seen = (t.id.clone(), limits.api);
+            if warned.get(&seen) == Some(&pace.day) || !pace.heading_past() {
+                continue;
+            }
+            let job = format!("budget-warning-{}", limits.api.as_str());
+            let key = store.keys().schedule_slot(&t.id, &job, pace.day);
+            let claimed = store
+                .set_nx(&key, "1", Duration::from_secs(2 * 86_400))
+                .await?;
+            warned.insert(seen, pace.day);
+            if !claimed {
+                continue;
+            }
+            shared::telemetry::budget_heading_past(
+                t.id.as_str(),
+                limits.api,
+                pace.used,
+                pace.projected,
+                pace.limit,
+            );
+            given.push((t.id.clone(), limits.api, pace));
+        }
+    }
+    Ok(given)
+}
+
 /// Tick until shutdown.
 pub async fn run(
     config: Config,
@@ -174,11 +228,15 @@ pub async fn run(
     let mut every = tokio::time::interval(config.worker.scheduler_tick);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting = Waiting::new();
+    let mut warned = Warned::new();
     loop {
         tokio::select! {
             _ = every.tick() => {
                 if let Err(e) = tick(&config, &store, &publisher, &mut waiting).await {
                     tracing::warn!(error = %e, "scheduler tick failed; next tick retries");
+                }
+                if let Err(e) = watch_budgets(&config, &store, &mut warned).await {
+                    tracing::warn!(error = %e, "budget check failed; next tick retries");
                 }
             }
             _ = shutdown.changed() => {

@@ -237,13 +237,54 @@ impl RateLimiter {
 
     /// Calls counted today (UTC) for this scope.
     pub async fn used_today(&self, l: &Limits) -> Result<u64> {
+        Ok(self.day_pace(l).await?.used)
+    }
+
+    /// Today's use of the daily budget (UTC, on Redis time) and where it heads at this pace.
+    pub async fn day_pace(&self, l: &Limits) -> Result<DayPace> {
         let [_, _, day, _] = self.keys(l);
         let now = self.store.now_ms().await?;
         let v = self
             .store
-            .get_string(&format!("{day}:{}", now / 86_400_000))
+            .get_string(&format!("{day}:{}", now / DAY_MS))
             .await?;
-        Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+        let used = v.and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok(DayPace::new(used, l.daily.unwrap_or(0), now))
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A daily budget seen at one moment of the UTC day: what was used, and the projection for the
+/// whole day if calls go on at the pace so far (`used` / the elapsed fraction of the day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayPace {
+    pub used: u64,
+    /// 0: no daily budget.
+    pub limit: u32,
+    pub projected: u64,
+    /// Which UTC day (days since the epoch), as the limiter's counter keys count them.
+    pub day: i64,
+}
+
+impl DayPace {
+    /// The first minute of a day projects from a minute's pace.
+    pub fn new(used: u64, limit: u32, now_ms: i64) -> Self {
+        let elapsed = now_ms.rem_euclid(DAY_MS).max(60_000) as u128;
+        DayPace {
+            used,
+            limit,
+            projected: (used as u128 * DAY_MS as u128 / elapsed) as u64,
+            day: now_ms.div_euclid(DAY_MS),
+        }
+    }
+
+    /// Heading past the daily budget before it gets there: nine tenths already used, or the
+    /// projection over the budget once a tenth is used (a burst just after midnight is no pace).
+    pub fn heading_past(&self) -> bool {
+        let limit = self.limit as u64;
+        limit > 0
+            && (self.used * 10 >= limit * 9 || (self.used * 10 >= limit && self.projected >= limit))
     }
 }
 
@@ -261,5 +302,23 @@ mod tests {
         assert!(5 + 59_999 / l.emission_ms() <= 60);
         let p = Limits::precoro("t", 1, 1500, 3000);
         assert_eq!(p.emission_ms(), 1000);
+    }
+
+    #[test]
+    fn day_pace_projects_the_pace_so_far_and_warns_before_the_budget() {
+        let noon = 20_000 * DAY_MS + DAY_MS / 2;
+        let p = DayPace::new(1600, 3000, noon);
+        assert_eq!((p.projected, p.day), (3200, 20_000));
+        assert!(p.heading_past(), "3,200 by midnight is past 3,000");
+        assert!(!DayPace::new(1400, 3000, noon).heading_past(), "2,800");
+        // A burst just after midnight projects huge but is no pace yet.
+        let early = DayPace::new(200, 3000, 20_000 * DAY_MS + 120_000);
+        assert!(early.projected > 3000 && !early.heading_past());
+        // Nine tenths used warns whatever the hour.
+        assert!(DayPace::new(4500, 5000, 20_001 * DAY_MS - 1).heading_past());
+        assert!(!DayPace::new(4499, 5000, 20_001 * DAY_MS - 1).heading_past());
+        assert!(!DayPace::new(10, 0, noon).heading_past(), "no daily budget");
+        // The first minute projects from a minute's pace, not from zero time.
+        assert_eq!(DayPace::new(1, 3000, 20_000 * DAY_MS).projected, 1440);
     }
 }

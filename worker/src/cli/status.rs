@@ -1,5 +1,7 @@
 //! `worker status`: per company, the Exact connection and token expiry, the API budget left
-//! today, each flow's cursors and last successful run, its dead letters; and the queue depths.
+//! today and the projection for the day at today's pace (flagged when heading past it, as the
+//! scheduler warns), each flow's cursors and last successful run, its dead letters; and the
+//! queue depths.
 //!
 //! Read-only and free: it reads Redis and the broker, and calls neither API (a status check
 //! must not spend the 5,000 Exact calls a day it reports on).
@@ -61,6 +63,10 @@ pub struct Budget {
     pub used_today: u64,
     pub daily_limit: u32,
     pub left_today: u64,
+    /// Calls by the end of the UTC day if the pace so far goes on.
+    pub projected_today: u64,
+    /// The scheduler warns about it (`scheduler::watch_budgets`).
+    pub heading_past: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,13 +119,14 @@ async fn cursors(
 }
 
 async fn budget(limiter: &RateLimiter, limits: &Limits) -> anyhow::Result<Budget> {
-    let used = limiter.used_today(limits).await?;
-    let limit = limits.daily.unwrap_or(0);
+    let pace = limiter.day_pace(limits).await?;
     Ok(Budget {
         api: limits.api.as_str().to_string(),
-        used_today: used,
-        daily_limit: limit,
-        left_today: (limit as u64).saturating_sub(used),
+        used_today: pace.used,
+        daily_limit: pace.limit,
+        left_today: (pace.limit as u64).saturating_sub(pace.used),
+        projected_today: pace.projected,
+        heading_past: pace.heading_past(),
     })
 }
 
@@ -281,8 +288,17 @@ pub async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow
         for b in &c.budgets {
             writeln!(
                 out,
-                "  {} budget today: {} of {} calls left ({} used)",
-                b.api, b.left_today, b.daily_limit, b.used_today
+                "  {} budget today: {} of {} calls left ({} used); about {} by midnight UTC at this pace{}",
+                b.api,
+                b.left_today,
+                b.daily_limit,
+                b.used_today,
+                b.projected_today,
+                if b.heading_past {
+                    ": HEADING PAST THE DAILY BUDGET (calls beyond it wait for the next UTC day)"
+                } else {
+                    ""
+                }
             )?;
         }
         for f in &c.flows {

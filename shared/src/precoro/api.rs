@@ -74,6 +74,17 @@ impl PrecoroClient {
             .await
     }
 
+    /// `GET /invoices/{idn}` as of a hint received at `since`: a read whose request left after it
+    /// (a first try's, for its retry) serves; else now, waiting out the identical-GET window.
+    pub async fn get_invoice_since(
+        &self,
+        idn: PrecoroIdn,
+        since: DateTime<Utc>,
+    ) -> Result<Invoice> {
+        self.get_json(&format!("/invoices/{idn}"), &[], Read::Since(since))
+            .await
+    }
+
     /// `GET /invoices` with filters, every page. Entries may lack items and attachments.
     pub async fn list_invoices(&self, f: &InvoiceQuery) -> Result<Vec<Invoice>> {
         self.list_invoices_with(f, Read::Cached).await

@@ -163,24 +163,8 @@ async fn work_parked_for_exacts_minutely_quota_resumes_at_the_announced_reset() 
         (0..MARGIN_MS).contains(&gap),
         "the first call after Exact's reset came {gap} ms after it"
     );
-    for c in &api {
-        println!(
-            "exact {} {} {} {}",
-            c.at.timestamp_millis() - reset_ms,
-            c.method,
-            c.path,
-            c.status
-        );
-    }
     for idn in &idns {
         let reads = invoice_reads(&world, *idn);
-        println!(
-            "reads {idn}: {:?}",
-            reads
-                .iter()
-                .map(|(at, s)| (at - reset_ms, s))
-                .collect::<Vec<_>>()
-        );
         assert!(
             reads.len() <= 2,
             "invoice {idn} was read {} times while it waited: {reads:?}",

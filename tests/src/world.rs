@@ -122,6 +122,9 @@ pub struct Linked {
 pub struct WorldOptions {
     pub tag: &'static str,
     pub precoro_limits: bool,
+    /// Precoro gives attachments file links on a storage host rather than the API's download
+    /// endpoint (`PrecoroSimOptions::attachment_files`).
+    pub precoro_attachment_files: bool,
     pub exact_minutely: u32,
     pub exact_daily: u32,
     /// Exact's 570 s between access tokens, shortened in both the simulator and the company's
@@ -146,6 +149,7 @@ impl Default for WorldOptions {
         WorldOptions {
             tag: "world",
             precoro_limits: false,
+            precoro_attachment_files: false,
             exact_minutely: 60,
             exact_daily: 5000,
             exact_min_refresh_interval: None,
@@ -186,6 +190,7 @@ impl World {
         .await;
         let precoro = PrecoroSim::start(PrecoroSimOptions {
             enforce_limits: opts.precoro_limits,
+            attachment_files: opts.precoro_attachment_files,
             ..PrecoroSimOptions::default()
         })
         .await;

@@ -184,7 +184,10 @@ impl PrecoroClient {
     }
 
     /// The file behind an attachment: its `url` when given, else `GET /attachments/{id}` [U: the
-    /// download endpoint is unconfirmed, §3]. Small files share the GET cache.
+    /// download endpoint is unconfirmed, §3; shapes §10]. Through the API (a path, or a URL on
+    /// Precoro's origin) it is an API call: counted in the budget, paced, under the identical-GET
+    /// rule, and small files share the GET cache. A file link on another host (object storage)
+    /// is not: fetched without auth, limits or budget.
     pub async fn download_attachment(&self, a: &Attachment) -> Result<Vec<u8>> {
         let url = match a.url.as_deref() {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => url::Url::parse(u)

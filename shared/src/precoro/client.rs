@@ -418,18 +418,25 @@ impl PrecoroClient {
     }
 
     /// One HTTP exchange; no limiter, no interpretation. Auth headers only go to Precoro's own
-    /// origin, never to a foreign download URL.
+    /// origin, never to a foreign download URL, and only requests to that origin are counted as
+    /// API requests.
     async fn send(
         &self,
         method: Method,
         url: &Url,
         body: Option<(&Value, BodyFormat)>,
     ) -> Result<Raw> {
+        let api = self.same_origin(url);
+        let count = |status: &str| {
+            if api {
+                record(status)
+            }
+        };
         let mut req = self
             .http
             .request(method.clone(), url.clone())
             .header(ACCEPT, "application/json");
-        if self.same_origin(url) {
+        if api {
             req = req
                 .header("X-AUTH-TOKEN", self.token.expose())
                 .header("email", &self.email);
@@ -450,7 +457,7 @@ impl PrecoroClient {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                record("network");
+                count("network");
                 return Err(Error::network(Api::Precoro, error_chain(&e)));
             }
         };
@@ -459,14 +466,14 @@ impl PrecoroClient {
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                record("network");
+                count("network");
                 return Err(Error::network(
                     Api::Precoro,
                     format!("reading the {status} reply failed: {}", error_chain(&e)),
                 ));
             }
         };
-        record(&status.to_string());
+        count(&status.to_string());
         tracing::debug!(tenant = %self.tenant, %method, path = url.path(), status, "precoro call");
         Ok(Raw {
             status,
@@ -596,14 +603,26 @@ impl PrecoroClient {
     }
 
     /// GET with the identical-GET rule and the shared cache (module docs). `url` may be any
-    /// URL on Precoro's origin (or a foreign download URL, fetched without auth or limits).
+    /// URL on Precoro's origin, or a file link elsewhere (an attachment's `url` on a storage
+    /// host): that one is no API call, so it is fetched without auth, outside the company's
+    /// budget and limits, and uncached. A file link that fails (a signed link that expired) is
+    /// transient: the retry reads the record again, with a new link.
     pub async fn get_url(&self, url: Url, read: Read) -> Result<Bytes> {
         if !self.same_origin(&url) {
             let raw = self.send(Method::GET, &url, None).await?;
             return if raw.ok() {
                 Ok(raw.body)
             } else {
-                Err(Self::upstream(&raw))
+                Err(Error::network(
+                    Api::Precoro,
+                    format!(
+                        "the file link {}{} answered {}: {}",
+                        url.origin().ascii_serialization(),
+                        url.path(),
+                        raw.status,
+                        error_message(&raw.body)
+                    ),
+                ))
             };
         }
         let window = self.opts.identical_get_window;

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use shared::store::ratelimit::RateLimiter;
 use testbed::harness::eventually;
 use testbed::world::{InvoiceDraft, Stack, World, WorldOptions, line};
 
@@ -258,4 +259,102 @@ async fn work_parked_for_precoros_retry_after_resumes_at_the_announced_moment() 
     );
     world.assert_no_dead_letters().await;
     stack.stop().await;
+}
+
+/// Issue 18.5: the PDF of an invoice whose booking is retried (Exact answers 503 to the upload of
+/// the file, or to the entry after the document is complete) is read from Precoro once, and the
+/// Exact document is made once. Precoro's download endpoint is unconfirmed (specs/precoro.md §3,
+/// precoro-shapes.md §10), so both shapes run:
+/// - a file link on a storage host: no API call, so nothing in the company's Precoro budget;
+/// - `GET /attachments/{id}` on the API: one API call, counted once.
+///
+/// Every Precoro API call the simulator saw is counted once in the budget (`used_today`), and
+/// nothing else is.
+#[tokio::test]
+async fn the_pdf_is_read_once_per_invoice_and_a_file_link_costs_no_precoro_budget() {
+    let exact_503 = |path: &str| testbed::exact_sim::FaultPlan {
+        error_5xx: 1.0,
+        path_contains: Some(path.into()),
+        writes_only: true,
+        max_faults: Some(1),
+        ..Default::default()
+    };
+    for (tag, files, fault) in [
+        (
+            "pdf-link-upload",
+            true,
+            exact_503("documents/DocumentAttachments"),
+        ),
+        (
+            "pdf-api-upload",
+            false,
+            exact_503("documents/DocumentAttachments"),
+        ),
+        (
+            "pdf-api-entry",
+            false,
+            exact_503("purchaseentry/PurchaseEntries"),
+        ),
+    ] {
+        let world = World::build(WorldOptions {
+            tag,
+            precoro_limits: true,
+            precoro_attachment_files: files,
+            ..Default::default()
+        })
+        .await;
+        let number = format!("PDF-{tag}");
+        let idn = pending_invoice(&world, &number, true);
+        let stack = Stack::start(&world, 1, false).await;
+        world.exact.faults().set(fault);
+        world.precoro.approve_invoice(idn);
+
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                !world.entries_for(&number).is_empty()
+            })
+            .await,
+            "{tag}: booked"
+        );
+        stack.settle().await;
+        let entries = world.entries_for(&number);
+        assert_eq!(entries.len(), 1, "{tag}: booked once");
+        assert_eq!(
+            world.exact.faults().injected(),
+            1,
+            "{tag}: the fault happened"
+        );
+        let documents = world.exact.rows(world.division, "documents/Documents");
+        assert_eq!(documents.len(), 1, "{tag}: one document: {documents:?}");
+        let attachments = world.exact.document_attachments(world.division);
+        assert_eq!(attachments.len(), 1, "{tag}: the PDF is attached once");
+        assert_eq!(attachments[0].bytes, testbed::world::fake_pdf(&number));
+        assert_eq!(
+            entries[0]["Document"].as_str(),
+            documents[0]["ID"].as_str(),
+            "{tag}: the entry links that document"
+        );
+
+        let through_api = world.precoro.count_calls("GET", "/attachments/");
+        let through_link = world.precoro.file_downloads().len();
+        assert_eq!(
+            (through_api, through_link),
+            if files { (0, 1) } else { (1, 0) },
+            "{tag}: the PDF is read once, the way Precoro offers it"
+        );
+        let budget = RateLimiter::new(world.store.clone(), Duration::ZERO)
+            .used_today(world.precoro_client().limits())
+            .await
+            .unwrap();
+        let api_calls = world.precoro.calls().len() as u64;
+        println!(
+            "{tag}: {api_calls} Precoro API calls, {budget} counted in the budget, {through_link} file link download(s)"
+        );
+        assert_eq!(
+            budget, api_calls,
+            "{tag}: every Precoro API call counted once, the file link not at all"
+        );
+        world.assert_no_dead_letters().await;
+        stack.stop().await;
+    }
 }

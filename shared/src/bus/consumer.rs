@@ -868,9 +868,10 @@ impl<H: Handler> FlowConsumer<H> {
 ///   limit whose reset was announced: Exact's `X-RateLimit-*-Reset`, Precoro's
 ///   `RateLimit-Retry-After`, our own limiter's answer): the longest tier that ends no later than
 ///   that moment, so work resumes when the limit does rather than at the next, much longer tier
-///   (a minute's reset used to cost a two-minute tier). A message that comes back early looks
-///   again at no API call (the pause is recorded in Redis, and no attempt is counted), and the
-///   handler sleeps through the last stretch (`worker.rate_limit_wait`).
+///   (a minute's reset used to cost a two-minute tier). A message that comes back early is
+///   parked again for the rest by the consumer (`x-wait-until`: no claim, no API call, no
+///   attempt counted), and the handler sleeps through the last stretch
+///   (`worker.rate_limit_wait`).
 /// - Otherwise by attempt.
 fn retry_tier(
     tiers: &[Duration],

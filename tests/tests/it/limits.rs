@@ -6,6 +6,7 @@
 //! `worker.rate_limit_wait` (20 s), so that a wait that ran to the next tier would show as a gap
 //! of a minute or more.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -357,4 +358,133 @@ async fn the_pdf_is_read_once_per_invoice_and_a_file_link_costs_no_precoro_budge
         world.assert_no_dead_letters().await;
         stack.stop().await;
     }
+}
+
+/// A flow whose calls meet a limit that ends at `until` (Redis time), as a handler behind the
+/// shared limiter does: within the handler's wait it sleeps to the end and succeeds, before that
+/// it hands the rest of the wait back.
+struct Limited {
+    store: shared::store::Store,
+    until: i64,
+    rate_limit_wait: Duration,
+    /// Redis time of every run of the handler.
+    runs: std::sync::Mutex<Vec<i64>>,
+}
+
+#[derive(Clone)]
+struct AnyMsg;
+
+impl TryFrom<&shared::bus::Envelope> for AnyMsg {
+    type Error = shared::error::Error;
+
+    fn try_from(_: &shared::bus::Envelope) -> Result<AnyMsg, Self::Error> {
+        Ok(AnyMsg)
+    }
+}
+
+impl shared::bus::consumer::FlowMessage for AnyMsg {}
+
+impl shared::bus::consumer::Handler for Limited {
+    type Msg = AnyMsg;
+
+    fn flow(&self) -> shared::Flow {
+        shared::Flow::Invoices
+    }
+
+    async fn handle(
+        &self,
+        _: &shared::bus::consumer::Message,
+        _: &AnyMsg,
+    ) -> Result<shared::bus::consumer::Outcome, shared::error::Error> {
+        let now = self.store.now_ms().await?;
+        self.runs.lock().unwrap().push(now);
+        let left = Duration::from_millis((self.until - now).max(0) as u64);
+        if left > self.rate_limit_wait {
+            return Err(shared::error::Error::RateLimited {
+                api: shared::Api::Exact,
+                retry_after: left,
+            });
+        }
+        tokio::time::sleep(left).await;
+        Ok(shared::bus::consumer::Outcome::Done("called".into()))
+    }
+}
+
+/// A message that comes back from its wait tier before the limit ends is parked again for the
+/// rest by the consumer, without running its handler (which, in a flow, reads its record first):
+/// the handler runs twice, once to meet the limit and once within `worker.rate_limit_wait` of
+/// its end, however many tiers the wait takes (here 3 s in tiers of at most 0.8 s).
+#[tokio::test]
+async fn a_message_back_before_its_limit_ends_is_parked_again_without_running_its_handler() {
+    use shared::bus::Publisher;
+    let env = testbed::harness::EnvSpec::new("lim-repark");
+    let mut cfg =
+        testbed::harness::config(&env, &[testbed::harness::TenantSpec::new("acme", 4246)]);
+    cfg.worker.rate_limit_wait = Duration::from_millis(500);
+    let store = shared::store::Store::connect(&cfg.redis).await.unwrap();
+    let until = store.now_ms().await.unwrap() + 3_000;
+    let flow = Arc::new(Limited {
+        store: store.clone(),
+        until,
+        rate_limit_wait: cfg.worker.rate_limit_wait,
+        runs: Default::default(),
+    });
+    let publisher = Publisher::connect(&cfg.broker).await.expect("broker up");
+    let activity = shared::bus::consumer::Activity::default();
+    let quiet = testbed::quiet::Quiet::new()
+        .broker(&cfg.broker)
+        .work("the worker", activity.clone())
+        .publisher("the worker's publisher", publisher.clone());
+    let consumer = shared::bus::consumer::FlowConsumer::new(
+        &cfg.broker,
+        &cfg.worker,
+        flow.clone(),
+        publisher.clone(),
+        store.clone(),
+        shared::bus::witness::claims(store.clone(), &cfg),
+    )
+    .with_activity(activity);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(consumer.run(rx));
+
+    let msg = shared::bus::Envelope::new(
+        shared::ids::TenantId::from("acme"),
+        shared::bus::Source::Precoro,
+        "invoice",
+        "update",
+        serde_json::json!({}),
+    );
+    publisher
+        .publish_envelope(&msg, Default::default())
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            flow.runs.lock().unwrap().len() >= 2
+        })
+        .await,
+        "the handler ran again"
+    );
+    quiet.settle().await;
+    let runs = flow.runs.lock().unwrap().clone();
+    assert_eq!(
+        runs.len(),
+        2,
+        "no run while more than the handler's wait was left: {runs:?}"
+    );
+    let last = runs[1] - until;
+    println!(
+        "re-park: the handler ran again {} ms before the limit's end",
+        -last
+    );
+    assert!(
+        last >= -(cfg.worker.rate_limit_wait.as_millis() as i64) && last < 1_000,
+        "ran again {last} ms from the limit's end"
+    );
+    let _ = stop.send(true);
+    let _ = task.await;
+    testbed::harness::Inspector::connect()
+        .await
+        .delete_topology(&cfg.broker)
+        .await;
 }

@@ -482,6 +482,21 @@ impl World {
         )
     }
 
+    /// The division holds one Exact document, with `number`'s PDF attached once, and `entry` links
+    /// it: what a booked invoice with a PDF leaves, however often it was tried.
+    pub fn assert_one_document_with_pdf(&self, entry: &serde_json::Value, number: &str, tag: &str) {
+        let documents = self.exact.rows(self.division, "documents/Documents");
+        assert_eq!(documents.len(), 1, "{tag}: one document: {documents:?}");
+        let attachments = self.exact.document_attachments(self.division);
+        assert_eq!(attachments.len(), 1, "{tag}: the PDF is attached once");
+        assert_eq!(attachments[0].bytes, fake_pdf(number));
+        assert_eq!(
+            entry["Document"].as_str(),
+            documents[0]["ID"].as_str(),
+            "{tag}: the entry links that document"
+        );
+    }
+
     /// The Exact entries booked for a YourRef.
     pub fn entries_for(&self, your_ref: &str) -> Vec<serde_json::Value> {
         self.exact

@@ -19,8 +19,14 @@ use testbed::world::{InvoiceDraft, Stack, World, WorldOptions, line};
 /// second).
 const MARGIN_MS: i64 = 8_000;
 
-/// The world with the production tiers and the default handler wait.
-fn production_waits(world: World) -> World {
+/// A world with Precoro's limits enforced, the production tiers and the default handler wait.
+async fn limited_world(tag: &'static str) -> World {
+    let world = World::build(WorldOptions {
+        tag,
+        precoro_limits: true,
+        ..Default::default()
+    })
+    .await;
     let mut config = world.config.clone();
     config.broker.retry_tiers = [5, 30, 120, 600, 3600].map(Duration::from_secs).to_vec();
     config.worker.rate_limit_wait = Duration::from_secs(20);
@@ -59,14 +65,7 @@ fn invoice_reads(world: &World, idn: i64) -> Vec<(i64, u16)> {
 /// one after the reset), whatever the number of looks in between.
 #[tokio::test]
 async fn work_parked_for_exacts_minutely_quota_resumes_at_the_announced_reset() {
-    let world = production_waits(
-        World::build(WorldOptions {
-            tag: "lim-exact",
-            precoro_limits: true,
-            ..Default::default()
-        })
-        .await,
-    );
+    let world = limited_world("lim-exact").await;
     let stack = Stack::start(&world, 1, false).await;
     let numbers = ["LIMX-1", "LIMX-2", "LIMX-3"];
     let idns: Vec<i64> = numbers
@@ -183,14 +182,7 @@ async fn work_parked_for_exacts_minutely_quota_resumes_at_the_announced_reset() 
 /// that moment within the margin.
 #[tokio::test]
 async fn work_parked_for_precoros_retry_after_resumes_at_the_announced_moment() {
-    let world = production_waits(
-        World::build(WorldOptions {
-            tag: "lim-precoro",
-            precoro_limits: true,
-            ..Default::default()
-        })
-        .await,
-    );
+    let world = limited_world("lim-precoro").await;
     // Created before the service listens: no creation hint reads it.
     let idn = pending_invoice(&world, "LIMP-1", false);
     let stack = Stack::start(&world, 1, false).await;
@@ -325,16 +317,7 @@ async fn the_pdf_is_read_once_per_invoice_and_a_file_link_costs_no_precoro_budge
             1,
             "{tag}: the fault happened"
         );
-        let documents = world.exact.rows(world.division, "documents/Documents");
-        assert_eq!(documents.len(), 1, "{tag}: one document: {documents:?}");
-        let attachments = world.exact.document_attachments(world.division);
-        assert_eq!(attachments.len(), 1, "{tag}: the PDF is attached once");
-        assert_eq!(attachments[0].bytes, testbed::world::fake_pdf(&number));
-        assert_eq!(
-            entries[0]["Document"].as_str(),
-            documents[0]["ID"].as_str(),
-            "{tag}: the entry links that document"
-        );
+        world.assert_one_document_with_pdf(&entries[0], &number, tag);
 
         let through_api = world.precoro.count_calls("GET", "/attachments/");
         let through_link = world.precoro.file_downloads().len();

@@ -122,6 +122,9 @@ pub struct Linked {
 pub struct WorldOptions {
     pub tag: &'static str,
     pub precoro_limits: bool,
+    /// Precoro gives attachments file links on a storage host rather than the API's download
+    /// endpoint (`PrecoroSimOptions::attachment_files`).
+    pub precoro_attachment_files: bool,
     pub exact_minutely: u32,
     pub exact_daily: u32,
     /// Exact's 570 s between access tokens, shortened in both the simulator and the company's
@@ -149,6 +152,7 @@ impl Default for WorldOptions {
         WorldOptions {
             tag: "world",
             precoro_limits: false,
+            precoro_attachment_files: false,
             exact_minutely: 60,
             exact_daily: 5000,
             exact_min_refresh_interval: None,
@@ -188,9 +192,11 @@ impl World {
             ..sim_defaults
         })
         .await;
+        let precoro_base = opts.precoro_sim.clone().unwrap_or_default();
         let precoro = PrecoroSim::start(PrecoroSimOptions {
             enforce_limits: opts.precoro_limits,
-            ..opts.precoro_sim.clone().unwrap_or_default()
+            attachment_files: opts.precoro_attachment_files || precoro_base.attachment_files,
+            ..precoro_base
         })
         .await;
         let division = Division(100_000 + (rand::random::<u32>() % 800_000) as i64);
@@ -479,6 +485,21 @@ impl World {
             self.store.clone(),
             RateLimiter::new(self.store.clone(), Duration::from_secs(5)),
         )
+    }
+
+    /// The division holds one Exact document, with `number`'s PDF attached once, and `entry` links
+    /// it: what a booked invoice with a PDF leaves, however often it was tried.
+    pub fn assert_one_document_with_pdf(&self, entry: &serde_json::Value, number: &str, tag: &str) {
+        let documents = self.exact.rows(self.division, "documents/Documents");
+        assert_eq!(documents.len(), 1, "{tag}: one document: {documents:?}");
+        let attachments = self.exact.document_attachments(self.division);
+        assert_eq!(attachments.len(), 1, "{tag}: the PDF is attached once");
+        assert_eq!(attachments[0].bytes, fake_pdf(number));
+        assert_eq!(
+            entry["Document"].as_str(),
+            documents[0]["ID"].as_str(),
+            "{tag}: the entry links that document"
+        );
     }
 
     /// The Exact entries booked for a YourRef.

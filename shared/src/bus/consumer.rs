@@ -13,6 +13,10 @@
 //!   holder's lease is bounded in time, and a duplicate hint must not reach the DLQ for waiting.
 //! - Paused (the company's Exact calls wait for a token or for Exact's error count) → the same,
 //!   to the longest tier that ends by the pause's end, so work resumes when the pause does.
+//! - A message parked for a known wait (rate-limited, paused) carries the moment the wait ends
+//!   (`x-wait-until`, Redis time). One that comes back while more of it is left than a handler
+//!   sleeps through (`worker.rate_limit_wait`) is parked again for the rest, before any claim or
+//!   API call: a hint's handler reads its record first, and each early look would spend a read.
 //! - Awaiting consent (the company's Exact connection was never made, or is broken) → parked in
 //!   the shortest tier, attempt not counted, never dead-lettered; marked so that each time it
 //!   comes back the consumer reads the company's token record (one Redis read, no claim, no API
@@ -75,6 +79,10 @@ fn worker_deaths(headers: &FieldTable, redelivered: bool) -> i64 {
 /// it comes back, the consumer checks the token record before anything else, and runs the
 /// handler only once the company is connected. Every re-publish writes it, so it is never stale.
 const AWAITING_CONSENT: &str = "x-awaiting-consent";
+
+/// Until when (epoch ms, Redis time) a message parked for a rate limit or a pause waits: set on
+/// every re-publish (0 when it waits for nothing known), read when it comes back.
+const WAIT_UNTIL: &str = "x-wait-until";
 
 /// What a handler sees of a message.
 #[derive(Debug, Clone)]
@@ -437,6 +445,11 @@ impl<H: Handler> FlowConsumer<H> {
                 return;
             }
         }
+        if let Some(until) = get_i64(headers, WAIT_UNTIL).filter(|u| *u > 0)
+            && !self.wait_out(delivery, headers, &msg, until).await
+        {
+            return;
+        }
         let scope = match &msg.replay_nonce {
             Some(n) => format!("msg:{flow}:{}:{n}", env.id),
             None => format!("msg:{flow}:{}", env.id),
@@ -643,7 +656,6 @@ impl<H: Handler> FlowConsumer<H> {
         count_attempt: bool,
         extra: FieldTable,
     ) {
-        let flow = self.handler.flow();
         let attempt = if count_attempt {
             msg.attempt + 1
         } else {
@@ -675,6 +687,7 @@ impl<H: Handler> FlowConsumer<H> {
             AWAITING_CONSENT,
             i64::from(err.retry_class() == RetryClass::AwaitingConsent),
         );
+        set_i64(&mut out, WAIT_UNTIL, self.wait_until(err).await);
         for (k, v) in extra.inner() {
             out.insert(k.clone(), v.clone());
         }
@@ -683,12 +696,34 @@ impl<H: Handler> FlowConsumer<H> {
         if deaths > 0 {
             set_i64(&mut out, WORKER_DEATHS, deaths);
         }
-        set_str(&mut out, h::RETRY_TIER, &tier_name(tier));
-        set_str(&mut out, h::ORIGINAL_ROUTING_KEY, &msg.routing_key);
         set_str(&mut out, h::ERROR, &truncate(&err.to_string(), 1000));
         if get_str(headers, h::FIRST_SEEN).is_none() {
             set_str(&mut out, h::FIRST_SEEN, &Utc::now().to_rfc3339());
         }
+        let outcome = match (count_attempt, err.retry_class()) {
+            (true, _) => "retry",
+            (false, RetryClass::Busy) => "busy",
+            (false, RetryClass::Paused) => "paused",
+            (false, RetryClass::AwaitingConsent) => "awaiting_consent",
+            (false, _) => "rate_limited",
+        };
+        self.park(delivery, msg, tier, out, outcome, &err.to_string())
+            .await
+    }
+
+    /// Re-publish to the wait queue `tier` with `out` as headers, then ack the original; if the
+    /// re-publish fails, the original goes back to its queue.
+    async fn park(
+        &self,
+        delivery: &Delivery,
+        msg: &Message,
+        tier: Duration,
+        mut out: FieldTable,
+        outcome: &'static str,
+        detail: &str,
+    ) {
+        set_str(&mut out, h::RETRY_TIER, &tier_name(tier));
+        set_str(&mut out, h::ORIGINAL_ROUTING_KEY, &msg.routing_key);
         let exchange = self.publisher.names().retry_exchange();
         match self
             .publisher
@@ -702,19 +737,12 @@ impl<H: Handler> FlowConsumer<H> {
             .await
         {
             Ok(()) => {
-                let outcome = match (count_attempt, err.retry_class()) {
-                    (true, _) => "retry",
-                    (false, RetryClass::Busy) => "busy",
-                    (false, RetryClass::Paused) => "paused",
-                    (false, RetryClass::AwaitingConsent) => "awaiting_consent",
-                    (false, _) => "rate_limited",
-                };
                 telemetry::event_processed(
-                    flow.as_str(),
+                    self.handler.flow().as_str(),
                     msg.envelope.tenant.as_str(),
                     &msg.envelope.id,
                     outcome,
-                    &err.to_string(),
+                    detail,
                 );
                 ack(delivery).await;
             }
@@ -723,6 +751,59 @@ impl<H: Handler> FlowConsumer<H> {
                 nack_requeue(delivery).await;
             }
         }
+    }
+
+    /// When the wait `err` announces ends (Redis time), for a rate limit or a pause; 0 otherwise,
+    /// or when Redis cannot say (the message then simply runs when it comes back).
+    async fn wait_until(&self, err: &Error) -> i64 {
+        let (RetryClass::RateLimited | RetryClass::Paused, Some(wait)) =
+            (err.retry_class(), err.retry_after())
+        else {
+            return 0;
+        };
+        match self.store.now_ms().await {
+            Ok(now) => now + wait.as_millis() as i64,
+            Err(_) => 0,
+        }
+    }
+
+    /// A message back from a wait that ends at `until`: true when it may run now. While more is
+    /// left than a handler sleeps through, it is parked again for the rest (no claim, no API
+    /// call; the attempt is not counted) and false is returned. A rest too short for any tier is
+    /// slept here instead, so the wait never overshoots into a tier (possible only when
+    /// `worker.rate_limit_wait` is shorter than the first tier).
+    async fn wait_out(
+        &self,
+        delivery: &Delivery,
+        headers: &FieldTable,
+        msg: &Message,
+        until: i64,
+    ) -> bool {
+        let Ok(now) = self.store.now_ms().await else {
+            return true;
+        };
+        let left = Duration::from_millis((until - now).max(0) as u64);
+        let Some(beyond) = left.checked_sub(self.worker.rate_limit_wait) else {
+            return true;
+        };
+        let tiers = &self.broker.retry_tiers;
+        if beyond < tiers[0] {
+            tokio::time::sleep(beyond).await;
+            return true;
+        }
+        let tier = retry_tier(tiers, Some(left), RetryClass::RateLimited, msg.attempt);
+        let mut out = headers.clone();
+        let deaths = worker_deaths(headers, msg.redelivered);
+        if deaths > 0 {
+            set_i64(&mut out, WORKER_DEATHS, deaths);
+        }
+        let detail = format!(
+            "still waiting {} s for the limit it met",
+            left.as_secs_f64().ceil()
+        );
+        self.park(delivery, msg, tier, out, "rate_limited", &detail)
+            .await;
+        false
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -787,9 +868,10 @@ impl<H: Handler> FlowConsumer<H> {
 ///   limit whose reset was announced: Exact's `X-RateLimit-*-Reset`, Precoro's
 ///   `RateLimit-Retry-After`, our own limiter's answer): the longest tier that ends no later than
 ///   that moment, so work resumes when the limit does rather than at the next, much longer tier
-///   (a minute's reset used to cost a two-minute tier). A message that comes back early looks
-///   again at no API call (the pause is recorded in Redis, and no attempt is counted), and the
-///   handler sleeps through the last stretch (`worker.rate_limit_wait`).
+///   (a minute's reset used to cost a two-minute tier). A message that comes back early is
+///   parked again for the rest by the consumer (`x-wait-until`: no claim, no API call, no
+///   attempt counted), and the handler sleeps through the last stretch
+///   (`worker.rate_limit_wait`).
 /// - Otherwise by attempt.
 fn retry_tier(
     tiers: &[Duration],

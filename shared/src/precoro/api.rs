@@ -74,6 +74,17 @@ impl PrecoroClient {
             .await
     }
 
+    /// `GET /invoices/{idn}` as of a hint received at `since`: a read whose request left after it
+    /// (a first try's, for its retry) serves; else now, waiting out the identical-GET window.
+    pub async fn get_invoice_since(
+        &self,
+        idn: PrecoroIdn,
+        since: DateTime<Utc>,
+    ) -> Result<Invoice> {
+        self.get_json(&format!("/invoices/{idn}"), &[], Read::Since(since))
+            .await
+    }
+
     /// `GET /invoices` with filters, every page. Entries may lack items and attachments.
     pub async fn list_invoices(&self, f: &InvoiceQuery) -> Result<Vec<Invoice>> {
         self.list_invoices_with(f, Read::Cached).await
@@ -185,7 +196,10 @@ impl PrecoroClient {
     }
 
     /// The file behind an attachment: its `url` when given, else `GET /attachments/{id}` [U: the
-    /// download endpoint is unconfirmed, §3]. Small files share the GET cache.
+    /// download endpoint is unconfirmed, §3; shapes §10]. Through the API (a path, or a URL on
+    /// Precoro's origin) it is an API call: counted in the budget, paced, under the identical-GET
+    /// rule, and small files share the GET cache. A file link on another host (object storage)
+    /// is not: fetched without auth, limits or budget.
     pub async fn download_attachment(&self, a: &Attachment) -> Result<Vec<u8>> {
         let url = match a.url.as_deref() {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => url::Url::parse(u)

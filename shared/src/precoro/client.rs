@@ -8,8 +8,10 @@
 //! - No identical GET within 60 s: every GET claims a marker key for its URL (`SET NX`, 60 s plus
 //!   a margin) and the 2xx body is cached under the same hash for the window. A repeated read is
 //!   served from the cache (`Read::Cached`); a read that must see the current state
-//!   (`Read::Fresh`, e.g. after a webhook) skips the cache but still waits out the marker, bounded
-//!   by `max_wait`, after which it fails with `Error::RateLimited` so the message is retried later.
+//!   (`Read::Fresh`) skips the cache but still waits out the marker, bounded by `max_wait`, after
+//!   which it fails with `Error::RateLimited` so the message is retried later. A read for a hint
+//!   (`Read::Since`) takes a cached body whose request left after the hint arrived: each cached
+//!   body carries the moment its request left.
 //!   Our own writes delete the cached bodies of the collection they touch (a PATCH of invoice 7
 //!   drops every cached `/invoices…` body), so a read after our own write never sees the state from
 //!   before it; if the window of that GET is still open the read waits, and the write returned the
@@ -81,6 +83,11 @@ pub enum Read {
     Cached,
     /// Fetch now (waiting out the identical-GET window of this URL if needed).
     Fresh,
+    /// A body whose request left at or after this moment is good enough, else fetch now: what a
+    /// hint received then needs (Precoro sends a webhook after its change is stored). The retry
+    /// of a hint whose first try read the record and then met a rate limit reuses that read
+    /// instead of waiting out its identical-GET minute.
+    Since(DateTime<Utc>),
 }
 
 #[derive(Debug, Clone)]
@@ -411,18 +418,25 @@ impl PrecoroClient {
     }
 
     /// One HTTP exchange; no limiter, no interpretation. Auth headers only go to Precoro's own
-    /// origin, never to a foreign download URL.
+    /// origin, never to a foreign download URL, and only requests to that origin are counted as
+    /// API requests.
     async fn send(
         &self,
         method: Method,
         url: &Url,
         body: Option<(&Value, BodyFormat)>,
     ) -> Result<Raw> {
+        let api = self.same_origin(url);
+        let count = |status: &str| {
+            if api {
+                record(status)
+            }
+        };
         let mut req = self
             .http
             .request(method.clone(), url.clone())
             .header(ACCEPT, "application/json");
-        if self.same_origin(url) {
+        if api {
             req = req
                 .header("X-AUTH-TOKEN", self.token.expose())
                 .header("email", &self.email);
@@ -443,7 +457,7 @@ impl PrecoroClient {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                record("network");
+                count("network");
                 return Err(Error::network(Api::Precoro, error_chain(&e)));
             }
         };
@@ -452,14 +466,14 @@ impl PrecoroClient {
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                record("network");
+                count("network");
                 return Err(Error::network(
                     Api::Precoro,
                     format!("reading the {status} reply failed: {}", error_chain(&e)),
                 ));
             }
         };
-        record(&status.to_string());
+        count(&status.to_string());
         tracing::debug!(tenant = %self.tenant, %method, path = url.path(), status, "precoro call");
         Ok(Raw {
             status,
@@ -539,14 +553,17 @@ impl PrecoroClient {
         Ok(redis::cmd("PTTL").arg(key).query_async(&mut c).await?)
     }
 
-    async fn cache_put(&self, key: &str, col: &str, body: &[u8]) -> Result<()> {
+    /// Cache a 2xx body as `{sent ms}\n{body}` (see [`split_cached`]).
+    async fn cache_put(&self, key: &str, col: &str, sent_ms: i64, body: &[u8]) -> Result<()> {
         let ttl = self.opts.identical_get_window.as_millis().max(1) as u64;
+        let mut stored = format!("{sent_ms}\n").into_bytes();
+        stored.extend_from_slice(body);
         let mut c = self.store.conn();
         let _: () = redis::pipe()
             .atomic()
             .cmd("SET")
             .arg(key)
-            .arg(body)
+            .arg(stored)
             .arg("PX")
             .arg(ttl)
             .ignore()
@@ -586,14 +603,26 @@ impl PrecoroClient {
     }
 
     /// GET with the identical-GET rule and the shared cache (module docs). `url` may be any
-    /// URL on Precoro's origin (or a foreign download URL, fetched without auth or limits).
+    /// URL on Precoro's origin, or a file link elsewhere (an attachment's `url` on a storage
+    /// host): that one is no API call, so it is fetched without auth, outside the company's
+    /// budget and limits, and uncached. A file link that fails (a signed link that expired) is
+    /// transient: the retry reads the record again, with a new link.
     pub async fn get_url(&self, url: Url, read: Read) -> Result<Bytes> {
         if !self.same_origin(&url) {
             let raw = self.send(Method::GET, &url, None).await?;
             return if raw.ok() {
                 Ok(raw.body)
             } else {
-                Err(Self::upstream(&raw))
+                Err(Error::network(
+                    Api::Precoro,
+                    format!(
+                        "the file link {}{} answered {}: {}",
+                        url.origin().ascii_serialization(),
+                        url.path(),
+                        raw.status,
+                        error_message(&raw.body)
+                    ),
+                ))
             };
         }
         let window = self.opts.identical_get_window;
@@ -609,10 +638,17 @@ impl PrecoroClient {
         let (body_key, sent_key, col_key) = self.cache_keys(&url);
         let started = tokio::time::Instant::now();
         loop {
-            if read == Read::Cached
-                && let Some(b) = self.redis_get_bytes(&body_key).await?
+            if read != Read::Fresh
+                && let Some(stored) = self.redis_get_bytes(&body_key).await?
             {
-                return Ok(Bytes::from(b));
+                let (sent_ms, body) = split_cached(stored);
+                let fresh_enough = match read {
+                    Read::Since(t) => sent_ms.is_some_and(|s| s >= t.timestamp_millis()),
+                    _ => true,
+                };
+                if fresh_enough {
+                    return Ok(body);
+                }
             }
             let ttl = self.pttl(&sent_key).await?;
             if ttl > 0 {
@@ -625,7 +661,7 @@ impl PrecoroClient {
                 }
                 // A cached read polls: the replica that holds the window may fill the cache.
                 let nap = match read {
-                    Read::Cached => wait.min(Duration::from_millis(250)),
+                    Read::Cached | Read::Since(_) => wait.min(Duration::from_millis(250)),
                     Read::Fresh => wait,
                 };
                 tokio::time::sleep(nap).await;
@@ -642,10 +678,13 @@ impl PrecoroClient {
                 continue;
             }
             // On a transport error the marker stays: the request may have reached Precoro.
+            let sent_ms = Utc::now().timestamp_millis();
             let raw = self.send(Method::GET, &url, None).await?;
             if raw.ok() {
                 if raw.body.len() <= self.opts.cache_max_bytes
-                    && let Err(e) = self.cache_put(&body_key, &col_key, &raw.body).await
+                    && let Err(e) = self
+                        .cache_put(&body_key, &col_key, sent_ms, &raw.body)
+                        .await
                 {
                     tracing::warn!(tenant = %self.tenant, error = %e, "could not cache a Precoro GET");
                 }
@@ -757,6 +796,21 @@ impl PrecoroClient {
     }
 }
 
+/// A cached body and the moment (epoch ms) its request left. A body cached before the moment was
+/// kept has none: good for `Read::Cached`, never for `Read::Since`. JSON never starts with a
+/// digit line, so the two cannot be confused.
+fn split_cached(stored: Vec<u8>) -> (Option<i64>, Bytes) {
+    let stored = Bytes::from(stored);
+    if let Some(nl) = stored.iter().take(20).position(|b| *b == b'\n')
+        && let Some(ms) = std::str::from_utf8(&stored[..nl])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+    {
+        return (Some(ms), stored.slice(nl + 1..));
+    }
+    (None, stored)
+}
+
 /// reqwest's Display hides the cause ("error sending request"); the chain says what happened.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -834,6 +888,17 @@ mod tests {
         assert_eq!(info.kind.as_deref(), Some("Hourly limiter"));
         assert!(!info.is_route_limiter());
         assert!(info.retry_at.is_some());
+    }
+
+    #[test]
+    fn a_cached_body_says_when_its_request_left() {
+        let (at, body) = split_cached(b"1796088068090\n{\"id\":1}".to_vec());
+        assert_eq!(at, Some(1_796_088_068_090));
+        assert_eq!(&body[..], br#"{"id":1}"#);
+        // Kept before the moment was: the body as it is, no moment.
+        let (at, body) = split_cached(b"{\"id\":1}\n".to_vec());
+        assert_eq!(at, None);
+        assert_eq!(&body[..], b"{\"id\":1}\n");
     }
 
     #[test]

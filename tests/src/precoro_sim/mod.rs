@@ -71,6 +71,11 @@ pub struct PrecoroSimOptions {
     pub webhook_urls: Vec<String>,
     /// Also send the `RateLimit-*` fields of a 429 as HTTP headers.
     pub limit_headers: bool,
+    /// Give each attachment a file link on a separate storage host (`{files}/files/{id}?signature=…`,
+    /// no API token, outside the API's limits, as object storage serves them) instead of the API's
+    /// `GET /attachments/{id}`. The download endpoint is unconfirmed (specs/precoro.md §3,
+    /// precoro-shapes.md §10): the client must handle both. `GET /attachments/{id}` answers either way.
+    pub attachment_files: bool,
     pub accepted_bodies: BodyFormats,
 }
 
@@ -86,6 +91,7 @@ impl Default for PrecoroSimOptions {
             enforce_limits: true,
             webhook_urls: vec![],
             limit_headers: false,
+            attachment_files: false,
             accepted_bodies: BodyFormats::Both,
         }
     }
@@ -323,13 +329,26 @@ impl PrecoroSim {
             .await
             .expect("bind 127.0.0.1:0 for the Precoro simulator");
         let base_url = format!("http://{}", listener.local_addr().expect("bound address"));
+        let files = match opts.attachment_files {
+            true => Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind 127.0.0.1:0 for the simulator's file host"),
+            ),
+            false => None,
+        };
+        let mut state = SimState::new(base_url.clone());
+        state.files_url = files
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().expect("bound address")));
         let inner = Arc::new(Inner {
             enforce: AtomicBool::new(opts.enforce_limits),
             bodies: Mutex::new(opts.accepted_bodies),
             webhook_urls: Mutex::new(opts.webhook_urls.clone()),
             opts,
-            state: Mutex::new(SimState::new(base_url.clone())),
+            state: Mutex::new(state),
             calls: Mutex::new(vec![]),
+            downloads: Mutex::new(vec![]),
             faults: Faults::default(),
             gates: Default::default(),
             deliveries: Mutex::new(vec![]),
@@ -343,6 +362,15 @@ impl PrecoroSim {
             .fallback(server::handle)
             .with_state(Arc::clone(&inner));
         let (tx, rx) = oneshot::channel::<()>();
+        if let Some(files) = files {
+            let app = axum::Router::new()
+                .fallback(server::file)
+                .with_state(Arc::clone(&inner));
+            // Ends with the test's runtime, like the webhook senders.
+            tokio::spawn(async move {
+                let _ = axum::serve(files, app).await;
+            });
+        }
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -432,6 +460,11 @@ impl PrecoroSim {
 
     pub fn calls(&self) -> Vec<CallRecord> {
         self.inner.calls.lock().unwrap().clone()
+    }
+
+    /// Requests to the file host (`attachment_files`): not API calls, so not in [`Self::calls`].
+    pub fn file_downloads(&self) -> Vec<CallRecord> {
+        self.inner.downloads.lock().unwrap().clone()
     }
 
     /// Calls with this method (any when empty) whose path contains `path_substring`.

@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     pub opts: PrecoroSimOptions,
     pub state: Mutex<SimState>,
     pub calls: Mutex<Vec<CallRecord>>,
+    /// Requests to the file host.
+    pub downloads: Mutex<Vec<CallRecord>>,
     pub faults: Faults,
     pub gates: crate::gate::Gates,
     pub webhook_urls: Mutex<Vec<String>>,
@@ -239,6 +241,39 @@ fn parse_body(
         Ok(Some(state::form_to_json(bytes)))
     } else {
         Err(unsupported())
+    }
+}
+
+/// The file host of `attachment_files`: `GET /files/{id}?signature=…` answers the bytes. Object
+/// storage behind a signed link: no API token, no API limits, logged apart from the API's calls.
+pub(crate) async fn file(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let found = path
+        .strip_prefix("/files/")
+        .and_then(|id| id.parse::<i64>().ok())
+        .filter(|_| req.method() == axum::http::Method::GET && req.uri().query().is_some())
+        .and_then(|id| inner.state.lock().unwrap().attachment_file(id));
+    let status = if found.is_some() { 200 } else { 403 };
+    inner.downloads.lock().unwrap().push(CallRecord {
+        method: req.method().to_string(),
+        path,
+        query: req.uri().query().map(str::to_string),
+        status,
+        dropped: false,
+        at: inner.now(),
+    });
+    match found {
+        Some((content_type, bytes)) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(bytes))
+            .expect("static response parts are valid"),
+        // What object storage answers a link it cannot serve.
+        None => Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .header(header::CONTENT_TYPE, "application/xml")
+            .body(Body::from("<Error><Code>AccessDenied</Code></Error>"))
+            .expect("static response parts are valid"),
     }
 }
 

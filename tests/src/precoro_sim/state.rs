@@ -480,6 +480,9 @@ const SUPPLIER_STRINGS: &[&str] = &[
 #[derive(Default)]
 pub struct SimState {
     pub base_url: String,
+    /// Origin of the file host when attachments are served from file links (see
+    /// `PrecoroSimOptions::attachment_files`); `None`: through the API.
+    pub files_url: Option<String>,
     next_id: i64,
     next_invoice_idn: i64,
     next_payment_idn: i64,
@@ -594,7 +597,27 @@ impl SimState {
     }
 
     fn attachment_url(&self, id: i64) -> String {
-        format!("{}/attachments/{id}", self.base_url)
+        match &self.files_url {
+            // A signed storage link, as object storage hands out: another host, no API token.
+            Some(files) => format!("{files}/files/{id}?signature=sim-{id}"),
+            None => format!("{}/attachments/{id}", self.base_url),
+        }
+    }
+
+    /// An attachment's content type and bytes, for either way of serving it.
+    pub fn attachment_file(&self, id: i64) -> Option<(String, Vec<u8>)> {
+        let a = self
+            .invoices
+            .values()
+            .flat_map(|i| i.attachments.iter())
+            .find(|a| a.id == id)?;
+        let content_type = match a.format_type.to_ascii_lowercase().as_str() {
+            "pdf" => "application/pdf",
+            "png" => "image/png",
+            "jpg" | "jpeg" => "image/jpeg",
+            _ => "application/octet-stream",
+        };
+        Some((content_type.into(), a.bytes.clone()))
     }
 
     /// The invoice as `GET /invoices/{idn}` returns it, in Precoro's real dialect
@@ -1005,24 +1028,14 @@ impl SimState {
     /// Download endpoint [U: spec §3 "download endpoint [U]"]: chosen as `GET /attachments/{id}`,
     /// also advertised as the attachment's `url`, answering the raw bytes.
     fn attachment(&self, id: &str) -> Result<Reply, ApiError> {
-        let id = parse_idn(id)?;
-        let a = self
-            .invoices
-            .values()
-            .flat_map(|i| i.attachments.iter())
-            .find(|a| a.id == id)
+        let (content_type, bytes) = self
+            .attachment_file(parse_idn(id)?)
             .ok_or_else(|| not_found("Attachment"))?;
-        let content_type = match a.format_type.to_ascii_lowercase().as_str() {
-            "pdf" => "application/pdf",
-            "png" => "image/png",
-            "jpg" | "jpeg" => "image/jpeg",
-            _ => "application/octet-stream",
-        };
         Ok(Reply {
             status: 200,
             body: ReplyBody::Bytes {
-                content_type: content_type.into(),
-                bytes: a.bytes.clone(),
+                content_type,
+                bytes,
             },
             events: vec![],
         })

@@ -942,16 +942,7 @@ async fn a_failed_or_unanswered_pdf_step_leaves_one_document_with_one_file() {
 
         let entries = booked(&world, &stack, &number, Duration::from_secs(30)).await;
         assert_eq!(entries.len(), 1, "{tag}: booked once");
-        let documents = world.exact.rows(world.division, "documents/Documents");
-        assert_eq!(documents.len(), 1, "{tag}: one document: {documents:?}");
-        let attachments = world.exact.document_attachments(world.division);
-        assert_eq!(attachments.len(), 1, "{tag}: the PDF is attached once");
-        assert_eq!(attachments[0].bytes, testbed::world::fake_pdf(&number));
-        assert_eq!(
-            entries[0]["Document"].as_str(),
-            documents[0]["ID"].as_str(),
-            "{tag}: the entry links that document"
-        );
+        world.assert_one_document_with_pdf(&entries[0], &number, tag);
         assert_eq!(
             world.exact.faults().injected(),
             1,

@@ -7,6 +7,7 @@ mod deploy;
 mod exact_client;
 mod exact_sim;
 mod invoices;
+mod limits;
 mod operate;
 mod payments;
 mod pipeline;

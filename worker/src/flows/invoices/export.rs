@@ -243,9 +243,13 @@ impl Export<'_> {
     /// The invoice as Precoro has it now.
     async fn fetch(&self, company: &Company<'_>) -> Result<Invoice> {
         match self.invoice {
-            // A webhook says the invoice changed: a cached copy could predate the approval.
+            // A webhook says the invoice changed: a copy read before the hint arrived could predate
+            // the approval; one read since (by this message's try that met a rate limit) cannot.
             InvoiceRef::Idn(idn) | InvoiceRef::Both(_, idn) => {
-                company.precoro.get_invoice_fresh(idn).await
+                company
+                    .precoro
+                    .get_invoice_since(idn, self.delivery.envelope.received_at)
+                    .await
             }
             InvoiceRef::Id(id) => company
                 .precoro

@@ -88,8 +88,10 @@ async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
         .unwrap();
     publisher.close(Duration::from_secs(2)).await;
     let every = dlq::Selection::default();
+    // The invoice gives up after its 12 attempts (about 20 s of wait tiers, longer on a busy
+    // machine).
     assert!(
-        eventually(Duration::from_secs(20), || async {
+        eventually(Duration::from_secs(120), || async {
             let all = dlq::fetch(&config, &every).await.unwrap();
             all.iter().any(|d| d.flow.as_deref() == Some("invoices"))
                 && all.iter().any(|d| d.id == "poison-1")

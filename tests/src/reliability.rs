@@ -1029,6 +1029,18 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
     // No backstop poll here: the simulator's webhooks are not subject to the faults, and a poll
     // would export the invalid invoices once more.
     let booked_at = wait_booked(world, &numbers, Duration::from_secs(150)).await;
+    // The invalid ones end held for finance; one whose try met an injected fault is still on
+    // its way there when the valid ones are all booked.
+    let held_store = shared::store::records::Held::new(world.store.clone());
+    let tenant = world.config.tenants[0].id.clone();
+    eventually(Duration::from_secs(90), || async {
+        held_store
+            .list(&tenant, shared::Flow::Invoices)
+            .await
+            .map(|h| h.len() >= invalid.len())
+            .unwrap_or(false)
+    })
+    .await;
     let (found, duplicates, lost) = tally_entries(world, &numbers);
     let (_, invalid_dups, _) = tally_entries(world, &invalid);
     let dead_lettered = shared::bus::dlq::DeadLetters::connect(&world.config.broker)
@@ -1038,8 +1050,8 @@ pub async fn storm(world: &World, opts: &StormOpts) -> anyhow::Result<StormRepor
         .iter()
         .filter(|d| d.error.as_deref().is_some_and(|e| e.contains("blocked")))
         .count();
-    let held = shared::store::records::Held::new(world.store.clone())
-        .list(&world.config.tenants[0].id, shared::Flow::Invoices)
+    let held = held_store
+        .list(&tenant, shared::Flow::Invoices)
         .await?
         .iter()
         .filter(|h| h.reason == "refused")

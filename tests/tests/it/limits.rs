@@ -165,7 +165,12 @@ async fn work_parked_for_exacts_minutely_quota_resumes_at_the_announced_reset() 
         "the first call after Exact's reset came {gap} ms after it"
     );
     for idn in &idns {
-        let reads = invoice_reads(&world, *idn);
+        // While it waited: a webhook after the booking (our stamp's echo, read to watch for
+        // revisions) is not a look of the parked message.
+        let reads: Vec<_> = invoice_reads(&world, *idn)
+            .into_iter()
+            .filter(|(at, _)| *at > spent_at && *at <= reset_ms)
+            .collect();
         assert!(
             reads.len() <= 2,
             "invoice {idn} was read {} times while it waited: {reads:?}",

@@ -22,8 +22,6 @@
 //! Run: `cargo run --release --bin bench-day [-- --companies 3 --invoices 24 --seed 18]`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -34,6 +32,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use shared::config::{Config, TelemetryConfig};
 use testbed::exact_sim::RefKind;
+use testbed::harness::eventually;
 use testbed::precoro_sim::PrecoroSimOptions;
 use testbed::world::{InvoiceDraft, Stack, World, WorldOptions, dec};
 
@@ -345,37 +344,16 @@ struct Outcome {
 
 async fn company(args: &Args, c: usize) -> anyhow::Result<Outcome> {
     let plan = plan(args, c);
-    let world = Arc::new(world(args, plan.squeeze).await?);
+    let world = world(args, plan.squeeze).await?;
     world.exact.reset_calls();
     world.precoro.reset_calls();
     let stack = Stack::start(&world, 1, true).await;
     let mut out = Outcome::default();
 
-    // Bookings as Exact sees them: the first moment each YourRef shows up.
-    let booked: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (world, booked, stop) = (world.clone(), booked.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                let entries = world.exact.purchase_entries(world.division);
-                let now = Instant::now();
-                {
-                    let mut b = booked.lock().unwrap();
-                    for e in entries {
-                        if let Some(r) = e.request["YourRef"].as_str() {
-                            b.entry(r.to_string()).or_insert(now);
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-
     let k = f64::from(args.pace);
     let mut idns: Vec<Option<i64>> = vec![None; plan.invoices.len()];
-    let mut approved_at: BTreeMap<usize, Instant> = BTreeMap::new();
+    // On the Exact simulator's clock, which also stamps each entry's creation.
+    let mut approved_at: BTreeMap<usize, i64> = BTreeMap::new();
     let mut paid: Vec<i64> = Vec::new();
     let gl: Vec<i64> = world.ids.gl.values().copied().collect();
     let cc: Vec<i64> = world.ids.cc.values().copied().collect();
@@ -422,7 +400,7 @@ async fn company(args: &Args, c: usize) -> anyhow::Result<Outcome> {
                 world
                     .precoro
                     .approve_invoice(idns[i].expect("created first"));
-                approved_at.insert(i, Instant::now());
+                approved_at.insert(i, world.exact.now().timestamp_millis());
                 out.approved += 1;
             }
             Act::Pay(i) => {
@@ -482,35 +460,36 @@ async fn company(args: &Args, c: usize) -> anyhow::Result<Outcome> {
     out.replay_secs = started.elapsed().as_secs_f64();
 
     // The tail: the last approvals and payments still on their way.
-    let deadline = Instant::now() + Duration::from_secs(args.tail);
     let numbers: Vec<&str> = approved_at
         .keys()
         .map(|i| plan.invoices[*i].number.as_str())
         .collect();
-    while Instant::now() < deadline {
-        let all_booked = {
-            let b = booked.lock().unwrap();
-            numbers.iter().all(|n| b.contains_key(*n))
-        };
-        let all_paid = paid
-            .iter()
-            .all(|idn| world.precoro.invoice(*idn)["status"] == 5);
-        if all_booked && all_paid {
-            break;
+    let first_booking = || {
+        let mut b: HashMap<String, i64> = HashMap::new();
+        for e in world.exact.purchase_entries(world.division) {
+            if let Some(r) = e.request["YourRef"].as_str() {
+                let at = b.entry(r.to_string()).or_insert(e.created_ms);
+                *at = (*at).min(e.created_ms);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // A duplicate would show a moment later.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::SeqCst);
-    let _ = watcher.await;
+        b
+    };
+    eventually(Duration::from_secs(args.tail), || async {
+        let b = first_booking();
+        numbers.iter().all(|n| b.contains_key(*n))
+            && paid
+                .iter()
+                .all(|idn| world.precoro.invoice(*idn)["status"] == 5)
+    })
+    .await;
+    // Nothing more on its way (a duplicate would be): every queue empty, the worker idle.
+    stack.settle().await;
 
-    let b = booked.lock().unwrap().clone();
+    let b = first_booking();
     for (i, at) in &approved_at {
         if let Some(seen) = b.get(&plan.invoices[*i].number) {
             out.booked += 1;
-            out.latency
-                .push(seen.saturating_duration_since(*at).as_secs_f64() * k);
+            out.latency.push((seen - at).max(0) as f64 / 1000.0 * k);
         }
     }
     let mut per_ref: HashMap<String, usize> = HashMap::new();

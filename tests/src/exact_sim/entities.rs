@@ -951,6 +951,7 @@ fn post_purchase_entry(
         division: c.div,
         entry_id: shared::ids::ExactGuid(entry_id),
         request: raw.clone(),
+        created_ms: c.now_ms,
     });
     for mut line in line_rows {
         line.insert("EntryID".into(), Value::String(entry_id.to_string()));

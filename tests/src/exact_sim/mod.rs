@@ -131,6 +131,8 @@ pub struct PurchaseEntryRecord {
     pub entry_id: ExactGuid,
     /// The request body exactly as parsed from the wire.
     pub request: Value,
+    /// When the simulator created it (its clock, epoch ms): the moment a booking happened.
+    pub created_ms: i64,
 }
 
 /// A stored document attachment.

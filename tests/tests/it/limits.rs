@@ -393,6 +393,9 @@ impl shared::bus::consumer::Handler for Limited {
                 retry_after: left,
             });
         }
+        // This handler plays a rate-limited call: inside `rate_limit_wait` of the limit's end a
+        // real client sleeps the rest (RateLimiter::acquire), and so does it. The sleep is the
+        // behaviour under test (the end of a known wait), not a wait for something to happen.
         tokio::time::sleep(left).await;
         Ok(shared::bus::consumer::Outcome::Done("called".into()))
     }

@@ -164,6 +164,19 @@ const PAGE: usize = 500;
 /// answers in bounded time.
 const MAX_SCAN: usize = 200_000;
 
+/// Append `ARGV[1]` to the stream, dropping entries older than `ARGV[2]` ms and beyond
+/// `ARGV[3]` entries; a company that goes quiet loses its history with its last entry's age.
+const APPEND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cutoff = now - tonumber(ARGV[2])
+if cutoff < 0 then cutoff = 0 end
+redis.call('XADD', KEYS[1], 'MINID', '~', cutoff, '*', 'e', ARGV[1])
+redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
 /// The per-company sync log (module doc).
 #[derive(Clone, Debug)]
 pub struct SyncLog {
@@ -189,32 +202,15 @@ impl SyncLog {
         let key = self.store.keys().sync_log(tenant);
         let json = serde_json::to_string(&entry)
             .map_err(|e| Error::Redis(format!("sync log entry: {e}")))?;
-        let now = self.store.now_ms().await?;
-        let cutoff = now - self.retention.as_millis() as i64;
         let mut c = self.store.conn();
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("XADD")
-            .arg(&key)
-            .arg("MINID")
-            .arg("~")
-            .arg(cutoff.max(0))
-            .arg("*")
-            .arg("e")
+        // One round trip per entry (every message writes one): the cutoff is taken from Redis's
+        // clock inside the script.
+        let _: i64 = redis::Script::new(APPEND)
+            .key(&key)
             .arg(&json)
-            .ignore()
-            .cmd("XTRIM")
-            .arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.max_entries)
-            .ignore()
-            // A company that goes quiet loses its history with its last entry's age.
-            .cmd("PEXPIRE")
-            .arg(&key)
             .arg(self.retention.as_millis() as u64)
-            .ignore()
-            .query_async(&mut c)
+            .arg(self.max_entries)
+            .invoke_async(&mut c)
             .await?;
         Ok(())
     }

@@ -18,6 +18,7 @@ use shared::Flow;
 use shared::error::{Api, Error, Result};
 use shared::ids::{PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, PrecoroClient};
+use shared::store::echoes;
 use shared::store::records::{HeldRecord, Record, RecordKind};
 
 use super::InvoiceMsg;
@@ -147,9 +148,8 @@ pub async fn park(
     hold: Hold,
 ) -> Result<String> {
     if shown(invoice) != Some(hold.message.as_str()) {
-        precoro
-            .set_invoice_integration_log(invoice.idn, &hold.message)
-            .await?;
+        let write = precoro.set_invoice_integration_log(invoice.idn, &hold.message);
+        echoes::written(&ctx.store, tenant, "invoice", invoice.id.0, write).await?;
     }
     let now = Utc::now();
     let record = HeldRecord {

@@ -12,6 +12,7 @@ use shared::bus::consumer::Outcome;
 use shared::error::{Api, Error, Result};
 use shared::ids::{PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, PrecoroClient};
+use shared::store::echoes;
 use shared::store::records::{HeldRecord, Record, RecordKind};
 
 use super::EntryPayments;
@@ -72,9 +73,8 @@ pub async fn hold(
 ) -> Result<Outcome> {
     let text = message(e, invoice, err);
     if shown(invoice) != Some(text.as_str()) {
-        precoro
-            .set_invoice_integration_log(invoice.idn, &text)
-            .await?;
+        let write = precoro.set_invoice_integration_log(invoice.idn, &text);
+        echoes::written(&ctx.store, tenant, "invoice", invoice.id.0, write).await?;
     }
     let now = Utc::now();
     let job = serde_json::to_value(e)
@@ -124,7 +124,8 @@ pub async fn release(
         return Ok(());
     };
     if shown(invoice) == Some(was.message.as_str()) {
-        precoro.set_invoice_integration_log(invoice.idn, "").await?;
+        let write = precoro.set_invoice_integration_log(invoice.idn, "");
+        echoes::written(&ctx.store, tenant, "invoice", invoice.id.0, write).await?;
     }
     Ok(())
 }

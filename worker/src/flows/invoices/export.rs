@@ -18,7 +18,6 @@ use shared::exact::types::NewPurchaseEntry;
 use shared::ids::{ExactGuid, PrecoroId, TenantId};
 use shared::precoro::{Invoice, PrecoroClient};
 use shared::store::claim::{ClaimGuard, Claimed};
-use shared::store::echoes;
 
 use super::InvoiceRef;
 use super::held::{self, Hold};
@@ -436,14 +435,7 @@ impl Export<'_> {
             company
                 .precoro
                 .stamp_invoice(invoice.idn, entry, held::shown(invoice).is_some());
-        echoes::written(
-            &self.ctx.store,
-            self.tenant_id,
-            "invoice",
-            invoice.id.0,
-            write,
-        )
-        .await?;
+        super::echoed(self.ctx, self.tenant_id, invoice, write).await?;
         Ok(())
     }
 }

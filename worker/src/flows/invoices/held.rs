@@ -18,7 +18,6 @@ use shared::Flow;
 use shared::error::{Api, Error, Result};
 use shared::ids::{PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, PrecoroClient};
-use shared::store::echoes;
 use shared::store::records::{HeldRecord, Record, RecordKind};
 
 use super::InvoiceMsg;
@@ -149,7 +148,7 @@ pub async fn park(
 ) -> Result<String> {
     if shown(invoice) != Some(hold.message.as_str()) {
         let write = precoro.set_invoice_integration_log(invoice.idn, &hold.message);
-        echoes::written(&ctx.store, tenant, "invoice", invoice.id.0, write).await?;
+        super::echoed(ctx, tenant, invoice, write).await?;
     }
     let now = Utc::now();
     let record = HeldRecord {

@@ -102,6 +102,17 @@ impl Handler for InvoiceFlow {
     }
 }
 
+/// Run `write`, one change of `invoice` in Precoro, expecting the webhook it sends back (an
+/// echo, answered by the ingress: `shared::store::echoes`).
+pub async fn echoed<T>(
+    ctx: &Context,
+    tenant: &TenantId,
+    invoice: &shared::precoro::Invoice,
+    write: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    shared::store::echoes::written(&ctx.store, tenant, "invoice", invoice.id.0, write).await
+}
+
 impl InvoiceFlow {
     /// The backstop: enqueue every approved invoice without an externalId, except a held one
     /// that has not changed since it was held (it would only be held again, at a Precoro read).

@@ -40,8 +40,6 @@ use shared::ids::ExactGuid;
 use shared::precoro::{Invoice, status};
 use shared::store::claim::{ClaimGuard, Claimed};
 
-use shared::store::echoes;
-
 use super::look::Look;
 use super::{Company, Export, Exported, held, held::Hold, map};
 use crate::flows::Context;
@@ -451,14 +449,7 @@ impl Export<'_> {
         // Precoro shows why the invoice no longer names an entry.
         let message = format!("Cancelled: Exact entry {n} was deleted.");
         let write = company.precoro.unstamp_invoice(invoice.idn, &message);
-        echoes::written(
-            &self.ctx.store,
-            self.tenant_id,
-            "invoice",
-            invoice.id.0,
-            write,
-        )
-        .await?;
+        super::super::echoed(self.ctx, self.tenant_id, invoice, write).await?;
         save(
             self.ctx,
             self.tenant_id,

@@ -12,7 +12,6 @@ use shared::bus::consumer::Outcome;
 use shared::error::{Api, Error, Result};
 use shared::ids::{PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, PrecoroClient};
-use shared::store::echoes;
 use shared::store::records::{HeldRecord, Record, RecordKind};
 
 use super::EntryPayments;
@@ -74,7 +73,7 @@ pub async fn hold(
     let text = message(e, invoice, err);
     if shown(invoice) != Some(text.as_str()) {
         let write = precoro.set_invoice_integration_log(invoice.idn, &text);
-        echoes::written(&ctx.store, tenant, "invoice", invoice.id.0, write).await?;
+        crate::flows::invoices::echoed(ctx, tenant, invoice, write).await?;
     }
     let now = Utc::now();
     let job = serde_json::to_value(e)
@@ -125,7 +124,7 @@ pub async fn release(
     };
     if shown(invoice) == Some(was.message.as_str()) {
         let write = precoro.set_invoice_integration_log(invoice.idn, "");
-        echoes::written(&ctx.store, tenant, "invoice", invoice.id.0, write).await?;
+        crate::flows::invoices::echoed(ctx, tenant, invoice, write).await?;
     }
     Ok(())
 }

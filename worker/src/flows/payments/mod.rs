@@ -39,7 +39,6 @@ use shared::exact::client::SYNC_START;
 use shared::ids::{ExactGuid, PrecoroId, PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, InvoiceQuery, Read};
 use shared::store::claim::{ClaimGuard, Claimed};
-use shared::store::echoes;
 
 use shared::Flow;
 use shared::precoro::status::{APPROVED, PAID, PARTLY_PAID};
@@ -711,7 +710,7 @@ impl PaymentFlow {
         // sends one is [U], the simulator does): our own change, an echo.
         let write = precoro.create_payment(invoice.id, amount, line.paid_on);
         let (_, idn) =
-            echoes::written(&self.ctx.store, tenant, "invoice", invoice.id.0, write).await?;
+            crate::flows::invoices::echoed(self.ctx.as_ref(), tenant, invoice, write).await?;
         claim.remember_created(&idn.to_string()).await?;
         invoice.sum_paid += amount;
         invoice.status = if invoice.sum_paid >= invoice.sum {

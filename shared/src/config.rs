@@ -291,6 +291,17 @@ pub struct IngressConfig {
     /// Precoro's identical-GET minute, within which a second fetch would have to wait anyway.
     #[serde(deserialize_with = "human")]
     pub hint_window: Duration,
+    /// The same for invoice webhooks, shorter: an invoice's hint is answered by a list query (a
+    /// different request per hint, never held by the identical-GET minute), and the approval
+    /// that follows an edit must not wait a minute behind it. A burst of repeats within this
+    /// window still costs one read now and one deferred copy.
+    #[serde(deserialize_with = "human")]
+    pub invoice_hint_window: Duration,
+    /// An invoice's creation hint is published after the longest wait tier within this: Precoro
+    /// creates invoices as drafts, and a change within it is looked at anyway, answering the
+    /// creation too. An invoice created already approved books after this wait at the latest.
+    #[serde(deserialize_with = "human")]
+    pub invoice_creation_wait: Duration,
     /// A request's head must arrive within this, and its body within this after the head
     /// (408 and the connection closed otherwise): a slow sender cannot hold a connection.
     #[serde(deserialize_with = "human")]
@@ -322,6 +333,8 @@ impl Default for IngressConfig {
             body_limit_bytes: 256 * 1024,
             replay_window: Duration::from_secs(600),
             hint_window: Duration::from_secs(60),
+            invoice_hint_window: Duration::from_secs(2),
+            invoice_creation_wait: Duration::from_secs(120),
             request_deadline: Duration::from_secs(10),
             max_connections: 1024,
             max_in_flight: 512,
@@ -926,6 +939,11 @@ impl IngressConfig {
         }
         positive(&at(path, "replay_window"), self.replay_window)?;
         positive(&at(path, "hint_window"), self.hint_window)?;
+        positive(&at(path, "invoice_hint_window"), self.invoice_hint_window)?;
+        positive(
+            &at(path, "invoice_creation_wait"),
+            self.invoice_creation_wait,
+        )?;
         positive(&at(path, "request_deadline"), self.request_deadline)?;
         at_least_one(&at(path, "max_connections"), self.max_connections)?;
         at_least_one(&at(path, "max_in_flight"), self.max_in_flight)
@@ -1408,6 +1426,8 @@ mod tests {
         assert_eq!(i.body_limit_bytes, 256 * 1024);
         assert_eq!(i.replay_window, secs(600));
         assert_eq!(i.hint_window, secs(60));
+        assert_eq!(i.invoice_hint_window, secs(2));
+        assert_eq!(i.invoice_creation_wait, secs(120));
         assert_eq!(i.request_deadline, secs(10));
         assert_eq!(i.max_connections, 1024);
         assert_eq!(i.max_in_flight, 512);

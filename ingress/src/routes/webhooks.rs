@@ -3,6 +3,7 @@
 //! broker has the message.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -12,6 +13,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use shared::Flow;
 use shared::bus::{Envelope, Source};
+use shared::store::echoes;
 use shared::store::hints::{self, Admit};
 use shared::telemetry::webhook_received;
 use shared::webhook::{self, Rejection};
@@ -174,14 +176,31 @@ pub async fn precoro(
     let span =
         tracing::info_span!("webhook", source = SRC, tenant = %tenant.id, event_id = %env.id);
     let routing_key = env.routing_key();
+    // Our own write's webhook (an echo) is answered here, each expected one once, before repeats
+    // are coalesced: shared::store::echoes argues why a person's edit racing it is still read.
+    if hook.action != 0 {
+        let echo = echoes::take(&state.store, &tenant.id, entity, hook.id).await;
+        if echo.unwrap_or_else(|e| {
+            // Without Redis the echo is read like any hint: it costs a call, never a change.
+            tracing::warn!(error = %e, "echo check skipped: Redis unavailable");
+            false
+        }) {
+            webhook_received(SRC, Some(tenant.id.as_str()), "echo", &routing_key);
+            return Ok((StatusCode::ACCEPTED, Json(Reply::status("echo"))));
+        }
+    }
     // The same bytes are a replay or a genuine second edit: coalesced, never dropped unanswered
     // (shared::store::hints). Keyed by company too: two companies' hooks can be byte-equal.
     let hash = shared::fingerprint(&[tenant.id.as_str().as_bytes(), b"\n", &body].concat());
+    let window = match entity {
+        "invoice" => state.config.ingress.invoice_hint_window,
+        _ => state.config.ingress.hint_window,
+    };
     let admit = hints::admit(
         &state.store,
         SRC,
         &hash,
-        state.config.ingress.hint_window,
+        window,
         &state.config.broker.retry_tiers,
     )
     .await
@@ -190,6 +209,17 @@ pub async fn precoro(
         tracing::warn!(error = %e, "hint coalescing skipped: Redis unavailable");
         Admit::Now
     });
+    let admit = match admit {
+        // Precoro creates an invoice as a draft, and a person edits it within minutes more often
+        // than not: its creation's hint waits, so the first change's look answers both (worker
+        // flows/invoices/look.rs). One created already approved books after the wait, or at its
+        // first change, whichever comes first.
+        Admit::Now if entity == "invoice" && hook.action == 0 => Admit::After(creation_wait(
+            &state.config.broker.retry_tiers,
+            state.config.ingress.invoice_creation_wait,
+        )),
+        other => other,
+    };
     match admit {
         Admit::Now => {
             publish(&state, SRC, &env, &routing_key)
@@ -223,6 +253,18 @@ pub async fn precoro(
             Ok((StatusCode::ACCEPTED, Json(Reply::status("duplicate"))))
         }
     }
+}
+
+/// How long an invoice's creation hint waits: the longest wait tier within `at_most`, else the
+/// shortest.
+fn creation_wait(tiers: &[Duration], at_most: Duration) -> Duration {
+    let shortest = tiers.iter().min().copied().unwrap_or_default();
+    tiers
+        .iter()
+        .filter(|t| **t <= at_most)
+        .max()
+        .copied()
+        .unwrap_or(shortest)
 }
 
 /// `POST /webhooks/exact`
@@ -295,4 +337,19 @@ pub async fn exact(
     }
     webhook_received(SRC, Some(tenant.id.as_str()), "accepted", &routing_key);
     Ok((StatusCode::OK, Json(Reply::accepted(env.id))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_creation_waits_the_longest_tier_within_its_bound() {
+        let tiers = [5, 30, 120, 600].map(Duration::from_secs);
+        let secs = Duration::from_secs;
+        assert_eq!(creation_wait(&tiers, secs(120)), secs(120));
+        assert_eq!(creation_wait(&tiers, secs(119)), secs(30));
+        // Shorter than every tier: the shortest, never no wait at all.
+        assert_eq!(creation_wait(&tiers, secs(1)), secs(5));
+    }
 }

@@ -642,11 +642,7 @@ impl PrecoroClient {
                 && let Some(stored) = self.redis_get_bytes(&body_key).await?
             {
                 let (sent_ms, body) = split_cached(stored);
-                let fresh_enough = match read {
-                    Read::Since(t) => sent_ms.is_some_and(|s| s >= t.timestamp_millis()),
-                    _ => true,
-                };
-                if fresh_enough {
+                if serves(read, sent_ms) {
                     return Ok(body);
                 }
             }
@@ -695,6 +691,33 @@ impl PrecoroClient {
             }
             return Err(Self::upstream(&raw));
         }
+    }
+
+    /// GET whichever of `urls` (requests that answer the same question) is answered without a
+    /// wait: one whose cached body serves `read`, else one whose identical-GET window is closed.
+    /// When every one would wait, the first, as [`Self::get_url`] reads it. This is how a hint
+    /// asks a question again within the minute without ever sending an identical GET.
+    pub async fn get_any(&self, urls: &[Url], read: Read) -> Result<Bytes> {
+        let Some(first) = urls.first() else {
+            return Err(Error::Invalid("get_any needs at least one URL".into()));
+        };
+        if !self.opts.identical_get_window.is_zero() {
+            for url in urls {
+                let (body_key, sent_key, _) = self.cache_keys(url);
+                if read != Read::Fresh
+                    && let Some(stored) = self.redis_get_bytes(&body_key).await?
+                {
+                    let (sent_ms, body) = split_cached(stored);
+                    if serves(read, sent_ms) {
+                        return Ok(body);
+                    }
+                }
+                if self.pttl(&sent_key).await? <= 0 {
+                    return self.get_url(url.clone(), read).await;
+                }
+            }
+        }
+        self.get_url(first.clone(), read).await
     }
 
     /// GET `path?query` and decode the JSON body.
@@ -793,6 +816,15 @@ impl PrecoroClient {
             return Err(self.on_429(&raw, None).await);
         }
         Err(Self::upstream(&raw))
+    }
+}
+
+/// Whether a cached body whose request left at `sent_ms` serves a read of this freshness.
+fn serves(read: Read, sent_ms: Option<i64>) -> bool {
+    match read {
+        Read::Since(t) => sent_ms.is_some_and(|s| s >= t.timestamp_millis()),
+        Read::Cached => true,
+        Read::Fresh => false,
     }
 }
 
@@ -899,6 +931,20 @@ mod tests {
         let (at, body) = split_cached(b"{\"id\":1}\n".to_vec());
         assert_eq!(at, None);
         assert_eq!(&body[..], b"{\"id\":1}\n");
+    }
+
+    #[test]
+    fn a_cached_body_serves_a_read_by_the_moment_its_request_left() {
+        let hint = Utc::now();
+        let ms = hint.timestamp_millis();
+        assert!(serves(Read::Cached, None));
+        assert!(serves(Read::Since(hint), Some(ms)));
+        assert!(
+            !serves(Read::Since(hint), Some(ms - 1)),
+            "left before the hint"
+        );
+        assert!(!serves(Read::Since(hint), None), "kept before moments were");
+        assert!(!serves(Read::Fresh, Some(ms)));
     }
 
     #[test]

@@ -643,6 +643,14 @@ pub struct InvoiceRef {
     pub idn: Option<i64>,
 }
 
+/// An invoice as its list row shows it ([`PrecoroClient::invoice_row`](super::PrecoroClient::invoice_row)).
+#[derive(Debug, Clone)]
+pub struct InvoiceRow {
+    pub invoice: Invoice,
+    /// The row carries the lines and attachments: it is the whole invoice, not only a look.
+    pub complete: bool,
+}
+
 /// An invoice (§3 "Invoices"). Lists may leave out `items`, `taxes`, `payments` and `attachments`:
 /// GET the idn for the detail before mapping lines.
 #[derive(Debug, Clone, Deserialize)]

@@ -123,6 +123,12 @@ impl<'a> Keys<'a> {
         self.k(&["seen", source, hash])
     }
 
+    /// How many webhooks our own writes to one Precoro record are still to send back (echoes,
+    /// `super::echoes`). Lost → each echo costs one cheap read again.
+    pub fn precoro_echo(&self, tenant: &TenantId, entity: &str, id: i64) -> String {
+        self.k(&["echo", "precoro", tenant.as_str(), entity, &id.to_string()])
+    }
+
     /// "A deferred copy of this hint is on its way" (a hash of the company and the hook's bytes),
     /// living as long as the copy waits. Lost → one more copy is deferred.
     pub fn webhook_trailing(&self, source: &str, hash: &str) -> String {
@@ -246,6 +252,13 @@ impl<'a> Keys<'a> {
     /// sent once more (one more error in Exact's hourly budget).
     pub fn invoice_refused(&self, tenant: &TenantId, invoice: &str) -> String {
         self.k(&["invoice-refused", tenant.as_str(), invoice])
+    }
+
+    /// When the last look at an invoice's list row began (epoch ms) and which message took it
+    /// (`invoices::export::look`): a hint received before it was answered by it. Lost → the next
+    /// hint looks again (one call).
+    pub fn invoice_looked(&self, tenant: &TenantId, invoice: &str) -> String {
+        self.k(&["invoice-looked", tenant.as_str(), invoice])
     }
 
     /// What an invoice was booked as: the entry, the fingerprint of the mapped entry, and a

@@ -296,7 +296,10 @@ async fn precoro_repeats_are_coalesced_into_one_deferred_copy() {
     let env = EnvSpec::new("hints");
     let tenant = TenantSpec::new("acme", 4244);
     let other = TenantSpec::new("globex", 4245);
-    let cfg = harness::config(&env, &[tenant.clone(), other.clone()]);
+    let mut cfg = harness::config(&env, &[tenant.clone(), other.clone()]);
+    // Invoice hooks have a window of their own (2 s by default); a minute keeps this test's
+    // steps within it however busy the machine.
+    cfg.ingress.invoice_hint_window = Duration::from_secs(60);
     let ing = Ingress::start(cfg.clone()).await;
     let insp = Inspector::connect().await;
     let http = shared::http::client(Duration::from_secs(10));

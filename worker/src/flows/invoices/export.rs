@@ -1,8 +1,9 @@
 //! One invoice's export, as the stages it reads in:
 //!
-//! claim → [`fetch`](Export::fetch) → [`decide`](Export::decide) →
-//! [`resolve_supplier`](Export::resolve_supplier) → [`find_existing`](Export::find_existing) →
-//! document → map → [`write`](Export::write) → [`stamp`](Export::remember_and_stamp), or, when
+//! claim → [`look`] (a hint's cheap look at the invoice's row) → [`fetch`](Export::fetch) →
+//! [`decide`](Export::decide) → [`resolve_supplier`](Export::resolve_supplier) →
+//! [`find_existing`](Export::find_existing) → document → map → [`write`](Export::write) →
+//! [`stamp`](Export::remember_and_stamp), or, when
 //! the invoice's data stops it anywhere after the fetch, [`hold`](super::held). An invoice booked
 //! before goes to [`revise`] instead: changed or cancelled after booking.
 //!
@@ -22,8 +23,12 @@ use super::InvoiceRef;
 use super::held::{self, Hold};
 use super::map::{self, Lookups, Skip};
 use crate::flows::Context;
+use look::Look;
 
-// A child module: the revision reuses the export's private stages (fetch, write, stamp).
+// Child modules: the look and the revision reuse the export's private stages (fetch, write,
+// stamp).
+#[path = "look.rs"]
+pub(super) mod look;
 #[path = "revise.rs"]
 pub(super) mod revise;
 
@@ -34,6 +39,8 @@ pub struct Export<'a> {
     pub invoice: InvoiceRef,
     /// Queued by the poll or a backfill: an earlier export may have booked it without stamping.
     pub queued: bool,
+    /// A Precoro webhook: the invoice's row is looked at before it is read in full ([`look`]).
+    pub hinted: bool,
     /// An earlier attempt of this message may have had an effect (retry, redelivery, replay).
     pub repeated: bool,
     /// An operator replayed it: a refusal remembered for the same payload is tried again.
@@ -127,7 +134,17 @@ impl Export<'_> {
 
     async fn claimed(&self, claim: &ClaimGuard, may_exist: bool) -> Result<Exported> {
         let company = self.company()?;
-        let invoice = self.fetch(&company).await?;
+        let invoice = match self.look(&company, None).await? {
+            Look::Stop(row, why) => {
+                self.delivery.name_record(held::record_of(&row));
+                // Not approved (any more): nothing waits on its data now.
+                held::release(self.ctx, self.tenant_id, &row).await?;
+                return Ok(Exported::Skipped(why));
+            }
+            Look::Answered => return Ok(Exported::Skipped(Look::ANSWERED.into())),
+            Look::Read(Some(whole)) => whole,
+            Look::Read(None) => self.fetch(&company).await?,
+        };
         self.delivery.name_record(held::record_of(&invoice));
         let booked = self.book(claim, &company, &invoice, may_exist).await;
         self.conclude(&company, &invoice, booked).await
@@ -414,10 +431,11 @@ impl Export<'_> {
     /// The entry as the invoice's externalId, clearing the sync message it shows in the same
     /// call.
     async fn stamp(&self, company: &Company<'_>, invoice: &Invoice, entry: &str) -> Result<()> {
-        company
-            .precoro
-            .stamp_invoice(invoice.idn, entry, held::shown(invoice).is_some())
-            .await?;
+        let write =
+            company
+                .precoro
+                .stamp_invoice(invoice.idn, entry, held::shown(invoice).is_some());
+        super::echoed(self.ctx, self.tenant_id, invoice, write).await?;
         Ok(())
     }
 }

@@ -147,9 +147,8 @@ pub async fn park(
     hold: Hold,
 ) -> Result<String> {
     if shown(invoice) != Some(hold.message.as_str()) {
-        precoro
-            .set_invoice_integration_log(invoice.idn, &hold.message)
-            .await?;
+        let write = precoro.set_invoice_integration_log(invoice.idn, &hold.message);
+        super::echoed(ctx, tenant, invoice, write).await?;
     }
     let now = Utc::now();
     let record = HeldRecord {

@@ -1,7 +1,11 @@
 //! Invoices: approved in Precoro → purchase entry in Exact, exactly once.
 //!
-//! Triggers: a Precoro invoice webhook (a hint: we fetch the invoice) and the backstop poll, which
-//! enqueues one `export` message per approved, not yet exported invoice ([`message`]).
+//! Triggers: a Precoro invoice webhook (a hint: we look at the invoice's list row, and read the
+//! invoice in full only when the row shows it approved and unexported, or booked and live:
+//! `export::look`) and the backstop poll, which enqueues one `export` message per approved, not yet
+//! exported invoice ([`message`]). The webhooks our own writes send back (the stamp, a held
+//! invoice's message, a payment) are answered by the ingress and never reach the flow
+//! (`shared::store::echoes`).
 //!
 //! Exactly once, in layers (the claim mechanism is `shared::store::claim`):
 //! 1. A claim per invoice (`invoice:{tenant}:{id}`): `done:{EntryID}` answers every later
@@ -12,8 +16,8 @@
 //!    Exact (a retry, a redelivery, an expired lease, a poll, a Redis loss), since Exact has no
 //!    idempotency key (specs/exact-online.md §5).
 //!
-//! Happy path: Precoro GET invoice, Exact POST entry, Precoro PATCH externalId (plus, with
-//! attachments on, the PDF download and two Exact document calls).
+//! Happy path: Precoro list look and GET invoice, Exact POST entry, Precoro PATCH externalId (plus,
+//! with attachments on, the PDF download and two Exact document calls).
 //!
 //! Where things are: [`message`] (what the flow is asked), [`export`] (the stages of one export:
 //! fetch → decide → resolve supplier → find existing → write → stamp; a booked invoice that
@@ -66,6 +70,7 @@ impl Handler for InvoiceFlow {
                 "invoice flow is off for this company".into(),
             ));
         }
+        let hinted = matches!(msg, InvoiceMsg::Changed(_));
         let (invoice, queued) = match *msg {
             InvoiceMsg::Poll => return self.poll(tenant).await,
             InvoiceMsg::Changed(invoice) => {
@@ -87,6 +92,7 @@ impl Handler for InvoiceFlow {
             tenant_id: tenant,
             invoice,
             queued,
+            hinted,
             repeated: delivery.maybe_repeated(),
             replayed: delivery.replay_nonce.is_some(),
             delivery,
@@ -94,6 +100,17 @@ impl Handler for InvoiceFlow {
         .run()
         .await
     }
+}
+
+/// Run `write`, one change of `invoice` in Precoro, expecting the webhook it sends back (an
+/// echo, answered by the ingress: `shared::store::echoes`).
+pub async fn echoed<T>(
+    ctx: &Context,
+    tenant: &TenantId,
+    invoice: &shared::precoro::Invoice,
+    write: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    shared::store::echoes::written(&ctx.store, tenant, "invoice", invoice.id.0, write).await
 }
 
 impl InvoiceFlow {

@@ -40,6 +40,7 @@ use shared::ids::ExactGuid;
 use shared::precoro::{Invoice, status};
 use shared::store::claim::{ClaimGuard, Claimed};
 
+use super::look::Look;
 use super::{Company, Export, Exported, held, held::Hold, map};
 use crate::flows::Context;
 
@@ -137,6 +138,20 @@ fn stage(invoice: &Invoice) -> Stage {
     }
 }
 
+/// Why nothing is applied to the invoice booked as `entry` yet, if it is being revised.
+pub(super) fn waiting(invoice: &Invoice, entry: &str) -> Option<String> {
+    match stage(invoice) {
+        Stage::InRevision(s) => Some(in_revision(s, entry)),
+        Stage::Live | Stage::Cancelled => None,
+    }
+}
+
+fn in_revision(status: i64, entry: &str) -> String {
+    format!(
+        "changed in Precoro (status {status}) after it was booked as Exact entry {entry}; the entry stays as booked until the invoice is approved again"
+    )
+}
+
 /// Whether Exact's entry is what `new` would book, on what the service sends and Exact keeps as
 /// sent. A field the mapping leaves to Exact (due date, VAT code, currency, payment condition)
 /// is compared only when the mapping sets it.
@@ -193,7 +208,19 @@ impl Export<'_> {
     /// A hint for an invoice whose claim says it was booked as `booked`: see whether it changed.
     pub(super) async fn revisit(&self, booked: &str) -> Result<Outcome> {
         let company = self.company()?;
-        let invoice = match self.fetch(&company).await {
+        let whole = match self.look(&company, Some(booked)).await? {
+            Look::Stop(row, why) => {
+                self.delivery.name_record(held::record_of(&row));
+                return Ok(Outcome::Skipped(why));
+            }
+            Look::Answered => return Ok(Outcome::Skipped(Look::ANSWERED.into())),
+            Look::Read(whole) => whole,
+        };
+        let fetched = match whole {
+            Some(invoice) => Ok(invoice),
+            None => self.fetch(&company).await,
+        };
+        let invoice = match fetched {
             Err(Error::Upstream {
                 api: Api::Precoro,
                 status: 404,
@@ -276,9 +303,7 @@ impl Export<'_> {
             .filter(|b| b.entry == entry);
 
         match stage(invoice) {
-            Stage::InRevision(s) => Ok(Ok(Exported::Skipped(format!(
-                "changed in Precoro (status {s}) after it was booked as Exact entry {entry}; the entry stays as booked until the invoice is approved again"
-            )))),
+            Stage::InRevision(s) => Ok(Ok(Exported::Skipped(in_revision(s, &entry)))),
             Stage::Cancelled => {
                 self.cancel(claim, company, invoice, &entry, remembered)
                     .await
@@ -422,13 +447,9 @@ impl Export<'_> {
             }
         };
         // Precoro shows why the invoice no longer names an entry.
-        company
-            .precoro
-            .unstamp_invoice(
-                invoice.idn,
-                &format!("Cancelled: Exact entry {n} was deleted."),
-            )
-            .await?;
+        let message = format!("Cancelled: Exact entry {n} was deleted.");
+        let write = company.precoro.unstamp_invoice(invoice.idn, &message);
+        super::super::echoed(self.ctx, self.tenant_id, invoice, write).await?;
         save(
             self.ctx,
             self.tenant_id,

@@ -72,9 +72,8 @@ pub async fn hold(
 ) -> Result<Outcome> {
     let text = message(e, invoice, err);
     if shown(invoice) != Some(text.as_str()) {
-        precoro
-            .set_invoice_integration_log(invoice.idn, &text)
-            .await?;
+        let write = precoro.set_invoice_integration_log(invoice.idn, &text);
+        crate::flows::invoices::echoed(ctx, tenant, invoice, write).await?;
     }
     let now = Utc::now();
     let job = serde_json::to_value(e)
@@ -124,7 +123,8 @@ pub async fn release(
         return Ok(());
     };
     if shown(invoice) == Some(was.message.as_str()) {
-        precoro.set_invoice_integration_log(invoice.idn, "").await?;
+        let write = precoro.set_invoice_integration_log(invoice.idn, "");
+        crate::flows::invoices::echoed(ctx, tenant, invoice, write).await?;
     }
     Ok(())
 }

@@ -705,9 +705,12 @@ impl PaymentFlow {
     ) -> Result<PrecoroIdn> {
         let precoro = self.ctx.precoro(tenant)?;
         claim.mark_attempted().await?;
-        let (_, idn) = precoro
-            .create_payment(invoice.id, amount, line.paid_on)
-            .await?;
+        // The payment moves the invoice to (partly) paid, and a status change comes as the
+        // invoice's Update webhook (specs/precoro.md §4; that a payment made through the API
+        // sends one is [U], the simulator does): our own change, an echo.
+        let write = precoro.create_payment(invoice.id, amount, line.paid_on);
+        let (_, idn) =
+            crate::flows::invoices::echoed(self.ctx.as_ref(), tenant, invoice, write).await?;
         claim.remember_created(&idn.to_string()).await?;
         invoice.sum_paid += amount;
         invoice.status = if invoice.sum_paid >= invoice.sum {

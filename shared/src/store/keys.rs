@@ -131,8 +131,9 @@ impl<'a> Keys<'a> {
 
     // ---- rate limits --------------------------------------------------------------------------
 
-    /// GCRA / hourly / daily / pause state of one API budget. Lost → a burst of 429s, then the
-    /// headers teach it back.
+    /// GCRA / hourly / daily / pause state of one API budget, and its calls per minute (kept two
+    /// hours, for the console's chart). Lost → a burst of 429s, then the headers teach it back;
+    /// the chart starts again from zero.
     pub fn rate(&self, api: &str, scope: &str, part: &str) -> String {
         self.k(&["rl", api, scope, part])
     }
@@ -280,6 +281,12 @@ impl<'a> Keys<'a> {
     /// each.
     pub fn held(&self, tenant: &TenantId, flow: Flow) -> String {
         self.k(&["held", tenant.as_str(), flow.as_str()])
+    }
+
+    /// A company's paused flows (a hash by flow name: who paused it and when,
+    /// `flow_control::FlowControl`). Lost → the paused flows run again until paused anew.
+    pub fn flow_pauses(&self, tenant: &TenantId) -> String {
+        self.k(&["flow-paused", tenant.as_str()])
     }
 
     /// Every key of this prefix (a `SCAN` pattern; tests only).

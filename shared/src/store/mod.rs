@@ -3,6 +3,7 @@
 //! run side by side without seeing each other's data.
 
 pub mod claim;
+pub mod flow_control;
 pub mod hints;
 pub mod keys;
 pub mod lease;

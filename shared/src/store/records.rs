@@ -29,6 +29,8 @@ pub enum RecordKind {
     Invoice,
     Payment,
     Supplier,
+    /// A company's flow itself, for what an operator does to it (paused, resumed).
+    Flow,
 }
 
 impl RecordKind {
@@ -37,6 +39,7 @@ impl RecordKind {
             RecordKind::Invoice => "invoice",
             RecordKind::Payment => "payment",
             RecordKind::Supplier => "supplier",
+            RecordKind::Flow => "flow",
         }
     }
 }
@@ -59,8 +62,12 @@ pub enum Status {
     Retried,
     /// Dead-lettered: it needs an operator.
     Failed,
-    /// Waiting for something outside the record (the company's Exact consent).
+    /// Waiting for something outside the record (the company's Exact consent, its flow paused).
     Waiting,
+    /// An operator paused the flow (a [`RecordKind::Flow`] entry).
+    Paused,
+    /// An operator resumed the flow.
+    Resumed,
 }
 
 impl Status {
@@ -74,6 +81,8 @@ impl Status {
             Status::Retried => "retried",
             Status::Failed => "failed",
             Status::Waiting => "waiting",
+            Status::Paused => "paused",
+            Status::Resumed => "resumed",
         }
     }
 }

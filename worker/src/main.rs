@@ -57,6 +57,30 @@ enum Command {
     /// The company's Exact Online connection and webhook subscriptions.
     #[command(subcommand)]
     Exact(ExactCommand),
+    /// Pause, resume or run now one flow of a company.
+    ///
+    /// A paused flow's work waits in the broker: webhooks are still accepted, nothing is lost,
+    /// dead-lettered or counted as an attempt, and no scheduled run starts. Resumed, the work
+    /// that waited runs within seconds (one shortest retry tier). Both are written to the
+    /// company's sync log with --by.
+    ///
+    /// Examples:
+    ///   worker flow pause  --tenant acme --flow invoices
+    ///   worker flow resume --tenant acme --flow invoices
+    ///   worker flow run    --tenant acme --flow payments    enqueue its scheduled jobs now
+    #[command(verbatim_doc_comment)]
+    Flow {
+        #[arg(value_enum)]
+        action: FlowAction,
+        /// The company's `id` in the config.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        flow: shared::Flow,
+        /// Who does it, for the sync log (default: $USER).
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
     /// Per company: Exact connection and token expiry, API budget left today, cursors and last
     /// successful run per flow, dead letters; queue depths. Reads only (calls no API).
     Status {
@@ -215,6 +239,16 @@ enum DlqCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FlowAction {
+    /// Hold the flow's work in the broker.
+    Pause,
+    /// Let the held work run.
+    Resume,
+    /// Enqueue the flow's scheduled jobs now.
+    Run,
+}
+
 #[derive(Subcommand)]
 enum ExactCommand {
     /// Print the link that connects a company to Exact Online (OAuth consent).
@@ -342,6 +376,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Exact(ExactCommand::Subscribe { tenant }) => {
             worker::cli::exact::subscribe(&config, &tenant, &mut std::io::stdout()).await?;
+        }
+        Command::Flow {
+            action,
+            tenant,
+            flow,
+            by,
+        } => {
+            use worker::cli::flow::Action;
+            let action = match action {
+                FlowAction::Pause => Action::Pause,
+                FlowAction::Resume => Action::Resume,
+                FlowAction::Run => Action::Run,
+            };
+            worker::cli::flow::flow(&config, &tenant, flow, action, &by, &mut std::io::stdout())
+                .await?;
         }
         Command::Log {
             tenant,

@@ -1,7 +1,7 @@
 //! `worker status`: per company, the Exact connection and token expiry, the API budget left
 //! today and the projection for the day at today's pace (flagged when heading past it, as the
-//! scheduler warns), each flow's cursors and last successful run, its dead letters; and the
-//! queue depths.
+//! scheduler warns), each flow's cursors and last successful run, whether an operator paused it,
+//! its dead letters; and the queue depths.
 //!
 //! Read-only and free: it reads Redis and the broker, and calls neither API (a status check
 //! must not spend the 5,000 Exact calls a day it reports on).
@@ -22,6 +22,7 @@ use shared::config::{Config, TenantConfig};
 use shared::exact::{ExactClient, TokenStore};
 use shared::precoro::PrecoroClient;
 use shared::store::Store;
+use shared::store::flow_control::{FlowControl, Pause};
 use shared::store::ratelimit::{Limits, RateLimiter};
 use shared::store::records::Held;
 
@@ -78,6 +79,8 @@ pub struct FlowStatus {
     pub last_success: Option<DateTime<Utc>>,
     /// Records held for their data (`worker held` lists them).
     pub held: u64,
+    /// Paused by an operator (`worker flow pause`): who, and since when.
+    pub paused: Option<Pause>,
 }
 
 /// Which flow a cursor (`cursor:{api}:{tenant}:{name}`) belongs to: its name starts with the
@@ -205,8 +208,10 @@ pub async fn collect(config: &Config) -> anyhow::Result<Report> {
     let _ = conn.close(200, "status".into()).await;
 
     let held = Held::new(store.clone());
+    let pauses = FlowControl::new(store.clone());
     let mut companies = Vec::new();
     for t in &config.tenants {
+        let mut paused = pauses.pauses(&t.id).await?;
         let exact = ExactClient::for_tenant(t, store.clone(), limiter.clone());
         let precoro = PrecoroClient::new(t, store.clone(), limiter.clone());
         let budgets = vec![
@@ -222,6 +227,7 @@ pub async fn collect(config: &Config) -> anyhow::Result<Report> {
                 cursors: cursors.remove(&Some(flow)).unwrap_or_default(),
                 last_success: last_run::last_success(&store, t.id.as_str(), flow).await?,
                 held: held.count(&t.id, flow).await?,
+                paused: paused.remove(&flow),
             });
         }
         companies.push(CompanyStatus {
@@ -319,9 +325,19 @@ pub async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow
                 0 => String::new(),
                 n => format!("; {n} held for their data (worker held)"),
             };
+            let paused = match &f.paused {
+                Some(p) => format!(
+                    "; PAUSED by {} {} (its work waits; worker flow resume --tenant {} --flow {})",
+                    p.by,
+                    relative(p.at, now),
+                    c.id,
+                    f.flow
+                ),
+                None => String::new(),
+            };
             writeln!(
                 out,
-                "  flow {:<10} {:<3}  last successful run: {last}; {cursors}{held}",
+                "  flow {:<10} {:<3}  last successful run: {last}; {cursors}{held}{paused}",
                 f.flow,
                 if f.enabled { "on" } else { "off" }
             )?;

@@ -6,6 +6,7 @@ mod connect;
 mod deploy;
 mod exact_client;
 mod exact_sim;
+mod flow_control;
 mod invoices;
 mod limits;
 mod operate;

@@ -47,6 +47,16 @@ pub enum Work {
 }
 
 impl Work {
+    /// The flow that does it.
+    pub fn flow(&self) -> shared::Flow {
+        match self {
+            Work::InvoicePoll => shared::Flow::Invoices,
+            Work::PaymentPoll => shared::Flow::Payments,
+            Work::SupplierReconcile => shared::Flow::Suppliers,
+            Work::ReferenceSync { .. } => shared::Flow::Reference,
+        }
+    }
+
     /// The message, built by the flow's own constructor.
     pub fn envelope(&self, tenant: &TenantId) -> Envelope {
         match self {
@@ -105,6 +115,15 @@ pub fn jobs_for(t: &TenantConfig) -> Vec<Job> {
         add("reference-full".into(), f.reference.full_every, work);
     }
     jobs
+}
+
+impl Job {
+    /// When its next slot starts, after `now_ms` (Redis time): the earliest the scheduler enqueues
+    /// it again (a company without a usable Exact connection waits for its consent instead).
+    pub fn next_slot_ms(&self, now_ms: i64) -> i64 {
+        let every = self.every.as_millis().max(1) as i64;
+        (now_ms / every + 1) * every
+    }
 }
 
 /// What the last tick saw of each company's Exact connection: `None` when connected, else why

@@ -6,12 +6,14 @@
 //! - [`backfill`]: enqueue a flow's work for a company and a date range.
 //! - [`exact`]: the Exact connect link and the webhook subscriptions a company's flows need.
 //! - [`log`]: a company's sync log, and the records held for their data.
+//! - [`operator`]: the password hash of a console operator.
 //! - [`status`]: per company, connection, budget, cursors, last runs; queue depths and dead letters.
 
 pub mod backfill;
 pub mod dlq;
 pub mod exact;
 pub mod log;
+pub mod operator;
 pub mod status;
 
 use chrono::{DateTime, NaiveDate, Utc};

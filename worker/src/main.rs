@@ -140,6 +140,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
+    /// Operator accounts of the web console.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Read a password (a prompt, or one line on stdin) and print its argon2 hash for
+    /// `[[console.operators]] password_hash`. Needs no config.
+    Hash,
 }
 
 /// Which dead letters a command applies to.
@@ -330,6 +340,15 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Operator(OperatorCommand::Hash) = command {
+        use std::io::IsTerminal;
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprint!("Password for the console operator (at least 12 characters): ");
+        }
+        worker::cli::operator::hash(&mut stdin.lock(), &mut std::io::stdout())?;
+        return Ok(());
+    }
     let config = Config::load(args.config.as_deref())?;
     // The service's log is its output; an operator command's output is what it prints, and its
     // log goes beside it, so that a pipe gets the output alone.
@@ -340,7 +359,7 @@ async fn main() -> anyhow::Result<()> {
     shared::telemetry::init_logs_to(&config.telemetry, logs);
     match command {
         // Printed above, before any config is read.
-        Command::Secret { .. } => {}
+        Command::Secret { .. } | Command::Operator(_) => {}
         Command::Run => {
             let worker = worker::Worker::start(config, worker::Parts::default()).await?;
             tracing::info!("worker running");
@@ -408,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
                 status,
                 since,
                 kind: None,
+                text: None,
             };
             let q = worker::cli::log::Query {
                 tenant,

@@ -121,6 +121,15 @@ pub fn jobs_for(t: &TenantConfig) -> Vec<Job> {
     jobs
 }
 
+impl Job {
+    /// When its next slot starts, after `now_ms` (Redis time): the earliest the scheduler enqueues
+    /// it again (a company without a usable Exact connection waits for its consent instead).
+    pub fn next_slot_ms(&self, now_ms: i64) -> i64 {
+        let every = self.every.as_millis().max(1) as i64;
+        (now_ms / every + 1) * every
+    }
+}
+
 /// What the last tick saw of each company's Exact connection: `None` when connected, else why
 /// its runs wait. A change is logged once, not on every tick.
 pub type Waiting = BTreeMap<TenantId, Option<String>>;

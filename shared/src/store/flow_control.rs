@@ -108,19 +108,22 @@ impl FlowControl {
             .arg(self.store.keys().flow_pauses(tenant))
             .query_async(&mut c)
             .await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(flow, raw)| {
-                let flow = flow.parse::<Flow>().ok()?;
-                // A field this version cannot read still pauses its flow (the consumer only asks
-                // whether it exists).
-                let pause = serde_json::from_str(&raw).unwrap_or(Pause {
-                    by: "unknown".into(),
-                    at: DateTime::<Utc>::UNIX_EPOCH,
-                });
-                Some((flow, pause))
-            })
-            .collect())
+        Ok(read_pauses(all))
+    }
+
+    /// [`FlowControl::pauses`] of many companies in one round trip (a pipeline), in their order:
+    /// `worker status` and the console's overview read every company at once.
+    pub async fn pauses_of(&self, tenants: &[&TenantId]) -> Result<Vec<BTreeMap<Flow, Pause>>> {
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for t in tenants {
+            pipe.cmd("HGETALL").arg(self.store.keys().flow_pauses(t));
+        }
+        let mut c = self.store.conn();
+        let all: Vec<Vec<(String, String)>> = pipe.query_async(&mut c).await?;
+        Ok(all.into_iter().map(read_pauses).collect())
     }
 
     /// Whether `flow` is paused for the company: the consumer's one read per message.
@@ -150,4 +153,21 @@ impl FlowControl {
         entry.operator = Some(by.to_string());
         self.log.note(tenant, entry).await
     }
+}
+
+/// A company's pause hash, read.
+fn read_pauses(fields: Vec<(String, String)>) -> BTreeMap<Flow, Pause> {
+    fields
+        .into_iter()
+        .filter_map(|(flow, raw)| {
+            let flow = flow.parse::<Flow>().ok()?;
+            // A field this version cannot read still pauses its flow (the consumer only asks
+            // whether it exists).
+            let pause = serde_json::from_str(&raw).unwrap_or(Pause {
+                by: "unknown".into(),
+                at: DateTime::<Utc>::UNIX_EPOCH,
+            });
+            Some((flow, pause))
+        })
+        .collect()
 }

@@ -289,6 +289,19 @@ impl<'a> Keys<'a> {
         self.k(&["flow-paused", tenant.as_str()])
     }
 
+    // ---- the operator console -------------------------------------------------------------
+
+    /// A console session (by a hash of its cookie's id). Lost → the operator signs in again.
+    pub fn console_session(&self, id_hash: &str) -> String {
+        self.k(&["console", "session", id_hash])
+    }
+
+    /// Failed sign-ins of one account name or client address (`scope`: `user` or `ip`) in the
+    /// lockout window. Lost → the count starts again.
+    pub fn console_failures(&self, scope: &str, who: &str) -> String {
+        self.k(&["console", "failures", scope, who])
+    }
+
     /// Every key of this prefix (a `SCAN` pattern; tests only).
     pub fn everything(&self) -> String {
         self.k(&["*"])

@@ -17,6 +17,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::Store;
+use crate::config::TenantConfig;
 use crate::error::{Api, Error, Result};
 
 const GCRA: &str = r"
@@ -123,6 +124,22 @@ impl Limits {
             hourly: None,
             daily: Some(per_day),
         }
+    }
+
+    /// A company's Exact limits as its config sets them.
+    pub fn exact_of(t: &TenantConfig) -> Self {
+        Limits::exact(t.id.as_str(), t.exact.minutely_limit, t.exact.daily_limit)
+    }
+
+    /// A company's Precoro limits as its config sets them.
+    pub fn precoro_of(t: &TenantConfig) -> Self {
+        let p = &t.precoro;
+        Limits::precoro(
+            t.id.as_str(),
+            p.requests_per_second,
+            p.hourly_limit,
+            p.daily_limit,
+        )
     }
 
     pub fn precoro(scope: &str, per_second: u32, per_hour: u32, per_day: u32) -> Self {
@@ -291,6 +308,23 @@ impl RateLimiter {
             .invoke_async(&mut c)
             .await?;
         Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// [`Self::day_pace`] of many budgets at `now_ms` (Redis time), in one round trip.
+    pub async fn day_paces(&self, limits: &[Limits], now_ms: i64) -> Result<Vec<DayPace>> {
+        let keys: Vec<String> = limits
+            .iter()
+            .map(|l| format!("{}:{}", self.keys(l)[2], now_ms / DAY_MS))
+            .collect();
+        let used = self.store.get_strings(&keys).await?;
+        Ok(limits
+            .iter()
+            .zip(used)
+            .map(|(l, v)| {
+                let used = v.and_then(|s| s.parse().ok()).unwrap_or(0);
+                DayPace::new(used, l.daily.unwrap_or(0), now_ms)
+            })
+            .collect())
     }
 }
 

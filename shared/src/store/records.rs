@@ -31,6 +31,10 @@ pub enum RecordKind {
     Supplier,
     /// A company's flow itself, for what an operator does to it (paused, resumed).
     Flow,
+    /// The company itself: its Exact connection (a connect link made).
+    Company,
+    /// A dead-lettered message (replayed or purged by an operator), by its message id.
+    Message,
 }
 
 impl RecordKind {
@@ -40,6 +44,8 @@ impl RecordKind {
             RecordKind::Payment => "payment",
             RecordKind::Supplier => "supplier",
             RecordKind::Flow => "flow",
+            RecordKind::Company => "company",
+            RecordKind::Message => "message",
         }
     }
 }
@@ -68,6 +74,10 @@ pub enum Status {
     Paused,
     /// An operator resumed the flow.
     Resumed,
+    /// An operator asked for it: a run now, a connect link.
+    Requested,
+    /// An operator deleted it for good (a dead letter purged).
+    Purged,
 }
 
 impl Status {
@@ -83,6 +93,8 @@ impl Status {
             Status::Waiting => "waiting",
             Status::Paused => "paused",
             Status::Resumed => "resumed",
+            Status::Requested => "requested",
+            Status::Purged => "purged",
         }
     }
 }
@@ -154,11 +166,22 @@ pub struct LogFilter {
     pub status: Option<Status>,
     pub flow: Option<Flow>,
     pub since: Option<DateTime<Utc>>,
+    /// Words the entry's detail contains, whatever their case (a supplier's name or code).
+    pub text: Option<String>,
 }
 
 impl LogFilter {
     fn admits(&self, e: &LogEntry) -> bool {
         self.kind.is_none_or(|k| e.record.kind == k)
+            && self.text.as_deref().is_none_or(|t| {
+                let t = t.trim().to_lowercase();
+                e.detail.to_lowercase().contains(&t)
+                    || e.record.id.to_lowercase().contains(&t)
+                    || e.record
+                        .number
+                        .as_deref()
+                        .is_some_and(|n| n.to_lowercase().contains(&t))
+            })
             && self.record.as_deref().is_none_or(|r| e.record.is(r))
             && self.status.is_none_or(|s| e.status == s)
             && self.flow.is_none_or(|f| e.flow == f)
@@ -403,6 +426,19 @@ impl Held {
             .collect();
         out.sort_by_key(|r| r.since);
         Ok(out)
+    }
+
+    /// [`Self::count`] of many `(company, flow)` pairs, in one round trip.
+    pub async fn counts(&self, pairs: &[(&TenantId, Flow)]) -> Result<Vec<u64>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (tenant, flow) in pairs {
+            pipe.cmd("HLEN").arg(self.store.keys().held(tenant, *flow));
+        }
+        let mut c = self.store.conn();
+        Ok(pipe.query_async(&mut c).await?)
     }
 
     /// How many records of `flow` are held for the company.

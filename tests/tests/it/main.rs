@@ -3,6 +3,7 @@
 
 mod budgets;
 mod connect;
+mod console;
 mod deploy;
 mod exact_client;
 mod exact_sim;

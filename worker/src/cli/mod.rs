@@ -7,6 +7,7 @@
 //! - [`flow`]: pause, resume or run now a company's flow.
 //! - [`exact`]: the Exact connect link and the webhook subscriptions a company's flows need.
 //! - [`log`]: a company's sync log, and the records held for their data.
+//! - [`operator`]: the password hash of a console operator.
 //! - [`status`]: per company, connection, budget, cursors, last runs; queue depths and dead letters.
 
 pub mod backfill;
@@ -14,6 +15,7 @@ pub mod dlq;
 pub mod exact;
 pub mod flow;
 pub mod log;
+pub mod operator;
 pub mod status;
 
 use chrono::{DateTime, NaiveDate, Utc};

@@ -1,6 +1,7 @@
 //! Every integration test in one binary, a module per area (one link step instead of one per
 //! file); what the modules share lives in the `testbed` library (`tests/src`).
 
+mod browser;
 mod budgets;
 mod connect;
 mod console;

@@ -22,6 +22,8 @@ pub struct AppState {
     pub publisher: Publisher,
     pub store: Store,
     pub metrics: PrometheusHandle,
+    /// The operator console's sessions and cached broker view (`crate::console`).
+    pub console: crate::console::Console,
 }
 
 pub struct Application {
@@ -93,11 +95,13 @@ impl Application {
         }
         // Shared by every request: one Arc to clone, not a clone of each part (the Store's
         // prefix is a String).
+        let console = crate::console::Console::new(&config, store.clone());
         let state = Arc::new(AppState {
             config: Arc::new(config),
             publisher,
             store,
             metrics: shared::telemetry::metrics_handle(),
+            console,
         });
         Ok(Application {
             listener,
@@ -148,12 +152,15 @@ impl Application {
             .with_state(state)
     }
 
-    /// The admin port's routes: never reachable on the public webhook port.
+    /// The admin port's routes: never reachable on the public webhook port. The operator
+    /// console lives here, behind its own sign-in.
     pub fn admin_router(state: Arc<AppState>) -> Router {
         Router::new()
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .route("/metrics", get(health::metrics))
+            .merge(crate::console::routes(state.clone()))
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
             .with_state(state)
     }
 

@@ -173,6 +173,7 @@ pub struct Config {
     pub ingress: IngressConfig,
     pub worker: WorkerConfig,
     pub telemetry: TelemetryConfig,
+    pub console: ConsoleConfig,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -429,6 +430,56 @@ impl Default for TelemetryConfig {
             log_filter: "info".into(),
         }
     }
+}
+
+/// The operator console on the admin port (`ingress/src/console`): who may sign in, and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Accounts that sign in with a password (`[[console.operators]]`).
+    pub operators: Vec<Operator>,
+    /// A header naming the signed-in user, set by an auth proxy in front of the admin port
+    /// (oauth2-proxy's `X-Forwarded-User`). Believed only from `ingress.trusted_proxies`.
+    pub trusted_user_header: Option<String>,
+    /// How long a sign-in lasts.
+    #[serde(deserialize_with = "human")]
+    pub session_ttl: Duration,
+    /// Failed sign-ins (per account name, and per client address) before sign-in is locked.
+    pub max_failures: u32,
+    /// How long a lock lasts, and the window the failures are counted in.
+    #[serde(deserialize_with = "human")]
+    pub lockout: Duration,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            operators: Vec::new(),
+            trusted_user_header: None,
+            session_ttl: Duration::from_secs(12 * 3600),
+            max_failures: 5,
+            lockout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// The console can be signed in to at all.
+    pub fn enabled(&self) -> bool {
+        !self.operators.is_empty() || self.trusted_user_header.is_some()
+    }
+
+    pub fn operator(&self, name: &str) -> Option<&Operator> {
+        self.operators.iter().find(|o| o.name == name)
+    }
+}
+
+/// An operator account: a name and an argon2 hash of its password (`worker operator hash`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    pub name: String,
+    pub password_hash: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -810,6 +861,7 @@ impl Config {
         self.redis.validate("redis", &self.worker)?;
         self.ingress.validate("ingress", self.development)?;
         self.worker.validate("worker")?;
+        self.console.validate("console", &self.ingress)?;
         for (i, t) in self.tenants.iter().enumerate() {
             let path = format!("tenants[{i}]");
             t.validate(&path, self.development)?;
@@ -996,6 +1048,61 @@ impl WorkerConfig {
         }
         Ok(())
     }
+}
+
+impl ConsoleConfig {
+    fn validate(&self, path: &str, ingress: &IngressConfig) -> Result<(), ConfigError> {
+        for (i, o) in self.operators.iter().enumerate() {
+            let at_op = format!("{path}.operators[{i}]");
+            let name = o.name.as_str();
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+            {
+                return Err(field_err(
+                    at(&at_op, "name"),
+                    "must be 1 to 64 letters, digits or - _ . @",
+                ));
+            }
+            if self.operators[..i].iter().any(|p| p.name == o.name) {
+                return Err(field_err(
+                    at(&at_op, "name"),
+                    format!("operator '{name}' is listed twice"),
+                ));
+            }
+            crate::password::check_phc(&o.password_hash).map_err(|e| {
+                field_err(
+                    at(&at_op, "password_hash"),
+                    format!("{e}; `worker operator hash` makes one"),
+                )
+            })?;
+        }
+        if let Some(h) = &self.trusted_user_header {
+            if header_name(h).is_none() {
+                return Err(field_err(
+                    at(path, "trusted_user_header"),
+                    "is not an HTTP header name",
+                ));
+            }
+            if ingress.trusted_proxies.is_empty() {
+                return Err(field_err(
+                    at(path, "trusted_user_header"),
+                    "needs ingress.trusted_proxies: the header is believed only from the auth proxy's address",
+                ));
+            }
+        }
+        positive(&at(path, "session_ttl"), self.session_ttl)?;
+        positive(&at(path, "lockout"), self.lockout)?;
+        at_least_one(&at(path, "max_failures"), self.max_failures)
+    }
+}
+
+/// A header name as HTTP allows it (RFC 9110 token characters).
+fn header_name(s: &str) -> Option<&str> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    (!s.is_empty() && s.chars().all(token)).then_some(s)
 }
 
 impl TenantConfig {
@@ -1789,6 +1896,39 @@ mod tests {
         );
         assert_eq!(new_secret().len(), 43);
         assert_ne!(new_secret(), new_secret());
+    }
+
+    #[test]
+    fn console_operators_need_argon2_hashes_and_proxy_auth_needs_the_proxy() {
+        let hash = crate::password::hash("pw");
+        let ok =
+            format!("[[console.operators]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n{MINIMAL}");
+        let c = Config::from_toml(&ok, &env).unwrap();
+        assert!(c.console.enabled() && c.console.operator("ops").is_some());
+        assert_eq!(c.console.max_failures, 5);
+        assert!(!Config::from_toml(MINIMAL, &env).unwrap().console.enabled());
+        let plain = format!(
+            "[[console.operators]]\nname = \"ops\"\npassword_hash = \"hunter2\"\n{MINIMAL}"
+        );
+        let e = err(&plain, &env);
+        assert!(
+            e.starts_with("console.operators[0].password_hash: not a PHC hash")
+                && e.contains("worker operator hash"),
+            "{e}"
+        );
+        let twice = format!(
+            "[[console.operators]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n[[console.operators]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n{MINIMAL}"
+        );
+        assert!(
+            err(&twice, &env)
+                .starts_with("console.operators[1].name: operator 'ops' is listed twice")
+        );
+        let proxy = format!("[console]\ntrusted_user_header = \"X-Forwarded-User\"\n{MINIMAL}");
+        assert!(err(&proxy, &env).contains("needs ingress.trusted_proxies"));
+        let proxy = format!(
+            "[ingress]\ntrusted_proxies = [\"10.0.0.1\"]\n[console]\ntrusted_user_header = \"X-Forwarded-User\"\n{MINIMAL}"
+        );
+        assert!(Config::from_toml(&proxy, &env).unwrap().console.enabled());
     }
 
     #[test]

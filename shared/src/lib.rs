@@ -11,6 +11,7 @@ pub mod excerpt;
 pub mod flow;
 pub mod http;
 pub mod ids;
+pub mod password;
 pub mod precoro;
 pub mod redact;
 pub mod store;

@@ -169,8 +169,8 @@ pub fn event_processed(
         ),
         // Once per parked message per tier for as long as the company is not connected: the
         // operator hears of it once (the broken-connection error, the scheduler's warning and
-        // `worker status`), not from every message.
-        "awaiting_consent" => {
+        // `worker status`), not from every message. A paused flow: the operator paused it.
+        "awaiting_consent" | "flow_paused" => {
             tracing::debug!(flow, tenant, event_id, outcome, detail, "event waits")
         }
         "dead_lettered" => tracing::error!(

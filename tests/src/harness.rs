@@ -187,6 +187,21 @@ project = 4
     s
 }
 
+/// `[[console.operators]]` tables for these `(name, password)` accounts, with argon2 hashes as
+/// `worker operator hash` makes them: append to a config (e.g. [`EnvSpec::extra_toml`]) to sign
+/// in to the operator console.
+pub fn console_operators_toml(operators: &[(&str, &str)]) -> String {
+    operators
+        .iter()
+        .map(|(name, password)| {
+            format!(
+                "\n[[console.operators]]\nname = \"{name}\"\npassword_hash = \"{}\"\n",
+                shared::password::hash(password)
+            )
+        })
+        .collect()
+}
+
 /// A TCP proxy that can be cut (close every connection, refuse new ones) and restored: a broker
 /// outage for one test without stopping the RabbitMQ that other tests share.
 pub struct CuttableProxy {

@@ -28,6 +28,23 @@ pub async fn last_success(
         .map(|d| d.with_timezone(&Utc)))
 }
 
+/// [`last_success`] of many `(tenant, flow)` pairs, in one round trip.
+pub async fn last_successes(
+    store: &Store,
+    pairs: &[(&str, Flow)],
+) -> Result<Vec<Option<DateTime<Utc>>>> {
+    let keys: Vec<String> = pairs.iter().map(|(t, f)| key(store, t, *f)).collect();
+    Ok(store
+        .get_strings(&keys)
+        .await?
+        .into_iter()
+        .map(|v| {
+            v.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+                .map(|d| d.with_timezone(&Utc))
+        })
+        .collect())
+}
+
 /// A flow handler that records its successful runs.
 pub struct Recorded<H> {
     inner: H,

@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod flows;
 pub mod last_run;
+pub mod ops;
 pub mod scheduler;
 
 pub use app::{Parts, Worker};

@@ -57,6 +57,30 @@ enum Command {
     /// The company's Exact Online connection and webhook subscriptions.
     #[command(subcommand)]
     Exact(ExactCommand),
+    /// Pause, resume or run now one flow of a company.
+    ///
+    /// A paused flow's work waits in the broker: webhooks are still accepted, nothing is lost,
+    /// dead-lettered or counted as an attempt, and no scheduled run starts. Resumed, the work
+    /// that waited runs within seconds (one shortest retry tier). Both are written to the
+    /// company's sync log with --by.
+    ///
+    /// Examples:
+    ///   worker flow pause  --tenant acme --flow invoices
+    ///   worker flow resume --tenant acme --flow invoices
+    ///   worker flow run    --tenant acme --flow payments    enqueue its scheduled jobs now
+    #[command(verbatim_doc_comment)]
+    Flow {
+        #[arg(value_enum)]
+        action: FlowAction,
+        /// The company's `id` in the config.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        flow: shared::Flow,
+        /// Who does it, for the sync log (default: $USER).
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
     /// Per company: Exact connection and token expiry, API budget left today, cursors and last
     /// successful run per flow, dead letters; queue depths. Reads only (calls no API).
     Status {
@@ -116,6 +140,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
+    /// Operator accounts of the web console.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Read a password (a prompt, or one line on stdin) and print its argon2 hash for
+    /// `[[console.operators]] password_hash`. Needs no config.
+    Hash,
 }
 
 /// Which dead letters a command applies to.
@@ -215,6 +249,16 @@ enum DlqCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FlowAction {
+    /// Hold the flow's work in the broker.
+    Pause,
+    /// Let the held work run.
+    Resume,
+    /// Enqueue the flow's scheduled jobs now.
+    Run,
+}
+
 #[derive(Subcommand)]
 enum ExactCommand {
     /// Print the link that connects a company to Exact Online (OAuth consent).
@@ -296,6 +340,15 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Operator(OperatorCommand::Hash) = command {
+        use std::io::IsTerminal;
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprint!("Password for the console operator (at least 12 characters): ");
+        }
+        worker::cli::operator::hash(&mut stdin.lock(), &mut std::io::stdout())?;
+        return Ok(());
+    }
     let config = Config::load(args.config.as_deref())?;
     // The service's log is its output; an operator command's output is what it prints, and its
     // log goes beside it, so that a pipe gets the output alone.
@@ -306,7 +359,7 @@ async fn main() -> anyhow::Result<()> {
     shared::telemetry::init_logs_to(&config.telemetry, logs);
     match command {
         // Printed above, before any config is read.
-        Command::Secret { .. } => {}
+        Command::Secret { .. } | Command::Operator(_) => {}
         Command::Run => {
             let worker = worker::Worker::start(config, worker::Parts::default()).await?;
             tracing::info!("worker running");
@@ -343,6 +396,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Exact(ExactCommand::Subscribe { tenant }) => {
             worker::cli::exact::subscribe(&config, &tenant, &mut std::io::stdout()).await?;
         }
+        Command::Flow {
+            action,
+            tenant,
+            flow,
+            by,
+        } => {
+            use worker::cli::flow::Action;
+            let action = match action {
+                FlowAction::Pause => Action::Pause,
+                FlowAction::Resume => Action::Resume,
+                FlowAction::Run => Action::Run,
+            };
+            worker::cli::flow::flow(&config, &tenant, flow, action, &by, &mut std::io::stdout())
+                .await?;
+        }
         Command::Log {
             tenant,
             invoice,
@@ -359,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
                 status,
                 since,
                 kind: None,
+                text: None,
             };
             let q = worker::cli::log::Query {
                 tenant,

@@ -6,6 +6,9 @@
 //! without a usable Exact connection (never consented, or broken) gets no runs: its slots are left
 //! unclaimed, and the first tick after the consent claims the slot of that moment and enqueues
 //! each job at once, instead of piling up runs that could only wait. `worker status` says so.
+//!
+//! A flow an operator paused for a company (`store::flow_control`) gets no runs either, the same
+//! way: the first tick after the resume enqueues its jobs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +20,7 @@ use shared::error::Api;
 use shared::exact::TokenStore;
 use shared::ids::TenantId;
 use shared::store::Store;
+use shared::store::flow_control::FlowControl;
 use shared::store::ratelimit::{DayPace, Limits, RateLimiter};
 use tokio::sync::watch;
 
@@ -47,6 +51,16 @@ pub enum Work {
 }
 
 impl Work {
+    /// The flow that does it.
+    pub fn flow(&self) -> shared::Flow {
+        match self {
+            Work::InvoicePoll => shared::Flow::Invoices,
+            Work::PaymentPoll => shared::Flow::Payments,
+            Work::SupplierReconcile => shared::Flow::Suppliers,
+            Work::ReferenceSync { .. } => shared::Flow::Reference,
+        }
+    }
+
     /// The message, built by the flow's own constructor.
     pub fn envelope(&self, tenant: &TenantId) -> Envelope {
         match self {
@@ -107,12 +121,22 @@ pub fn jobs_for(t: &TenantConfig) -> Vec<Job> {
     jobs
 }
 
+impl Job {
+    /// When its next slot starts, after `now_ms` (Redis time): the earliest the scheduler enqueues
+    /// it again (a company without a usable Exact connection waits for its consent instead).
+    pub fn next_slot_ms(&self, now_ms: i64) -> i64 {
+        let every = self.every.as_millis().max(1) as i64;
+        (now_ms / every + 1) * every
+    }
+}
+
 /// What the last tick saw of each company's Exact connection: `None` when connected, else why
 /// its runs wait. A change is logged once, not on every tick.
 pub type Waiting = BTreeMap<TenantId, Option<String>>;
 
 /// Enqueue every job whose slot has come and that no other replica enqueued yet, for every
-/// company whose Exact connection is usable. Returns the jobs this call enqueued.
+/// company whose Exact connection is usable, except jobs of flows paused for the company. Returns
+/// the jobs this call enqueued.
 pub async fn tick(
     config: &Config,
     store: &Store,
@@ -120,6 +144,7 @@ pub async fn tick(
     waiting: &mut Waiting,
 ) -> shared::Result<Vec<(String, Job)>> {
     let now_ms = store.now_ms().await?;
+    let flows = FlowControl::new(store.clone());
     let mut enqueued = Vec::new();
     for t in &config.tenants {
         let why = match TokenStore::new(store.clone(), t.id.clone()).usable().await {
@@ -143,7 +168,11 @@ pub async fn tick(
         if why.is_some() {
             continue;
         }
+        let paused = flows.paused(&t.id).await?;
         for job in jobs_for(t) {
+            if paused.contains(&job.work.flow()) {
+                continue;
+            }
             let every_ms = job.every.as_millis().max(1) as i64;
             let slot = now_ms / every_ms;
             let key = store.keys().schedule_slot(&t.id, &job.name, slot);

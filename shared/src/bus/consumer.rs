@@ -21,6 +21,10 @@
 //!   the shortest tier, attempt not counted, never dead-lettered; marked so that each time it
 //!   comes back the consumer reads the company's token record (one Redis read, no claim, no API
 //!   call) and parks it again until a consent is stored, then runs it.
+//! - Flow paused by an operator (`store::flow_control`) → parked in the shortest tier before any
+//!   claim or API call, attempt not counted, never dead-lettered; each time it comes back the
+//!   pause is read again (one Redis read), so the work runs within one shortest tier of the
+//!   resume. The first park of a message writes "waiting" to the sync log.
 //! - Permanent → DLQ at once with `x-error`, `x-error-class`, `x-attempts`, first/last failure times
 //!   and the original routing key, then ack.
 //! - A panic → counted like a transient failure but dead-lettered after `PANIC_LIMIT` panics; a
@@ -57,6 +61,7 @@ use crate::exact::TokenStore;
 use crate::flow::Flow;
 use crate::store::Store;
 use crate::store::claim::{Claimed, Claims};
+use crate::store::flow_control::FlowControl;
 use crate::store::lease::Lease;
 use crate::store::records::{LogEntry, Record, Status, SyncLog};
 use crate::telemetry;
@@ -83,6 +88,11 @@ const AWAITING_CONSENT: &str = "x-awaiting-consent";
 /// Until when (epoch ms, Redis time) a message parked for a rate limit or a pause waits: set on
 /// every re-publish (0 when it waits for nothing known), read when it comes back.
 const WAIT_UNTIL: &str = "x-wait-until";
+
+/// 1 on a message parked because an operator paused its flow for the company: it was written to
+/// the sync log as waiting once, and is not written again while it waits. Every other re-publish
+/// writes 0.
+const FLOW_PAUSED: &str = "x-flow-paused";
 
 /// What a handler sees of a message.
 #[derive(Debug, Clone)]
@@ -223,6 +233,7 @@ pub struct FlowConsumer<H: Handler> {
     store: Store,
     claims: Claims,
     log: SyncLog,
+    flows: FlowControl,
     activity: Activity,
 }
 
@@ -235,15 +246,17 @@ impl<H: Handler> FlowConsumer<H> {
         store: Store,
         claims: Claims,
     ) -> Self {
+        let log = SyncLog::new(
+            store.clone(),
+            worker.sync_log_retention,
+            worker.sync_log_max_entries,
+        );
         FlowConsumer {
             broker: broker.clone(),
             worker: worker.clone(),
             handler,
-            log: SyncLog::new(
-                store.clone(),
-                worker.sync_log_retention,
-                worker.sync_log_max_entries,
-            ),
+            flows: FlowControl::new(store.clone()).with_log(log.clone()),
+            log,
             publisher,
             store,
             claims,
@@ -432,6 +445,9 @@ impl<H: Handler> FlowConsumer<H> {
                 msg.attempt + 1,
             )
             .await;
+            return;
+        }
+        if self.park_if_paused(delivery, headers, &msg, &body).await {
             return;
         }
         if get_i64(headers, AWAITING_CONSENT) == Some(1) {
@@ -628,6 +644,57 @@ impl<H: Handler> FlowConsumer<H> {
         }
     }
 
+    /// When an operator paused this flow for the company: park the message in the shortest tier
+    /// (attempt not counted, no claim, no API call) and return true. Costs one Redis read; when
+    /// Redis cannot say, the message goes on (its claim, next, meets the same Redis).
+    async fn park_if_paused(
+        &self,
+        delivery: &Delivery,
+        headers: &FieldTable,
+        msg: &Message,
+        body: &H::Msg,
+    ) -> bool {
+        let flow = self.handler.flow();
+        let tenant = &msg.envelope.tenant;
+        match self.flows.is_paused(tenant, flow).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read whether the flow is paused; going on");
+                return false;
+            }
+        }
+        let detail = format!(
+            "the {flow} flow is paused for company '{tenant}'; waiting for it to be resumed"
+        );
+        if get_i64(headers, FLOW_PAUSED) != Some(1)
+            && let Some(record) = body.record()
+        {
+            self.log
+                .note(
+                    tenant,
+                    LogEntry::new(flow, record, Status::Waiting, &detail),
+                )
+                .await;
+        }
+        let mut out = headers.clone();
+        set_i64(&mut out, FLOW_PAUSED, 1);
+        let deaths = worker_deaths(headers, msg.redelivered);
+        if deaths > 0 {
+            set_i64(&mut out, WORKER_DEATHS, deaths);
+        }
+        self.park(
+            delivery,
+            msg,
+            self.broker.retry_tiers[0],
+            out,
+            "flow_paused",
+            &detail,
+        )
+        .await;
+        true
+    }
+
     async fn retry(
         &self,
         delivery: &Delivery,
@@ -688,6 +755,7 @@ impl<H: Handler> FlowConsumer<H> {
             i64::from(err.retry_class() == RetryClass::AwaitingConsent),
         );
         set_i64(&mut out, WAIT_UNTIL, self.wait_until(err).await);
+        set_i64(&mut out, FLOW_PAUSED, 0);
         for (k, v) in extra.inner() {
             out.insert(k.clone(), v.clone());
         }

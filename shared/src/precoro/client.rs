@@ -367,12 +367,7 @@ impl PrecoroClient {
         opts: ClientOptions,
     ) -> Self {
         let p = &tenant.precoro;
-        let mut limits = Limits::precoro(
-            tenant.id.as_str(),
-            p.requests_per_second,
-            p.hourly_limit,
-            p.daily_limit,
-        );
+        let mut limits = Limits::precoro_of(tenant);
         limits.window += opts.spacing_margin;
         PrecoroClient {
             tenant: tenant.id.clone(),

@@ -137,8 +137,9 @@ impl<'a> Keys<'a> {
 
     // ---- rate limits --------------------------------------------------------------------------
 
-    /// GCRA / hourly / daily / pause state of one API budget. Lost → a burst of 429s, then the
-    /// headers teach it back.
+    /// GCRA / hourly / daily / pause state of one API budget, and its calls per minute (kept two
+    /// hours, for the console's chart). Lost → a burst of 429s, then the headers teach it back;
+    /// the chart starts again from zero.
     pub fn rate(&self, api: &str, scope: &str, part: &str) -> String {
         self.k(&["rl", api, scope, part])
     }
@@ -293,6 +294,25 @@ impl<'a> Keys<'a> {
     /// each.
     pub fn held(&self, tenant: &TenantId, flow: Flow) -> String {
         self.k(&["held", tenant.as_str(), flow.as_str()])
+    }
+
+    /// A company's paused flows (a hash by flow name: who paused it and when,
+    /// `flow_control::FlowControl`). Lost → the paused flows run again until paused anew.
+    pub fn flow_pauses(&self, tenant: &TenantId) -> String {
+        self.k(&["flow-paused", tenant.as_str()])
+    }
+
+    // ---- the operator console -------------------------------------------------------------
+
+    /// A console session (by a hash of its cookie's id). Lost → the operator signs in again.
+    pub fn console_session(&self, id_hash: &str) -> String {
+        self.k(&["console", "session", id_hash])
+    }
+
+    /// Failed sign-ins of one account name or client address (`scope`: `user` or `ip`) in the
+    /// lockout window. Lost → the count starts again.
+    pub fn console_failures(&self, scope: &str, who: &str) -> String {
+        self.k(&["console", "failures", scope, who])
     }
 
     /// Every key of this prefix (a `SCAN` pattern; tests only).

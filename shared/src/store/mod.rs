@@ -4,11 +4,13 @@
 
 pub mod claim;
 pub mod echoes;
+pub mod flow_control;
 pub mod hints;
 pub mod keys;
 pub mod lease;
 pub mod ratelimit;
 pub mod records;
+pub mod sessions;
 
 use redis::aio::ConnectionManager;
 
@@ -121,6 +123,15 @@ impl Store {
             .query_async(&mut c)
             .await?;
         Ok(r.is_some())
+    }
+
+    /// `MGET keys…` in one round trip (none for no keys).
+    pub async fn get_strings(&self, keys: &[String]) -> Result<Vec<Option<String>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn();
+        Ok(redis::cmd("MGET").arg(keys).query_async(&mut c).await?)
     }
 
     /// `HGET key field`.

@@ -6,14 +6,18 @@
 //! 2. the daily and hourly counters (fixed windows in UTC),
 //! 3. GCRA for the short window: one key holding the theoretical arrival time (TAT).
 //!
-//! Only when all allow does it consume: increment the counters and move the TAT. Waiting is not an
-//! error: [`RateLimiter::acquire`] sleeps up to a bound and only then reports `RateLimited`.
+//! Only when all allow does it consume: increment the counters and move the TAT, and count the call
+//! in its minute (kept two hours, for the console's calls-per-minute chart:
+//! [`RateLimiter::calls_per_minute`]) in the same script, so the chart costs no round trip. Waiting
+//! is not an error: [`RateLimiter::acquire`] sleeps up to a bound and only then reports
+//! `RateLimited`.
 
 use std::time::Duration;
 
 use redis::Script;
 
 use super::Store;
+use crate::config::TenantConfig;
 use crate::error::{Api, Error, Result};
 
 const GCRA: &str = r"
@@ -60,7 +64,25 @@ if hourly > 0 then
   redis.call('INCR', hour_key)
   redis.call('PEXPIRE', hour_key, 3700000)
 end
+local minute_key = KEYS[5] .. ':' .. math.floor(now / 60000)
+redis.call('INCR', minute_key)
+redis.call('PEXPIRE', minute_key, 7200000)
 return {1, 0, 'ok'}";
+
+/// The calls counted in each of the last `ARGV[1]` minutes (Redis time), oldest first.
+/// KEYS: the minute counters' base.
+const MINUTES: &str = r"
+local t = redis.call('TIME')
+local current = math.floor(tonumber(t[1]) / 60)
+local n = tonumber(ARGV[1])
+local keys = {}
+for i = n - 1, 0, -1 do
+  keys[#keys + 1] = KEYS[1] .. ':' .. (current - i)
+end
+return redis.call('MGET', unpack(keys))";
+
+/// How many minutes of calls [`RateLimiter::calls_per_minute`] can show (the counters' life).
+pub const MINUTES_KEPT: u32 = 120;
 
 /// Only ever moves a pause forward.
 const PAUSE: &str = r"
@@ -102,6 +124,22 @@ impl Limits {
             hourly: None,
             daily: Some(per_day),
         }
+    }
+
+    /// A company's Exact limits as its config sets them.
+    pub fn exact_of(t: &TenantConfig) -> Self {
+        Limits::exact(t.id.as_str(), t.exact.minutely_limit, t.exact.daily_limit)
+    }
+
+    /// A company's Precoro limits as its config sets them.
+    pub fn precoro_of(t: &TenantConfig) -> Self {
+        let p = &t.precoro;
+        Limits::precoro(
+            t.id.as_str(),
+            p.requests_per_second,
+            p.hourly_limit,
+            p.daily_limit,
+        )
     }
 
     pub fn precoro(scope: &str, per_second: u32, per_hour: u32, per_day: u32) -> Self {
@@ -146,13 +184,14 @@ impl RateLimiter {
         RateLimiter { store, max_wait }
     }
 
-    fn keys(&self, l: &Limits) -> [String; 4] {
+    fn keys(&self, l: &Limits) -> [String; 5] {
         let api = l.api.as_str();
         [
             self.store.keys().rate(api, &l.scope, "tat"),
             self.store.keys().rate(api, &l.scope, "hour"),
             self.store.keys().rate(api, &l.scope, "day"),
             self.store.keys().rate(api, &l.scope, "pause"),
+            self.store.keys().rate(api, &l.scope, "minute"),
         ]
     }
 
@@ -163,13 +202,14 @@ impl RateLimiter {
 
     /// One attempt: `Ok(None)` when the call may go now (and was counted), else how long to wait.
     pub async fn try_acquire(&self, l: &Limits) -> Result<Option<(Duration, WaitReason)>> {
-        let [tat, hour, day, pause] = self.keys(l);
+        let [tat, hour, day, pause, minute] = self.keys(l);
         let mut c = self.store.conn();
         let (ok, wait_ms, reason): (i64, i64, String) = Script::new(GCRA)
             .key(tat)
             .key(hour)
             .key(day)
             .key(pause)
+            .key(minute)
             .arg(l.emission_ms())
             .arg(l.burst.max(1))
             .arg(l.hourly.unwrap_or(0))
@@ -219,7 +259,7 @@ impl RateLimiter {
 
     /// Pause every replica's calls to this API for this scope until `until_ms` (Redis epoch ms).
     pub async fn pause_until(&self, l: &Limits, until_ms: i64) -> Result<()> {
-        let [_, _, _, pause] = self.keys(l);
+        let [_, _, _, pause, _] = self.keys(l);
         let mut c = self.store.conn();
         let _: i64 = Script::new(PAUSE)
             .key(pause)
@@ -242,7 +282,7 @@ impl RateLimiter {
 
     /// Today's use of the daily budget (UTC, on Redis time) and where it heads at this pace.
     pub async fn day_pace(&self, l: &Limits) -> Result<DayPace> {
-        let [_, _, day, _] = self.keys(l);
+        let [_, _, day, _, _] = self.keys(l);
         let now = self.store.now_ms().await?;
         let v = self
             .store
@@ -250,6 +290,41 @@ impl RateLimiter {
             .await?;
         let used = v.and_then(|s| s.parse().ok()).unwrap_or(0);
         Ok(DayPace::new(used, l.daily.unwrap_or(0), now))
+    }
+
+    /// Calls this limiter let through in each of the last `minutes` minutes (UTC minutes on
+    /// Redis time, at most [`MINUTES_KEPT`]), oldest first, the current minute last. One round
+    /// trip.
+    pub async fn calls_per_minute(&self, l: &Limits, minutes: u32) -> Result<Vec<u64>> {
+        let minutes = minutes.min(MINUTES_KEPT);
+        if minutes == 0 {
+            return Ok(Vec::new());
+        }
+        let [_, _, _, _, minute] = self.keys(l);
+        let mut c = self.store.conn();
+        let counts: Vec<Option<u64>> = Script::new(MINUTES)
+            .key(minute)
+            .arg(minutes)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// [`Self::day_pace`] of many budgets at `now_ms` (Redis time), in one round trip.
+    pub async fn day_paces(&self, limits: &[Limits], now_ms: i64) -> Result<Vec<DayPace>> {
+        let keys: Vec<String> = limits
+            .iter()
+            .map(|l| format!("{}:{}", self.keys(l)[2], now_ms / DAY_MS))
+            .collect();
+        let used = self.store.get_strings(&keys).await?;
+        Ok(limits
+            .iter()
+            .zip(used)
+            .map(|(l, v)| {
+                let used = v.and_then(|s| s.parse().ok()).unwrap_or(0);
+                DayPace::new(used, l.daily.unwrap_or(0), now_ms)
+            })
+            .collect())
     }
 }
 

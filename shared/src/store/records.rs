@@ -29,6 +29,12 @@ pub enum RecordKind {
     Invoice,
     Payment,
     Supplier,
+    /// A company's flow itself, for what an operator does to it (paused, resumed).
+    Flow,
+    /// The company itself: its Exact connection (a connect link made).
+    Company,
+    /// A dead-lettered message (replayed or purged by an operator), by its message id.
+    Message,
 }
 
 impl RecordKind {
@@ -37,6 +43,9 @@ impl RecordKind {
             RecordKind::Invoice => "invoice",
             RecordKind::Payment => "payment",
             RecordKind::Supplier => "supplier",
+            RecordKind::Flow => "flow",
+            RecordKind::Company => "company",
+            RecordKind::Message => "message",
         }
     }
 }
@@ -59,8 +68,16 @@ pub enum Status {
     Retried,
     /// Dead-lettered: it needs an operator.
     Failed,
-    /// Waiting for something outside the record (the company's Exact consent).
+    /// Waiting for something outside the record (the company's Exact consent, its flow paused).
     Waiting,
+    /// An operator paused the flow (a [`RecordKind::Flow`] entry).
+    Paused,
+    /// An operator resumed the flow.
+    Resumed,
+    /// An operator asked for it: a run now, a connect link.
+    Requested,
+    /// An operator deleted it for good (a dead letter purged).
+    Purged,
 }
 
 impl Status {
@@ -74,6 +91,10 @@ impl Status {
             Status::Retried => "retried",
             Status::Failed => "failed",
             Status::Waiting => "waiting",
+            Status::Paused => "paused",
+            Status::Resumed => "resumed",
+            Status::Requested => "requested",
+            Status::Purged => "purged",
         }
     }
 }
@@ -145,11 +166,22 @@ pub struct LogFilter {
     pub status: Option<Status>,
     pub flow: Option<Flow>,
     pub since: Option<DateTime<Utc>>,
+    /// Words the entry's detail contains, whatever their case (a supplier's name or code).
+    pub text: Option<String>,
 }
 
 impl LogFilter {
     fn admits(&self, e: &LogEntry) -> bool {
         self.kind.is_none_or(|k| e.record.kind == k)
+            && self.text.as_deref().is_none_or(|t| {
+                let t = t.trim().to_lowercase();
+                e.detail.to_lowercase().contains(&t)
+                    || e.record.id.to_lowercase().contains(&t)
+                    || e.record
+                        .number
+                        .as_deref()
+                        .is_some_and(|n| n.to_lowercase().contains(&t))
+            })
             && self.record.as_deref().is_none_or(|r| e.record.is(r))
             && self.status.is_none_or(|s| e.status == s)
             && self.flow.is_none_or(|f| e.flow == f)
@@ -394,6 +426,19 @@ impl Held {
             .collect();
         out.sort_by_key(|r| r.since);
         Ok(out)
+    }
+
+    /// [`Self::count`] of many `(company, flow)` pairs, in one round trip.
+    pub async fn counts(&self, pairs: &[(&TenantId, Flow)]) -> Result<Vec<u64>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (tenant, flow) in pairs {
+            pipe.cmd("HLEN").arg(self.store.keys().held(tenant, *flow));
+        }
+        let mut c = self.store.conn();
+        Ok(pipe.query_async(&mut c).await?)
     }
 
     /// How many records of `flow` are held for the company.

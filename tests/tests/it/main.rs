@@ -1,11 +1,14 @@
 //! Every integration test in one binary, a module per area (one link step instead of one per
 //! file); what the modules share lives in the `testbed` library (`tests/src`).
 
+mod browser;
 mod budgets;
 mod connect;
+mod console;
 mod deploy;
 mod exact_client;
 mod exact_sim;
+mod flow_control;
 mod hints;
 mod invoices;
 mod limits;

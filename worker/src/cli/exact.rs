@@ -25,6 +25,13 @@ pub fn connect_url(config: &Config, tenant: &TenantConfig) -> anyhow::Result<Str
             "ingress.oauth_state_secret is not set: connect links are signed with it, so set the same value in the ingress's and this command's config"
         );
     }
+    Ok(signed_link(config, tenant))
+}
+
+/// The link signed with this process's `ingress.oauth_state_secret`: the ingress's own console
+/// may make one without a configured secret, since it is the process that checks it (with
+/// several ingress replicas, only a configured secret lets every one of them accept it).
+pub fn signed_link(config: &Config, tenant: &TenantConfig) -> String {
     let link = oauth_state::sign(
         &config.ingress.oauth_state_secret,
         Purpose::Link,
@@ -32,10 +39,10 @@ pub fn connect_url(config: &Config, tenant: &TenantConfig) -> anyhow::Result<Str
         chrono::Utc::now().timestamp(),
         STATE_TTL,
     );
-    Ok(format!(
+    format!(
         "{}/oauth/exact/start?link={link}",
         config.ingress.public_url.trim_end_matches('/'),
-    ))
+    )
 }
 
 /// `worker exact connect --tenant T`: print the link, what Exact must know, and the current state.

@@ -1,17 +1,21 @@
-//! The operator commands behind `worker dlq|backfill|exact|status`. Each takes the config and an
-//! `impl Write` for what it prints, so tests run them in-process and read the text; `main.rs` only
-//! parses arguments and hands over stdout.
+//! The operator commands behind `worker dlq|backfill|exact|flow|status`. Each takes the config and
+//! an `impl Write` for what it prints, so tests run them in-process and read the text; `main.rs`
+//! only parses arguments and hands over stdout.
 //!
 //! - [`dlq`]: list, show, replay and purge dead letters.
 //! - [`backfill`]: enqueue a flow's work for a company and a date range.
+//! - [`flow`]: pause, resume or run now a company's flow.
 //! - [`exact`]: the Exact connect link and the webhook subscriptions a company's flows need.
 //! - [`log`]: a company's sync log, and the records held for their data.
+//! - [`operator`]: the password hash of a console operator.
 //! - [`status`]: per company, connection, budget, cursors, last runs; queue depths and dead letters.
 
 pub mod backfill;
 pub mod dlq;
 pub mod exact;
+pub mod flow;
 pub mod log;
+pub mod operator;
 pub mod status;
 
 use chrono::{DateTime, NaiveDate, Utc};

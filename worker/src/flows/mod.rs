@@ -25,6 +25,27 @@ use shared::store::claim::Claims;
 use shared::store::ratelimit::RateLimiter;
 use shared::store::records::{Held, SyncLog};
 
+/// An operator's "retry now" of a held record: queue it again as its flow's own retry does
+/// (an invoice at the company's current lookups, a payment with its job). False when its flow
+/// has no retry of a single record, or the record names nothing to retry.
+pub async fn retry_held(
+    store: &Store,
+    publisher: &Publisher,
+    tenant: &TenantId,
+    held: &shared::store::records::HeldRecord,
+) -> Result<bool> {
+    match held.flow {
+        Flow::Invoices => {
+            let generation = invoices::lookups::LookupCache::new(store.clone())
+                .generation(tenant)
+                .await?;
+            invoices::held::retry(publisher, tenant, held, generation).await
+        }
+        Flow::Payments => payments::held::retry(publisher, tenant, held).await,
+        Flow::Suppliers | Flow::Reference => Ok(false),
+    }
+}
+
 /// Everything a flow needs, shared by all of a worker's consumers.
 pub struct Context {
     pub config: Arc<Config>,

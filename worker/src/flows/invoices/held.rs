@@ -15,6 +15,7 @@
 
 use chrono::Utc;
 use shared::Flow;
+use shared::bus::Publisher;
 use shared::error::{Api, Error, Result};
 use shared::ids::{PrecoroIdn, TenantId};
 use shared::precoro::{Invoice, PrecoroClient};
@@ -194,6 +195,28 @@ pub fn changed_since_held(held: &HeldRecord, row: &Invoice) -> bool {
     }
 }
 
+/// Queue a retry of the held invoice `held`, its lookups read at `generation` or later (an
+/// operator's "retry now" passes the current one). False when the record names no Precoro
+/// invoice to read again.
+pub async fn retry(
+    publisher: &Publisher,
+    tenant: &TenantId,
+    held: &HeldRecord,
+    generation: i64,
+) -> Result<bool> {
+    let (Some(id), Ok(idn)) = (held.precoro_id, held.record.id.parse::<i64>()) else {
+        return Ok(false);
+    };
+    let env = InvoiceMsg::retry(
+        tenant,
+        shared::ids::PrecoroId(id),
+        PrecoroIdn(idn),
+        generation,
+    );
+    publisher.publish_envelope(&env, Default::default()).await?;
+    Ok(true)
+}
+
 /// Queue a retry of every invoice held for the company, read at lookups `generation` or later:
 /// reference sync just wrote a mapping one of them may need. Each costs a Precoro read; Exact is
 /// called only for an invoice whose entry now maps differently from what it refused.
@@ -201,19 +224,9 @@ pub async fn retry_all(ctx: &Context, tenant: &TenantId, generation: i64) -> Res
     let held = ctx.held.list(tenant, Flow::Invoices).await?;
     let mut queued = 0;
     for h in &held {
-        let (Some(id), Ok(idn)) = (h.precoro_id, h.record.id.parse::<i64>()) else {
-            continue;
-        };
-        let env = InvoiceMsg::retry(
-            tenant,
-            shared::ids::PrecoroId(id),
-            PrecoroIdn(idn),
-            generation,
-        );
-        ctx.publisher
-            .publish_envelope(&env, Default::default())
-            .await?;
-        queued += 1;
+        if retry(&ctx.publisher, tenant, h, generation).await? {
+            queued += 1;
+        }
     }
     if queued > 0 {
         tracing::info!(tenant = %tenant, queued, "held invoices queued again after a mapping change");

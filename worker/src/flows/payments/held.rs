@@ -8,6 +8,7 @@
 use chrono::Utc;
 use rust_decimal::Decimal;
 use shared::Flow;
+use shared::bus::Publisher;
 use shared::bus::consumer::Outcome;
 use shared::error::{Api, Error, Result};
 use shared::ids::{PrecoroIdn, TenantId};
@@ -129,6 +130,20 @@ pub async fn release(
     Ok(())
 }
 
+/// Queue the held payment `held` again (its job: the Exact lines to record). False when the
+/// record carries no job.
+pub async fn retry(publisher: &Publisher, tenant: &TenantId, held: &HeldRecord) -> Result<bool> {
+    let Some(job) = held.job.as_ref() else {
+        return Ok(false);
+    };
+    let e: EntryPayments = serde_json::from_value(job.clone())
+        .map_err(|x| Error::Malformed(format!("held payment job: {x}")))?;
+    publisher
+        .publish_envelope(&PaymentMsg::entry(tenant, &e), Default::default())
+        .await?;
+    Ok(true)
+}
+
 /// A hint says invoice `idn` changed in Precoro: queue again the payments held for it, since it
 /// may take them now (each looks at the invoice itself and is held again, silently, if not).
 /// One Redis call when nothing is held (the common case).
@@ -142,13 +157,9 @@ pub async fn wake(ctx: &Context, tenant: &TenantId, idn: PrecoroIdn) -> Result<u
         if h.record.number.as_deref() != Some(idn.as_str()) {
             continue;
         }
-        let Some(job) = h.job.as_ref() else { continue };
-        let e: EntryPayments = serde_json::from_value(job.clone())
-            .map_err(|x| Error::Malformed(format!("held payment job: {x}")))?;
-        ctx.publisher
-            .publish_envelope(&PaymentMsg::entry(tenant, &e), Default::default())
-            .await?;
-        queued += 1;
+        if retry(&ctx.publisher, tenant, &h).await? {
+            queued += 1;
+        }
     }
     Ok(queued)
 }

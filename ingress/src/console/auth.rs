@@ -200,6 +200,10 @@ fn login_form(state: &AppState, status: StatusCode, error: Option<&str>) -> Resp
         html lang="en" {
             head { (head("Sign in")) }
             body {
+                header {
+                    span.brand { "precoro-exact" }
+                    nav aria-label="Console" { a href="/console/login" aria-current="page" { "Sign in" } }
+                }
                 main {
                     form.login method="post" action="/console/login" {
                         h1 { "Sign in to the console" }

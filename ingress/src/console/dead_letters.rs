@@ -18,7 +18,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use shared::Flow;
 use shared::RetryClass;
-use shared::bus::dlq::DeadLetter;
+use shared::bus::dlq::{DeadLetter, Moved};
 use shared::store::records::{LogEntry, Record, RecordKind, Status};
 use worker::cli::dlq::{self, Selection};
 
@@ -274,23 +274,41 @@ pub async fn replay(
     let letters = dlq::fetch(config, &sel).await?;
     let mut out = Vec::new();
     let result = dlq::replay(config, &sel, p.all(), false, &mut out).await;
+    let outcome = Outcome {
+        status: Status::Retried,
+        detail: "replayed from the dead-letter queue",
+        failed: "Nothing replayed",
+    };
+    Ok(finish(&state, &op, &letters, &back, out, result, outcome).await)
+}
+
+/// What a replay or a purge did, for the sync log and the flash.
+struct Outcome {
+    status: Status,
+    detail: &'static str,
+    failed: &'static str,
+}
+
+/// After a replay or a purge: the overview reads the DLQ again, each letter moved is written to
+/// its company's log, and the command's own words (`out`) go to the next page.
+async fn finish(
+    state: &AppState,
+    op: &Operator,
+    letters: &[DeadLetter],
+    back: &str,
+    out: Vec<u8>,
+    result: anyhow::Result<Moved>,
+    outcome: Outcome,
+) -> axum::response::Response {
     state.console.broker_changed().await;
-    let text = String::from_utf8_lossy(&out).trim().to_string();
     match result {
         Ok(moved) => {
             if moved.moved > 0 {
-                record_each(
-                    &state,
-                    &op,
-                    &letters,
-                    Status::Retried,
-                    "replayed from the dead-letter queue",
-                )
-                .await;
+                record_each(state, op, letters, outcome.status, outcome.detail).await;
             }
-            Ok(done(&back, &text))
+            done(back, String::from_utf8_lossy(&out).trim())
         }
-        Err(e) => Ok(done(&back, &format!("Nothing replayed: {e:#}"))),
+        Err(e) => done(back, &format!("{}: {e:#}", outcome.failed)),
     }
 }
 
@@ -344,22 +362,10 @@ pub async fn purge(
     }
     let mut out = Vec::new();
     let result = dlq::purge(config, &sel, p.all(), true, &mut std::io::empty(), &mut out).await;
-    state.console.broker_changed().await;
-    let text = String::from_utf8_lossy(&out).trim().to_string();
-    match result {
-        Ok(moved) => {
-            if moved.moved > 0 {
-                record_each(
-                    &state,
-                    &op,
-                    &letters,
-                    Status::Purged,
-                    "purged from the dead-letter queue",
-                )
-                .await;
-            }
-            Ok(done(&back, &text))
-        }
-        Err(e) => Ok(done(&back, &format!("Nothing purged: {e:#}"))),
-    }
+    let outcome = Outcome {
+        status: Status::Purged,
+        detail: "purged from the dead-letter queue",
+        failed: "Nothing purged",
+    };
+    Ok(finish(&state, &op, &letters, &back, out, result, outcome).await)
 }

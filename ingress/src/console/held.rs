@@ -34,11 +34,19 @@ pub async fn page(
         None => config.tenants.iter().collect(),
     };
     let held = Held::new(state.store.clone());
+    // Counted for every company in one round trip; listed only where something is held.
+    let pairs: Vec<(&shared::ids::TenantId, Flow)> = companies
+        .iter()
+        .flat_map(|t| Flow::ALL.map(|f| (&t.id, f)))
+        .collect();
+    let counts = held.counts(&pairs).await?;
     let mut rows: Vec<(&shared::config::TenantConfig, HeldRecord)> = Vec::new();
-    for t in companies {
-        for flow in Flow::ALL {
-            rows.extend(held.list(&t.id, flow).await?.into_iter().map(|r| (t, r)));
+    for ((tenant, flow), n) in pairs.iter().zip(counts) {
+        if n == 0 {
+            continue;
         }
+        let t = company(config, tenant.as_str())?;
+        rows.extend(held.list(tenant, *flow).await?.into_iter().map(|r| (t, r)));
     }
     let now = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(state.store.now_ms().await?)
         .unwrap_or_else(chrono::Utc::now);

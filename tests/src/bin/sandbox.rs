@@ -131,6 +131,7 @@ async fn run(args: &Args) -> Result<(), String> {
         ..Default::default()
     })
     .await;
+    let demo_password = args.serve.then(|| demo_operator(&mut world));
     let stack = Stack::start(&world, args.workers as usize, true).await;
     println!(
         "  Exact simulator   {}  (division {})",
@@ -154,8 +155,8 @@ async fn run(args: &Args) -> Result<(), String> {
     payments(&world, &stack, &tracked, timeout, &mut problems).await;
     held_until_fixed(&mut world, &stack, timeout, &mut problems).await;
 
-    if args.serve {
-        serve(&world, &stack, &tracked[0]).await;
+    if let Some(password) = &demo_password {
+        serve(&world, &stack, &tracked[0], password).await;
     }
     stack.stop().await;
     if problems.is_empty() {
@@ -719,13 +720,32 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// The console's demo account: `demo` with a password made up now (its argon2 hash goes into the
+/// config, as `worker operator hash` would make it). Returns the password.
+fn demo_operator(world: &mut World) -> String {
+    let password = shared::config::new_secret()[..20].to_string();
+    let hash = shared::password::hash(&password);
+    world.toml.push_str(&format!(
+        "\n[[console.operators]]\nname = \"{DEMO_OPERATOR}\"\npassword_hash = \"{hash}\"\n"
+    ));
+    world.config = shared::config::Config::from_toml(&world.toml, &|_| None)
+        .expect("the sandbox config with its demo operator is valid");
+    password
+}
+
+const DEMO_OPERATOR: &str = "demo";
+
 /// Keep running and tell a person how to poke at it.
-async fn serve(world: &World, stack: &Stack, first: &Tracked) {
+async fn serve(world: &World, stack: &Stack, first: &Tracked, password: &str) {
     let hook = world.precoro_webhook_url(&stack.ingress_base);
     println!("\nServing until Ctrl-C:");
     println!("  ingress             {}", stack.ingress_base);
     println!(
         "  health / metrics    {0}/healthz  {0}/readyz  {0}/metrics  (admin port)",
+        stack.admin_base
+    );
+    println!(
+        "  operator console    {}/console  (sign in as {DEMO_OPERATOR} / {password})",
         stack.admin_base
     );
     println!("  Precoro webhook URL {hook}");

@@ -71,7 +71,7 @@ struct Browser {
 impl Browser {
     fn new(base: &str) -> Browser {
         Browser {
-            http: reqwest::Client::builder()
+            http: shared::http::builder(Duration::from_secs(30))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),

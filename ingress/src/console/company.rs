@@ -2,7 +2,6 @@
 //! running or paused, last success and next run; pause, resume and run a flow now; make the
 //! single-use Exact connect link (`worker exact connect`'s).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Extension;
@@ -10,18 +9,14 @@ use axum::extract::{Path, State};
 use maud::{Markup, html};
 use shared::Flow;
 use shared::config::TenantConfig;
-use shared::store::flow_control::FlowControl;
 use shared::store::records::{LogEntry, Record, RecordKind, Status};
 use worker::cli::status::{CompanyStatus, Report};
 
 use super::{Flash, Operator, PageResult, Problem, Section, company, done, time_cell, when};
 use crate::startup::AppState;
 
-/// The company's row of the report, and its paused flows.
-async fn read(
-    state: &AppState,
-    t: &TenantConfig,
-) -> Result<(Report, CompanyStatus, BTreeSet<Flow>), Problem> {
+/// The company's row of the report (its flows' pauses included).
+async fn read(state: &AppState, t: &TenantConfig) -> Result<(Report, CompanyStatus), Problem> {
     let broker = match state.console.broker(&state.config).await {
         Ok(b) => b,
         Err(e) => {
@@ -36,8 +31,7 @@ async fn read(
         .find(|c| c.id == t.id.as_str())
         .cloned()
         .ok_or_else(|| Problem::NotFound(format!("No company '{}'.", t.id)))?;
-    let paused = FlowControl::new(state.store.clone()).paused(&t.id).await?;
-    Ok((report, row, paused))
+    Ok((report, row))
 }
 
 pub async fn page(
@@ -47,13 +41,13 @@ pub async fn page(
     Path(id): Path<String>,
 ) -> PageResult {
     let t = company(&state.config, &id)?;
-    let (report, row, paused) = read(&state, t).await?;
+    let (report, row) = read(&state, t).await?;
     Ok(super::page(
         &op,
         &flash,
         Section::Overview,
         &t.name,
-        render(&op, t, &report, &row, &paused, None),
+        render(&op, t, &report, &row, None),
     ))
 }
 
@@ -62,7 +56,6 @@ fn render(
     t: &TenantConfig,
     report: &Report,
     c: &CompanyStatus,
-    paused: &BTreeSet<Flow>,
     link: Option<(&str, bool)>,
 ) -> Markup {
     let now = report.at;
@@ -115,17 +108,20 @@ fn render(
                 }
                 tbody {
                     @for f in &c.flows {
-                        @let flow: Option<Flow> = f.flow.parse().ok();
-                        @let is_paused = flow.is_some_and(|fl| paused.contains(&fl));
+                        @let is_paused = f.paused.is_some();
                         tr data-flow=(f.flow) data-state=(if is_paused { "paused" } else { "running" }) {
                             td { (f.flow) }
                             td { @if f.enabled { span.ok { "on" } } @else { span.off { "off" } } }
                             td.state {
-                                @if is_paused { span.pill.warn { "paused" } } @else { span.pill.ok { "running" } }
+                                @if let Some(p) = &f.paused {
+                                    span.pill.warn title=(format!("by {} at {}", p.by, p.at.format("%Y-%m-%d %H:%M UTC"))) { "paused" }
+                                    " " span.note { "by " (p.by) }
+                                } @else { span.pill.ok { "running" } }
                             }
                             td { (time_cell(f.last_success, now)) }
                             td {
                                 @if !f.enabled { span.off { "–" } }
+                                @else if is_paused { span.note { "on the resume" } }
                                 @else if f.next_run.is_some() { (when(f.next_run, now)) }
                                 @else { span.note { "after the Exact consent" } }
                             }
@@ -181,7 +177,7 @@ pub async fn flow_action(
         .parse()
         .map_err(|e: shared::flow::UnknownFlow| Problem::NotFound(e.to_string()))?;
     let back = format!("/console/companies/{}", t.id);
-    let control = FlowControl::new(state.store.clone());
+    let control = &state.console.flows;
     let message = match action.as_str() {
         // The pause and the resume are written to the sync log by `FlowControl`, with `by`.
         "pause" => {
@@ -237,13 +233,13 @@ pub async fn connect_link(
         "Exact connect link made (single use, 15 minutes)",
     );
     state.console.record(t, &op, entry).await;
-    let (report, row, paused) = read(&state, t).await?;
+    let (report, row) = read(&state, t).await?;
     let configured = state.config.ingress.oauth_state_secret_configured;
     Ok(super::page(
         &op,
         &Flash(Some("A new connect link is below.".into())),
         Section::Overview,
         &t.name,
-        render(&op, t, &report, &row, &paused, Some((&url, configured))),
+        render(&op, t, &report, &row, Some((&url, configured))),
     ))
 }

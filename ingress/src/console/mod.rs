@@ -28,6 +28,7 @@ use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use shared::config::{Config, TenantConfig};
 use shared::store::Store;
+use shared::store::flow_control::FlowControl;
 use shared::store::records::{LogEntry, SyncLog};
 use shared::store::sessions::{Lockout, Sessions};
 use tokio::sync::Mutex;
@@ -42,6 +43,8 @@ pub struct Console {
     sessions: Sessions,
     lockout: Lockout,
     log: SyncLog,
+    /// Pauses and resumes, written to the sync log with the configured retention.
+    flows: FlowControl,
     /// The DLQ and queue depths, read at most every [`BROKER_FRESH`]: reading the DLQ takes every
     /// message and hands it back, too much for every page view.
     broker: Mutex<Option<(Instant, Arc<BrokerView>)>>,
@@ -53,14 +56,16 @@ const BROKER_FRESH: Duration = Duration::from_secs(5);
 impl Console {
     pub fn new(config: &Config, store: Store) -> Console {
         let c = &config.console;
+        let log = SyncLog::new(
+            store.clone(),
+            config.worker.sync_log_retention,
+            config.worker.sync_log_max_entries,
+        );
         Console {
             sessions: Sessions::new(store.clone(), c.session_ttl),
             lockout: Lockout::new(store.clone(), c.max_failures, c.lockout),
-            log: SyncLog::new(
-                store,
-                config.worker.sync_log_retention,
-                config.worker.sync_log_max_entries,
-            ),
+            log: log.clone(),
+            flows: FlowControl::new(store).with_log(log),
             broker: Mutex::new(None),
         }
     }

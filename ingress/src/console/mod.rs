@@ -47,7 +47,18 @@ pub struct Console {
     flows: FlowControl,
     /// The DLQ and queue depths, read at most every [`BROKER_FRESH`]: reading the DLQ takes every
     /// message and hands it back, too much for every page view.
-    broker: Mutex<Option<(Instant, Arc<BrokerView>)>>,
+    broker: Arc<Mutex<BrokerCache>>,
+}
+
+/// The last look at the broker, and whether a newer one is being taken.
+#[derive(Default)]
+struct BrokerCache {
+    view: Option<(Instant, Arc<BrokerView>)>,
+    /// A look is being taken behind the pages.
+    refreshing: bool,
+    /// Raised by every change an operator made (a replay, a purge): a look begun before it is
+    /// not kept.
+    generation: u64,
 }
 
 /// How long the overview shows the broker's counts before reading them again.
@@ -66,26 +77,41 @@ impl Console {
             lockout: Lockout::new(store.clone(), c.max_failures, c.lockout),
             log: log.clone(),
             flows: FlowControl::new(store).with_log(log),
-            broker: Mutex::new(None),
+            broker: Default::default(),
         }
     }
 
-    /// Queue depths and dead letters, as of at most [`BROKER_FRESH`] ago.
-    async fn broker(&self, config: &Config) -> anyhow::Result<Arc<BrokerView>> {
-        let mut cached = self.broker.lock().await;
-        if let Some((at, view)) = cached.as_ref()
-            && at.elapsed() < BROKER_FRESH
-        {
-            return Ok(view.clone());
+    /// Queue depths and dead letters. A look older than [`BROKER_FRESH`] is shown while a new
+    /// one is taken behind the page, so no page view waits on the broker except the first (and
+    /// the first after an operator changed the DLQ, which must show the change).
+    async fn broker(&self, config: &Arc<Config>) -> anyhow::Result<Arc<BrokerView>> {
+        let mut cache = self.broker.lock().await;
+        match cache.view.clone() {
+            Some((at, view)) if at.elapsed() < BROKER_FRESH => Ok(view),
+            Some((_, stale)) => {
+                if !cache.refreshing {
+                    cache.refreshing = true;
+                    tokio::spawn(refresh(
+                        self.broker.clone(),
+                        config.clone(),
+                        cache.generation,
+                    ));
+                }
+                Ok(stale)
+            }
+            None => {
+                let view = Arc::new(BrokerView::read(config).await?);
+                cache.view = Some((Instant::now(), view.clone()));
+                Ok(view)
+            }
         }
-        let view = Arc::new(BrokerView::read(config).await?);
-        *cached = Some((Instant::now(), view.clone()));
-        Ok(view)
     }
 
     /// The DLQ changed (a replay, a purge): the next page reads it again.
     async fn broker_changed(&self) {
-        *self.broker.lock().await = None;
+        let mut cache = self.broker.lock().await;
+        cache.view = None;
+        cache.generation += 1;
     }
 
     /// Write an operator's action to the company's sync log.
@@ -101,6 +127,23 @@ impl Console {
             "console action"
         );
         self.log.note(&tenant.id, entry).await;
+    }
+}
+
+/// Take a new look at the broker for [`Console::broker`]; kept unless an operator changed the DLQ
+/// meanwhile. A failed look keeps the old one (the next stale page view tries again).
+async fn refresh(cache: Arc<Mutex<BrokerCache>>, config: Arc<Config>, generation: u64) {
+    let read = BrokerView::read(&config).await;
+    let mut cache = cache.lock().await;
+    cache.refreshing = false;
+    match read {
+        Ok(view) if cache.generation == generation => {
+            cache.view = Some((Instant::now(), Arc::new(view)));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "console: the broker could not be read; showing the last look");
+        }
     }
 }
 

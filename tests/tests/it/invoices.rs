@@ -822,7 +822,9 @@ async fn two_hundred_invoices_under_twenty_percent_faults_are_booked_once_each()
         world.precoro.approve_invoice(*idn);
     }
     // Webhooks the simulator could not deliver are caught by the backstop: enqueue a poll now.
-    let all_booked = eventually(Duration::from_secs(120), || async {
+    // The bound only keeps a broken build from hanging: each approval is a list look and a
+    // detail read under 20 % faults, and on a busy 2-core machine 200 of them took over 120 s.
+    let all_booked = eventually(Duration::from_secs(300), || async {
         let entries = world.exact.purchase_entries(world.division);
         entries.len() >= n
     })

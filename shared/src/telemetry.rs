@@ -117,7 +117,8 @@ pub fn webhook_received(
     metrics::counter!(names::WEBHOOKS_RECEIVED, "source" => source, "outcome" => outcome)
         .increment(1);
     match outcome {
-        "accepted" | "ignored" | "handshake" | "deferred" => {
+        // An echo is our own write's webhook, answered without publishing: expected, not refused.
+        "accepted" | "ignored" | "handshake" | "deferred" | "echo" => {
             tracing::info!(source, tenant, outcome, detail, "webhook received")
         }
         _ => tracing::warn!(source, tenant, outcome, detail, "webhook refused"),

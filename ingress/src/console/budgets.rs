@@ -11,7 +11,7 @@ use serde::Deserialize;
 use shared::store::ratelimit::{Limits, RateLimiter};
 
 use super::chart::{Series, minutes_svg};
-use super::{Flash, Operator, PageResult, Section, company, company_select, given};
+use super::{Flash, Operator, PageResult, Section, companies, company_select, given};
 use crate::startup::AppState;
 
 /// The minutes a chart covers.
@@ -31,10 +31,8 @@ pub async fn page(
     Query(p): Query<Params>,
 ) -> PageResult {
     let config = &state.config;
-    let companies = match given(&p.company) {
-        Some(id) => vec![company(config, id)?],
-        None => config.tenants.iter().take(MAX_CHARTS).collect(),
-    };
+    let mut companies = companies(config, &p.company)?;
+    companies.truncate(MAX_CHARTS);
     let limiter = RateLimiter::new(state.store.clone(), Duration::from_secs(1));
     let mut charts = Vec::with_capacity(companies.len());
     for t in &companies {

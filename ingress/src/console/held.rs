@@ -12,8 +12,8 @@ use shared::Flow;
 use shared::store::records::{Held, HeldRecord, LogEntry, Status};
 
 use super::{
-    Flash, Operator, PageResult, Problem, Section, company, company_select, done, given, query,
-    segment, time_cell,
+    Flash, Operator, PageResult, Problem, Section, companies, company, company_select, done, given,
+    query, segment, time_cell,
 };
 use crate::startup::AppState;
 
@@ -29,10 +29,7 @@ pub async fn page(
     Query(p): Query<Params>,
 ) -> PageResult {
     let config = &state.config;
-    let companies = match given(&p.company) {
-        Some(id) => vec![company(config, id)?],
-        None => config.tenants.iter().collect(),
-    };
+    let companies = companies(config, &p.company)?;
     let held = Held::new(state.store.clone());
     // Counted for every company in one round trip; listed only where something is held.
     let pairs: Vec<(&shared::ids::TenantId, Flow)> = companies

@@ -387,6 +387,17 @@ fn company<'a>(config: &'a Config, id: &str) -> Result<&'a TenantConfig, Problem
         .ok_or_else(|| Problem::NotFound(format!("No company '{id}' in the config.")))
 }
 
+/// The company a page's `company` field names, or every company when it names none.
+fn companies<'a>(
+    config: &'a Config,
+    chosen: &Option<String>,
+) -> Result<Vec<&'a TenantConfig>, Problem> {
+    Ok(match given(chosen) {
+        Some(id) => vec![company(config, id)?],
+        None => config.tenants.iter().collect(),
+    })
+}
+
 /// An optional query field: empty means not given (an empty form field).
 fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())

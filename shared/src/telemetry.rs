@@ -105,6 +105,7 @@ pub mod names {
     pub const PAYMENTS_REVERSED: &str = "payments_reversed_total";
     pub const PAYMENTS_ADJUSTED: &str = "payments_adjusted_total";
     pub const BUDGET_WARNINGS: &str = "api_budget_warnings_total";
+    pub const BROKER_BLOCKED: &str = "broker_blocked";
 }
 
 /// A webhook arrived and was accepted, ignored or refused.
@@ -329,6 +330,21 @@ pub fn budget_heading_past(tenant: &str, api: Api, used: u64, projected: u64, li
 /// Our shared limiter held a call for `waited` before letting it go.
 pub fn ratelimit_waited(api: Api, waited: Duration) {
     metrics::histogram!(names::RATELIMIT_WAIT, "api" => api.as_str()).record(waited.as_secs_f64());
+}
+
+/// The broker blocked (`Some(reason)`, e.g. "low on disk") or unblocked (`None`) one of this
+/// process's connections (`role`): while blocked nothing can be published on it.
+pub fn broker_blocked(role: &'static str, reason: Option<&str>) {
+    metrics::gauge!(names::BROKER_BLOCKED, "role" => role)
+        .set(f64::from(u8::from(reason.is_some())));
+    match reason {
+        Some(reason) => tracing::error!(
+            role,
+            reason,
+            "the broker blocks this connection (a resource alarm): nothing is published on it until the alarm clears"
+        ),
+        None => tracing::info!(role, "the broker unblocked this connection"),
+    }
 }
 
 /// The broker answered a publish (confirmed, refused or timed out) after `elapsed`.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
+use shared::bus::conn;
 use shared::config::Config;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,6 +17,28 @@ use tokio::task::JoinHandle;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A directory of its own under the system's temporary directory, removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// A new empty directory whose name starts with `tag`.
+    pub fn new(tag: &str) -> std::io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// A short unique name; every test uses its own queue and key prefix so tests run in parallel.
 pub fn unique(tag: &str) -> String {
@@ -355,10 +378,12 @@ impl Taken {
 
 impl Inspector {
     pub async fn connect() -> Inspector {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        let conn = conn::open(AMQP_URL, "test inspector")
             .await
             .expect("RabbitMQ at 127.0.0.1:5672 (start it: rabbitmq-server -detached)");
-        let channel = conn.create_channel().await.expect("channel");
+        let channel = conn::answer("opening a channel", conn.create_channel())
+            .await
+            .expect("channel");
         Inspector {
             _conn: conn,
             channel,
@@ -367,17 +392,19 @@ impl Inspector {
 
     /// What the broker says of `queue` now (passive declare: fails if it does not exist).
     async fn inspect(&self, queue: &str) -> lapin::Queue {
-        self.channel
-            .queue_declare(
+        conn::answer(
+            "looking at a queue",
+            self.channel.queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
-            )
-            .await
-            .expect("queue exists")
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue {queue}: {e}"))
     }
 
     /// Messages ready in `queue`.
@@ -393,22 +420,25 @@ impl Inspector {
     /// Take (and ack) every message now in `queue`.
     pub async fn drain(&self, queue: &str) -> Vec<Taken> {
         let mut out = Vec::new();
-        while let Some(m) = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .expect("basic_get")
+        while let Some(m) = conn::answer(
+            "taking a message",
+            self.channel
+                .basic_get(queue.into(), BasicGetOptions::default()),
+        )
+        .await
+        .expect("basic_get")
         {
             out.push(Taken {
                 routing_key: m.delivery.routing_key.to_string(),
                 headers: m.delivery.properties.headers().clone().unwrap_or_default(),
                 body: m.delivery.data.clone(),
             });
-            m.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .expect("ack");
+            conn::answer(
+                "acking a message",
+                m.delivery.acker.ack(BasicAckOptions::default()),
+            )
+            .await
+            .expect("ack");
         }
         out
     }
@@ -427,10 +457,12 @@ impl Inspector {
     }
 
     pub async fn purge(&self, queue: &str) {
-        let _ = self
-            .channel
-            .queue_purge(queue.into(), QueuePurgeOptions::default())
-            .await;
+        let _ = conn::answer(
+            "purging a queue",
+            self.channel
+                .queue_purge(queue.into(), QueuePurgeOptions::default()),
+        )
+        .await;
     }
 
     /// Delete every queue and exchange of a test's prefix (best effort cleanup).
@@ -446,10 +478,12 @@ impl Inspector {
         // A failure is reported rather than hidden: after one, the channel is closed and the
         // rest of the topology stays behind on the broker.
         for q in queues {
-            if let Err(e) = self
-                .channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await
+            if let Err(e) = conn::answer(
+                "deleting a queue",
+                self.channel
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await
             {
                 eprintln!("cleanup: could not delete queue {q}: {e}");
             }
@@ -460,10 +494,12 @@ impl Inspector {
             names.dead_exchange(),
             names.installed_exchange(),
         ] {
-            if let Err(e) = self
-                .channel
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await
+            if let Err(e) = conn::answer(
+                "deleting an exchange",
+                self.channel
+                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()),
+            )
+            .await
             {
                 eprintln!("cleanup: could not delete exchange {x}: {e}");
             }

@@ -26,7 +26,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::harness::{Inspector, eventually};
+use crate::harness::{Inspector, TempDir, eventually};
 use crate::world::{InvoiceDraft, TENANT, World};
 
 /// Worker child: sleep this long after a handler succeeded and before the runtime records the
@@ -160,15 +160,6 @@ pub struct Workers {
     _dir: TempDir,
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 impl Workers {
     /// Start `n` worker processes consuming `flows` with `toml` as their config.
     pub fn spawn(
@@ -178,9 +169,8 @@ impl Workers {
         n: usize,
         env: &[(&str, String)],
     ) -> anyhow::Result<Workers> {
-        let dir = std::env::temp_dir().join(format!("reliability-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir)?;
-        let config = dir.join("config.toml");
+        let dir = TempDir::new("reliability")?;
+        let config = dir.path().join("config.toml");
         std::fs::write(&config, toml)?;
         let mut w = Workers {
             exe: exe.to_path_buf(),
@@ -192,7 +182,7 @@ impl Workers {
                 .collect(),
             children: Vec::new(),
             kills: 0,
-            _dir: TempDir(dir),
+            _dir: dir,
         };
         for _ in 0..n {
             let c = w.start_one()?;
@@ -1452,13 +1442,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Start one (a replica of the Redis on `replica_of`, if given) and wait until it answers PING.
     pub async fn start(port: u16, replica_of: Option<u16>) -> anyhow::Result<RedisServer> {
-        let dir = std::env::temp_dir().join(format!("reliability-redis-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir)?;
         let mut s = RedisServer {
             port,
             replica_of,
             child: None,
-            dir: TempDir(dir),
+            dir: TempDir::new("reliability-redis")?,
         };
         s.spawn().await?;
         Ok(s)
@@ -1473,7 +1461,7 @@ impl RedisServer {
     }
 
     fn log(&self) -> PathBuf {
-        self.dir.0.join("redis.log")
+        self.dir.path().join("redis.log")
     }
 
     fn launch(&self) -> anyhow::Result<std::process::Child> {
@@ -1486,7 +1474,7 @@ impl RedisServer {
             // A replica (re)joining is served at once, not after the default 5 s wait for others.
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
-            .arg(&self.dir.0)
+            .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log());
         if let Some(p) = self.replica_of {

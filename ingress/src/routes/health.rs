@@ -14,7 +14,9 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when both the broker and Redis answer: without them a webhook cannot be accepted.
+/// Ready when both the broker and Redis answer and the broker takes publishes: without them a
+/// webhook cannot be accepted. While the broker blocks publishing (a memory or disk alarm), the
+/// answer names the alarm.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let broker = state.publisher.is_ready().await;
     let redis = state.store.ping().await.is_ok();
@@ -23,7 +25,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"broker": broker, "redis": redis})))
+    let mut body = json!({"broker": broker, "redis": redis});
+    if let Some(alarm) = state.publisher.blocked() {
+        body["broker_blocked"] = alarm.into();
+    }
+    (status, Json(body))
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -46,11 +46,11 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::conn;
 use super::envelope::{Envelope, headers as h};
 use super::headers::{get_i64, get_str, set_i64, set_str};
 use super::publisher::Publisher;
@@ -296,25 +296,33 @@ impl<H: Handler> FlowConsumer<H> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let flow = self.handler.flow();
-        let conn = Connection::connect(&self.broker.url, ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        topology::declare(&channel, &self.broker).await?;
-        channel
-            .basic_qos(
+        let conn = conn::open(&self.broker.url, "consumer").await?;
+        let channel = conn::answer("opening a channel", conn.create_channel()).await?;
+        conn::answer(
+            "declaring the topology",
+            topology::declare(&channel, &self.broker),
+        )
+        .await?;
+        conn::answer(
+            "setting the prefetch",
+            channel.basic_qos(
                 self.worker.prefetch_for(flow.as_str()),
                 BasicQosOptions::default(),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         let queue = self.publisher.names().flow_queue(flow);
         let tag = format!("{flow}-{}", uuid::Uuid::new_v4());
-        let mut consumer = channel
-            .basic_consume(
+        let mut consumer = conn::answer(
+            "subscribing",
+            channel.basic_consume(
                 queue.clone().into(),
                 tag.clone().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         tracing::info!(flow = flow.as_str(), queue, "consuming");
         let mut tasks = JoinSet::new();
         let result = loop {
@@ -338,9 +346,11 @@ impl<H: Handler> FlowConsumer<H> {
             }
         };
         if result.is_ok() {
-            let _ = channel
-                .basic_cancel(tag.into(), BasicCancelOptions::default())
-                .await;
+            let _ = conn::answer(
+                "cancelling the subscription",
+                channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+            )
+            .await;
             let drain = async { while tasks.join_next().await.is_some() {} };
             if tokio::time::timeout(self.worker.shutdown_grace, drain)
                 .await
@@ -352,7 +362,7 @@ impl<H: Handler> FlowConsumer<H> {
                 );
                 tasks.abort_all();
             }
-            let _ = conn.close(200, "shutdown".into()).await;
+            conn::close(&conn, "shutdown").await;
         } else {
             // Unacked deliveries die with the connection and will be redelivered.
             tasks.abort_all();

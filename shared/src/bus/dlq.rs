@@ -13,9 +13,10 @@
 use chrono::{DateTime, Utc};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use serde::Serialize;
 
+use super::conn;
 use super::envelope::{Envelope, headers as h};
 use super::headers::{get_i64, get_str, set_i64, set_str};
 use super::publisher::Publisher;
@@ -186,9 +187,13 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub async fn connect(broker: &BrokerConfig) -> Result<DeadLetters> {
-        let conn = Connection::connect(&broker.url, ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        topology::declare(&channel, broker).await?;
+        let conn = conn::open(&broker.url, "dead letters").await?;
+        let channel = conn::answer("opening a channel", conn.create_channel()).await?;
+        conn::answer(
+            "declaring the topology",
+            topology::declare(&channel, broker),
+        )
+        .await?;
         Ok(DeadLetters {
             conn,
             channel,
@@ -199,17 +204,18 @@ impl DeadLetters {
 
     /// Messages in the DLQ now.
     pub async fn depth(&self) -> Result<u32> {
-        let q = self
-            .channel
-            .queue_declare(
+        let q = conn::answer(
+            "counting the dead letters",
+            self.channel.queue_declare(
                 self.names.dlq().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         Ok(q.message_count())
     }
 
@@ -230,15 +236,14 @@ impl DeadLetters {
     /// (up to [`RETURN_WAIT`]) until at least `held` messages are ready there again. Returns the
     /// DLQ's depth then.
     async fn give_back(self, held: usize, why: &str) -> Result<usize> {
-        if let Err(e) = self.conn.close(200, why.into()).await {
-            tracing::warn!(error = %e, "closing the DLQ connection failed; the broker returns its messages when the socket drops");
-        }
+        // Should the close fail, the broker returns the messages when the socket drops.
+        conn::close(&self.conn, why).await;
         let probe = DeadLetters::connect(&self.broker).await?;
         let deadline = tokio::time::Instant::now() + RETURN_WAIT;
         loop {
             let depth = probe.depth().await? as usize;
             if depth >= held {
-                let _ = probe.conn.close(200, "counted".into()).await;
+                conn::close(&probe.conn, "counted").await;
                 return Ok(depth);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -249,7 +254,7 @@ impl DeadLetters {
                     held,
                     "the DLQ has not taken every returned message back yet"
                 );
-                let _ = probe.conn.close(200, "counted".into()).await;
+                conn::close(&probe.conn, "counted").await;
                 return Ok(depth);
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -260,10 +265,12 @@ impl DeadLetters {
         let depth = self.depth().await?;
         let mut out = Vec::new();
         for _ in 0..depth {
-            let Some(m) = self
-                .channel
-                .basic_get(self.names.dlq().into(), BasicGetOptions::default())
-                .await?
+            let Some(m) = conn::answer(
+                "taking a dead letter",
+                self.channel
+                    .basic_get(self.names.dlq().into(), BasicGetOptions::default()),
+            )
+            .await?
             else {
                 break;
             };
@@ -320,9 +327,11 @@ impl DeadLetters {
                 .publish(&exchange, &d.routing_key, &d.body, &d.id, hdrs)
                 .await
                 .map_err(Error::from)?;
-            self.channel
-                .basic_ack(tag, BasicAckOptions::default())
-                .await?;
+            conn::answer(
+                "removing a replayed dead letter",
+                self.channel.basic_ack(tag, BasicAckOptions::default()),
+            )
+            .await?;
             moved.moved += 1;
         }
         publisher.close(std::time::Duration::from_secs(5)).await;
@@ -338,9 +347,11 @@ impl DeadLetters {
         for (tag, d) in all {
             if filter.matches(&d) {
                 moved.matched += 1;
-                self.channel
-                    .basic_ack(tag, BasicAckOptions::default())
-                    .await?;
+                conn::answer(
+                    "removing a dead letter",
+                    self.channel.basic_ack(tag, BasicAckOptions::default()),
+                )
+                .await?;
                 moved.moved += 1;
             }
         }

@@ -1,5 +1,6 @@
 //! RabbitMQ: topology, the confirmed publisher, the event envelope and the consumer runtime.
 
+pub mod conn;
 pub mod consumer;
 pub mod dlq;
 pub mod envelope;

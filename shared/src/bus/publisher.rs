@@ -8,6 +8,9 @@
 //!
 //! Reconnection: a dead connection is dropped and the next publish dials again (at most once per
 //! `RECONNECT_EVERY` while the broker stays away, so a down broker costs a fast 503, not a hang).
+//! A connection the broker *blocks* (a memory or disk alarm) is kept, and publishes on it fail at
+//! once, naming the alarm, until the broker lifts it: waiting out the confirm timeout would only
+//! hold the caller, and a new connection would be blocked on its first publish all the same.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +19,9 @@ use std::time::{Duration, Instant};
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 
+use super::conn;
 use super::envelope::{Envelope, headers};
 use super::topology::{self, Names};
 use crate::config::BrokerConfig;
@@ -35,6 +39,8 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    #[error("the broker blocks publishing ({0})")]
+    Blocked(String),
 }
 
 impl PublishError {
@@ -45,6 +51,7 @@ impl PublishError {
             PublishError::Unroutable(_) => "unroutable",
             PublishError::Timeout(_) => "timeout",
             PublishError::Unavailable(_) => "unavailable",
+            PublishError::Blocked(_) => "blocked",
         }
     }
 }
@@ -58,6 +65,7 @@ impl From<PublishError> for crate::Error {
 struct Pool {
     conn: Connection,
     channels: Vec<Channel>,
+    blocked: conn::Blocked,
 }
 
 impl Pool {
@@ -111,9 +119,16 @@ impl Publisher {
         &self.inner.names
     }
 
-    /// True when the connection is up (dialling it if needed).
+    /// True when the connection is up (dialling it if needed) and the broker does not block it.
     pub async fn is_ready(&self) -> bool {
-        self.pool().await.is_ok()
+        self.pool()
+            .await
+            .is_ok_and(|p| p.blocked.reason().is_none())
+    }
+
+    /// Why the broker blocks publishing (its alarm, e.g. "low on disk"), while it does.
+    pub fn blocked(&self) -> Option<String> {
+        self.current().and_then(|p| p.blocked.reason())
     }
 
     /// Publishes still waiting for their confirm.
@@ -162,9 +177,9 @@ impl Publisher {
 
     async fn dial(&self) -> Result<Pool, PublishError> {
         let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
-        let conn = Connection::connect(&self.inner.cfg.url, ConnectionProperties::default())
+        let (conn, blocked) = conn::open_watched(&self.inner.cfg.url, "publisher")
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         let mut channels = Vec::with_capacity(self.inner.cfg.confirm_channels);
         for i in 0..self.inner.cfg.confirm_channels {
             let ch = conn.create_channel().await.map_err(unavailable)?;
@@ -178,7 +193,11 @@ impl Publisher {
             }
             channels.push(ch);
         }
-        Ok(Pool { conn, channels })
+        Ok(Pool {
+            conn,
+            channels,
+            blocked,
+        })
     }
 
     /// Publish an envelope to `sync.events` under its routing key, with the standard headers.
@@ -254,6 +273,9 @@ impl Publisher {
         headers: FieldTable,
     ) -> Result<(), PublishError> {
         let pool = self.pool().await?;
+        if let Some(alarm) = pool.blocked.reason() {
+            return Err(PublishError::Blocked(alarm));
+        }
         let idx = self.inner.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len();
         let channel = &pool.channels[idx];
         let props = BasicProperties::default()
@@ -322,7 +344,7 @@ impl Publisher {
         }
         let pool = self.inner.pool.lock().expect("pool lock poisoned").take();
         if let Some(p) = pool {
-            let _ = p.conn.close(200, "shutdown".into()).await;
+            conn::close(&p.conn, "shutdown").await;
         }
     }
 }

@@ -5,13 +5,14 @@
 //! fine.
 
 use futures_util::future::BoxFuture;
+use lapin::ExchangeKind;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
+use super::conn;
 use super::topology::Names;
 use crate::config::{BrokerConfig, Config};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::Store;
 use crate::store::claim::{ClaimSettings, Claims, InstallationWitness};
 
@@ -38,10 +39,11 @@ impl BrokerWitness {
     }
 
     async fn declare(&self, passive: bool) -> Result<bool> {
-        let conn = Connection::connect(&self.url, ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        let declared = channel
-            .exchange_declare(
+        let conn = conn::open(&self.url, "witness").await?;
+        let channel = conn::answer("opening a channel", conn.create_channel()).await?;
+        let declared = conn::answer(
+            "declaring the installation witness",
+            channel.exchange_declare(
                 self.exchange.as_str().into(),
                 ExchangeKind::Fanout,
                 ExchangeDeclareOptions {
@@ -50,14 +52,15 @@ impl BrokerWitness {
                     ..Default::default()
                 },
                 FieldTable::default(),
-            )
-            .await;
-        let _ = conn.close(200, "witness".into()).await;
+            ),
+        )
+        .await;
+        conn::close(&conn, "witness").await;
         match declared {
             Ok(()) => Ok(true),
             // A passive declare of a missing exchange closes the channel with 404 NOT_FOUND.
             Err(e) if passive && e.to_string().contains("NOT_FOUND") => Ok(false),
-            Err(e) => Err(Error::from(e)),
+            Err(e) => Err(e),
         }
     }
 }

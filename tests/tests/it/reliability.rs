@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shared::bus::dlq::{DeadLetters, Filter};
-use testbed::harness::{CuttableProxy, Inspector, eventually};
+use shared::bus::{PublishError, Publisher};
+use testbed::harness::{CuttableProxy, EnvSpec, Inspector, eventually};
 use testbed::reliability::{
     self as rel, ABORT_ON_POISON_ENV, CrashOpts, Outage, OutagePlan, StormOpts, Workers,
 };
@@ -433,4 +434,46 @@ async fn a_poison_message_that_kills_workers_ends_in_the_dlq_and_does_not_block_
     workers.stop().await;
     publisher.close(Duration::from_secs(2)).await;
     stack.stop().await;
+}
+
+/// A broker that takes the connection and never answers (an overloaded node, or a half-open
+/// socket) costs a bounded wait and an error that says so, never a hang: the publisher's dial (a
+/// fast 503 at the ingress), a worker's or the console's reader of the dead letters, and the
+/// bounded dial every other part goes through.
+#[tokio::test]
+async fn a_broker_that_never_answers_is_an_error_after_a_bound_not_a_hang() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accept every connection and hold it without a byte in reply.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut env = EnvSpec::new("silent-broker");
+    env.broker_url = format!("amqp://guest:guest@{addr}/%2f");
+    let config = testbed::harness::config(&env, &[]);
+
+    let e = shared::bus::conn::open(&config.broker.url, "test")
+        .await
+        .expect_err("no connection from a broker that never answers");
+    assert!(
+        e.to_string().contains("no answer from the broker within"),
+        "{e}"
+    );
+    let e = Publisher::connect(&config.broker)
+        .await
+        .err()
+        .expect("no publisher on a broker that never answers");
+    assert!(matches!(e, PublishError::Unavailable(_)), "{e:?}");
+    let e = DeadLetters::connect(&config.broker)
+        .await
+        .err()
+        .expect("no dead letters from a broker that never answers");
+    assert!(
+        e.to_string().contains("no answer from the broker within"),
+        "{e}"
+    );
+    silent.abort();
 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use serde::Serialize;
 use shared::Flow;
+use shared::bus::conn;
 use shared::bus::dlq::{DeadLetter, DeadLetters};
 use shared::bus::topology::Names;
 use shared::config::Config;
@@ -189,8 +189,8 @@ impl BrokerView {
             .list(&Default::default())
             .await?;
         let mut queues = BTreeMap::new();
-        let conn = Connection::connect(&config.broker.url, ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
+        let conn = conn::open(&config.broker.url, "status").await?;
+        let channel = conn::answer("opening a channel", conn.create_channel()).await?;
         let names = Names::new(&config.broker.prefix);
         let mut queue_names: Vec<(String, String)> = Flow::ALL
             .iter()
@@ -198,16 +198,18 @@ impl BrokerView {
             .collect();
         queue_names.push(("sync.dlq".into(), names.dlq()));
         for (label, q) in queue_names {
-            let declared = channel
-                .queue_declare(
+            let declared = conn::answer(
+                "counting a queue",
+                channel.queue_declare(
                     q.as_str().into(),
                     QueueDeclareOptions {
                         passive: true,
                         ..Default::default()
                     },
                     FieldTable::default(),
-                )
-                .await;
+                ),
+            )
+            .await;
             match declared {
                 Ok(d) => {
                     queues.insert(label, d.message_count());
@@ -217,7 +219,7 @@ impl BrokerView {
                 Err(_) => break,
             }
         }
-        let _ = conn.close(200, "status".into()).await;
+        conn::close(&conn, "status").await;
         Ok(BrokerView { queues, dead })
     }
 }

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use shared::Flow;
 use shared::store::records::{LogFilter, Status, SyncLog};
 use testbed::exact_sim::FaultPlan;
-use testbed::harness::{EnvSpec, eventually};
+use testbed::harness::{EnvSpec, TempDir, eventually};
 use testbed::world::{InvoiceDraft, Stack, TENANT, World, WorldOptions};
 use tokio::process::{Child, Command};
 
@@ -101,31 +101,47 @@ impl Driver {
     }
 }
 
-/// A headless Chromium session with a window `WIDE` across.
-async fn browser(driver: &Driver, chromium: &Path) -> Client {
+/// A headless Chromium session with a window `WIDE` across, its own empty profile in `profile`,
+/// and nothing of its own on the network: on a machine without internet (CI's), Chromium's
+/// background connections and lookups of Google's hosts fail by the dozen at every start.
+async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
     let mut args = vec![
         "--headless=new".to_string(),
         "--disable-gpu".into(),
         "--disable-dev-shm-usage".into(),
         "--hide-scrollbars".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--disable-quic".into(),
+        format!("--user-data-dir={}", profile.display()),
         format!("--window-size={},{}", WIDE.0, WIDE.1),
     ];
     // Chromium refuses to start its sandbox as root (CI containers run as root).
     if running_as_root() {
         args.push("--no-sandbox".into());
     }
+    let wait_ms = PAGE_WAIT.as_millis() as u64;
     let caps = json!({
         "browserName": "chrome",
         "goog:chromeOptions": { "binary": chromium, "args": args },
+        // No page load or script may hold the test longer than a page may take.
+        "timeouts": { "pageLoad": wait_ms, "script": wait_ms },
     });
     let Value::Object(caps) = caps else {
         unreachable!("a JSON object")
     };
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .unwrap_or_else(|e| panic!("ChromeDriver could not start Chromium ({chromium:?}): {e}"))
+    let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+    let session = builder.capabilities(caps).connect(&driver.url);
+    match tokio::time::timeout(2 * PAGE_WAIT, session).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => panic!("ChromeDriver could not start Chromium ({chromium:?}): {e}"),
+        Err(_) => panic!(
+            "ChromeDriver did not start Chromium ({chromium:?}) within {:?}",
+            2 * PAGE_WAIT
+        ),
+    }
 }
 
 /// What the test drives: the browser, the admin port, where screenshots go.
@@ -266,7 +282,8 @@ async fn an_operator_signs_in_replays_a_dead_letter_and_pauses_and_resumes_the_i
     .await;
     let stack = Stack::start(&world, 1, false).await;
     let driver = Driver::start(&chromedriver).await;
-    let client = browser(&driver, &chromium).await;
+    let profile = TempDir::new("browser-profile").expect("a temporary Chromium profile");
+    let client = browser(&driver, &chromium, profile.path()).await;
     let console = Console {
         c: client.clone(),
         admin: stack.admin_base.clone(),

@@ -68,6 +68,11 @@ fn calls_left(c: &CompanyStatus, api: &str) -> Markup {
     }
 }
 
+/// "1 company", "2 companies".
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn render(r: &Report, broker_error: Option<&str>) -> Markup {
     let now = r.at;
     html! {
@@ -75,7 +80,8 @@ fn render(r: &Report, broker_error: Option<&str>) -> Markup {
             p.error { "The broker could not be read (dead letters and queue depths are missing): " (e) }
         }
         p.note {
-            (r.companies.len()) " companies · " (r.dead_letters) " dead letters in all · as of "
+            (counted(r.companies.len(), "company", "companies")) " · "
+            (counted(r.dead_letters, "dead letter", "dead letters")) " in all · as of "
             (worker::cli::short_time(now)) " UTC. Calls left are today's (UTC) daily budgets."
         }
         div.scroll {

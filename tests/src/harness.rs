@@ -298,12 +298,15 @@ pub struct Ingress {
     pub admin: String,
     /// Its publisher: a test waits until no publish awaits its confirm ([`crate::quiet`]).
     pub publisher: shared::bus::Publisher,
+    /// Its broker settings, for [`Ingress::stop_and_clean`].
+    broker: shared::config::BrokerConfig,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Ingress {
     pub async fn start(config: Config) -> Ingress {
+        let broker = config.broker.clone();
         let app = ingress::Application::build(config)
             .await
             .expect("ingress builds");
@@ -318,6 +321,7 @@ impl Ingress {
             base,
             admin,
             publisher,
+            broker,
             stop: Some(stop),
             task: Some(task),
         }
@@ -342,6 +346,17 @@ impl Ingress {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+impl Ingress {
+    /// [`Ingress::stop`], then delete what was declared on the broker under its prefix (the
+    /// console's broker reads declare the topology): for a test that runs an ingress without a
+    /// stack, so that it leaves no queues behind on a machine that runs the suite again and again.
+    pub async fn stop_and_clean(self) {
+        let broker = self.broker.clone();
+        self.stop().await;
+        Inspector::connect().await.delete_topology(&broker).await;
     }
 }
 

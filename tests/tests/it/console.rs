@@ -253,7 +253,7 @@ async fn an_operator_signs_in_and_out_and_every_post_needs_the_session_token() {
     // The old cookie is worth nothing now either.
     b.cookies.insert("pe_console".into(), id.to_string());
     assert_eq!(b.get("/console").await.status, StatusCode::SEE_OTHER);
-    ingress.stop().await;
+    ingress.stop_and_clean().await;
 }
 
 #[tokio::test]
@@ -304,7 +304,7 @@ async fn repeated_failures_lock_the_account_and_the_address_without_saying_which
     // From elsewhere the account works.
     let page = from("203.0.113.8").sign_in("ops2", PASSWORD).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
-    ingress.stop().await;
+    ingress.stop_and_clean().await;
 }
 
 #[tokio::test]
@@ -339,7 +339,7 @@ async fn the_auth_proxy_header_counts_only_from_a_trusted_proxy() {
     mallory.cookies = alice.cookies.clone();
     let page = mallory.get("/console").await;
     assert!(page.body.contains("mallory") && !page.body.contains("alice@"));
-    ingress.stop().await;
+    ingress.stop_and_clean().await;
 
     // Anyone else's header is their own invention: ignored.
     let untrusted = plain_config(
@@ -352,7 +352,7 @@ async fn the_auth_proxy_header_counts_only_from_a_trusted_proxy() {
     let page = forger.get("/console").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location.as_deref(), Some("/console/login"));
-    ingress.stop().await;
+    ingress.stop_and_clean().await;
 }
 
 #[tokio::test]
@@ -374,7 +374,7 @@ async fn the_public_port_has_no_console() {
         )
         .await;
     assert_eq!(post.status, StatusCode::NOT_FOUND);
-    ingress.stop().await;
+    ingress.stop_and_clean().await;
 }
 
 #[tokio::test]

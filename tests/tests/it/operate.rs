@@ -42,15 +42,6 @@ async fn start_ingress(config: &Config) -> Ingress {
     ingress
 }
 
-/// Stop the ingress and delete what it declared on the broker.
-async fn stop_ingress(ingress: Ingress, config: &Config) {
-    ingress.stop().await;
-    Inspector::connect()
-        .await
-        .delete_topology(&config.broker)
-        .await;
-}
-
 #[tokio::test]
 async fn dead_letters_are_listed_filtered_shown_replayed_once_and_purged() {
     let world = World::build(WorldOptions {
@@ -546,7 +537,7 @@ async fn exact_connect_prints_the_link_and_the_ingress_round_trip_stores_tokens(
         .await
         .unwrap();
     assert_eq!(refreshes, None, "no refresh was counted for the consents");
-    stop_ingress(ingress, &config).await;
+    ingress.stop_and_clean().await;
 }
 
 #[tokio::test]
@@ -644,7 +635,7 @@ async fn exact_subscribe_creates_what_the_flows_need_once() {
         0
     );
     assert_eq!(world.exact.webhook_subscriptions(world.division).len(), 5);
-    stop_ingress(ingress, &config).await;
+    ingress.stop_and_clean().await;
 }
 
 #[tokio::test]

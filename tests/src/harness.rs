@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use shared::bus::conn;
@@ -347,9 +347,7 @@ impl Ingress {
             let _ = task.await;
         }
     }
-}
 
-impl Ingress {
     /// [`Ingress::stop`], then delete what was declared on the broker under its prefix (the
     /// console's broker reads declare the topology): for a test that runs an ingress without a
     /// stack, so that it leaves no queues behind on a machine that runs the suite again and again.
@@ -393,12 +391,9 @@ impl Taken {
 
 impl Inspector {
     pub async fn connect() -> Inspector {
-        let conn = conn::open(AMQP_URL, "test inspector")
+        let (conn, channel) = conn::open_channel(AMQP_URL, "test inspector")
             .await
             .expect("RabbitMQ at 127.0.0.1:5672 (start it: rabbitmq-server -detached)");
-        let channel = conn::answer("opening a channel", conn.create_channel())
-            .await
-            .expect("channel");
         Inspector {
             _conn: conn,
             channel,
@@ -407,19 +402,9 @@ impl Inspector {
 
     /// What the broker says of `queue` now (passive declare: fails if it does not exist).
     async fn inspect(&self, queue: &str) -> lapin::Queue {
-        conn::answer(
-            "looking at a queue",
-            self.channel.queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("queue {queue}: {e}"))
+        conn::look_at_queue(&self.channel, queue)
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue}: {e}"))
     }
 
     /// Messages ready in `queue`.

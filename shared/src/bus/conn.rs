@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::{Connection, ConnectionProperties, Event};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Event, Queue};
 
 use crate::error::{Error, Result};
 
@@ -41,6 +43,30 @@ impl Blocked {
 /// Dial the broker at `url` for `role` (named in logs and the gauge), within [`ANSWER_WITHIN`].
 pub async fn open(url: &str, role: &'static str) -> Result<Connection> {
     open_watched(url, role).await.map(|(conn, _)| conn)
+}
+
+/// [`open`], and a channel on the connection.
+pub async fn open_channel(url: &str, role: &'static str) -> Result<(Connection, Channel)> {
+    let conn = open(url, role).await?;
+    let channel = answer("opening a channel", conn.create_channel()).await?;
+    Ok((conn, channel))
+}
+
+/// What the broker says of `queue` now (its ready messages and consumers), from a passive
+/// declare. A missing queue is an error (404 NOT_FOUND), and it closes `channel`.
+pub async fn look_at_queue(channel: &Channel, queue: &str) -> Result<Queue> {
+    answer(
+        "looking at a queue",
+        channel.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
 }
 
 /// [`open`], and what the broker says about blocking the connection from now on.

@@ -296,8 +296,7 @@ impl<H: Handler> FlowConsumer<H> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let flow = self.handler.flow();
-        let conn = conn::open(&self.broker.url, "consumer").await?;
-        let channel = conn::answer("opening a channel", conn.create_channel()).await?;
+        let (conn, channel) = conn::open_channel(&self.broker.url, "consumer").await?;
         conn::answer(
             "declaring the topology",
             topology::declare(&channel, &self.broker),

@@ -11,7 +11,7 @@
 //! both — and dedup absorbs the copy).
 
 use chrono::{DateTime, Utc};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde::Serialize;
@@ -187,8 +187,7 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub async fn connect(broker: &BrokerConfig) -> Result<DeadLetters> {
-        let conn = conn::open(&broker.url, "dead letters").await?;
-        let channel = conn::answer("opening a channel", conn.create_channel()).await?;
+        let (conn, channel) = conn::open_channel(&broker.url, "dead letters").await?;
         conn::answer(
             "declaring the topology",
             topology::declare(&channel, broker),
@@ -204,19 +203,9 @@ impl DeadLetters {
 
     /// Messages in the DLQ now.
     pub async fn depth(&self) -> Result<u32> {
-        let q = conn::answer(
-            "counting the dead letters",
-            self.channel.queue_declare(
-                self.names.dlq().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        Ok(q.message_count())
+        Ok(conn::look_at_queue(&self.channel, &self.names.dlq())
+            .await?
+            .message_count())
     }
 
     /// Every matching dead letter; the DLQ is unchanged afterwards.

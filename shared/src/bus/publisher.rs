@@ -176,20 +176,28 @@ impl Publisher {
     }
 
     async fn dial(&self) -> Result<Pool, PublishError> {
-        let unavailable = |e: lapin::Error| PublishError::Unavailable(e.to_string());
+        let unavailable = |e: crate::Error| PublishError::Unavailable(e.to_string());
         let (conn, blocked) = conn::open_watched(&self.inner.cfg.url, "publisher")
             .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         let mut channels = Vec::with_capacity(self.inner.cfg.confirm_channels);
         for i in 0..self.inner.cfg.confirm_channels {
-            let ch = conn.create_channel().await.map_err(unavailable)?;
-            ch.confirm_select(ConfirmSelectOptions::default())
+            let ch = conn::answer("opening a channel", conn.create_channel())
                 .await
                 .map_err(unavailable)?;
+            conn::answer(
+                "turning on confirms",
+                ch.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await
+            .map_err(unavailable)?;
             if i == 0 {
-                topology::declare(&ch, &self.inner.cfg)
-                    .await
-                    .map_err(|e| PublishError::Unavailable(format!("declaring topology: {e}")))?;
+                conn::answer(
+                    "declaring topology",
+                    topology::declare(&ch, &self.inner.cfg),
+                )
+                .await
+                .map_err(unavailable)?;
             }
             channels.push(ch);
         }

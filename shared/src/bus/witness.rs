@@ -39,8 +39,7 @@ impl BrokerWitness {
     }
 
     async fn declare(&self, passive: bool) -> Result<bool> {
-        let conn = conn::open(&self.url, "witness").await?;
-        let channel = conn::answer("opening a channel", conn.create_channel()).await?;
+        let (conn, channel) = conn::open_channel(&self.url, "witness").await?;
         let declared = conn::answer(
             "declaring the installation witness",
             channel.exchange_declare(

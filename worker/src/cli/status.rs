@@ -11,8 +11,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde::Serialize;
 use shared::Flow;
 use shared::bus::conn;
@@ -189,8 +187,7 @@ impl BrokerView {
             .list(&Default::default())
             .await?;
         let mut queues = BTreeMap::new();
-        let conn = conn::open(&config.broker.url, "status").await?;
-        let channel = conn::answer("opening a channel", conn.create_channel()).await?;
+        let (conn, channel) = conn::open_channel(&config.broker.url, "status").await?;
         let names = Names::new(&config.broker.prefix);
         let mut queue_names: Vec<(String, String)> = Flow::ALL
             .iter()
@@ -198,19 +195,7 @@ impl BrokerView {
             .collect();
         queue_names.push(("sync.dlq".into(), names.dlq()));
         for (label, q) in queue_names {
-            let declared = conn::answer(
-                "counting a queue",
-                channel.queue_declare(
-                    q.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )
-            .await;
-            match declared {
+            match conn::look_at_queue(&channel, &q).await {
                 Ok(d) => {
                     queues.insert(label, d.message_count());
                 }
